@@ -1,0 +1,84 @@
+"""The encoder interface every scheme implements (paper §1: B ∈ R^{mk×n}).
+
+A scheme is built from an :class:`~agc_pipeline.codes.assignment.Assignment` and the
+communication reduction factor ``m``. ``encode`` returns the encoding matrix B (mk×n, float64)
+whose u-th k×n block A_u has ``supp(A_u) ⊆ supp(A)``; worker j sends ``Z B[:, j]`` (length
+d/m). Randomised schemes draw from the generator they are given, so that every runtime that
+passes the same generator gets the same B.
+
+Bounds that apply to a scheme are exposed by the scheme itself, so that adding a scheme is one
+module plus one YAML file: ``closed_form_bounds(s)`` gives bounds that depend only on the
+number of stragglers, ``set_bounds(B, masks)`` gives bounds for each survivor set.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+
+from agc_pipeline.codes.assignment import Assignment
+from agc_pipeline.errors import require
+
+
+def target_matrix(k: int, m: int) -> np.ndarray:
+    """F = [f_1 … f_m] ∈ R^{mk×m}, f_u the indicator of the u-th block of k rows (paper §1)."""
+    return np.kron(np.eye(m), np.ones((k, 1)))
+
+
+class Scheme(ABC):
+    """A gradient code: an assignment, a reduction factor m and a rule that produces B."""
+
+    #: short name used in configs, logs and legends
+    name: ClassVar[str] = "scheme"
+    #: True when ``encode`` draws fresh randomness on every call
+    randomized: ClassVar[bool] = False
+
+    def __init__(self, assignment: Assignment, m: int) -> None:
+        require(isinstance(m, int | np.integer) and m >= 1,
+                f"m must be a positive integer (got {m!r})")
+        self.assignment = assignment
+        self.m = int(m)
+
+    @property
+    def n(self) -> int:
+        """Number of workers."""
+        return self.assignment.n
+
+    @property
+    def k(self) -> int:
+        """Number of data subsets."""
+        return self.assignment.k
+
+    @property
+    def target(self) -> np.ndarray:
+        """The decoding target F (mk×m)."""
+        return target_matrix(self.k, self.m)
+
+    @abstractmethod
+    def encode(self, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Return B (mk×n, float64). Randomised schemes require ``rng``."""
+
+    def tolerates(self) -> int | None:
+        """Stragglers this code tolerates *exactly* (any set of that size), or None."""
+        return None
+
+    def closed_form_bounds(self, s: int) -> dict[str, float]:
+        """Upper bounds on E[Err] that depend only on s (e.g. eq. 10, 12, 17)."""
+        return {}
+
+    def set_bounds(self, b: np.ndarray, masks: np.ndarray) -> dict[str, np.ndarray]:
+        """Upper bounds for each survivor set (rows of the boolean ``masks``, shape (N, n))."""
+        return {}
+
+    #: name of the bound reported as ``upper_bound`` (a key of either bounds dict), or None
+    primary_bound: ClassVar[str | None] = None
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-friendly description of the scheme's parameters."""
+        return {"name": self.name, "m": self.m}
+
+    def _require_rng(self, rng: np.random.Generator | None) -> np.random.Generator:
+        require(rng is not None, f"scheme {self.name} is randomised: encode() needs a Generator")
+        return rng  # type: ignore[return-value]
