@@ -74,6 +74,16 @@ class Assignment:
         """Every worker holds δ subsets and every subset sits on γ workers."""
         return bool((self.loads == self.delta).all() and (self.replications == self.gamma).all())
 
+    def worker_balance(self) -> tuple[int, int] | None:
+        """(δ, λ) when AᵀA = (δ−λ)I + λJ (every worker holds δ subsets, every pair of workers
+        shares λ), as for a BIBD with workers = points; None otherwise."""
+        gram = self.matrix.T @ self.matrix
+        diag = np.diag(gram)
+        off = gram[~np.eye(self.n, dtype=bool)]
+        if self.n < 2 or (diag != diag[0]).any() or (off != off[0]).any():
+            return None
+        return int(diag[0]), int(off[0])
+
     def summary(self) -> dict[str, Any]:
         """JSON-friendly description (for logs and results files)."""
         return {"name": self.name, "kind": self.kind, "n": self.n, "k": self.k,

@@ -72,8 +72,15 @@ class Scheme(ABC):
         """Upper bounds for each survivor set (rows of the boolean ``masks``, shape (N, n))."""
         return {}
 
-    #: name of the bound reported as ``upper_bound`` (a key of either bounds dict), or None
-    primary_bound: ClassVar[str | None] = None
+    #: False when ``set_bounds`` ignores B (e.g. Lemma 1 bounds an expectation over B), so
+    #: the analysis evaluates them once per survivor set instead of once per encoder draw
+    set_bounds_use_b: ClassVar[bool] = True
+
+    @property
+    def primary_bound(self) -> str | None:
+        """Which bound the analysis reports as ``upper_bound``: a key of
+        ``closed_form_bounds``, or ``<key>_mean`` / ``<key>_max`` of ``set_bounds``."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         """JSON-friendly description of the scheme's parameters."""

@@ -1,0 +1,100 @@
+"""The ``analyze`` app: approximation error of a gradient code against the paper's bounds.
+
+    python -m agc_pipeline.analyze experiment=fig3        # Fig. 3 (also fig4, fig5)
+    python -m agc_pipeline.analyze assignment=srg assignment.graph=petersen m=2
+
+Writes ``results.json`` and ``error_vs_stragglers.png`` in the Hydra run dir; with
+``logger=wandb`` also logs them to W&B (offline by default).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from agc_pipeline.analysis.engine import ErrorStudy, paper_grid
+from agc_pipeline.analysis.plot import plot_results
+from agc_pipeline.build import build_assignment, build_decoder, build_scheme, run_app
+from agc_pipeline.codes.stack import Stack
+from agc_pipeline.conf_path import CONFIG_DIR
+from agc_pipeline.errors import require
+from agc_pipeline.sinks import make_logger_sink, write_json
+
+log = logging.getLogger("agc_pipeline.analyze")
+
+
+def build_study(cfg: DictConfig) -> ErrorStudy:
+    """Everything the study needs, built and validated before any computation."""
+    require(int(cfg.m) >= 1, f"m must be a positive integer (got {cfg.m})")
+    assignment = build_assignment(cfg)
+    scheme = build_scheme(cfg.scheme, assignment, cfg.m)
+    a = cfg.analysis
+    s_values = (list(a.s) if a.s is not None else
+                paper_grid(assignment.n, a.grid_points, a.max_fraction, a.include_zero))
+    compare = {str(label): build_scheme(node, assignment, cfg.m, f"analysis.compare.{label}")
+               for label, node in (a.compare or {}).items()}
+    baseline = Stack(assignment, int(cfg.m)) if a.baseline and scheme.name != "stack" else None
+    return ErrorStudy(scheme=scheme, s_values=[int(s) for s in s_values],
+                      realizations=int(a.realizations), straggler_sets=int(a.straggler_sets),
+                      seed=int(cfg.seed), decoder=build_decoder(cfg), baseline=baseline,
+                      compare=compare)
+
+
+def run_analysis(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Run the study of ``cfg``, write ``results.json`` and the plot into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    study = build_study(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    sink = make_logger_sink(cfg.get("logger"), out_dir, config, group=str(cfg.name),
+                            job_type="analyze")
+    try:
+        show = bool(cfg.analysis.get("progress", True))
+        results = study.run(progress=lambda it: tqdm(it, desc=f"analyze {cfg.name}",
+                                                     unit="draw", disable=not show))
+        results["name"] = str(cfg.name)
+        results["config"] = config
+        write_json(out_dir / "results.json", results)
+        for p in results["points"]:
+            log.info("s=%d  mean=%.4f  max=%.4f  baseline=%s  upper=%s  lower=%.1f", p["s"],
+                     p["empirical_mean"], p["empirical_max"], _fmt(p["baseline_mean"]),
+                     _fmt(p["upper_bound"]), p["lower_bound"])
+        plot = plot_results(results, out_dir / "error_vs_stragglers.png",
+                            title=cfg.analysis.get("title")) if cfg.analysis.plot else None
+        for p in results["points"]:
+            sink.log({k: v for k, v in p.items() if not isinstance(v, dict)}
+                     | {f"bound/{k}": v for k, v in p["bounds"].items()}, step=int(p["s"]))
+        sink.table("points", [{k: v for k, v in p.items() if not isinstance(v, dict)}
+                              for p in results["points"]])
+        if plot is not None:
+            sink.image("error_vs_stragglers", plot)
+        sink.summary({"seconds": results["seconds"], "n": results["n"], "k": results["k"]})
+        log.info("wrote %s (%.1f s)", out_dir / "results.json", results["seconds"])
+        return results
+    finally:
+        sink.close()
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="analyze", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    run_app(lambda: run_analysis(cfg, Path(HydraConfig.get().runtime.output_dir)),
+            "agc-analyze")
+
+
+def main() -> None:
+    """Console-script entry point (``agc-analyze``)."""
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

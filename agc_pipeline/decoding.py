@@ -1,0 +1,221 @@
+"""Decoding at the parameter server: optimal (least-squares) and fixed decoders, in float64.
+
+Given the encoding matrix B (mk×n), the target F (mk×m) and a survivor mask 𝓕, a decoder
+returns R (n×m, zero outside 𝓕); the PS forms Z B R. The approximation error is
+Err_𝓕(B) = ‖BR − F‖_F² (Definition 1, eq. 3).
+
+Optimal decoding (eq. 4) uses the pseudo-inverse, R_𝓕 = B_𝓕⁺ F, so rank-deficient B_𝓕 and an
+empty survivor set (R = 0, Err = mk) are handled. For many survivor sets the error is
+mk − Σ_u b_u[𝓕]ᵀ G[𝓕,𝓕]⁺ b_u[𝓕] with G = BᵀB and b_u = Bᵀf_u: quadratic forms over
+principal submatrices of one Gram matrix, evaluated in batches by
+:class:`PrincipalQuadraticForms`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+
+#: Gram matrices with a larger condition number are evaluated by the direct path
+SCHUR_CONDITION_LIMIT = 1e5
+#: relative eigenvalue threshold of the pseudo-inverse (on the Gram matrix)
+PINV_RTOL = 1e-10
+
+
+def _condition_estimate(gram: np.ndarray) -> float:
+    """LAPACK's 1-norm condition estimate of a symmetric matrix (inf unless positive definite).
+
+    Costs one Cholesky factorisation, far less than an eigendecomposition.
+    """
+    factor, info = scipy.linalg.lapack.dpotrf(gram, lower=1)
+    if info != 0:
+        return float("inf")
+    rcond, info = scipy.linalg.lapack.dpocon(factor, np.abs(gram).sum(axis=0).max(), uplo="L")
+    return float(1.0 / rcond) if info == 0 and rcond > 0 else float("inf")
+
+
+def _pinv_quadratic(gram: np.ndarray, vecs: np.ndarray) -> np.ndarray:
+    """Σ_u v_uᵀ G⁺ v_u for a batch of symmetric PSD G (…, r, r) and vectors (…, r, m)."""
+    w, v = np.linalg.eigh(gram)
+    top = np.maximum(w[..., -1:], 0.0)
+    keep = w > PINV_RTOL * np.maximum(top, np.finfo(np.float64).tiny)
+    proj = np.einsum("...ji,...jm->...im", v, vecs)
+    inv_w = np.where(keep, 1.0 / np.where(keep, w, 1.0), 0.0)
+    return np.einsum("...im,...i->...", proj**2, inv_w)
+
+
+class PrincipalQuadraticForms:
+    """q(𝓕) = Σ_u b_u[𝓕]ᵀ G[𝓕,𝓕]⁺ b_u[𝓕] for many subsets 𝓕 of one PSD matrix G.
+
+    When G is well conditioned (LAPACK 1-norm estimate ≤ ``SCHUR_CONDITION_LIMIT``) the
+    Schur complement gives, with H = G⁻¹ and x_u = H b_u,
+    q(𝓕) = Σ_u (b_uᵀx_u − x_u[S]ᵀ H[S,S]⁻¹ x_u[S]) where S is the complement of 𝓕 (the
+    stragglers): one s×s solve per set instead of an (n−s)×(n−s) one. Otherwise (or when
+    |S| > |𝓕|) the principal submatrix itself is pseudo-inverted through its eigenvalues.
+    """
+
+    def __init__(self, gram: np.ndarray, vecs: np.ndarray) -> None:
+        gram = np.asarray(gram, dtype=np.float64)
+        vecs = np.asarray(vecs, dtype=np.float64)
+        if vecs.ndim == 1:
+            vecs = vecs[:, None]
+        self.gram = 0.5 * (gram + gram.T)
+        self.vecs = vecs
+        self.n = gram.shape[0]
+        self.condition_number = _condition_estimate(self.gram)
+        self.use_schur = self.condition_number <= SCHUR_CONDITION_LIMIT
+        if self.use_schur:
+            factor = scipy.linalg.cho_factor(self.gram, lower=True)
+            self.h = scipy.linalg.cho_solve(factor, np.eye(self.n))
+            self.h = 0.5 * (self.h + self.h.T)
+            self.x = self.h @ vecs
+            self.full = float((vecs * self.x).sum())
+        else:
+            self.full = float(_pinv_quadratic(self.gram, vecs))
+
+    def __call__(self, masks: np.ndarray, batch: int = 4096) -> np.ndarray:
+        """Evaluate q for each row of the boolean ``masks`` (N, n) (True = survivor)."""
+        masks = np.atleast_2d(np.asarray(masks, dtype=bool))
+        out = np.empty(masks.shape[0])
+        sizes = masks.sum(axis=1)
+        for r in np.unique(sizes):
+            rows = np.flatnonzero(sizes == r)
+            for start in range(0, rows.size, batch):
+                sel = rows[start : start + batch]
+                out[sel] = self._evaluate_size(masks[sel], int(r))
+        return out
+
+    def _evaluate_size(self, masks: np.ndarray, r: int) -> np.ndarray:
+        count, s = masks.shape[0], self.n - r
+        if r == 0:
+            return np.zeros(count)
+        if s == 0:
+            return np.full(count, self.full)
+        if self.use_schur and s <= r:
+            strag = np.nonzero(~masks)[1].reshape(count, s)
+            h_ss = self.h[strag[:, :, None], strag[:, None, :]]
+            x_s = self.x[strag]  # (count, s, m)
+            sol = np.linalg.solve(h_ss, x_s)
+            return self.full - np.einsum("nsm,nsm->n", x_s, sol)
+        surv = np.nonzero(masks)[1].reshape(count, r)
+        g_ff = self.gram[surv[:, :, None], surv[:, None, :]]
+        return _pinv_quadratic(g_ff, self.vecs[surv])
+
+
+def principal_quadratic_forms(gram: np.ndarray, vecs: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """One-shot helper: ``PrincipalQuadraticForms(gram, vecs)(masks)``."""
+    return PrincipalQuadraticForms(gram, vecs)(masks)
+
+
+def optimal_errors(b: np.ndarray, target: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Err_𝓕(B) = ‖B R* − F‖_F² under optimal decoding for each survivor mask (eq. 4)."""
+    b = np.asarray(b, dtype=np.float64)
+    return OptimalDecoder().evaluator(b, target)(masks)
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """A decoding matrix R (n×m), its error ‖BR − F‖_F² and cond(B_𝓕) (inf if singular)."""
+
+    r: np.ndarray
+    error: float
+    condition_number: float
+
+
+class Decoder:
+    """Base class: maps (B, F, survivor mask) to R. Subclasses implement ``decoding_matrix``."""
+
+    name = "decoder"
+
+    def __init__(self, rescale: bool = False) -> None:
+        #: divide the decoded gradient by the Monte Carlo estimate of α (Section VII)
+        self.rescale = bool(rescale)
+
+    def decoding_matrix(self, b: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def decode(self, b: np.ndarray, target: np.ndarray, mask: np.ndarray) -> Decoding:
+        """R for one survivor mask, with its error and the condition number of B_𝓕."""
+        b = np.asarray(b, dtype=np.float64)
+        mask = np.asarray(mask, dtype=bool)
+        r = self.decoding_matrix(b, target, mask)
+        err = float(((b @ r - target) ** 2).sum())
+        if mask.any():
+            sv = np.linalg.svd(b[:, mask], compute_uv=False)
+            cond = float(sv[0] / sv[-1]) if sv[-1] > sv[0] * 1e-15 else float("inf")
+        else:
+            cond = float("inf")
+        return Decoding(r=r, error=err, condition_number=cond)
+
+    def evaluator(self, b: np.ndarray, target: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        """A function mapping survivor masks (N, n) to the errors ‖B R_𝓕 − F‖_F² (N,).
+
+        Subclasses override this with batched evaluations; B is fixed across calls.
+        """
+        def errors(masks: np.ndarray) -> np.ndarray:
+            masks = np.atleast_2d(np.asarray(masks, dtype=bool))
+            return np.array([self.decode(b, target, mk).error for mk in masks])
+
+        return errors
+
+    def errors(self, b: np.ndarray, target: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """‖B R_𝓕 − F‖_F² for each row of ``masks``."""
+        return self.evaluator(b, target)(masks)
+
+
+class OptimalDecoder(Decoder):
+    """Least-squares decoding R_𝓕 = B_𝓕⁺ F (eq. 4; pseudo-inverse semantics, R = 0 if 𝓕 = ∅)."""
+
+    name = "optimal"
+
+    def decoding_matrix(self, b: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        r = np.zeros((b.shape[1], target.shape[1]))
+        if mask.any():
+            r[mask] = np.linalg.lstsq(b[:, mask], target, rcond=None)[0]
+        return r
+
+    def evaluator(self, b: np.ndarray, target: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        b = np.asarray(b, dtype=np.float64)
+        forms = PrincipalQuadraticForms(b.T @ b, b.T @ target)
+        total = float((target**2).sum())
+
+        def errors(masks: np.ndarray) -> np.ndarray:
+            return np.maximum(total - forms(masks), 0.0)
+
+        errors.condition_number = forms.condition_number  # type: ignore[attr-defined]
+        return errors
+
+
+class FixedDecoder(Decoder):
+    """Fixed decoding: R_𝓕 = (n/|𝓕|)·R₀ restricted to 𝓕, with R₀ = B⁺F chosen in advance.
+
+    For a regular m = 1 code R₀ is a multiple of the all-ones vector, so this is the scaled
+    indicator of 𝓕 of Raviv et al. and Kadhe et al. (PAPER.md §1).
+    """
+
+    name = "fixed"
+
+    def decoding_matrix(self, b: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        r = np.zeros((b.shape[1], target.shape[1]))
+        if mask.any():
+            r0 = np.linalg.lstsq(b, target, rcond=None)[0]
+            r[mask] = r0[mask] * (b.shape[1] / mask.sum())
+        return r
+
+    def evaluator(self, b: np.ndarray, target: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        b = np.asarray(b, dtype=np.float64)
+        n = b.shape[1]
+        r0 = np.linalg.lstsq(b, target, rcond=None)[0]
+
+        def errors(masks: np.ndarray) -> np.ndarray:
+            masks = np.atleast_2d(np.asarray(masks, dtype=bool))
+            counts = masks.sum(axis=1)
+            scale = np.where(counts > 0, n / np.maximum(counts, 1), 0.0)
+            r = masks[:, :, None] * r0[None] * scale[:, None, None]  # (N, n, m)
+            resid = np.einsum("in,Nnm->Nim", b, r) - target[None]
+            return (resid**2).sum(axis=(1, 2))
+
+        return errors

@@ -1,0 +1,115 @@
+"""Optimal and fixed decoding: batched Gram evaluation against per-set least squares."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agc_pipeline.analysis.engine import straggler_masks
+from agc_pipeline.codes.base import target_matrix
+from agc_pipeline.decoding import (
+    FixedDecoder,
+    OptimalDecoder,
+    PrincipalQuadraticForms,
+    optimal_errors,
+)
+
+
+def lstsq_error(b: np.ndarray, f: np.ndarray, mask: np.ndarray) -> float:
+    """The authors' method: one lstsq per survivor set."""
+    if not mask.any():
+        return float((f**2).sum())
+    r = np.linalg.lstsq(b[:, mask], f, rcond=None)[0]
+    return float(((b[:, mask] @ r - f) ** 2).sum())
+
+
+def random_masks(n: int, rng: np.random.Generator) -> np.ndarray:
+    rows = [straggler_masks(n, s, 6, rng) for s in range(n + 1)]
+    return np.vstack(rows)
+
+
+@pytest.mark.parametrize("shape", [(24, 10), (39, 12), (9, 12)])
+def test_batched_errors_match_lstsq(shape: tuple[int, int], rng: np.random.Generator) -> None:
+    mk, n = shape
+    b = rng.standard_normal((mk, n))
+    f = target_matrix(mk // 3, 3)
+    masks = random_masks(n, rng)
+    fast = optimal_errors(b, f, masks)
+    slow = np.array([lstsq_error(b, f, mk_) for mk_ in masks])
+    np.testing.assert_allclose(fast, slow, atol=1e-9)
+
+
+def test_schur_and_direct_paths_agree(rng: np.random.Generator) -> None:
+    g = rng.standard_normal((15, 40))
+    gram = g @ g.T
+    vecs = rng.standard_normal((15, 2))
+    forms = PrincipalQuadraticForms(gram, vecs)
+    assert forms.use_schur
+    masks = random_masks(15, rng)
+    schur = forms(masks)
+    forms.use_schur = False
+    direct = forms(masks)
+    np.testing.assert_allclose(schur, direct, rtol=1e-10, atol=1e-10)
+
+
+def test_rank_deficient_stack_matches_lstsq(rng: np.random.Generator) -> None:
+    a = (rng.random((6, 10)) < 0.4).astype(float)
+    a[:, a.sum(axis=0) == 0] = 1.0
+    b = np.vstack([a, a])  # rank ≤ 6 < n = 10: G is singular
+    f = target_matrix(6, 2)
+    forms = PrincipalQuadraticForms(b.T @ b, b.T @ f)
+    assert not forms.use_schur and forms.condition_number == float("inf")
+    masks = random_masks(10, rng)
+    np.testing.assert_allclose(optimal_errors(b, f, masks),
+                               [lstsq_error(b, f, m_) for m_ in masks], atol=1e-9)
+
+
+def test_empty_survivor_set_gives_zero_decoder() -> None:
+    b = np.ones((4, 3))
+    f = target_matrix(2, 2)
+    mask = np.zeros(3, dtype=bool)
+    for decoder in (OptimalDecoder(), FixedDecoder()):
+        d = decoder.decode(b, f, mask)
+        assert np.all(d.r == 0) and d.error == pytest.approx(4.0)
+        assert d.condition_number == float("inf")
+        assert decoder.errors(b, f, mask[None])[0] == pytest.approx(4.0)
+
+
+def test_decode_matches_evaluator_and_is_float64(rng: np.random.Generator) -> None:
+    b = rng.integers(-1, 2, size=(12, 8))  # integer input is promoted to float64
+    f = target_matrix(6, 2)
+    for decoder in (OptimalDecoder(), FixedDecoder()):
+        masks = random_masks(8, rng)
+        batched = decoder.errors(b, f, masks)
+        single = [decoder.decode(b, f, m_).error for m_ in masks]
+        np.testing.assert_allclose(batched, single, atol=1e-9)
+        d = decoder.decode(b, f, masks[3])
+        assert d.r.dtype == np.float64
+        assert np.all(d.r[~masks[3]] == 0)
+
+
+def test_optimal_is_never_worse_than_fixed(rng: np.random.Generator) -> None:
+    b = rng.standard_normal((10, 9))
+    f = target_matrix(5, 2)
+    masks = random_masks(9, rng)
+    assert np.all(OptimalDecoder().errors(b, f, masks)
+                  <= FixedDecoder().errors(b, f, masks) + 1e-9)
+
+
+def test_fixed_decoder_is_scaled_indicator_for_regular_m1_code() -> None:
+    # cyclic assignment, n = k = 6, load 3: R0 = 1/3, fixed R = (n/|F|)/3 on survivors
+    a = sum(np.roll(np.eye(6), t, axis=0) for t in range(3))
+    f = target_matrix(6, 1)
+    mask = np.array([1, 1, 0, 1, 1, 1], dtype=bool)
+    r = FixedDecoder().decode(a, f, mask).r
+    np.testing.assert_allclose(r[mask, 0], (6 / 5) / 3)
+    assert r[2, 0] == 0
+
+
+def test_condition_number_reported(rng: np.random.Generator) -> None:
+    b = rng.standard_normal((10, 5))
+    d = OptimalDecoder().decode(b, target_matrix(5, 2), np.ones(5, dtype=bool))
+    assert d.condition_number == pytest.approx(np.linalg.cond(b))
+    sing = np.hstack([b[:, :2], b[:, :1]])
+    d2 = OptimalDecoder().decode(sing, target_matrix(5, 2), np.ones(3, dtype=bool))
+    assert d2.condition_number == float("inf")
