@@ -65,8 +65,11 @@ def run_analysis(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             log.info("s=%d  mean=%.4f  max=%.4f  baseline=%s  upper=%s  lower=%.1f", p["s"],
                      p["empirical_mean"], p["empirical_max"], _fmt(p["baseline_mean"]),
                      _fmt(p["upper_bound"]), p["lower_bound"])
+        bounds = cfg.analysis.get("plot_bounds")
         plot = plot_results(results, out_dir / "error_vs_stragglers.png",
-                            title=cfg.analysis.get("title")) if cfg.analysis.plot else None
+                            title=cfg.analysis.get("title"),
+                            bounds=list(bounds) if bounds is not None else None,
+                            ) if cfg.analysis.plot else None
         for p in results["points"]:
             sink.log({k: v for k, v in p.items() if not isinstance(v, dict)}
                      | {f"bound/{k}": v for k, v in p["bounds"].items()}, step=int(p["s"]))

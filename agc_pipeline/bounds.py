@@ -67,7 +67,10 @@ def bibd_bound(n: int, k: int, m: int, delta: int, lam: int, s: int | np.ndarray
 def bibd_stack_error(
     n: int, k: int, m: int, delta: int, lam: int, s: int | np.ndarray
 ) -> np.ndarray:
-    """Exact error of the stack baseline (11) on a BIBD, for every 𝓕: mk − δ²(n−s)/(δ + (n−s−1)λ)."""
+    """Exact error of the stack baseline (11) on a BIBD, for every 𝓕.
+
+    mk − δ²(n−s)/(δ + (n−s−1)λ) (Kadhe et al.'s m = 1 result carried over).
+    """
     r = n - np.asarray(s, dtype=np.float64)
     return m * k - delta**2 * r / (delta + (r - 1) * lam)
 

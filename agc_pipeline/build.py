@@ -8,16 +8,21 @@ on the option files of ``conf/`` and unwraps Hydra's wrapper exception so that a
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
-from omegaconf import DictConfig
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
 
 from agc_pipeline.codes.assignment import Assignment
 from agc_pipeline.codes.base import Scheme
 from agc_pipeline.decoding import Decoder
 from agc_pipeline.errors import ConfigError
+
+if TYPE_CHECKING:
+    from agc_pipeline.data import Dataset
+    from agc_pipeline.models import CodedModel
+    from agc_pipeline.stragglers import StragglerModel
 
 
 def _instantiate(node: DictConfig, what: str, **kwargs: Any) -> Any:
@@ -60,6 +65,63 @@ def build_decoder(cfg: DictConfig) -> Decoder:
     if not isinstance(decoder, Decoder):
         raise ConfigError("decoder: _target_ must return a Decoder")
     return decoder
+
+
+def build_dataset(cfg: DictConfig) -> Dataset:
+    """The data set chosen by ``dataset=...`` (train and test tensors)."""
+    from agc_pipeline.data import Dataset
+
+    dataset = _instantiate(cfg.dataset, "dataset")
+    if not isinstance(dataset, Dataset):
+        raise ConfigError("dataset: _target_ must return a Dataset")
+    return dataset
+
+
+def build_model(cfg: DictConfig, dataset: Dataset) -> CodedModel:
+    """The model chosen by ``model=...``, with ``input_dim`` / ``num_classes`` filled in from
+    ``dataset`` where they are null (and checked against it where they are set)."""
+    from agc_pipeline.models import CodedModel
+
+    node = cfg.model
+    if node is None or "_target_" not in node:
+        raise ConfigError("model has no _target_: choose an option, e.g. model=<name>")
+    try:
+        cls = get_class(node._target_)
+    except Exception as exc:  # noqa: BLE001 - an unknown target is a config error
+        raise ConfigError(f"model: cannot import {node._target_} ({exc})") from None
+    task = getattr(cls, "task", None)
+    if task is not None and task != dataset.task:
+        raise ConfigError(f"model {node._target_.rsplit('.', 1)[-1]} is a {task} model but "
+                          f"dataset {dataset.name} is a {dataset.task} data set (use "
+                          "model=linear with dataset=synthetic_linear, a classifier otherwise)")
+    node = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
+    for key, value in (("input_dim", dataset.input_dim), ("num_classes", dataset.num_classes)):
+        if key not in node:
+            continue
+        if node[key] is None:
+            node[key] = value
+        elif node[key] != value:
+            raise ConfigError(f"model.{key}={node[key]} does not match dataset "
+                              f"{dataset.name} ({key} = {value}); leave it null")
+    model = _instantiate(node, "model")
+    if not isinstance(model, CodedModel):
+        raise ConfigError("model: _target_ must return a CodedModel")
+    return model
+
+
+def build_straggler(cfg: DictConfig) -> StragglerModel:
+    """The straggler model chosen by ``straggler=...``."""
+    from agc_pipeline.stragglers import StragglerModel
+
+    straggler = _instantiate(cfg.straggler, "straggler")
+    if not isinstance(straggler, StragglerModel):
+        raise ConfigError("straggler: _target_ must return a StragglerModel")
+    return straggler
+
+
+def build_trainer_settings(cfg: DictConfig) -> Any:
+    """The validated settings object of ``trainer=...`` (e.g. SimulatedSettings)."""
+    return _instantiate(cfg.trainer, "trainer")
 
 
 def run_app(main: Callable[[], Any], app: str) -> Any:

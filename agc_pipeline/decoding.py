@@ -105,9 +105,72 @@ class PrincipalQuadraticForms:
         return _pinv_quadratic(g_ff, self.vecs[surv])
 
 
+class ComplementErrors:
+    """Err_𝓕(B) for a full-column-rank B through the stragglers' side, without forming BᵀB.
+
+    With B = QR (thin QR, R invertible) and c = QᵀF, span(B_𝓕) = Q·span(R_𝓕) and its
+    orthogonal complement inside span(Q) is spanned by the straggler columns W[:, S] of
+    W = R⁻ᵀ. Hence Err_𝓕 = (‖F‖² − ‖c‖²) + ‖P_{W[:,S]} c‖², with one thin QR of the n×s
+    matrix W[:, S] per set: accurate to cond(B)·eps (the Gram path loses cond(B)²·eps).
+    """
+
+    #: B with a larger condition number is left to the batched SVD path
+    CONDITION_LIMIT = 1e10
+
+    def __init__(self, b: np.ndarray, target: np.ndarray) -> None:
+        q, r = np.linalg.qr(b)
+        sv = np.linalg.svd(r, compute_uv=False)
+        self.condition_number = float(sv[0] / sv[-1]) if sv[-1] > 0 else float("inf")
+        self.usable = b.shape[0] >= b.shape[1] and self.condition_number <= self.CONDITION_LIMIT
+        if self.usable:
+            self.c = q.T @ target
+            self.base = max(float((target**2).sum() - (self.c**2).sum()), 0.0)
+            self.w = np.linalg.solve(r.T, np.eye(r.shape[0]))  # R⁻ᵀ
+            self.n = b.shape[1]
+
+    def __call__(self, masks: np.ndarray, batch: int = 4096) -> np.ndarray:
+        masks = np.atleast_2d(np.asarray(masks, dtype=bool))
+        out = np.empty(masks.shape[0])
+        stragglers = self.n - masks.sum(axis=1)
+        for s in np.unique(stragglers):
+            rows = np.flatnonzero(stragglers == s)
+            if s == 0:
+                out[rows] = self.base
+                continue
+            for start in range(0, rows.size, batch):
+                sel = rows[start : start + batch]
+                strag = np.nonzero(~masks[sel])[1].reshape(sel.size, s)
+                w_s = np.moveaxis(self.w[:, strag], 1, 0)  # (N, n, s)
+                q_s = np.linalg.qr(w_s)[0]
+                proj = np.einsum("nis,im->nsm", q_s, self.c)
+                out[sel] = self.base + (proj**2).sum(axis=(1, 2))
+        return out
+
+
 def principal_quadratic_forms(gram: np.ndarray, vecs: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """One-shot helper: ``PrincipalQuadraticForms(gram, vecs)(masks)``."""
     return PrincipalQuadraticForms(gram, vecs)(masks)
+
+
+def lstsq_errors(b: np.ndarray, target: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """‖B_𝓕 B_𝓕⁺ F − F‖_F² per survivor mask, by a rank-revealing (column-pivoted) QR of B_𝓕.
+
+    The fallback for rank-deficient B: columns whose pivot falls below
+    ``eps·max(mk, |𝓕|)·|R₀₀|`` count as dependent, mirroring ``np.linalg.lstsq``'s cut-off.
+    (numpy's batched SVD is pathologically slow on these shapes; pivoted QR is not.)
+    """
+    masks = np.atleast_2d(np.asarray(masks, dtype=bool))
+    total = float((target**2).sum())
+    out = np.full(masks.shape[0], total)
+    for i, mask in enumerate(masks):
+        if not mask.any():
+            continue
+        b_f = b[:, mask]
+        q, r, _ = scipy.linalg.qr(b_f, mode="economic", pivoting=True)
+        diag = np.abs(np.diag(r))
+        rank = int((diag > np.finfo(np.float64).eps * max(b_f.shape) * diag[0]).sum())
+        out[i] = total - float(((q[:, :rank].T @ target) ** 2).sum())
+    return np.maximum(out, 0.0)
 
 
 def optimal_errors(b: np.ndarray, target: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -178,12 +241,22 @@ class OptimalDecoder(Decoder):
         return r
 
     def evaluator(self, b: np.ndarray, target: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        """Three paths, fastest first: the Schur complement on one Gram matrix when BᵀB is
+        well conditioned; :class:`ComplementErrors` when B has full column rank; else batched
+        SVDs of B_𝓕 (lstsq's semantics). ``errors.condition_number`` is cond(BᵀB)'s estimate.
+        """
         b = np.asarray(b, dtype=np.float64)
         forms = PrincipalQuadraticForms(b.T @ b, b.T @ target)
         total = float((target**2).sum())
 
+        complement = None if forms.use_schur else ComplementErrors(b, target)
+
         def errors(masks: np.ndarray) -> np.ndarray:
-            return np.maximum(total - forms(masks), 0.0)
+            if forms.use_schur:
+                return np.maximum(total - forms(masks), 0.0)
+            if complement is not None and complement.usable:
+                return complement(masks)
+            return lstsq_errors(b, target, masks)
 
         errors.condition_number = forms.condition_number  # type: ignore[attr-defined]
         return errors

@@ -140,8 +140,10 @@ class MultiSink(Sink):
 
 
 def make_logger_sink(logger_cfg: Any, run_dir: Path, config: dict[str, Any], *, group: str,
-                     job_type: str) -> Sink:
-    """The sink chosen by ``logger=...``: ``none`` → a no-op, ``wandb`` → :class:`WandbSink`."""
+                     job_type: str, name: str | None = None,
+                     resume_id: str | None = None) -> Sink:
+    """The sink chosen by ``logger=...``: ``none`` → a no-op, ``wandb`` → :class:`WandbSink`
+    (run ``name``; ``resume_id`` continues that W&B run)."""
     kind = (logger_cfg or {}).get("name", "none") if logger_cfg is not None else "none"
     if kind == "none":
         return Sink()
@@ -149,7 +151,8 @@ def make_logger_sink(logger_cfg: Any, run_dir: Path, config: dict[str, Any], *, 
         return WandbSink(run_dir, config, project=logger_cfg.get("project", "agc_pipeline"),
                          group=logger_cfg.get("group") or group, job_type=job_type,
                          mode=logger_cfg.get("mode", "offline"),
-                         entity=logger_cfg.get("entity"), tags=list(logger_cfg.get("tags") or []))
+                         entity=logger_cfg.get("entity"), tags=list(logger_cfg.get("tags") or []),
+                         name=name, resume_id=resume_id)
     from agc_pipeline.errors import ConfigError
 
     raise ConfigError(f"logger must be wandb or none (got {kind!r})")

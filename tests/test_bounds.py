@@ -1,4 +1,4 @@
-"""The paper's bounds against Monte Carlo and against each other (eqs. 8, 10, 11, 12, 17, 20, 21)."""
+"""The paper's bounds against Monte Carlo and each other (eqs. 8, 10, 11, 12, 17, 20, 21)."""
 
 from __future__ import annotations
 

@@ -113,3 +113,27 @@ def test_condition_number_reported(rng: np.random.Generator) -> None:
     sing = np.hstack([b[:, :2], b[:, :1]])
     d2 = OptimalDecoder().decode(sing, target_matrix(5, 2), np.ones(3, dtype=bool))
     assert d2.condition_number == float("inf")
+
+
+def test_complement_path_matches_lstsq_on_ill_conditioned_b(rng: np.random.Generator) -> None:
+    from agc_pipeline.decoding import ComplementErrors
+
+    # square B with cond ≈ 1e4: the Gram path is skipped, the complement path is used
+    u, _ = np.linalg.qr(rng.standard_normal((20, 20)))
+    v, _ = np.linalg.qr(rng.standard_normal((20, 20)))
+    b = u @ np.diag(np.logspace(0, -4, 20)) @ v.T
+    f = target_matrix(10, 2)
+    forms = PrincipalQuadraticForms(b.T @ b, b.T @ f)
+    assert not forms.use_schur
+    comp = ComplementErrors(b, f)
+    assert comp.usable
+    masks = random_masks(20, rng)
+    slow = [lstsq_error(b, f, m_) for m_ in masks]
+    np.testing.assert_allclose(comp(masks), slow, atol=1e-9)
+    np.testing.assert_allclose(optimal_errors(b, f, masks), slow, atol=1e-9)
+    # tall B (mk > n)
+    tall = rng.standard_normal((30, 12)) @ np.diag(np.logspace(0, -3, 12))
+    f3 = target_matrix(10, 3)
+    masks = random_masks(12, rng)
+    np.testing.assert_allclose(ComplementErrors(tall, f3)(masks),
+                               [lstsq_error(tall, f3, m_) for m_ in masks], atol=1e-9)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,43 +16,56 @@ BOUND_LABELS = {
     "eq10": "Upp. Bd. (10)",
     "eq12": "Upp. Bd. (12)",
     "eq17": "Upp. Bd. (17)",
-    "lemma1_mean": "Lemma 1 Bd. (mean)",
-    "lemma1_max": "Lemma 1 Bd. (max)",
-    "eq20_max": "Upp. Bd. (20) (max)",
+    "lemma1_mean": "Lemma 1 Bd. (mean over sets)",
+    "lemma1_max": "Lemma 1 Bd. (max over sets)",
+    "eq20_mean": "Upp. Bd. (20) (mean over sets)",
+    "eq20_max": "Upp. Bd. (20) (max over sets)",
     "stack_exact": "Stack err. (exact)",
 }
-_MARKERS = "o^sDvP*HX<>"
+_BOUND_COLORS = ["tab:green", "black", "tab:purple", "tab:brown", "tab:olive"]
+_COMPARE_COLORS = ["tab:cyan", "tab:pink", "tab:gray"]
 
 
-def plot_results(results: dict[str, Any], path: Path, title: str | None = None) -> Path:
-    """Write a PNG of ``results`` (the ``results.json`` dict) to ``path``."""
+def default_bounds(results: dict[str, Any]) -> list[str]:
+    """The scheme's closed-form bounds if any, else its primary bound."""
+    names = list(results["points"][0]["bounds"])
+    closed = [n for n in names if not n.endswith(("_mean", "_max"))]
+    primary = results.get("primary_bound")
+    return closed or ([primary] if primary else [])
+
+
+def plot_results(results: dict[str, Any], path: Path, title: str | None = None,
+                 bounds: Sequence[str] | None = None) -> Path:
+    """Write a PNG of ``results`` (the ``results.json`` dict) to ``path``.
+
+    ``bounds`` names the bounds to draw (keys of each point's ``bounds``); by default the
+    closed-form ones, or the primary bound when there is none.
+    """
     pts = results["points"]
     x = [p["straggler_fraction"] for p in pts]
     fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=120)
-    markers = iter(_MARKERS)
-    scheme = results["scheme"]
 
-    def line(values: list[Any], label: str, **kw: Any) -> None:
+    def line(values: list[Any], label: str, color: str, marker: str, **kw: Any) -> None:
         if any(v is not None for v in values):
-            ax.plot(x, [float("nan") if v is None else v for v in values],
-                    marker=next(markers), label=label, **kw)
+            ax.plot(x, [float("nan") if v is None else v for v in values], marker=marker,
+                    color=color, label=label, **kw)
 
-    line([p["empirical_mean"] for p in pts], f"Emp. Avg. Err. ({scheme})", color="tab:blue")
-    names = sorted({name for p in pts for name in p["bounds"]
-                    if name in BOUND_LABELS and not name.endswith("_mean")
-                    or name == "lemma1_mean"})
-    for name in names:
-        line([p["bounds"].get(name) for p in pts], BOUND_LABELS[name], linestyle="--")
-    for label in pts[0].get("compared", {}):
-        line([p["compared"][label]["empirical_mean"] for p in pts], f"Emp. Avg. Err. ({label})")
-        if any(p["compared"][label]["upper_bound"] is not None for p in pts):
-            line([p["compared"][label]["upper_bound"] for p in pts], f"Upp. Bd. ({label})",
-                 linestyle="--")
-    line([p["baseline_mean"] for p in pts], "Err. Base. Cons. (stack)", color="tab:red")
-    line([p["lower_bound"] for p in pts], "Low. Bd. (21)", color="tab:orange")
+    line([p["empirical_mean"] for p in pts], f"Emp. Avg. Err. ({results['scheme']})",
+         "tab:blue", "^")
+    for name, color in zip(bounds if bounds is not None else default_bounds(results),
+                           _BOUND_COLORS, strict=False):
+        line([p["bounds"].get(name) for p in pts], BOUND_LABELS.get(name, name), color, "o",
+             linestyle="--")
+    for label, color in zip(pts[0].get("compared", {}), _COMPARE_COLORS, strict=False):
+        line([p["compared"][label]["empirical_mean"] for p in pts], f"Emp. Avg. Err. ({label})",
+             color, "*")
+        line([p["compared"][label]["upper_bound"] for p in pts], f"Upp. Bd. ({label})",
+             color, "H", linestyle="--")
+    line([p["baseline_mean"] for p in pts], "Err. Base. Cons. (stack)", "tab:red", "s")
+    line([p["lower_bound"] for p in pts], "Low. Bd. (21)", "tab:orange", "x")
     ax.set_xlabel("Straggler fraction $s/n$")
     ax.set_ylabel("Approximation error")
-    ax.set_title(title or f"{results['assignment']}, m = {results['m']}")
+    ax.set_title(title or f"{results['assignment']}, {results['scheme']}, m = {results['m']}")
     ax.grid(True, alpha=0.4)
     ax.legend(fontsize="small", loc="best")
     fig.tight_layout()

@@ -114,6 +114,7 @@ def steiner_triple_system(v: int) -> np.ndarray:
       {(x,0),(x,1),(x,2)} for x < n, {∞,(n+x,i),(x,i+1)} for x < n, and
       {(x,i),(y,i),(x∘y,i+1)} for x < y.
     """
+    v = integer_param(v, "STS(v): v")
     require(v >= 3 and v % 6 in (1, 3),
             f"STS(v) needs v ≡ 1 or 3 (mod 6) and v ≥ 3 (got {v})")
 

@@ -232,7 +232,7 @@ def coset(k: int, m: int, delta: int, generating_set: Sequence[int] | None = Non
     else:
         require(hasattr(generating_set, "__iter__") and not isinstance(generating_set, str),
                 f"assignment.generating_set must be a list of integers (got {generating_set!r})")
-        gens = [integer_param(b, "assignment.generating_set entries") for b in generating_set]
+        gens = [integer_param(b, "assignment.generating_set entry") for b in generating_set]
         require(len(set(gens)) == len(gens),
                 f"assignment.generating_set must have distinct entries (got {gens})")
         require(all(0 <= b < k for b in gens),
