@@ -1,0 +1,8 @@
+"""Coded SGD: the runtime-independent coded step and the runtimes that use it.
+
+* :mod:`~agc_pipeline.training.coded_step` — blocks, worker messages, decoding, α (§1, §6);
+* :mod:`~agc_pipeline.training.gradients` — the k partial gradients in one backward pass;
+* :mod:`~agc_pipeline.training.optim` — the PS's SGD (momentum, weight decay, overflow-safe);
+* :mod:`~agc_pipeline.training.simulated` — n workers and the PS simulated in one process;
+* :mod:`~agc_pipeline.training.checkpoint` — checkpoints and resumable metrics files.
+"""

@@ -1,0 +1,424 @@
+"""Coded SGD on a simulated cluster: n workers and the parameter server in one process.
+
+Each iteration t (PAPER.md §1, §6):
+
+1. the k partial gradients g_i = ∇loss_sum(D_i)/N, each computed once (one forward and one
+   backward pass, :mod:`~agc_pipeline.training.gradients`), packed as Z in float64;
+2. the encoding matrix B of iteration t (:func:`~agc_pipeline.training.coded_step.encoder_rng`
+   for randomised schemes such as construction (7));
+3. the straggler model's draw for iteration t (seeded by (seed, t): common random numbers
+   across schemes) — the survivor set 𝓕 and the PS's waiting time;
+4. decoding R at the PS, the estimate ĝ = Z (B R) (float64; identical to combining the
+   survivors' messages Z B(:, j), which ``materialize_messages`` does explicitly; divided by
+   α when ``decoder.rescale``), un-padded into the parameters' shapes, and the SGD step.
+   No survivors: the update is skipped (and logged). NaN/Inf in ĝ, or a step that would
+   overflow the parameters: :class:`TrainingDiverged` (the state stays the last good one).
+
+Metrics are evaluated at the parameters *before* iteration t's update; ``bytes_to_ps``
+counts the survivors' messages in the parameters' dtype (|𝓕|·L·4 bytes for float32), as a
+real runtime would send them; the virtual clock adds the straggler model's waiting time
+(plus ``decode_cost``) per iteration.
+
+``wait_for_all`` makes the PS use every worker's message (the uncoded wait-for-all baseline);
+the iteration then lasts until the slowest worker arrives. Models without timing (all but
+``delay``) have stragglers that never arrive; under ``wait_for_all`` they are taken to arrive
+after ``straggler_slowdown × compute_time`` plus their communication time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from agc_pipeline.codes.base import Scheme
+from agc_pipeline.data import Dataset, split_subsets
+from agc_pipeline.decoding import Decoder
+from agc_pipeline.errors import ConfigError, require
+from agc_pipeline.models import CodedModel
+from agc_pipeline.sinks import Sink
+from agc_pipeline.stragglers import StragglerContext, StragglerDraw, StragglerModel, VirtualClock
+from agc_pipeline.training.checkpoint import save_checkpoint
+from agc_pipeline.training.coded_step import (
+    ALPHA_ITERATION_OFFSET,
+    AlphaEstimate,
+    CodedStep,
+    TrainingDiverged,
+    apply_weights,
+    check_finite,
+    combine,
+    from_blocks,
+    survivor_messages,
+)
+from agc_pipeline.training.gradients import pack_gradients, partial_gradients
+from agc_pipeline.training.optim import SGD
+
+__all__ = ["SimulatedSettings", "SimulatedTrainer", "TrainingInterrupted"]
+
+
+class TrainingInterrupted(RuntimeError):
+    """The run was stopped (SIGINT/SIGTERM) at an iteration boundary; a checkpoint is saved."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+@dataclass
+class SimulatedSettings:
+    """``trainer=simulated`` options (``conf/trainer/simulated.yaml``), validated at start."""
+
+    iterations: int = 300  #: SGD iterations
+    lr: float = 0.1  #: learning rate η
+    momentum: float = 0.0  #: heavy-ball momentum of ``torch.optim.SGD``
+    weight_decay: float = 0.0
+    log_every: int = 1  #: one metrics row every this many iterations (and the last)
+    eval_every: int = 50  #: test metrics every this many iterations (0: only at the end)
+    checkpoint_every: int = 100  #: checkpoint every this many iterations (0: end/error only)
+    resume: bool = False  #: continue from ``checkpoint.pt`` in the run dir
+    wait_for_all: bool = False  #: the PS uses every message (uncoded wait-for-all baseline)
+    straggler_slowdown: float = 4.0  #: wait_for_all: a straggler's compute time multiplier
+    decode_cost: float = 0.0  #: virtual time the PS spends decoding, per iteration
+    alpha_samples: int = 1000  #: Monte Carlo draws for α (0: skip; rescale needs ≥ 2)
+    materialize_messages: bool = False  #: build every worker's message (slower; a check)
+    progress: bool = True  #: tqdm progress bar on stderr
+    device: str = "cpu"  #: cpu | cuda | cuda:N | auto
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "log_every"):
+            value = getattr(self, name)
+            require(_is_int(value) and value >= 1,
+                    f"trainer.{name} must be a positive integer (got {value!r})")
+        for name in ("eval_every", "checkpoint_every", "alpha_samples"):
+            value = getattr(self, name)
+            require(_is_int(value) and value >= 0,
+                    f"trainer.{name} must be a non-negative integer (got {value!r})")
+        require(_finite(self.lr) and self.lr > 0, f"trainer.lr must be > 0 (got {self.lr!r})")
+        require(_finite(self.momentum) and 0 <= self.momentum < 1,
+                f"trainer.momentum must lie in [0, 1) (got {self.momentum!r})")
+        require(_finite(self.weight_decay) and self.weight_decay >= 0,
+                f"trainer.weight_decay must be ≥ 0 (got {self.weight_decay!r})")
+        require(_finite(self.straggler_slowdown) and self.straggler_slowdown >= 1,
+                f"trainer.straggler_slowdown must be ≥ 1 (got {self.straggler_slowdown!r})")
+        require(_finite(self.decode_cost) and self.decode_cost >= 0,
+                f"trainer.decode_cost must be ≥ 0 (got {self.decode_cost!r})")
+        for name in ("resume", "wait_for_all", "materialize_messages", "progress"):
+            require(isinstance(getattr(self, name), bool),
+                    f"trainer.{name} must be true or false (got {getattr(self, name)!r})")
+        self.torch_device = _device(self.device)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float | np.number) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def _device(name: Any) -> torch.device:
+    require(isinstance(name, str), f"trainer.device must be a string (got {name!r})")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"trainer.device must be cpu, cuda, cuda:N or auto (got {name!r})") \
+            from None
+    require(device.type in ("cpu", "cuda"),
+            f"trainer.device must be cpu, cuda, cuda:N or auto (got {name!r})")
+    require(device.type != "cuda" or torch.cuda.is_available(),
+            f"trainer.device={name} but CUDA is not available; use trainer.device=cpu")
+    return device
+
+
+@dataclass
+class Totals:
+    """Running totals over the completed iterations (checkpointed)."""
+
+    iterations: int = 0
+    survivors: int = 0
+    bytes_to_ps: int = 0
+    skipped: int = 0
+    grad_error: float = 0.0  #: sum over iterations
+    seconds: float = 0.0  #: wall-clock seconds spent training (all sessions)
+
+
+@dataclass
+class _Pending:
+    """What one iteration changes, committed together at its very end."""
+
+    virtual_time: float
+    totals: Totals
+    gradient: torch.Tensor  #: the decoded gradient ĝ (flat, float64) to step with
+
+
+class SimulatedTrainer:
+    """The model, its data split into the assignment's k subsets, the code and the PS.
+
+    Everything is validated in ``__init__`` (a dry-run straggler draw included), before any
+    training. ``step()`` runs one iteration and returns its metrics row; ``fit()`` runs them
+    all with logging, checkpoints and graceful interruption.
+    """
+
+    def __init__(self, model: CodedModel, dataset: Dataset, scheme: Scheme, decoder: Decoder,
+                 straggler: StragglerModel, settings: SimulatedSettings, seed: int) -> None:
+        self.settings = settings
+        self.device = settings.torch_device
+        self.model = model.to(self.device)
+        self.dataset = dataset
+        self.scheme = scheme
+        self.decoder = decoder
+        self.straggler = straggler
+        self.seed = int(seed)
+        a = scheme.assignment
+        self.n, self.k, self.m = a.n, a.k, scheme.m
+        n_train = int(dataset.y_train.shape[0])
+        require(self.k <= n_train,
+                f"assignment has k = {self.k} data subsets but the data set has only "
+                f"{n_train} training samples (each subset needs at least one); use a smaller "
+                "design or a larger dataset.train_size")
+        require(model.task == dataset.task,
+                f"model {type(model).__name__} is a {model.task} model but dataset "
+                f"{dataset.name} is a {dataset.task} data set")
+        subsets = split_subsets(n_train, self.k, self.seed)
+        self.x = dataset.x_train[subsets].to(self.device)  # (k, b, D)
+        self.y = dataset.y_train[subsets].to(self.device)  # (k, b)
+        self.num_samples = int(subsets.numel())
+        self.x_test = dataset.x_test.to(self.device)
+        self.y_test = dataset.y_test.to(self.device)
+        self.d = sum(p.numel() for p in model.parameters())
+        self.wire_bytes = next(model.parameters()).element_size()
+        self.coded = CodedStep(scheme, decoder, self.d, self.seed)
+        self.length = self.coded.length
+        #: Z as k rows of m zero-padded blocks, float64, reused every iteration
+        self._z = torch.zeros(self.k, self.m * self.length, dtype=torch.float64,
+                              device=self.device)
+        self.assignment_matrix = a.matrix
+        self.optimizer = SGD(list(model.parameters()), lr=settings.lr,
+                             momentum=settings.momentum, weight_decay=settings.weight_decay)
+        self.clock = VirtualClock(decode_cost=settings.decode_cost)
+        self.totals = Totals()
+        self.iteration = 0
+        self.alpha: AlphaEstimate | None = None
+        self._stop_requested = False
+        self._lap = time.perf_counter()
+        require(not decoder.rescale or settings.alpha_samples >= 2,
+                "decoder.rescale=true needs trainer.alpha_samples ≥ 2 (α is estimated by "
+                "Monte Carlo at start-up)")
+        self._draw(self.coded.encoding(0), 0)  # dry run: s < n, trace columns, …
+
+    # ---------------------------------------------------------------------------- pieces
+
+    def _context(self, b: np.ndarray) -> StragglerContext:
+        """Adversarial models may evaluate Err_𝓕(B) of this iteration's B (built lazily)."""
+        cache: dict[str, Any] = {}
+
+        def error_fn(mask: np.ndarray) -> float:
+            if "errors" not in cache:
+                cache["errors"] = self.decoder.evaluator(b, self.coded.target)
+            return float(cache["errors"](np.asarray(mask, dtype=bool)[None])[0])
+
+        return StragglerContext(self.assignment_matrix, self.m, error_fn)
+
+    def _draw(self, b: np.ndarray, iteration: int) -> StragglerDraw:
+        """The straggler draw, replaced by "everyone, wait for the slowest" under
+        ``wait_for_all``."""
+        draw = self.straggler.draw(iteration, self.n, self.length, self._context(b))
+        if not self.settings.wait_for_all:
+            return draw
+        late = (self.settings.straggler_slowdown * self.straggler.compute_time
+                + self.straggler.comm_time(self.length))
+        finish = np.where(np.isfinite(draw.finish_times), draw.finish_times, late)
+        return StragglerDraw(np.ones(self.n, dtype=bool), finish, float(finish.max()))
+
+    def estimate_alpha(self) -> AlphaEstimate | None:
+        """α of Section VII by Monte Carlo (``trainer.alpha_samples`` draws), or None."""
+        samples = self.settings.alpha_samples
+        if samples == 0:
+            return None
+
+        def survivors(b: np.ndarray, index: int) -> np.ndarray:
+            return self._draw(b, ALPHA_ITERATION_OFFSET + index).survivors
+
+        self.alpha = self.coded.estimate_alpha(survivors, samples)
+        require(not self.decoder.rescale or abs(self.alpha.value) > 1e-8,
+                f"decoder.rescale=true but α ≈ {self.alpha.value:.3g}: the decoded gradient "
+                "is zero on average and cannot be rescaled")
+        return self.alpha
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float | None]:
+        """Test metrics at the current parameters: ``test_loss`` (mean) and ``test_accuracy``
+        (classification) or ``test_mse`` (regression); None without test data."""
+        key = "test_accuracy" if self.model.task == "classification" else "test_mse"
+        if self.y_test.shape[0] == 0:
+            return {key: None, "test_loss": None}
+        out = self.model(self.x_test)
+        return {key: self.model.metric(out, self.y_test),
+                "test_loss": float(self.model.loss_sum(out, self.y_test)) / len(self.y_test)}
+
+    @torch.no_grad()
+    def train_loss(self) -> float:
+        """Mean training loss over the N = k·⌊N/k⌋ samples used, at the current parameters."""
+        x = self.x.reshape(-1, *self.x.shape[2:])
+        y = self.y.reshape(-1, *self.y.shape[2:])
+        return float(self.model.loss_sum(self.model(x), y)) / self.num_samples
+
+    # ---------------------------------------------------------------------------- iteration
+
+    def step(self, evaluate: bool = False) -> dict[str, Any]:
+        """Run iteration ``self.iteration``; return its metrics row (at the parameters before
+        the update: ``train_loss``, test metrics when ``evaluate``)."""
+        t, m, d = self.iteration, self.m, self.d
+        row: dict[str, Any] = {"iteration": t}
+        if evaluate:
+            row.update(self.evaluate())
+        grads, loss = partial_gradients(self.model, self.x, self.y)
+        row["train_loss"] = float(loss) / self.num_samples
+        pack_gradients(grads, 1.0 / self.num_samples, self._z)
+        del grads
+        blocks = self._z.view(self.k, m, self.length)  # blocks[i, u] = g_i[u], float64
+        b = self.coded.encoding(t)
+        draw = self._draw(b, t)
+        mask = draw.survivors
+        target = self.coded.target
+        if mask.any():
+            dec = self.coded.decode(b, mask)
+            both = apply_weights(blocks, np.hstack([self.coded.weights(b, dec.r), target]))
+            estimate, exact = from_blocks(both[:m], d), from_blocks(both[m:], d)
+            if self.settings.materialize_messages:
+                msgs = survivor_messages(blocks, b, self.assignment_matrix, mask)
+                estimate = combine(msgs, dec.r[mask], d)
+            if self.decoder.rescale:
+                assert self.alpha is not None, "call estimate_alpha() before training"
+                estimate = estimate / self.alpha.value
+            condition, approx = dec.condition_number, dec.error
+        else:
+            exact = from_blocks(apply_weights(blocks, target), d)
+            estimate = torch.zeros_like(exact)
+            condition, approx = math.inf, self.coded.target_norm2
+        diff2 = float((estimate - exact).square().sum())
+        if not math.isfinite(diff2):  # the only full NaN/Inf scan, when something is off
+            check_finite(estimate, t)
+        norm2 = float(exact.square().sum())
+        error = diff2 / norm2 if norm2 > 0 else math.nan
+        survivors = int(mask.sum())
+        sent = survivors * self.length * self.wire_bytes
+        pending = _Pending(self.clock.virtual_time, Totals(**asdict(self.totals)), estimate)
+        pending.virtual_time += draw.iteration_time + self.clock.decode_cost
+        tot = pending.totals
+        tot.iterations, tot.survivors = t + 1, tot.survivors + survivors
+        tot.bytes_to_ps += sent
+        tot.skipped += int(survivors == 0)
+        tot.grad_error += error if math.isfinite(error) else 0.0
+        row.update(grad_error=error, survivors=survivors, bytes_to_ps=sent,
+                   total_bytes_to_ps=tot.bytes_to_ps, virtual_time=pending.virtual_time,
+                   iteration_time=float(draw.iteration_time), decode_condition=condition,
+                   approx_error=float(approx), skipped=survivors == 0)
+        self._commit(pending, update=survivors > 0)
+        return row
+
+    def _commit(self, pending: _Pending, update: bool) -> None:
+        """Apply one iteration's changes together (nothing before this mutates state).
+
+        A step that would overflow the parameters to NaN/Inf is not taken and raises
+        :class:`TrainingDiverged`, so a checkpoint never holds them.
+        """
+        if update and not self.optimizer.step(pending.gradient):
+            raise TrainingDiverged(
+                f"iteration {self.iteration}: the SGD step would overflow the parameters to "
+                "NaN/Inf (diverged: lower trainer.lr)")
+        self.clock.virtual_time = pending.virtual_time
+        self.totals = pending.totals
+        self.iteration += 1
+
+    # ---------------------------------------------------------------------------- state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-identically (model, optimizer, clock, totals)."""
+        return {"iteration": self.iteration,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "virtual_time": self.clock.virtual_time,
+                "totals": asdict(self.totals),
+                "alpha": None if self.alpha is None else self.alpha.as_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.clock.virtual_time = float(state["virtual_time"])
+        self.totals = Totals(**state["totals"])
+        self.iteration = int(state["iteration"])
+        self.alpha = None if state["alpha"] is None else AlphaEstimate(**state["alpha"])
+
+    def request_stop(self) -> None:
+        """Stop at the end of the current iteration (``fit`` raises TrainingInterrupted)."""
+        self._stop_requested = True
+
+    # ---------------------------------------------------------------------------- loop
+
+    def fit(self, sink: Sink, checkpoint: Path, extra_state: dict[str, Any]) -> None:
+        """Run the remaining iterations, logging rows to ``sink`` and checkpointing to
+        ``checkpoint`` (every ``checkpoint_every`` iterations, at the end and on any error or
+        interruption, always the state after the last completed iteration)."""
+        s = self.settings
+        bar = tqdm(total=s.iterations, initial=self.iteration, disable=not s.progress,
+                   desc="train", unit="it", dynamic_ncols=True)
+        self._lap = time.perf_counter()
+        try:
+            with _graceful_stop(self):
+                while self.iteration < s.iterations:
+                    t = self.iteration
+                    evaluate = s.eval_every > 0 and t % s.eval_every == 0
+                    row = self.step(evaluate=evaluate)
+                    if t % s.log_every == 0 or t == s.iterations - 1 or row["skipped"]:
+                        sink.log(row, step=t)
+                    bar.set_postfix(loss=f"{row['train_loss']:.4f}", refresh=False)
+                    bar.update(1)
+                    if s.checkpoint_every and self.iteration % s.checkpoint_every == 0:
+                        self._save(checkpoint, extra_state)
+                    if self._stop_requested:
+                        raise TrainingInterrupted(
+                            f"stopped after iteration {t} (checkpoint {checkpoint}); continue "
+                            "with trainer.resume=true and the same hydra.run.dir")
+        finally:
+            bar.close()
+            self._save(checkpoint, extra_state)
+
+    def _save(self, path: Path, extra_state: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        self.totals.seconds += now - self._lap
+        self._lap = now
+        save_checkpoint(path, {**self.state_dict(), **extra_state})
+
+
+@contextlib.contextmanager
+def _graceful_stop(trainer: SimulatedTrainer) -> Iterator[None]:
+    """SIGTERM, or a first SIGINT, asks the trainer to stop at the end of the iteration
+    (a second SIGINT interrupts at once). Only in the main thread; handlers are restored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: object) -> None:
+        if signum == signal.SIGINT and trainer._stop_requested:
+            raise KeyboardInterrupt
+        trainer.request_stop()
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
