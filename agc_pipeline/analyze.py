@@ -3,8 +3,9 @@
     python -m agc_pipeline.analyze experiment=fig3        # Fig. 3 (also fig4, fig5)
     python -m agc_pipeline.analyze assignment=srg assignment.graph=petersen m=2
 
-Writes ``results.json`` and ``error_vs_stragglers.png`` in the Hydra run dir; with
-``logger=wandb`` also logs them to W&B (offline by default).
+Writes ``results.json`` and ``error_vs_stragglers.png`` in the Hydra run dir, then
+``summary.json`` (status, seed, library versions, git commit, resolved config: what
+reproduces the run); with ``logger=wandb`` also logs them to W&B (offline by default).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from agc_pipeline.build import build_assignment, build_decoder, build_scheme, ru
 from agc_pipeline.codes.stack import Stack
 from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.errors import require
+from agc_pipeline.provenance import record
 from agc_pipeline.sinks import make_logger_sink, write_json
+from agc_pipeline.sweeps import limit_threads, skip_finished_job
 
 log = logging.getLogger("agc_pipeline.analyze")
 
@@ -59,6 +62,7 @@ def run_analysis(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         results = study.run(progress=lambda it: tqdm(it, desc=f"analyze {cfg.name}",
                                                      unit="draw", disable=not show))
         results["name"] = str(cfg.name)
+        results.update(record())
         results["config"] = config
         write_json(out_dir / "results.json", results)
         for p in results["points"]:
@@ -78,10 +82,19 @@ def run_analysis(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         if plot is not None:
             sink.image("error_vs_stragglers", plot)
         sink.summary({"seconds": results["seconds"], "n": results["n"], "k": results["k"]})
+        write_json(out_dir / "summary.json", _summary(results))  # last: marks completion
         log.info("wrote %s (%.1f s)", out_dir / "results.json", results["seconds"])
         return results
     finally:
         sink.close()
+
+
+def _summary(results: dict[str, Any]) -> dict[str, Any]:
+    """summary.json of an analyze run: what it computed and what reproduces it."""
+    keys = ("name", "seconds", "n", "k", "m", "delta", "gamma", "scheme", "assignment", "seed",
+            "versions", "provenance", "config")
+    return {"app": "analyze", "status": "completed", "results": "results.json",
+            "points": len(results["points"]), **{key: results.get(key) for key in keys}}
 
 
 def _fmt(value: float | None) -> str:
@@ -90,8 +103,11 @@ def _fmt(value: float | None) -> str:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="analyze", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
-    run_app(lambda: run_analysis(cfg, Path(HydraConfig.get().runtime.output_dir)),
-            "agc-analyze")
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    if skip_finished_job(cfg, out_dir, ("results.json",)):
+        return  # a re-run sweep: this job's complete run is already there
+    limit_threads()
+    run_app(lambda: run_analysis(cfg, out_dir), "agc-analyze")
 
 
 def main() -> None:

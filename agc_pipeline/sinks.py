@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from agc_pipeline.provenance import record
+
 
 def to_jsonable(value: Any) -> Any:
     """numpy scalars/arrays and non-finite floats into strict-JSON values (NaN/inf → None)."""
@@ -69,7 +71,8 @@ class JsonlSink(Sink):
 
 
 class WandbSink(Sink):
-    """A W&B run in ``run_dir`` (offline by default)."""
+    """A W&B run in ``run_dir`` (offline by default); its config is ``config`` plus the
+    provenance block (``versions``, ``provenance``: git commit, host, ...)."""
 
     def __init__(self, run_dir: Path, config: dict[str, Any], *, project: str, group: str,
                  job_type: str, mode: str = "offline", entity: str | None = None,
@@ -78,6 +81,7 @@ class WandbSink(Sink):
         import wandb
 
         os.environ.setdefault("WANDB_SILENT", "true")
+        config = {**config, **record()}
         self._wandb = wandb
         self.run = wandb.init(
             project=project, entity=entity, group=group, job_type=job_type, name=name,

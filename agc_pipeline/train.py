@@ -1,6 +1,9 @@
-"""The ``train`` app: coded SGD on a simulated cluster (paper §6, Fig. 6).
+"""The ``train`` app: coded SGD on a simulated cluster (paper §6, Fig. 6) or on real
+processes (``trainer=distributed``: a parameter server and n workers on torch.distributed).
 
     python -m agc_pipeline.train experiment=fig6_bibd7            # one run
+    python -m agc_pipeline.train trainer=distributed              # PS + n worker processes
+    torchrun --standalone --nproc_per_node=8 -m agc_pipeline.train trainer=distributed
     python -m agc_pipeline.train -m experiment=fig6_bibd7         # Fig. 6: schemes × seeds
     python -m agc_pipeline.train -m experiment=compare_codes      # baselines × q × seeds
     python -m agc_pipeline.train trainer.resume=true hydra.run.dir=<interrupted run dir>
@@ -16,20 +19,16 @@ sweep goes on (its summary.json says ``"status": "diverged"``).
 from __future__ import annotations
 
 import logging
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import hydra
-import numpy as np
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-import agc_pipeline
 from agc_pipeline.build import (
     build_assignment,
     build_dataset,
@@ -42,7 +41,9 @@ from agc_pipeline.build import (
 )
 from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.errors import require
+from agc_pipeline.provenance import record
 from agc_pipeline.sinks import JsonlSink, MultiSink, make_logger_sink, write_json
+from agc_pipeline.sweeps import limit_threads, skip_finished_job
 from agc_pipeline.training.checkpoint import (
     CHECKPOINT_NAME,
     config_differences,
@@ -50,6 +51,8 @@ from agc_pipeline.training.checkpoint import (
     truncate_metrics,
 )
 from agc_pipeline.training.coded_step import TrainingDiverged
+from agc_pipeline.training.distributed import DistributedSettings, torchrun_env
+from agc_pipeline.training.ps import ParameterServer
 from agc_pipeline.training.simulated import (
     SimulatedSettings,
     SimulatedTrainer,
@@ -61,14 +64,15 @@ log = logging.getLogger("agc_pipeline.train")
 #: config keys that may change when a run is resumed (everything else must match)
 RESUMABLE_CHANGES = ("trainer.iterations", "trainer.resume", "trainer.progress",
                      "trainer.log_every", "trainer.eval_every", "trainer.checkpoint_every",
-                     "trainer.device", "logger")
+                     "trainer.device", "logger", "trainer.timeout_s", "trainer.startup_timeout_s",
+                     "trainer.start_method", "trainer.fault", "trainer.grad_error")
 
 
 def build_trainer(cfg: DictConfig) -> SimulatedTrainer:
     """Every object of the run, built and validated before any training."""
     settings = build_trainer_settings(cfg)
     require(isinstance(settings, SimulatedSettings),
-            "this version of the train app runs trainer=simulated only")
+            "trainer must be simulated or distributed (a SimulatedSettings target)")
     m = cfg.m
     require(isinstance(m, int) and not isinstance(m, bool) and m >= 1,
             f"m must be a positive integer (got {m!r})")
@@ -82,7 +86,8 @@ def build_trainer(cfg: DictConfig) -> SimulatedTrainer:
     straggler = build_straggler(cfg)
     dataset = build_dataset(cfg)
     model = build_model(cfg, dataset)
-    return SimulatedTrainer(model, dataset, scheme, decoder, straggler, settings, int(cfg.seed))
+    runtime = ParameterServer if isinstance(settings, DistributedSettings) else SimulatedTrainer
+    return runtime(model, dataset, scheme, decoder, straggler, settings, int(cfg.seed))
 
 
 def run_training(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
@@ -178,10 +183,9 @@ def _summary(trainer: SimulatedTrainer, cfg: DictConfig, config: dict[str, Any],
         "model": type(trainer.model).__name__, "parameters": trainer.d,
         "message_length": trainer.length, "dataset": trainer.dataset.name,
         "train_samples": trainer.num_samples, "seed": int(cfg.seed),
+        **getattr(trainer, "summary_extra", dict)(),  # trainer=distributed: measured fields
         "choices": _choices(),
-        "versions": {"agc_pipeline": agc_pipeline.__version__, "python": platform.python_version(),
-                     "torch": torch.__version__, "numpy": np.__version__,
-                     "hydra": hydra.__version__},
+        **record(),  # versions (torch, numpy, hydra, wandb, ...) and provenance (git, host)
         "config": config,
     }
 
@@ -197,6 +201,9 @@ def _choices() -> dict[str, Any]:
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    if skip_finished_job(cfg, out_dir, ("metrics.jsonl",)):
+        return  # a re-run sweep: this job's complete run is already there
+    limit_threads()
     try:
         run_app(lambda: run_training(cfg, out_dir), "agc-train")
     except TrainingDiverged as exc:
@@ -211,7 +218,13 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """Console-script entry point (``agc-train``)."""
+    """Console-script entry point (``agc-train``). Under torchrun, ranks > 0 are the
+    workers of ``trainer=distributed``: they skip Hydra and take the PS's configuration."""
+    env = torchrun_env()
+    if env is not None and env[0] > 0:
+        from agc_pipeline.training.worker import run_from_env
+
+        raise SystemExit(run_from_env())
     _hydra_main()
 
 

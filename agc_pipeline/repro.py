@@ -1,0 +1,379 @@
+"""Golden reproducibility checks: re-run canonical configs and compare with checked-in numbers.
+
+    python -m agc_pipeline.repro                     # every check (CI runs this)
+    python -m agc_pipeline.repro --only fig3_small   # one (repeatable)
+    python -m agc_pipeline.repro --update            # rewrite tests/golden/*.json
+    python -m agc_pipeline.repro --list
+
+Each check runs an app through its real command line, at reduced size, in a fresh run dir:
+one per paper figure (Figs. 3-5 with the ``analyze`` app; Fig. 6 trained on the simulated
+cluster) and one distributed training run. Tolerances: analysis numbers to 1e-12 relative
+(to the curve's largest value, so that an error of 0 at s = 0 compares sensibly); simulated
+training losses bit-identical; distributed losses within 1e-6. A mismatch prints the check,
+the metric (e.g. ``empirical_mean[s=5]``), both values and the difference, and the exit
+status is 1.
+
+Bit-identical means: on x86-64 CPUs with AVX2, with this module's pinned environment
+(:data:`PINNED_ENV`: one thread everywhere, MKL's conditional numerical reproducibility and
+torch/OpenBLAS/oneDNN kernels pinned to AVX2), for the library versions recorded in the
+goldens. Other CPUs, or other torch/numpy versions, may differ in the last bits: regenerate
+with ``--update`` after checking that the differences are rounding, and commit the goldens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agc_pipeline.conf_path import CONFIG_DIR
+from agc_pipeline.provenance import REPO_ROOT, library_versions
+from agc_pipeline.sinks import write_json
+
+GOLDEN_DIR = REPO_ROOT / "tests" / "golden"
+#: environment of every check's process: deterministic kernels and thread counts
+PINNED_ENV = {
+    "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+    "AGC_TORCH_THREADS": "1", "MKL_CBWR": "AVX2", "OPENBLAS_CORETYPE": "Haswell",
+    "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "CUDA_VISIBLE_DEVICES": "",
+    "PYTHONHASHSEED": "0", "WANDB_MODE": "disabled", "AGC_SKIP_FINISHED": "0",
+}
+#: tolerance kinds: analysis (relative to the curve's scale), exact, distributed
+RTOL = {"analysis": 1e-12, "simulated": 0.0, "distributed": 1e-6}
+
+_SMALL_ANALYSIS = ("analysis.plot=false", "analysis.progress=false", "logger=none")
+_SMALL_TRAIN = ("seed=0", "trainer.iterations=6", "dataset.train_size=280",
+                "dataset.test_size=100", "trainer.alpha_samples=20", "trainer.eval_every=3",
+                "trainer.checkpoint_every=0", "trainer.progress=false", "logger=none")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One canonical run: the app, its overrides and how its numbers are compared."""
+
+    name: str
+    app: str  #: analyze | train
+    overrides: tuple[str, ...]
+    kind: str  #: analysis | simulated | distributed (the tolerance)
+    requires: str | None = None  #: a config file (relative to conf/) the case needs
+    description: str = ""
+
+    def unavailable(self) -> str | None:
+        """Why the runtime a ``requires`` case needs is not usable yet (None: it is): its
+        config file is missing, or the app refuses the config (a ConfigError when built)."""
+        if self.requires is None:
+            return None
+        if not (CONFIG_DIR / self.requires).is_file():
+            return f"{self.requires} is not in {CONFIG_DIR} yet"
+        return _refused(self.app, self.overrides)
+
+    def available(self) -> bool:
+        """Whether the case can run in this checkout."""
+        return self.unavailable() is None
+
+
+@functools.cache
+def _refused(app: str, overrides: tuple[str, ...]) -> str | None:
+    """The ConfigError the train app raises when building ``overrides`` (None: it builds)."""
+    from hydra import compose, initialize_config_dir
+
+    from agc_pipeline.errors import ConfigError
+    from agc_pipeline.train import build_trainer
+
+    assert app == "train", "only train cases can depend on a runtime"
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=list(overrides))
+        build_trainer(cfg)
+    except ConfigError as exc:
+        return f"the train app refuses it ({exc})"
+    return None
+
+
+CASES: tuple[Case, ...] = (
+    Case("fig3_small", "analyze",
+         ("experiment=fig3", "analysis.realizations=4", "analysis.straggler_sets=40",
+          *_SMALL_ANALYSIS), "analysis",
+         description="Fig. 3: PG(2,9) BIBD, (7), m = 2; 4 draws x 40 sets"),
+    Case("fig4_small", "analyze",
+         ("experiment=fig4", "analysis.realizations=4", "analysis.straggler_sets=40",
+          *_SMALL_ANALYSIS), "analysis",
+         description="Fig. 4: (27,2,5) coset graph, (7) eps = 0.1; 4 draws x 40 sets"),
+    Case("fig5_small", "analyze",
+         ("experiment=fig5", "analysis.realizations=3", "analysis.straggler_sets=30",
+          *_SMALL_ANALYSIS), "analysis",
+         description="Fig. 5: (40,20,3,6) bi-regular, (19) Gaussian and +-1; 3 x 30"),
+    Case("fig6_simulated_small", "train",
+         ("experiment=fig6_bibd7", "code=random_diagonal", *_SMALL_TRAIN), "simulated",
+         description="Fig. 6 (left), construction (7), simulated cluster, 6 iterations"),
+    Case("fig6_distributed_small", "train",
+         ("experiment=fig6_bibd7", "code=random_diagonal", "trainer=distributed",
+          *_SMALL_TRAIN), "distributed", requires="trainer/distributed.yaml",
+         description="Fig. 6 (left) on the torch.distributed runtime, 6 iterations"),
+)
+
+
+# ------------------------------------------------------------------------------- metrics
+
+
+def _points_metrics(results: dict[str, Any]) -> dict[str, list[float | None]]:
+    """Every number of the points of ``results.json``, as metric -> list over s."""
+    out: dict[str, list[float | None]] = {"s": [p["s"] for p in results["points"]]}
+
+    def add(prefix: str, values: dict[str, Any], index: int, total: int) -> None:
+        for key, value in values.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict):
+                add(f"{name}.", value, index, total)
+            elif isinstance(value, int | float | type(None)) and not isinstance(value, bool):
+                out.setdefault(name, [None] * total)[index] = value
+
+    points = results["points"]
+    for i, point in enumerate(points):
+        add("", {k: v for k, v in point.items() if k != "s"}, i, len(points))
+    return out
+
+
+def collect_metrics(case: Case, run_dir: Path) -> dict[str, list[float | None]]:
+    """The numbers a case is compared on, read from its run dir."""
+    if case.app == "analyze":
+        return _points_metrics(json.loads((run_dir / "results.json").read_text()))
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    metrics: dict[str, list[float | None]] = {
+        "iteration": [r["iteration"] for r in rows],
+        "train_loss": [r["train_loss"] for r in rows],
+        "final_train_loss": [summary["final_train_loss"]],
+        "test_accuracy": [summary.get("test_accuracy")],
+    }
+    if case.kind == "simulated":  # the simulated runtime's full record is deterministic too
+        metrics["grad_error"] = [r.get("grad_error") for r in rows]
+        metrics["virtual_time"] = [r.get("virtual_time") for r in rows]
+    return metrics
+
+
+# ------------------------------------------------------------------------------- compare
+
+
+@dataclass
+class Difference:
+    """One metric value outside its tolerance."""
+
+    metric: str
+    got: Any
+    expected: Any
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.metric}: got {self.got!r}, golden {self.expected!r} ({self.detail})"
+
+
+def _label(metric: str, index: int, axis: list[Any] | None, axis_name: str,
+           size: int) -> str:
+    if axis is not None and len(axis) == size:
+        return f"{metric}[{axis_name}={axis[index]}]"
+    return f"{metric}[{index}]"
+
+
+def compare(got: dict[str, list[Any]], golden: dict[str, list[Any]],
+            kind: str) -> list[Difference]:
+    """Differences between ``got`` and ``golden`` metrics under ``kind``'s tolerance."""
+    rtol = RTOL[kind]
+    axis_name = "s" if "s" in golden else "it"
+    axis = golden.get("s", golden.get("iteration"))
+    diffs: list[Difference] = []
+    for metric in sorted(set(golden) | set(got)):
+        if metric not in got or metric not in golden:
+            where = "the run" if metric not in got else "the golden file"
+            diffs.append(Difference(metric, got.get(metric), golden.get(metric),
+                                    f"missing from {where}"))
+            continue
+        a, b = got[metric], golden[metric]
+        if len(a) != len(b):
+            diffs.append(Difference(metric, f"{len(a)} values", f"{len(b)} values",
+                                    "different number of values"))
+            continue
+        finite = [abs(v) for v in b if isinstance(v, int | float) and math.isfinite(v)]
+        scale = max(finite, default=0.0)
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            if x == y:
+                continue
+            label = _label(metric, i, axis, axis_name, len(b))
+            if x is None or y is None:
+                diffs.append(Difference(label, x, y, "one value is missing"))
+                continue
+            diff = abs(x - y)
+            rel = diff / abs(y) if y else math.inf
+            if kind == "simulated":
+                ok, rule = False, "must be bit-identical"
+            elif kind == "analysis":
+                ok, rule = diff <= rtol * max(abs(y), scale), f"tolerance {rtol:g} relative"
+            else:
+                ok, rule = diff <= rtol * max(abs(y), 1.0), f"tolerance {rtol:g}"
+            if not ok:
+                diffs.append(Difference(label, x, y,
+                                        f"difference {diff:.3g}, relative {rel:.3g}; {rule}"))
+    return diffs
+
+
+# ------------------------------------------------------------------------------- running
+
+
+@dataclass
+class Outcome:
+    """The result of one check: ``status`` ∈ pass | fail | skip | updated."""
+
+    case: Case
+    status: str
+    message: str = ""
+    differences: list[Difference] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def lines(self, limit: int = 10) -> Iterator[str]:
+        """What the check prints: one header line, then the differences."""
+        head = f"{self.status.upper():7s} {self.case.name}"
+        yield f"{head} ({self.seconds:.1f} s){': ' + self.message if self.message else ''}"
+        for diff in self.differences[:limit]:
+            yield f"          {self.case.name}: {diff}"
+        if len(self.differences) > limit:
+            yield f"          ... and {len(self.differences) - limit} more differences"
+
+
+def run_case(case: Case, run_dir: Path, extra: Sequence[str] = ()) -> subprocess.CompletedProcess:
+    """Run the case's app in a subprocess with :data:`PINNED_ENV`, output into ``run_dir``."""
+    env = {**os.environ, **PINNED_ENV}
+    command = [sys.executable, "-m", f"agc_pipeline.{case.app}", *case.overrides, *extra,
+               f"hydra.run.dir={run_dir}"]
+    return subprocess.run(command, cwd=run_dir.parent, env=env, capture_output=True, text=True,
+                          timeout=900, check=False)
+
+
+def golden_path(golden_dir: Path, case: Case) -> Path:
+    """``<golden_dir>/<case>.json``."""
+    return Path(golden_dir) / f"{case.name}.json"
+
+
+def check(case: Case, golden_dir: Path, work: Path, update: bool = False,
+          extra: Sequence[str] = ()) -> Outcome:
+    """Run one case and compare it with (or, with ``update``, write) its golden file."""
+    reason = case.unavailable()
+    if reason is not None:
+        return Outcome(case, "skip", f"the runtime this check needs is not available: {reason}")
+    path = golden_path(golden_dir, case)
+    golden = None
+    if not update:
+        if not path.is_file():
+            return Outcome(case, "fail", f"no golden file {path}: create it with `python -m "
+                                         f"agc_pipeline.repro --update --only {case.name}`")
+        golden = json.loads(path.read_text())
+        if list(golden.get("overrides", [])) != list(case.overrides):
+            return Outcome(case, "fail", f"{path} was made for other overrides "
+                                         f"({' '.join(golden.get('overrides', []))}); "
+                                         "regenerate it with --update")
+    started = time.perf_counter()
+    run_dir = Path(work) / case.name
+    proc = run_case(case, run_dir, extra)
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+        return Outcome(case, "fail", f"the run exited with status {proc.returncode}: {tail}",
+                       seconds=seconds)
+    metrics = collect_metrics(case, run_dir)
+    if update:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, {"case": case.name, "description": case.description,
+                          "app": case.app, "overrides": list(case.overrides),
+                          "kind": case.kind, "tolerance": RTOL[case.kind],
+                          "versions": library_versions(), "environment": PINNED_ENV,
+                          "metrics": metrics})
+        return Outcome(case, "updated", str(path), seconds=seconds)
+    assert golden is not None
+    diffs = compare(metrics, golden["metrics"], case.kind)
+    count = sum(len(v) for v in metrics.values())
+    note = f" with extra overrides {' '.join(extra)}" if extra else ""
+    if diffs:
+        changed = [f"{k} {v} (golden: {golden.get('versions', {}).get(k)})"
+                   for k, v in library_versions().items()
+                   if golden.get("versions", {}).get(k) != v]
+        note += f"; library versions changed: {', '.join(changed)}" if changed else ""
+        return Outcome(case, "fail", f"{len(diffs)} of {count} values differ from {path}{note}",
+                       diffs, seconds)
+    return Outcome(case, "pass", f"{count} values match ({case.kind}){note}", seconds=seconds)
+
+
+def run_checks(names: Sequence[str] = (), golden_dir: Path = GOLDEN_DIR, update: bool = False,
+               extra: Sequence[str] = (), keep: Path | None = None,
+               echo: bool = True) -> list[Outcome]:
+    """Run the selected cases (all by default); print each outcome when ``echo``."""
+    unknown = sorted(set(names) - {c.name for c in CASES})
+    if unknown:
+        raise ValueError(f"unknown check(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(c.name for c in CASES)}")
+    cases = [c for c in CASES if not names or c.name in names]
+    work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="agc-repro-"))
+    work.mkdir(parents=True, exist_ok=True)
+    outcomes = []
+    try:
+        for case in cases:
+            outcome = check(case, golden_dir, work, update, extra)
+            outcomes.append(outcome)
+            if echo:
+                for line in outcome.lines():
+                    print(line, flush=True)
+    finally:
+        if keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return outcomes
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point (``agc-repro``): 0 when every check passes, 1 otherwise."""
+    parser = argparse.ArgumentParser(prog="agc-repro", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", default=[], metavar="NAME",
+                        help="run only this check (repeatable)")
+    parser.add_argument("--update", action="store_true", help="rewrite the golden files")
+    parser.add_argument("--list", action="store_true", help="list the checks and exit")
+    parser.add_argument("--golden-dir", type=Path, default=GOLDEN_DIR)
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra Hydra override for every selected check (e.g. to see a "
+                             "drift being caught)")
+    parser.add_argument("--keep", type=Path, default=None, help="keep the run dirs here")
+    args = parser.parse_args(argv)
+    if args.update and args.override:
+        parser.error("--update writes the goldens of the canonical configs: no --override")
+    if args.list:
+        for case in CASES:
+            state = "" if case.available() else f"  [needs {case.requires}]"
+            print(f"{case.name:24s} {case.app:8s} {case.description}{state}")
+        return 0
+    try:
+        outcomes = run_checks(args.only, args.golden_dir, args.update, args.override,
+                              args.keep)
+    except ValueError as exc:
+        print(f"agc-repro: {exc}", file=sys.stderr)
+        return 2
+    failed = [o.case.name for o in outcomes if o.status == "fail"]
+    words = {"fail": "failed", "pass": "passed", "updated": "updated", "skip": "skipped"}
+    counts = {w: sum(o.status == s for o in outcomes) for s, w in words.items()}
+    summary = ", ".join(f"{n} {w}" for w, n in counts.items() if n) or "nothing run"
+    if failed:
+        print(f"agc-repro: FAILED {', '.join(failed)} ({summary}); see the lines above",
+              file=sys.stderr)
+        return 1
+    print(f"agc-repro: {summary}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

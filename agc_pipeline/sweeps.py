@@ -1,0 +1,105 @@
+"""Sweep helpers shared by the apps: skip finished jobs, one torch thread per parallel job.
+
+Re-running a multirun into the same sweep dir (``hydra.sweep.dir=<dir>``) after an
+interruption redoes only the unfinished jobs: a job is skipped when its run dir holds a
+``summary.json`` with ``"status": "completed"`` (and, for training, every iteration done),
+its output files, and a resolved config equal to the new job's (keys in
+:data:`IGNORED_KEYS` aside). Hydra rewrites ``.hydra/config.yaml`` before the job starts, so
+the comparison uses the config saved in ``summary.json``. ``AGC_SKIP_FINISHED=0`` reruns all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from agc_pipeline.sinks import to_jsonable
+
+log = logging.getLogger("agc_pipeline.sweeps")
+
+#: config keys that do not change a run's results (dotted paths)
+IGNORED_KEYS = ("trainer.progress", "analysis.progress")
+
+
+def _normalized(config: Any) -> Any:
+    """The config as it reads back from JSON, without :data:`IGNORED_KEYS`."""
+    data = json.loads(json.dumps(to_jsonable(config)))
+    for dotted in IGNORED_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = data
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return data
+
+
+def finished_run(run_dir: Path, config: dict[str, Any], outputs: tuple[str, ...]) -> str | None:
+    """Why ``run_dir`` already holds a complete run of ``config`` (None when it does not)."""
+    summary_path = Path(run_dir) / "summary.json"
+    try:
+        summary = json.loads(summary_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if summary.get("status") != "completed" or "config" not in summary:
+        return None
+    if any(not (Path(run_dir) / name).is_file() for name in outputs):
+        return None
+    wanted = (config.get("trainer") or {}).get("iterations")
+    if wanted is not None and summary.get("iterations", -1) < wanted:
+        return None
+    if _normalized(summary["config"]) != _normalized(config):
+        return None
+    return f"{summary_path} says completed with the same config"
+
+
+def skip_finished_job(cfg: DictConfig, run_dir: Path, outputs: tuple[str, ...]) -> bool:
+    """In a multirun: True (and one log line) when ``run_dir`` already holds this job's
+    complete run. Always False for single runs or with ``AGC_SKIP_FINISHED=0``."""
+    if os.environ.get("AGC_SKIP_FINISHED", "1") == "0":
+        return False
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return False
+    reason = finished_run(run_dir, OmegaConf.to_container(cfg, resolve=True), outputs)
+    if reason is None:
+        return False
+    log.info("skipping job %s (%s): %s; delete its summary.json to run it again",
+             HydraConfig.get().job.num, run_dir, reason)
+    return True
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
+def limit_threads() -> int | None:
+    """Set torch's intra-op threads for this job and return the number (None: unchanged).
+
+    ``AGC_TORCH_THREADS=<n>`` wins; otherwise, under the joblib launcher
+    (``hydra/launcher=local``), ``max(1, cores // n_jobs)`` so that parallel jobs do not
+    oversubscribe the cores. torch is only touched when the app has imported it.
+    """
+    threads: int | None = None
+    if os.environ.get("AGC_TORCH_THREADS"):
+        threads = max(1, int(os.environ["AGC_TORCH_THREADS"]))
+    elif HydraConfig.initialized():
+        launcher = HydraConfig.get().launcher
+        if "joblib" in str(launcher.get("_target_", "")).lower():
+            n_jobs = int(launcher.get("n_jobs") or 1)
+            cores = _cores()
+            threads = 1 if n_jobs < 0 else max(1, cores // max(n_jobs, 1))
+    torch = sys.modules.get("torch")
+    if threads is not None and torch is not None:
+        torch.set_num_threads(threads)
+    return threads

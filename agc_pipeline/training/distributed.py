@@ -1,0 +1,478 @@
+"""``trainer=distributed``: coded SGD on real processes with ``torch.distributed``.
+
+Rank 0 is the parameter server (:mod:`~agc_pipeline.training.ps`), ranks 1..n the workers
+(:mod:`~agc_pipeline.training.worker`; worker j of the assignment runs as rank j + 1).
+Messages and receiving threads: :mod:`~agc_pipeline.training.wire`.
+
+Two launches, one protocol:
+
+* **local** (the Hydra app alone): the PS — the app's own process — starts the n workers
+  (``trainer.start_method``: ``forkserver``, which imports torch once, or ``spawn``) and
+  rendezvouses with them through a ``file://`` store in the run dir, so that parallel sweep
+  jobs never clash;
+* **torchrun** (``RANK``/``WORLD_SIZE`` in the environment, ``WORLD_SIZE = n + 1``): rank 0
+  runs the Hydra app and is the PS; the other ranks skip Hydra (no run dir, no files, no
+  W&B) and join as workers.
+
+Either way the PS broadcasts its resolved configuration, so every rank builds the same code,
+data split, model and straggler model from one source. The default process group is gloo
+(control, and the data plane on CPU); ``trainer.backend=nccl`` adds an NCCL group that
+carries the messages as CUDA tensors (two groups, one per direction; see
+:class:`~agc_pipeline.training.wire.Transport`). Dead-worker detection relies on gloo's
+connection errors: with NCCL a dead peer is caught only by ``timeout_s``, and its link
+cannot be closed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import math
+import multiprocessing
+import os
+import socket
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from agc_pipeline.errors import ConfigError, require
+from agc_pipeline.stragglers import Adversarial, Bernoulli, Delay, FixedCount, StragglerModel
+from agc_pipeline.training.simulated import SimulatedSettings
+from agc_pipeline.training.wire import (
+    FOREVER,
+    TAG_PARAMS,
+    Arrival,
+    Command,
+    Inbox,
+    Kind,
+    Transport,
+    error_text,
+    params_message,
+)
+
+__all__ = ["Cluster", "DistributedSettings", "FaultSettings", "Timing", "resolve_timing",
+           "torchrun_env"]
+
+log = logging.getLogger("agc_pipeline.train")
+
+WAIT_MODES = ("first", "deadline", "all")
+#: seconds per model time unit for straggler models without a ``time_scale`` of their own
+DEFAULT_TIME_SCALE = 0.1
+#: imported once by the fork server, so that each forked worker starts in milliseconds
+#: (symbolic_shapes: torch imports it, and sympy, lazily when a model is built)
+PRELOAD = ("agc_pipeline.training.worker", "agc_pipeline.codes.designs",
+           "agc_pipeline.codes.repetition", "torch.fx.experimental.symbolic_shapes")
+#: environment variable: a torchrun worker's rendezvous timeout before it has the config
+STARTUP_TIMEOUT_ENV = "AGC_STARTUP_TIMEOUT_S"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) \
+        and math.isfinite(value) and value > 0
+
+
+@dataclass
+class FaultSettings:
+    """``trainer.fault.*``: injected faults (worker indices j are 0-based; rank = j + 1)."""
+
+    kill_worker: int | None = None  #: this worker exits abruptly (os._exit) ...
+    at_iteration: int = 0  #: ... when it is handed this iteration
+    bad_message_worker: int | None = None  #: this worker sends one bad message ...
+    bad_message: str = "nan"  #: ... nan | inf | size (one element too many) ...
+    bad_message_at: int = 0  #: ... in this iteration
+
+    def validate(self, n: int | None = None) -> None:
+        """Raise ConfigError for impossible values (worker indices against ``n`` if given)."""
+        for name in ("kill_worker", "bad_message_worker"):
+            j = getattr(self, name)
+            require(j is None or (_is_int(j) and j >= 0 and (n is None or j < n)),
+                    f"trainer.fault.{name} must be null or a worker index 0..n-1 "
+                    f"(got {j!r}{'' if n is None else f', n = {n}'})")
+        for name in ("at_iteration", "bad_message_at"):
+            require(_is_int(getattr(self, name)) and getattr(self, name) >= 0,
+                    f"trainer.fault.{name} must be a non-negative integer "
+                    f"(got {getattr(self, name)!r})")
+        if isinstance(self.bad_message, float):  # YAML and Hydra read nan/inf as floats
+            self.bad_message = str(self.bad_message)
+        require(self.bad_message in ("nan", "inf", "size"),
+                f"trainer.fault.bad_message must be nan, inf or size (got {self.bad_message!r})")
+
+
+@dataclass
+class DistributedSettings(SimulatedSettings):
+    """``trainer=distributed`` options (``conf/trainer/distributed.yaml``).
+
+    Shares the optimisation, logging and checkpoint keys of ``trainer=simulated``;
+    ``wait_for_all: true`` means ``wait: all`` (so ``code=uncoded_wait`` works unchanged).
+    ``decode_cost`` and ``materialize_messages`` are simulation-only and must keep their
+    defaults: the PS's decode time is measured, and workers always send real messages.
+    """
+
+    workers: int | None = None  #: n; null = the assignment's n (must match it)
+    backend: str = "gloo"  #: gloo | nccl (messages as CUDA tensors; one GPU per rank)
+    start_method: str = "forkserver"  #: local launch: forkserver | spawn
+    wait: str | None = None  #: first | deadline | all; null = straggler.wait_for or first
+    s: int | None = None  #: first: proceed at n − s messages; null = straggler.s or 0
+    deadline_s: float | None = None  #: seconds per iteration; null = straggler.deadline·scale
+    time_scale: float | None = None  #: s per time unit; null = straggler.time_scale or 0.1
+    straggle: str = "late"  #: fixed-window stragglers: late (sleep longer) | drop (no send)
+    timeout_s: float = 60.0  #: a worker silent this long while awaited is dead
+    startup_timeout_s: float = 300.0  #: rendezvous, configuration and first hello
+    grad_error: bool = True  #: the PS computes the true gradient (its copy of the data)
+    fault: Any = None  #: FaultSettings or a mapping of its fields
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.workers is None or (_is_int(self.workers) and self.workers >= 1),
+                f"trainer.workers must be null or a positive integer (got {self.workers!r})")
+        require(self.backend in ("gloo", "nccl"),
+                f"trainer.backend must be gloo or nccl (got {self.backend!r})")
+        require(self.backend != "nccl" or torch.cuda.is_available(),
+                "trainer.backend=nccl needs CUDA; use trainer.backend=gloo")
+        require(self.start_method in ("forkserver", "spawn"),
+                f"trainer.start_method must be forkserver or spawn (got {self.start_method!r})")
+        require(self.wait is None or self.wait in WAIT_MODES,
+                f"trainer.wait must be first, deadline or all (got {self.wait!r})")
+        if self.wait_for_all:
+            require(self.wait in (None, "all"), f"trainer.wait_for_all=true means "
+                                                f"trainer.wait=all (got wait={self.wait})")
+            self.wait = "all"
+        self.wait_for_all = self.wait == "all"  # α is then estimated with every worker
+        require(self.s is None or (_is_int(self.s) and self.s >= 0),
+                f"trainer.s must be null or a non-negative integer (got {self.s!r})")
+        require(self.deadline_s is None or _positive(self.deadline_s),
+                f"trainer.deadline_s must be null or > 0 (got {self.deadline_s!r})")
+        require(self.time_scale is None or (isinstance(self.time_scale, int | float)
+                                            and math.isfinite(self.time_scale)
+                                            and self.time_scale >= 0),
+                f"trainer.time_scale must be null or ≥ 0 (got {self.time_scale!r})")
+        require(self.straggle in ("late", "drop"),
+                f"trainer.straggle must be late or drop (got {self.straggle!r})")
+        for name in ("timeout_s", "startup_timeout_s"):
+            require(_positive(getattr(self, name)),
+                    f"trainer.{name} must be > 0 (got {getattr(self, name)!r})")
+        require(isinstance(self.grad_error, bool),
+                f"trainer.grad_error must be true or false (got {self.grad_error!r})")
+        require(self.decode_cost == 0.0 and not self.materialize_messages,
+                "trainer.decode_cost and trainer.materialize_messages are simulated-trainer "
+                "options (the distributed PS measures its decode time; workers always send)")
+        fault = self.fault if self.fault is not None else {}
+        if not isinstance(fault, FaultSettings):
+            try:
+                fault = FaultSettings(**dict(fault))
+            except TypeError as exc:
+                raise ConfigError(f"trainer.fault: {exc}") from None
+        fault.validate()
+        self.fault = fault
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The resolved waiting rule of the PS and the workers' sleep scale."""
+
+    wait: str  #: first | deadline | all
+    s: int  #: first: the PS proceeds at n − s messages
+    deadline_s: float | None  #: the PS proceeds at this many seconds (None: no deadline)
+    time_scale: float  #: seconds of real sleep per time unit of the straggler model
+
+    def target(self, live: int, n: int) -> int:
+        """Messages the PS waits for with ``live`` workers alive."""
+        return min(n - self.s, live) if self.wait == "first" else live
+
+
+def ps_silence_limit(settings: DistributedSettings, started: bool) -> float:
+    """Seconds a worker waits for parameters before it takes the PS for dead: the startup
+    timeout for the first ones; afterwards 2·timeout_s + 10 s, longer than any legitimate
+    pause (the PS waits at most timeout_s for a silent worker before declaring it dead)."""
+    return 2 * settings.timeout_s + 10.0 if started else settings.startup_timeout_s
+
+
+def resolve_timing(settings: DistributedSettings, straggler: StragglerModel, n: int) -> Timing:
+    """Fill the null waiting options from the straggler model; check the combination."""
+    delay = straggler if isinstance(straggler, Delay) else None
+    model_s = getattr(straggler, "s", None)
+    scale = settings.time_scale
+    if scale is None:
+        scale = delay.time_scale if delay is not None else DEFAULT_TIME_SCALE
+    wait = settings.wait or (delay.wait_for if delay is not None else "first")
+    s = settings.s if settings.s is not None else int(model_s or 0)
+    require(s < n, f"trainer.s must satisfy 0 ≤ s < n (got s={s}, n={n})")
+    deadline = settings.deadline_s
+    if deadline is None and delay is not None and delay.deadline is not None \
+            and wait == "deadline":
+        deadline = delay.deadline * scale
+    require(wait != "deadline" or deadline is not None,
+            "trainer.wait=deadline needs trainer.deadline_s (or straggler=delay with "
+            "straggler.deadline)")
+    if settings.straggle == "drop" and not isinstance(straggler, Delay) and deadline is None:
+        dropping = isinstance(straggler, Bernoulli) or wait == "all" or (
+            isinstance(straggler, FixedCount | Adversarial) and straggler.s > s)
+        require(not dropping,
+                "trainer.straggle=drop: stragglers never send, so the PS needs a deadline "
+                "(trainer.deadline_s) or trainer.wait=first with trainer.s ≥ straggler.s; "
+                "or use trainer.straggle=late")
+    return Timing(wait, s, deadline, float(scale))
+
+
+def torchrun_env() -> tuple[int, int] | None:
+    """``(rank, world_size)`` when launched by torchrun (or any ``env://`` launcher) with
+    more than one process, else None."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    world = int(os.environ["WORLD_SIZE"])
+    return (int(os.environ["RANK"]), world) if world > 1 else None
+
+
+def rank_device(cuda: bool, rank: int) -> torch.device:
+    """The device of ``rank``: its own GPU (LOCAL_RANK, or the rank, modulo the GPUs) when
+    ``cuda``, else the CPU."""
+    if not cuda:
+        return torch.device("cpu")
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    return torch.device("cuda", local % torch.cuda.device_count())
+
+
+def data_groups(backend: str) -> tuple[Any, Any]:
+    """The groups that carry the messages (worker → PS, PS → worker): the default gloo
+    group for both, or two new NCCL groups (collectives: every rank calls this once, right
+    after the configuration)."""
+    if backend != "nccl":
+        return None, None
+    return dist.new_group(backend="nccl"), dist.new_group(backend="nccl")
+
+
+@dataclass
+class _Peer:
+    """What the PS knows about one worker."""
+
+    pid: int = 0
+    host: str = ""
+    alive: bool = True
+    heard: float = 0.0  #: perf_counter of the last message
+    posted: float = 0.0  #: perf_counter when the current parameters were posted to it
+    sends: deque[tuple[int, Any, torch.Tensor]] = field(default_factory=deque)
+
+
+class Cluster:
+    """The PS's side of the processes: the process group, the workers it started (none
+    under torchrun), their links (:class:`~agc_pipeline.training.wire.Inbox`), liveness
+    and the parameter sends. A context manager: entering starts everything and waits for
+    every worker's HELLO; leaving stops the workers and tears down.
+    """
+
+    def __init__(self, settings: DistributedSettings, n: int, run_dir: Path,
+                 config: dict[str, Any], d: int, dtype: torch.dtype, length: int,
+                 events: list[dict[str, Any]]) -> None:
+        self.settings = settings
+        self.n = n
+        self.run_dir = Path(run_dir)
+        self.config = config
+        self.d, self.dtype, self.length = d, dtype, length
+        self.peers = [_Peer() for _ in range(n)]
+        self.events = events  #: shared with the PS: worker deaths are appended here
+        self.procs: list[Any] = []
+        self.inbox: Inbox | None = None
+        self.transport: Transport | None = None
+        self._rendezvous: Path | None = None
+        self._graveyard: list[Any] = []  #: sends to dead workers, kept alive, never waited
+
+    # ------------------------------------------------------------------ start and stop
+
+    def __enter__(self) -> Cluster:
+        try:
+            self._start()
+        except BaseException:
+            self._teardown()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._teardown()
+
+    def _start(self) -> None:
+        started = time.perf_counter()
+        s = self.settings
+        world = self.n + 1
+        env = torchrun_env()
+        if env is None:
+            require(s.backend != "nccl" or torch.cuda.device_count() >= world,
+                    f"trainer.backend=nccl needs one GPU per rank ({world}); found "
+                    f"{torch.cuda.device_count()}: use trainer.backend=gloo")
+            self._rendezvous = self.run_dir / f"rendezvous-{uuid.uuid4().hex[:12]}"
+            init_method = f"file://{self._rendezvous.resolve()}"
+            self._spawn(init_method)
+        else:
+            require(env == (0, world), f"torchrun started {env[1]} processes but the "
+                                       f"assignment has n = {self.n} workers: use "
+                                       f"--nproc_per_node={world} (n + 1, rank 0 = the PS)")
+            init_method = "env://"
+        timeout = datetime.timedelta(seconds=s.startup_timeout_s)
+        dist.init_process_group("gloo", init_method=init_method, rank=0, world_size=world,
+                                timeout=timeout)
+        dist.broadcast_object_list([self.config], src=0)
+        who: list[Any] = [None] * world
+        dist.all_gather_object(who, (os.getpid(), socket.gethostname()))
+        for peer, (pid, host) in zip(self.peers, who[1:], strict=True):
+            peer.pid, peer.host = int(pid), str(host)
+        cuda = s.torch_device.type == "cuda" or s.backend == "nccl"
+        self.transport = Transport(s.backend, rank_device(cuda, 0), data_groups(s.backend))
+        self.transport.bind()
+        self.inbox = Inbox(self.transport, self.n, self.dtype, max_length=4 * self.length + 1024)
+        self.inbox.start()
+        self._await_hellos(s.startup_timeout_s)
+        self._write_roster(who[0])
+        log.info("%d workers ready in %.1f s (%s launch, %s)", self.n,
+                 time.perf_counter() - started, "local" if self.procs else "torchrun",
+                 s.backend)
+
+    def _spawn(self, init_method: str) -> None:
+        from agc_pipeline.training import worker
+
+        ctx = multiprocessing.get_context(self.settings.start_method)
+        if self.settings.start_method == "forkserver":
+            ctx.set_forkserver_preload(list(PRELOAD))
+        for rank in range(1, self.n + 1):
+            proc = ctx.Process(target=worker.process_main, name=f"agc-worker-{rank}",
+                               args=(rank, self.n + 1, init_method,
+                                     self.settings.startup_timeout_s), daemon=True)
+            proc.start()
+            self.procs.append(proc)
+
+    def _await_hellos(self, timeout: float) -> None:
+        assert self.inbox is not None
+        ready: set[int] = set()
+        end = time.perf_counter() + timeout
+        while len(ready) < self.n:
+            arrival = self.inbox.get(end - time.perf_counter())
+            if arrival is None:
+                missing = sorted(set(range(self.n)) - ready)
+                raise RuntimeError(f"workers {missing} did not report ready within "
+                                   f"trainer.startup_timeout_s = {timeout:g} s")
+            h = arrival.header
+            if arrival.error is not None or h is None or h.kind != Kind.HELLO:
+                raise RuntimeError(f"worker {arrival.worker} failed to start "
+                                   f"({arrival.error or 'see its stderr'})")
+            ready.add(arrival.worker)
+            self.peers[arrival.worker].heard = arrival.time
+
+    def _write_roster(self, ps: tuple[int, str]) -> None:
+        roster = {"ps": {"rank": 0, "pid": ps[0], "host": ps[1]},
+                  "workers": [{"worker": j, "rank": j + 1, "pid": p.pid, "host": p.host}
+                              for j, p in enumerate(self.peers)]}
+        (self.run_dir / "workers.json").write_text(json.dumps(roster, indent=2) + "\n")
+
+    def _teardown(self) -> None:
+        """Stop the live workers, end every link, destroy the group, reap the processes."""
+        grace = min(self.settings.timeout_s, 30.0)
+        if self.inbox is not None:
+            for j in self.live:
+                self._send_command(j, Command.STOP)
+            if self.inbox.join(grace):
+                self._kill(self.inbox.open_links())
+                if self.inbox.join(10.0):  # e.g. a stopped (SIGSTOP) worker on another node
+                    log.error("the links to workers %s cannot be closed (hung workers on "
+                              "another host?); this process may abort at exit",
+                              self.inbox.open_links())
+                    return
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        for proc in self.procs:
+            proc.join(grace)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5.0)
+        if self._rendezvous is not None:
+            self._rendezvous.unlink(missing_ok=True)
+
+    def _kill(self, workers: list[int]) -> None:
+        """SIGKILL workers on this host (spawned here or by a local torchrun)."""
+        host = socket.gethostname()
+        for j in workers:
+            peer = self.peers[j]
+            if j < len(self.procs):
+                self.procs[j].kill()
+            elif peer.pid and peer.host == host:
+                try:
+                    os.kill(peer.pid, 9)
+                except OSError:
+                    pass
+            log.warning("worker %d did not stop; killed it", j)
+
+    # ------------------------------------------------------------------ liveness
+
+    @property
+    def live(self) -> list[int]:
+        """Workers not (yet) declared dead."""
+        return [j for j, p in enumerate(self.peers) if p.alive]
+
+    def heard(self, arrival: Arrival) -> None:
+        """Record that a worker spoke (for the silence timeout)."""
+        self.peers[arrival.worker].heard = arrival.time
+
+    def silent(self, workers: list[int], since: float, now: float) -> list[int]:
+        """Those of ``workers`` silent for ``timeout_s`` (counted from ``since`` at most)."""
+        limit = self.settings.timeout_s
+        return [j for j in workers if now - max(self.peers[j].heard, since) > limit]
+
+    def mark_dead(self, j: int, iteration: int, reason: str, link_broken: bool) -> None:
+        """Treat worker j as a permanent straggler from now on (logged once)."""
+        peer = self.peers[j]
+        if not peer.alive:
+            return
+        peer.alive = False
+        self._graveyard.extend(peer.sends)
+        peer.sends.clear()
+        self.events.append({"iteration": iteration, "worker": j, "event": "dead",
+                            "reason": reason})
+        log.warning("iteration %d: worker %d is dead (%s); continuing with %d workers",
+                    iteration, j, reason, len(self.live))
+        if not link_broken:
+            self._send_command(j, Command.STOP)  # a merely silent worker: ask it to leave
+
+    # ------------------------------------------------------------------ parameters
+
+    def send_params(self, iteration: int, flat: torch.Tensor) -> int:
+        """Post the parameters of ``iteration`` to every live worker (non-blocking); return
+        the bytes posted."""
+        msg = params_message(iteration, Command.RUN, flat)
+        sent = 0
+        for j in self.live:
+            if self._post(j, iteration, msg):
+                self.peers[j].posted = time.perf_counter()
+                sent += msg.numel()
+        return sent
+
+    def round_trip(self, arrival: Arrival) -> float:
+        """Seconds from posting the parameters to worker j to its message's arrival."""
+        return arrival.time - self.peers[arrival.worker].posted
+
+    def release(self, j: int, iteration: int) -> None:
+        """Worker j has answered ``iteration``: the sends up to it are complete."""
+        sends = self.peers[j].sends
+        while sends and sends[0][0] <= iteration:
+            _, work, _ = sends.popleft()
+            work.wait(FOREVER)  # complete already: returns at once
+
+    def _send_command(self, j: int, command: Command) -> None:
+        self._post(j, -1, params_message(-1, command, torch.zeros(self.d, dtype=self.dtype)))
+
+    def _post(self, j: int, iteration: int, msg: torch.Tensor) -> bool:
+        assert self.transport is not None
+        try:
+            work = self.transport.send(msg, j + 1, TAG_PARAMS)
+        except RuntimeError as exc:
+            self.mark_dead(j, iteration, error_text(exc), link_broken=True)
+            return False
+        self.peers[j].sends.append((iteration if iteration >= 0 else 1 << 62, work, msg))
+        return True

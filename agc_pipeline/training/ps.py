@@ -1,0 +1,358 @@
+"""The parameter server of ``trainer=distributed`` (rank 0).
+
+Each iteration t:
+
+1. post the parameters, tagged t, to every live worker (non-blocking point-to-point);
+2. while the workers compute, evaluate the metrics of the parameters (train loss and, with
+   ``trainer.grad_error``, the true gradient) on the PS's own copy of the training set — for
+   logging only: the update uses nothing but the workers' messages;
+3. draw the same B as the workers (``encoder_rng(seed, t)``) and collect messages in arrival
+   order until the waiting rule is met (:class:`~agc_pipeline.training.distributed.Timing`:
+   the first n − s, a deadline, or every live worker). Messages tagged with an earlier
+   iteration are discarded (late); a wrong length or NaN/Inf is rejected (a straggler for
+   this iteration); a broken link or ``timeout_s`` of silence makes a worker dead — a
+   permanent straggler, logged as an event;
+4. decode R for exactly the set that arrived, ĝ = Σ_j message_j R(j, :) in float64
+   (:func:`~agc_pipeline.training.coded_step.combine`), and take the SGD step.
+
+The arithmetic is the simulated trainer's (same partial gradients, encoder draws, decoder
+and SGD; messages travel in the parameters' dtype), so with the same seeds and survivor sets
+both runtimes give the same parameters to float tolerance. The class reuses
+:class:`~agc_pipeline.training.simulated.SimulatedTrainer` for everything but the iteration
+(validation, α, evaluation, the fit loop, checkpoints, graceful stop).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agc_pipeline.codes.base import Scheme
+from agc_pipeline.data import Dataset
+from agc_pipeline.decoding import Decoder
+from agc_pipeline.errors import require
+from agc_pipeline.models import CodedModel
+from agc_pipeline.sinks import Sink
+from agc_pipeline.stragglers import StragglerModel
+from agc_pipeline.training.coded_step import (
+    TrainingDiverged,
+    apply_weights,
+    check_finite,
+    combine,
+    from_blocks,
+)
+from agc_pipeline.training.distributed import (
+    Cluster,
+    DistributedSettings,
+    resolve_timing,
+    torchrun_env,
+)
+from agc_pipeline.training.gradients import pack_gradients, partial_gradients
+from agc_pipeline.training.simulated import SimulatedTrainer, Totals
+from agc_pipeline.training.wire import HEADER_BYTES, Arrival, Kind
+
+__all__ = ["DistributedTotals", "ParameterServer"]
+
+log = logging.getLogger("agc_pipeline.train")
+
+#: longest single wait on the inbox, so that silence is checked regularly
+POLL_S = 0.05
+
+
+@dataclass
+class DistributedTotals(Totals):
+    """Running totals (checkpointed), plus the measured ones."""
+
+    wall_time: float = 0.0  #: sum of the iterations' wall-clock times
+    decode_time: float = 0.0
+    late: int = 0
+    rejected: int = 0
+    bytes_received: int = 0
+    grad_errors: int = 0  #: iterations whose grad_error was computed
+
+
+@dataclass
+class Collected:
+    """What one iteration's wait produced."""
+
+    accepted: dict[int, Arrival] = field(default_factory=dict)
+    answered: set[int] = field(default_factory=set)  #: accepted or rejected this iteration
+    late: int = 0
+    rejected: int = 0
+    bytes: int = 0  #: everything received (headers included)
+    discarded: int = 0  #: bytes of late, rejected and ignored messages
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+class ParameterServer(SimulatedTrainer):
+    """Rank 0: the model, the code, the optimizer and the workers' messages.
+
+    Built and validated like the simulated trainer (the data is the PS's copy for metrics);
+    ``fit`` starts (or joins) the workers, runs the iterations and stops them.
+    """
+
+    def __init__(self, model: CodedModel, dataset: Dataset, scheme: Scheme, decoder: Decoder,
+                 straggler: StragglerModel, settings: DistributedSettings, seed: int) -> None:
+        super().__init__(model, dataset, scheme, decoder, straggler, settings, seed)
+        self.settings: DistributedSettings = settings
+        require(settings.workers in (None, self.n),
+                f"trainer.workers={settings.workers} but the assignment has n = {self.n} "
+                "workers (leave trainer.workers null, or change the assignment)")
+        settings.fault.validate(self.n)
+        self.timing = resolve_timing(settings, straggler, self.n)
+        self.totals: DistributedTotals = DistributedTotals()
+        self.events: list[dict[str, Any]] = []
+        self.cluster: Cluster | None = None
+        self._backlog: deque[Arrival] = deque()
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self, sink: Sink, checkpoint: Path, extra_state: dict[str, Any]) -> None:
+        """Start the workers, run the remaining iterations (the simulated trainer's loop:
+        logging, checkpoints, graceful stop), stop the workers."""
+        config = extra_state.get("config")
+        require(isinstance(config, dict), "the distributed trainer needs the run's resolved "
+                                          "configuration (extra_state['config'])")
+        cluster = Cluster(self.settings, self.n, Path(checkpoint).parent, config, self.d,
+                          self.wire_dtype, self.length, self.events)
+        with cluster:
+            self.cluster = cluster
+            try:
+                super().fit(sink, checkpoint, extra_state)
+            finally:
+                self.cluster = None
+                self._backlog.clear()
+
+    @property
+    def wire_dtype(self) -> torch.dtype:
+        """The dtype of the messages: the parameters'."""
+        return next(self.model.parameters()).dtype
+
+    def step(self, evaluate: bool = False) -> dict[str, Any]:
+        """Run iteration ``self.iteration`` on the cluster; return its metrics row."""
+        cluster = self.cluster
+        require(cluster is not None, "ParameterServer.step runs inside fit()")
+        assert cluster is not None
+        t, s = self.iteration, self.settings
+        row: dict[str, Any] = {"iteration": t}
+        start = time.perf_counter()
+        flat = torch.nn.utils.parameters_to_vector(self.model.parameters()).detach()
+        bytes_out = cluster.send_params(t, flat)
+        sent = time.perf_counter()
+        if evaluate:
+            row.update(self.evaluate())
+        logged = t % s.log_every == 0 or t == s.iterations - 1
+        loss, exact = self._metrics() if logged else (None, None)
+        metrics_time = time.perf_counter() - sent
+        b = self.coded.encoding(t)
+        got = self._collect(t, start)
+        waited = time.perf_counter()
+        mask = np.zeros(self.n, dtype=bool)
+        mask[sorted(got.accepted)] = True
+        estimate, condition, approx = self._decode(b, mask, got)
+        decoded = time.perf_counter()
+        error = None
+        if exact is not None:
+            norm2 = float(exact.square().sum())
+            error = float((estimate - exact).square().sum()) / norm2 if norm2 > 0 else math.nan
+        survivors = int(mask.sum())
+        if survivors and not self.optimizer.step(estimate):
+            raise TrainingDiverged(f"iteration {t}: the SGD step would overflow the "
+                                   "parameters to NaN/Inf (diverged: lower trainer.lr)")
+        end = time.perf_counter()
+        payload = sum(a.nbytes - HEADER_BYTES for a in got.accepted.values())
+        tot = self._add_totals(t, survivors, payload, got, error, end - start,
+                               decoded - waited)
+        row.update(
+            train_loss=loss, grad_error=error, survivors=survivors, bytes_to_ps=payload,
+            total_bytes_to_ps=tot.bytes_to_ps, bytes_received=got.bytes,
+            bytes_discarded=got.discarded, bytes_from_ps=bytes_out, wall_time=tot.wall_time,
+            iteration_time=end - start, wait_time=waited - sent, decode_time=decoded - waited,
+            metrics_time=metrics_time, **self._worker_times(got), late=got.late,
+            rejected=got.rejected, live_workers=len(cluster.live), decode_condition=condition,
+            approx_error=float(approx), skipped=survivors == 0)
+        self.iteration += 1
+        return row
+
+    def _worker_times(self, got: Collected) -> dict[str, float | None]:
+        """Means over the accepted messages of what the workers report, and of the
+        communication time: round trip minus the worker's busy time."""
+        assert self.cluster is not None
+        arrivals = [a for a in got.accepted.values() if a.header is not None]
+        heads = [a.header for a in arrivals if a.header is not None]
+        return {"compute_time": _mean([h.compute for h in heads]),
+                "encode_time": _mean([h.encode for h in heads]),
+                "sleep_time": _mean([h.sleep for h in heads]),
+                "comm_time": _mean([self.cluster.round_trip(a) - h.busy
+                                    for a, h in zip(arrivals, heads, strict=True)])}
+
+    # ------------------------------------------------------------------ pieces
+
+    def _metrics(self) -> tuple[float, torch.Tensor | None]:
+        """Train loss at the current parameters and, with ``trainer.grad_error``, the true
+        gradient Z F (float64), exactly as the simulated trainer computes them."""
+        if not self.settings.grad_error:
+            return self.train_loss(), None
+        grads, loss = partial_gradients(self.model, self.x, self.y)
+        pack_gradients(grads, 1.0 / self.num_samples, self._z)
+        blocks = self._z.view(self.k, self.m, self.length)
+        exact = from_blocks(apply_weights(blocks, self.coded.target), self.d)
+        return float(loss) / self.num_samples, exact
+
+    def _collect(self, t: int, start: float) -> Collected:
+        """Take arrivals until the waiting rule is met (see the module docstring)."""
+        cluster, timing = self.cluster, self.timing
+        assert cluster is not None
+        deadline = math.inf if timing.deadline_s is None else start + timing.deadline_s
+        got = Collected()
+        while True:
+            live = cluster.live
+            waiting = [j for j in live if j not in got.answered]
+            if not waiting or len(got.accepted) >= timing.target(len(live), self.n):
+                break
+            now = time.perf_counter()
+            if now >= deadline:
+                break
+            arrival = self._next(min(deadline - now, POLL_S))
+            if arrival is not None and arrival.time > deadline:  # late: the next iteration's
+                self._backlog.appendleft(arrival)
+                break
+            if arrival is not None:
+                self._classify(arrival, t, got)
+            for j in cluster.silent(waiting, start, time.perf_counter()):
+                cluster.mark_dead(j, t, f"silent for trainer.timeout_s = "
+                                        f"{self.settings.timeout_s:g} s", link_broken=False)
+        return got
+
+    def _next(self, timeout: float) -> Arrival | None:
+        if self._backlog:
+            return self._backlog.popleft()
+        assert self.cluster is not None and self.cluster.inbox is not None
+        return self.cluster.inbox.get(timeout)
+
+    def _classify(self, arrival: Arrival, t: int, got: Collected) -> None:
+        """Accept, discard (late), reject (bad) or register the loss of a worker."""
+        cluster = self.cluster
+        assert cluster is not None
+        j, h = arrival.worker, arrival.header
+        got.bytes += arrival.nbytes
+        if arrival.error is not None or h is None:
+            cluster.mark_dead(j, t, arrival.error or "malformed header", link_broken=True)
+            return
+        cluster.heard(arrival)
+        if not cluster.peers[j].alive or h.kind != Kind.GRADIENT:
+            got.discarded += arrival.nbytes
+            if h.kind != Kind.GRADIENT:  # BYE/FAILED in training: the worker is leaving
+                cluster.mark_dead(j, t, f"sent {h.kind.name}", link_broken=True)
+            return
+        cluster.release(j, min(h.iteration, t))
+        if h.iteration < t:
+            got.late += 1
+            got.discarded += arrival.nbytes
+            return
+        got.answered.add(j)
+        reason = self._invalid(arrival, t)
+        if reason is not None:
+            got.rejected += 1
+            got.discarded += arrival.nbytes
+            self.events.append({"iteration": t, "worker": j, "event": "rejected",
+                                "reason": reason})
+            log.warning("iteration %d: rejected the message of worker %d (%s)", t, j, reason)
+            return
+        got.accepted[j] = arrival
+
+    def _invalid(self, arrival: Arrival, t: int) -> str | None:
+        """Why a message of the current iteration cannot be used, or None."""
+        h, payload = arrival.header, arrival.payload
+        assert h is not None
+        if h.iteration > t:
+            return f"tagged with a future iteration {h.iteration}"
+        if payload is None or payload.numel() != self.length:
+            return (f"{0 if payload is None else payload.numel()} values instead of "
+                    f"⌈d/m⌉ = {self.length}")
+        if not bool(torch.isfinite(payload).all()):
+            return "NaN/Inf values"
+        return None
+
+    def _decode(self, b: np.ndarray, mask: np.ndarray,
+                got: Collected) -> tuple[torch.Tensor, float, float]:
+        """ĝ from exactly the messages that arrived (zero without any), cond(B_𝓕), Err."""
+        if not mask.any():
+            return (torch.zeros(self.d, dtype=torch.float64, device=self.device), math.inf,
+                    self.coded.target_norm2)
+        dec = self.coded.decode(b, mask)
+        payloads = [got.accepted[int(j)].payload for j in np.flatnonzero(mask)]
+        messages = torch.stack([p.to(self.device) for p in payloads if p is not None])
+        estimate = combine(messages, dec.r[mask], self.d)
+        if self.decoder.rescale:
+            assert self.alpha is not None, "call estimate_alpha() before training"
+            estimate = estimate / self.alpha.value
+        if not math.isfinite(float(estimate.square().sum())):
+            check_finite(estimate, self.iteration)
+        return estimate, dec.condition_number, dec.error
+
+    def _add_totals(self, t: int, survivors: int, payload: int, got: Collected,
+                    error: float | None, seconds: float, decode: float) -> DistributedTotals:
+        tot = self.totals
+        tot.iterations = t + 1
+        tot.survivors += survivors
+        tot.bytes_to_ps += payload
+        tot.skipped += int(survivors == 0)
+        if error is not None and math.isfinite(error):
+            tot.grad_error += error
+            tot.grad_errors += 1
+        tot.wall_time += seconds
+        tot.decode_time += decode
+        tot.late += got.late
+        tot.rejected += got.rejected
+        tot.bytes_received += got.bytes
+        return tot
+
+    # ------------------------------------------------------------------ state and summary
+
+    def state_dict(self) -> dict[str, Any]:
+        """The simulated trainer's state plus the measured totals and the events."""
+        return {**super().state_dict(), "events": list(self.events)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`."""
+        totals = state["totals"]
+        base = {f.name: totals[f.name] for f in dataclasses.fields(Totals)}
+        super().load_state_dict({**state, "totals": base})
+        self.totals = DistributedTotals(**totals)
+        self.events[:] = list(state.get("events", []))
+
+    def summary_extra(self) -> dict[str, Any]:
+        """summary.json fields of the distributed runtime (they override the shared ones)."""
+        tot, timing = self.totals, self.timing
+        done = max(tot.iterations, 1)
+        return {
+            "runtime": "distributed", "virtual_time": None, "wall_time": tot.wall_time,
+            "mean_iteration_time": tot.wall_time / done,
+            "mean_decode_time": tot.decode_time / done,
+            "decode_fraction": tot.decode_time / tot.wall_time if tot.wall_time else None,
+            "mean_grad_error": tot.grad_error / tot.grad_errors if tot.grad_errors else None,
+            "late_messages": tot.late, "rejected_messages": tot.rejected,
+            "total_bytes_received": tot.bytes_received,
+            "dead_workers": sorted({e["worker"] for e in self.events if e["event"] == "dead"}),
+            "events": list(self.events),
+            "distributed": {"workers": self.n, "backend": self.settings.backend,
+                            "launch": "torchrun" if torchrun_env() else "local",
+                            "wait": timing.wait, "s": timing.s, "deadline_s": timing.deadline_s,
+                            "time_scale": timing.time_scale,
+                            "straggle": self.settings.straggle,
+                            "timeout_s": self.settings.timeout_s,
+                            "wire_dtype": str(self.wire_dtype).removeprefix("torch.")},
+        }

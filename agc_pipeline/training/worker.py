@@ -1,0 +1,243 @@
+"""A worker of ``trainer=distributed`` (rank j + 1 runs worker j of the assignment).
+
+It joins the process group, receives the PS's configuration, builds the same code, data
+split, model and straggler model, keeps only the data subsets it holds, says HELLO, then
+serves: newest parameters in, partial gradients of its subsets, encode ``Z B(:, j)`` with
+the B of that iteration (drawn from the shared seed), sleep the straggler model's delay,
+send. It exits on the PS's STOP, or when the PS is lost (a broken link, or no parameters
+for :func:`~agc_pipeline.training.distributed.ps_silence_limit`) — never hanging.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+
+from agc_pipeline.build import (
+    build_assignment,
+    build_dataset,
+    build_decoder,
+    build_model,
+    build_scheme,
+    build_straggler,
+    build_trainer_settings,
+)
+from agc_pipeline.data import split_subsets
+from agc_pipeline.stragglers import Delay, StragglerContext
+from agc_pipeline.training.coded_step import (
+    CodedStep,
+    held_subsets,
+    worker_coefficients,
+    worker_message,
+)
+from agc_pipeline.training.distributed import (
+    STARTUP_TIMEOUT_ENV,
+    DistributedSettings,
+    data_groups,
+    ps_silence_limit,
+    rank_device,
+    resolve_timing,
+)
+from agc_pipeline.training.gradients import pack_gradients, partial_gradients
+from agc_pipeline.training.wire import (
+    TAG_HEADER,
+    TAG_PAYLOAD,
+    Header,
+    Kind,
+    Mailbox,
+    PSLost,
+    Transport,
+    error_text,
+)
+
+__all__ = ["Worker", "process_main", "run_worker"]
+
+#: exit status of a worker that lost its parameter server
+EXIT_PS_LOST = 3
+
+
+class Worker:
+    """Worker j's state: its subsets, the model, the code and the straggler model."""
+
+    def __init__(self, config: dict[str, Any], rank: int, transport: Transport) -> None:
+        cfg = OmegaConf.create(config)
+        settings = build_trainer_settings(cfg)
+        assert isinstance(settings, DistributedSettings)
+        self.settings = settings
+        self.j = rank - 1
+        self.transport = transport
+        self.device = rank_device(settings.torch_device.type == "cuda", rank)
+        assignment = build_assignment(cfg)
+        scheme = build_scheme(cfg.scheme, assignment, int(cfg.m))
+        self.decoder = build_decoder(cfg)
+        self.straggler = build_straggler(cfg)
+        dataset = build_dataset(cfg)
+        self.model = build_model(cfg, dataset).to(self.device)
+        self.n, self.k, self.m = assignment.n, assignment.k, scheme.m
+        self.matrix = assignment.matrix
+        self.timing = resolve_timing(settings, self.straggler, self.n)
+        seed = int(cfg.seed)
+        subsets = split_subsets(int(dataset.y_train.shape[0]), self.k, seed)
+        self.held = held_subsets(self.matrix, self.j)
+        rows = torch.as_tensor(self.held)
+        self.x = dataset.x_train[subsets[rows]].to(self.device)  # (h, b, D): only its own
+        self.y = dataset.y_train[subsets[rows]].to(self.device)
+        self.num_samples = int(subsets.numel())  # N of g_i = ∇loss_sum(D_i)/N
+        del dataset
+        self.params = list(self.model.parameters())
+        self.d = sum(p.numel() for p in self.params)
+        self.dtype = self.params[0].dtype
+        self.coded = CodedStep(scheme, self.decoder, self.d, seed)
+        self.length = self.coded.length
+        self.z = torch.zeros(len(self.held), self.m * self.length, dtype=torch.float64,
+                             device=self.device)
+
+    # ---------------------------------------------------------------- one iteration
+
+    def compute(self, t: int, flat: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+        """``(message, compute seconds, encode seconds)`` at parameters ``flat``."""
+        start = time.perf_counter()
+        torch.nn.utils.vector_to_parameters(flat.to(self.device), self.params)
+        grads, _ = partial_gradients(self.model, self.x, self.y)
+        pack_gradients(grads, 1.0 / self.num_samples, self.z)
+        encode = time.perf_counter()
+        b = self.coded.encoding(t)
+        coefficients = worker_coefficients(b, self.k, self.m, self.j, self.held)
+        blocks = self.z.view(len(self.held), self.m, self.length)
+        message = worker_message(blocks, coefficients).to(self.dtype)
+        done = time.perf_counter()
+        return message, encode - start, done - encode
+
+    def delay(self, t: int) -> float | None:
+        """Injected delay of iteration t in seconds (the straggler model's arrival time ×
+        time_scale, the same seeded draw on every rank); None: this message is dropped."""
+        model, scale = self.straggler, self.timing.time_scale
+        comm = model.comm_time(self.length)
+        if isinstance(model, Delay):
+            arrival = float(model.compute_times(t, self.n)[self.j]) + comm
+            return arrival * scale if math.isfinite(arrival) else None
+        draw = model.draw(t, self.n, self.length, self._context(t))
+        if draw.survivors[self.j]:
+            return float(draw.finish_times[self.j]) * scale
+        if self.settings.straggle == "drop":
+            return None
+        return (self.settings.straggler_slowdown * model.compute_time + comm) * scale
+
+    def _context(self, t: int) -> StragglerContext:
+        """What adversarial models look at: A, m and Err_𝓕(B) of this iteration's B."""
+        b = self.coded.encoding(t)
+        cache: dict[str, Any] = {}
+
+        def error_fn(mask: np.ndarray) -> float:
+            if "errors" not in cache:
+                cache["errors"] = self.decoder.evaluator(b, self.coded.target)
+            return float(cache["errors"](np.asarray(mask, dtype=bool)[None])[0])
+
+        return StragglerContext(self.matrix, self.m, error_fn)
+
+    def send(self, header: Header, payload: torch.Tensor | None = None) -> None:
+        """Header, then payload; raise PSLost if the PS does not take them in timeout_s."""
+        timeout = datetime.timedelta(seconds=self.settings.timeout_s)
+        try:
+            works = [self.transport.send(header.pack(), 0, TAG_HEADER)]
+            if payload is not None:
+                works.append(self.transport.send(payload, 0, TAG_PAYLOAD))
+            for work in works:
+                work.wait(timeout)
+        except RuntimeError as exc:
+            raise PSLost(f"cannot send to the PS: {error_text(exc)}") from None
+
+    # ---------------------------------------------------------------- the loop
+
+    def serve(self) -> None:
+        """HELLO, then iterations until STOP (BYE); raises PSLost when the PS is gone."""
+        mailbox = Mailbox(self.transport, self.d, self.dtype)
+        mailbox.start()
+        self.send(Header(-1, Kind.HELLO, extra=os.getpid()))
+        last = -1
+        while (job := mailbox.next(last, ps_silence_limit(self.settings, last >= 0))):
+            t, flat, received = job
+            last = t
+            self._fault_exit(t)
+            message, compute, encode = self.compute(t, flat)
+            message = self._fault_message(t, message)
+            delay = self.delay(t)
+            if delay is None:
+                continue  # a straggler that never reports in this iteration
+            if not mailbox.sleep(delay):
+                break
+            self.send(Header(t, Kind.GRADIENT, message.numel(), compute, encode, delay,
+                             time.perf_counter() - received), message)
+        self.send(Header(last, Kind.BYE))
+
+    def _fault_exit(self, t: int) -> None:
+        fault = self.settings.fault
+        if fault.kill_worker == self.j and t >= fault.at_iteration:
+            print(f"agc-worker {self.j}: trainer.fault.kill_worker: exiting abruptly at "
+                  f"iteration {t}", file=sys.stderr, flush=True)
+            os._exit(0)  # status 0: torchrun's agent would stop every rank on a failure
+
+    def _fault_message(self, t: int, message: torch.Tensor) -> torch.Tensor:
+        fault = self.settings.fault
+        if fault.bad_message_worker != self.j or t != fault.bad_message_at:
+            return message
+        if fault.bad_message == "size":
+            return torch.cat([message, message[:1]])
+        bad = message.clone()
+        bad[0] = math.nan if fault.bad_message == "nan" else math.inf
+        return bad
+
+
+def run_worker(rank: int, world_size: int, init_method: str, startup_timeout_s: float) -> int:
+    """Join the group as ``rank``, build from the PS's configuration and serve. Returns the
+    exit status (0 after the PS's STOP); exits the process at once when the PS is lost."""
+    torch.set_num_threads(1)  # n + 1 processes share the machine's cores
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the PS's to handle
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=startup_timeout_s))
+    box: list[Any] = [None]
+    dist.broadcast_object_list(box, src=0)
+    dist.all_gather_object([None] * world_size, (os.getpid(), socket.gethostname()))
+    backend = box[0]["trainer"]["backend"]  # validated by the PS
+    transport = Transport(backend, rank_device(backend == "nccl", rank), data_groups(backend))
+    transport.bind()
+    try:
+        worker = Worker(box[0], rank, transport)
+    except Exception as exc:  # noqa: BLE001 - reported to the PS, details here
+        print(f"agc-worker {rank - 1}: cannot start: {exc}", file=sys.stderr, flush=True)
+        transport.send(Header(-1, Kind.FAILED).pack(), 0, TAG_HEADER).wait()
+        os._exit(1)
+    try:
+        worker.serve()
+    except PSLost as exc:
+        print(f"agc-worker {worker.j}: {exc}; exiting", file=sys.stderr, flush=True)
+        os._exit(EXIT_PS_LOST)  # a receiving thread may still be blocked: no clean exit
+    dist.destroy_process_group()
+    return 0
+
+
+def process_main(rank: int, world_size: int, init_method: str,
+                 startup_timeout_s: float) -> None:
+    """Target of the processes the PS starts itself (the local launch)."""
+    status = run_worker(rank, world_size, init_method, startup_timeout_s)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def run_from_env() -> int:
+    """A torchrun rank > 0: join via ``env://`` (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``)."""
+    timeout = float(os.environ.get(STARTUP_TIMEOUT_ENV, "300"))
+    return run_worker(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), "env://",
+                      timeout)
