@@ -43,38 +43,34 @@ def _instantiate(node: DictConfig, what: str, **kwargs: Any) -> Any:
         raise ConfigError(f"{what}: {exc}") from None
 
 
+def _build(node: DictConfig, what: str, kind: type, **kwargs: Any) -> Any:
+    """``_instantiate`` plus a check that the target returned a ``kind``."""
+    obj = _instantiate(node, what, **kwargs)
+    if not isinstance(obj, kind):
+        raise ConfigError(f"{what}: _target_ must return a {kind.__name__}")
+    return obj
+
+
 def build_assignment(cfg: DictConfig) -> Assignment:
     """The assignment matrix chosen by ``assignment=...``."""
-    assignment = _instantiate(cfg.assignment, "assignment")
-    if not isinstance(assignment, Assignment):
-        raise ConfigError("assignment: _target_ must return an Assignment")
-    return assignment
+    return _build(cfg.assignment, "assignment", Assignment)
 
 
 def build_scheme(node: DictConfig, assignment: Assignment, m: int, what: str = "scheme") -> Scheme:
     """The scheme of ``node`` (e.g. ``cfg.scheme``) on ``assignment`` with reduction ``m``."""
-    scheme = _instantiate(node, what, assignment=assignment, m=int(m))
-    if not isinstance(scheme, Scheme):
-        raise ConfigError(f"{what}: _target_ must return a Scheme")
-    return scheme
+    return _build(node, what, Scheme, assignment=assignment, m=int(m))
 
 
 def build_decoder(cfg: DictConfig) -> Decoder:
     """The decoder chosen by ``decoder=...``."""
-    decoder = _instantiate(cfg.decoder, "decoder")
-    if not isinstance(decoder, Decoder):
-        raise ConfigError("decoder: _target_ must return a Decoder")
-    return decoder
+    return _build(cfg.decoder, "decoder", Decoder)
 
 
 def build_dataset(cfg: DictConfig) -> Dataset:
     """The data set chosen by ``dataset=...`` (train and test tensors)."""
     from agc_pipeline.data import Dataset
 
-    dataset = _instantiate(cfg.dataset, "dataset")
-    if not isinstance(dataset, Dataset):
-        raise ConfigError("dataset: _target_ must return a Dataset")
-    return dataset
+    return _build(cfg.dataset, "dataset", Dataset)
 
 
 def build_model(cfg: DictConfig, dataset: Dataset) -> CodedModel:
@@ -103,20 +99,14 @@ def build_model(cfg: DictConfig, dataset: Dataset) -> CodedModel:
         elif node[key] != value:
             raise ConfigError(f"model.{key}={node[key]} does not match dataset "
                               f"{dataset.name} ({key} = {value}); leave it null")
-    model = _instantiate(node, "model")
-    if not isinstance(model, CodedModel):
-        raise ConfigError("model: _target_ must return a CodedModel")
-    return model
+    return _build(node, "model", CodedModel)
 
 
 def build_straggler(cfg: DictConfig) -> StragglerModel:
     """The straggler model chosen by ``straggler=...``."""
     from agc_pipeline.stragglers import StragglerModel
 
-    straggler = _instantiate(cfg.straggler, "straggler")
-    if not isinstance(straggler, StragglerModel):
-        raise ConfigError("straggler: _target_ must return a StragglerModel")
-    return straggler
+    return _build(cfg.straggler, "straggler", StragglerModel)
 
 
 def build_trainer_settings(cfg: DictConfig) -> Any:
