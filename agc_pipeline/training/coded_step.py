@@ -32,6 +32,7 @@ import torch
 
 from agc_pipeline.codes.base import Scheme
 from agc_pipeline.decoding import Decoder, Decoding
+from agc_pipeline.stragglers import StragglerContext
 
 __all__ = [
     "ALPHA_ITERATION_OFFSET",
@@ -209,6 +210,18 @@ class CodedStep:
     def decode(self, b: np.ndarray, mask: np.ndarray) -> Decoding:
         """R (n×m) for survivor mask ``mask``, its error ‖BR − F‖²_F and cond(B_𝓕)."""
         return self.decoder.decode(b, self.target, mask)
+
+    def straggler_context(self, b: np.ndarray, assignment: np.ndarray) -> StragglerContext:
+        """What adversarial straggler models look at: A, m and Err_𝓕(B) for this B (the
+        batched evaluator is built on first use only)."""
+        cache: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+
+        def error_fn(mask: np.ndarray) -> float:
+            if "errors" not in cache:
+                cache["errors"] = self.decoder.evaluator(b, self.target)
+            return float(cache["errors"](np.asarray(mask, dtype=bool)[None])[0])
+
+        return StragglerContext(assignment, self.m, error_fn)
 
     def weights(self, b: np.ndarray, r: np.ndarray) -> np.ndarray:
         """B R (mk×m): ĝ = Z (B R)."""

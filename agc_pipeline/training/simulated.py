@@ -219,14 +219,7 @@ class SimulatedTrainer:
 
     def _context(self, b: np.ndarray) -> StragglerContext:
         """Adversarial models may evaluate Err_𝓕(B) of this iteration's B (built lazily)."""
-        cache: dict[str, Any] = {}
-
-        def error_fn(mask: np.ndarray) -> float:
-            if "errors" not in cache:
-                cache["errors"] = self.decoder.evaluator(b, self.coded.target)
-            return float(cache["errors"](np.asarray(mask, dtype=bool)[None])[0])
-
-        return StragglerContext(self.assignment_matrix, self.m, error_fn)
+        return self.coded.straggler_context(b, self.assignment_matrix)
 
     def _draw(self, b: np.ndarray, iteration: int) -> StragglerDraw:
         """The straggler draw, replaced by "everyone, wait for the slowest" under

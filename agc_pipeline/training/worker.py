@@ -19,7 +19,6 @@ import sys
 import time
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
@@ -136,15 +135,7 @@ class Worker:
 
     def _context(self, t: int) -> StragglerContext:
         """What adversarial models look at: A, m and Err_𝓕(B) of this iteration's B."""
-        b = self.coded.encoding(t)
-        cache: dict[str, Any] = {}
-
-        def error_fn(mask: np.ndarray) -> float:
-            if "errors" not in cache:
-                cache["errors"] = self.decoder.evaluator(b, self.coded.target)
-            return float(cache["errors"](np.asarray(mask, dtype=bool)[None])[0])
-
-        return StragglerContext(self.matrix, self.m, error_fn)
+        return self.coded.straggler_context(self.coded.encoding(t), self.matrix)
 
     def send(self, header: Header, payload: torch.Tensor | None = None) -> None:
         """Header, then payload; raise PSLost if the PS does not take them in timeout_s."""
