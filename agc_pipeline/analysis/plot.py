@@ -63,11 +63,18 @@ def plot_results(results: dict[str, Any], path: Path, title: str | None = None,
              color, "H", linestyle="--")
     line([p["baseline_mean"] for p in pts], "Err. Base. Cons. (stack)", "tab:red", "s")
     line([p["lower_bound"] for p in pts], "Low. Bd. (21)", "tab:orange", "x")
+    title = title or f"{results['assignment']}, {results['scheme']}, m = {results['m']}"
+    return save_error_figure(fig, ax, path, title)
+
+
+def save_error_figure(fig: Any, ax: Any, path: Path, title: str,
+                      legend_size: str = "small") -> Path:
+    """Label an error-vs-straggler-fraction axis as the paper does, save it as PNG, close."""
     ax.set_xlabel("Straggler fraction $s/n$")
     ax.set_ylabel("Approximation error")
-    ax.set_title(title or f"{results['assignment']}, {results['scheme']}, m = {results['m']}")
+    ax.set_title(title)
     ax.grid(True, alpha=0.4)
-    ax.legend(fontsize="small", loc="best")
+    ax.legend(fontsize=legend_size, loc="best")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -21,7 +21,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from omegaconf import ListConfig, OmegaConf  # noqa: E402
 
-from agc_pipeline.analysis.plot import BOUND_LABELS, plot_results  # noqa: E402
+from agc_pipeline.analysis.plot import (  # noqa: E402
+    BOUND_LABELS,
+    plot_results,
+    save_error_figure,
+)
 
 
 @dataclass
@@ -108,15 +112,9 @@ def plot_comparison(runs: list[AnalysisRun], path: Path, title: str | None = Non
             ax.plot(x, [float("nan") if p.get("upper_bound") is None else p["upper_bound"]
                         for p in pts], linestyle="--", marker="o", color=color, alpha=0.7,
                     label=f"{BOUND_LABELS.get(bound, bound or 'Upp. Bd.')} ({run.label})")
-    ax.set_xlabel("Straggler fraction $s/n$")
-    ax.set_ylabel("Approximation error")
-    ax.set_title(title or "Approximation error against straggler fraction")
-    ax.grid(True, alpha=0.4)
-    ax.legend(fontsize="x-small", loc="best")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_error_figure(fig, ax, path,
+                             title or "Approximation error against straggler fraction",
+                             legend_size="x-small")
 
 
 def analysis_section(runs: list[AnalysisRun], out: Path,
