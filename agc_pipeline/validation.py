@@ -1,0 +1,95 @@
+"""Validation helpers: one rule per kind of value, one message shape for every app.
+
+Each ``require_*`` returns the checked value (converted to a plain Python type) or raises
+:class:`~agc_pipeline.errors.ConfigError` naming the parameter and the rule it breaks, e.g.
+``"m must be a positive integer (got 2.5)"``. Booleans are never integers and strings are
+never numbers here, even where Python or YAML would convert them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from agc_pipeline.errors import ConfigError
+
+__all__ = [
+    "is_int",
+    "is_number",
+    "require_bool",
+    "require_choice",
+    "require_finite",
+    "require_int",
+    "require_int_list",
+]
+
+
+def is_int(value: Any) -> bool:
+    """True for Python/numpy integers, False for bools, floats (even 2.0) and strings."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+
+
+def is_number(value: Any) -> bool:
+    """True for real numbers (ints and floats, Python or numpy), False for bools and strings."""
+    return isinstance(value, int | float | np.integer | np.floating) \
+        and not isinstance(value, bool | np.bool_)
+
+
+def require_int(value: Any, name: str, minimum: int | None = None,
+                maximum: int | None = None) -> int:
+    """``value`` as an int within [minimum, maximum]; ``name`` is the config key."""
+    if minimum == 1 and maximum is None:
+        rule = "a positive integer"
+    elif minimum == 0 and maximum is None:
+        rule = "a non-negative integer"
+    elif minimum is not None and maximum is not None:
+        rule = f"an integer in [{minimum}, {maximum}]"
+    elif minimum is not None:
+        rule = f"an integer ≥ {minimum}"
+    elif maximum is not None:
+        rule = f"an integer ≤ {maximum}"
+    else:
+        rule = "an integer"
+    ok = is_int(value) and (minimum is None or value >= minimum) \
+        and (maximum is None or value <= maximum)
+    if not ok:
+        raise ConfigError(f"{name} must be {rule} (got {value!r})")
+    return int(value)
+
+
+def require_finite(value: Any, name: str, minimum: float | None = None,
+                   maximum: float | None = None, strict_minimum: bool = False) -> float:
+    """``value`` as a finite float within the bounds (``strict_minimum``: > minimum)."""
+    if not is_number(value) or not math.isfinite(float(value)):
+        raise ConfigError(f"{name} must be a finite number (got {value!r})")
+    v = float(value)
+    if minimum is not None and (v <= minimum if strict_minimum else v < minimum):
+        raise ConfigError(f"{name} must be {'>' if strict_minimum else '≥'} {minimum} "
+                          f"(got {value!r})")
+    if maximum is not None and v > maximum:
+        raise ConfigError(f"{name} must be ≤ {maximum} (got {value!r})")
+    return v
+
+
+def require_bool(value: Any, name: str) -> bool:
+    """``value`` if it is a bool (YAML true/false)."""
+    if not isinstance(value, bool | np.bool_):
+        raise ConfigError(f"{name} must be true or false (got {value!r})")
+    return bool(value)
+
+
+def require_choice(value: Any, name: str, choices: tuple[Any, ...]) -> Any:
+    """``value`` if it is one of ``choices``."""
+    if value not in choices:
+        listed = " | ".join(str(c) for c in choices)
+        raise ConfigError(f"{name} must be one of {listed} (got {value!r})")
+    return value
+
+
+def require_int_list(values: Any, name: str, minimum: int | None = None) -> list[int]:
+    """A list (or tuple) of integers, each ≥ ``minimum``."""
+    if isinstance(values, str) or not hasattr(values, "__iter__"):
+        raise ConfigError(f"{name} must be a list of integers (got {values!r})")
+    return [require_int(v, f"{name}[{i}]", minimum) for i, v in enumerate(values)]
