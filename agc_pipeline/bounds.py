@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from agc_pipeline.decoding import PrincipalQuadraticForms
+from agc_pipeline.decoding import PrincipalQuadraticForms, SurvivorSets
 
 
 def c_constant(epsilon: float) -> float:
@@ -49,8 +49,8 @@ class Lemma1Bound:
         k_mat, ones_a = lemma1_matrices(a, m, c_constant(epsilon))
         self._forms = PrincipalQuadraticForms(k_mat, ones_a[:, None])
 
-    def __call__(self, masks: np.ndarray) -> np.ndarray:
-        return self.mk - self.m * self._forms(np.atleast_2d(masks))
+    def __call__(self, masks: np.ndarray | SurvivorSets) -> np.ndarray:
+        return self.mk - self.m * self._forms(masks)
 
 
 def lemma1(a: np.ndarray, m: int, epsilon: float, masks: np.ndarray) -> np.ndarray:
