@@ -20,6 +20,7 @@ import numpy as np
 
 from agc_pipeline.codes.assignment import Assignment
 from agc_pipeline.errors import require
+from agc_pipeline.validation import require_int
 
 
 def target_matrix(k: int, m: int) -> np.ndarray:
@@ -36,10 +37,8 @@ class Scheme(ABC):
     randomized: ClassVar[bool] = False
 
     def __init__(self, assignment: Assignment, m: int) -> None:
-        require(isinstance(m, int | np.integer) and m >= 1,
-                f"m must be a positive integer (got {m!r})")
         self.assignment = assignment
-        self.m = int(m)
+        self.m = require_int(m, "m", minimum=1)
 
     @property
     def n(self) -> int:

@@ -22,18 +22,9 @@ import numpy as np
 from agc_pipeline.codes.assignment import Assignment
 from agc_pipeline.codes.galois import galois_field, is_prime_power
 from agc_pipeline.errors import ConfigError, require
+from agc_pipeline.validation import require_int
 
 DESIGNS = ("fano", "projective_plane", "affine_plane", "steiner_triple", "file")
-
-
-def integer_param(value: Any, name: str, minimum: int | None = None) -> int:
-    """Return ``value`` as an int, or raise ConfigError naming ``name`` (bools are rejected)."""
-    require(not isinstance(value, bool) and isinstance(value, int | np.integer),
-            f"{name} must be an integer (got {value!r})")
-    value = int(value)
-    if minimum is not None:
-        require(value >= minimum, f"{name} must be ≥ {minimum} (got {value})")
-    return value
 
 
 def validate_bibd(incidence: np.ndarray, label: str = "design") -> tuple[int, int, int, int, int]:
@@ -114,7 +105,7 @@ def steiner_triple_system(v: int) -> np.ndarray:
       {(x,0),(x,1),(x,2)} for x < n, {∞,(n+x,i),(x,i+1)} for x < n, and
       {(x,i),(y,i),(x∘y,i+1)} for x < y.
     """
-    v = integer_param(v, "STS(v): v")
+    v = require_int(v, "STS(v): v")
     require(v >= 3 and v % 6 in (1, 3),
             f"STS(v) needs v ≡ 1 or 3 (mod 6) and v ≥ 3 (got {v})")
 
@@ -148,7 +139,7 @@ def steiner_triple_system(v: int) -> np.ndarray:
 def _prime_power_param(q: Any, design: str) -> int:
     """Validate ``assignment.q`` for a plane: required, an integer, a prime power."""
     require(q is not None, f"assignment.q is required for design={design}")
-    q = integer_param(q, "assignment.q")
+    q = require_int(q, "assignment.q")
     require(is_prime_power(q) is not None, f"assignment.q must be a prime power (got {q})")
     return q
 
@@ -181,7 +172,7 @@ def bibd(design: str, q: int | None = None, v: int | None = None, transpose: boo
         e, name, extra = affine_plane(q), f"AG(2,{q})", {"q": q}
     elif design == "steiner_triple":
         require(v is not None, f"assignment.v is required for design={design}")
-        v = integer_param(v, "assignment.v")
+        v = require_int(v, "assignment.v")
         require(v >= 3 and v % 6 in (1, 3),
                 f"assignment.v must satisfy v ≡ 1 or 3 (mod 6) and v ≥ 3 for a Steiner triple "
                 f"system (got {v})")
