@@ -177,7 +177,8 @@ def test_biregular_complete_graph() -> None:
 def test_biregular_errors(args: tuple, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         biregular(*args)
-    with pytest.raises(ConfigError, match=r"assignment.seed must be a non-negative integer \(got -1\)"):
+    with pytest.raises(ConfigError,
+                       match=r"assignment.seed must be a non-negative integer \(got -1\)"):
         biregular(40, 20, 3, 6, seed=-1)
 
 

@@ -208,7 +208,11 @@ class ErrorStudy:
             points.append(point)
         return {
             "n": sch.n, "k": sch.k, "m": sch.m, "delta": a.delta, "gamma": a.gamma,
-            "scheme": sch.name, "scheme_params": sch.describe(),
+            "scheme": sch.name, "scheme_label": sch.label, "scheme_params": sch.describe(),
+            "baseline_label": self.baseline.label if self.baseline is not None else None,
+            "compared_schemes": {t.label: {"label": t.scheme.label,
+                                           "primary_bound": t.scheme.primary_bound}
+                                 for t in tracked[2:]},
             "assignment": a.name, "assignment_params": a.summary(),
             "decoder": self.decoder.name, "seed": self.seed,
             "primary_bound": sch.primary_bound,
