@@ -1,4 +1,4 @@
-"""Graph assignment builders: SRGs, bi-regular and coset bipartite graphs (PAPER.md §2)."""
+"""Graph assignment builders: SRGs, bi-regular and coset bipartite graphs (Section III)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Cyclic repetition code (Tandon et al., "Gradient Coding", ICML 2017, Alg. 2; PAPER.md §8).
+"""Cyclic repetition code (Tandon et al., "Gradient Coding", ICML 2017, Alg. 2; Section II).
 
 Exact gradient coding for m = 1 on the cyclic assignment (worker j holds subsets j..j+s mod n).
 Draw H ∈ R^{s×n} with Gaussian entries and H·1 = 0. Column j of B is supported on the window

@@ -1,4 +1,4 @@
-"""Balanced incomplete block designs (BIBDs) as assignment matrices (PAPER.md §2).
+"""Balanced incomplete block designs (BIBDs) as assignment matrices (Section III, Definition 2).
 
 A 2-(v, k, λ) design has v points and b blocks of size k; every point lies in r blocks and
 every pair of points in λ blocks. Its incidence matrix E ∈ {0,1}^{points×blocks} satisfies
@@ -31,7 +31,7 @@ def validate_bibd(incidence: np.ndarray, label: str = "design") -> tuple[int, in
     """Check that ``incidence`` (points × blocks, 0/1) is a BIBD; return ``(v, b, r, k, lam)``.
 
     Every block has the same size k, every point lies in the same number r of blocks and every
-    pair of distinct points lies in exactly λ ≥ 1 blocks (PAPER.md §2). ConfigError otherwise.
+    pair of distinct points lies in exactly λ ≥ 1 blocks (Definition 2). ConfigError otherwise.
     """
     e = np.asarray(incidence)
     require(e.ndim == 2 and e.shape[0] >= 2 and e.shape[1] >= 1,
@@ -146,7 +146,7 @@ def _prime_power_param(q: Any, design: str) -> int:
 
 def bibd(design: str, q: int | None = None, v: int | None = None, transpose: bool = True,
          path: str | None = None) -> Assignment:
-    """The assignment of a BIBD (PAPER.md §2), the ``assignment=bibd`` Hydra option.
+    """The assignment of a BIBD (Definition 2), the ``assignment=bibd`` Hydra option.
 
     ``design`` ∈ fano | projective_plane (needs prime power ``q``) | affine_plane (needs ``q``)
     | steiner_triple (needs ``v`` ≡ 1, 3 mod 6) | file (needs ``path`` to a points × blocks

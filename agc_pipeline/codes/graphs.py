@@ -1,4 +1,4 @@
-"""Graph-based assignment matrices (PAPER.md §2).
+"""Graph-based assignment matrices (Section III: Definitions 3 and 4, Section III-A).
 
 - :func:`srg` — adjacency matrices of strongly regular graphs (n, δ, λ, μ), k = n, used by
   construction (7) and Corollary 2 (eq. 12).
@@ -29,7 +29,7 @@ def srg_parameters(adjacency: np.ndarray, label: str = "graph") -> tuple[int, in
     """Check that ``adjacency`` is a strongly regular graph; return ``(n, δ, λ, μ)``.
 
     Requires a symmetric 0/1 matrix with zero diagonal and ``A² = δI + λA + μ(J−I−A)``
-    with ``0 < δ ≠ μ`` (PAPER.md §2); ConfigError otherwise.
+    with ``0 < δ ≠ μ`` (Definition 3, Corollary 2); ConfigError otherwise.
     """
     a = np.asarray(adjacency)
     require(a.ndim == 2 and a.shape[0] == a.shape[1] and a.shape[0] >= 2,
@@ -56,7 +56,7 @@ def srg_parameters(adjacency: np.ndarray, label: str = "graph") -> tuple[int, in
 
 
 def srg_eigenvalues(delta: int, lam: int, mu: int) -> tuple[float, float]:
-    """The non-trivial eigenvalues r̃ ≥ s̃ = ½[(λ−μ) ± sqrt((λ−μ)² + 4(δ−μ))] (PAPER.md §2)."""
+    """The non-trivial eigenvalues r̃ ≥ s̃ = ½[(λ−μ) ± sqrt((λ−μ)² + 4(δ−μ))] (Corollary 2)."""
     root = math.sqrt((lam - mu) ** 2 + 4 * (delta - mu))
     return 0.5 * ((lam - mu) + root), 0.5 * ((lam - mu) - root)
 
@@ -178,7 +178,7 @@ def biregular(n: int, k: int, delta: int, gamma: int, seed: int = 0) -> Assignme
     Deterministic in ``seed``: start from the structured matrix with row i on columns
     iγ, …, iγ+γ−1 (mod n), then apply 20·(edges) random degree-preserving double-edge swaps
     (i1,j1),(i2,j2) → (i1,j2),(i2,j1), rejecting any that would create a multi-edge.
-    Requires k·γ = n·δ, 1 ≤ δ ≤ k, 1 ≤ γ ≤ n (PAPER.md §2; Fig. 5 uses (40, 20, 3, 6)).
+    Requires k·γ = n·δ, 1 ≤ δ ≤ k, 1 ≤ γ ≤ n (Definition 4; Fig. 5 uses (40, 20, 3, 6)).
     """
     n = require_int(n, "assignment.n", minimum=1)
     k = require_int(k, "assignment.k", minimum=1)
@@ -212,7 +212,7 @@ def biregular(n: int, k: int, delta: int, gamma: int, seed: int = 0) -> Assignme
 
 def coset(k: int, m: int, delta: int, generating_set: Sequence[int] | None = None,
           require_invertible: bool = True) -> Assignment:
-    """The (k, m, δ) coset bipartite graph (PAPER.md §2), the ``assignment=coset`` option.
+    """The (k, m, δ) coset bipartite graph (Section III-A), the ``assignment=coset`` option.
 
     Workers x ∈ Z_{mk} (n = mk); subsets = cosets i + H, H = {0, k, …, (m−1)k}; with the
     generating set 𝔅 ⊆ {0..k−1}, |𝔅| = δ (default {0..δ−1}) and S = ∪_{b∈𝔅} (b + H), worker

@@ -1,4 +1,4 @@
-"""Repetition assignments: uncoded, cyclic and fractional repetition (PAPER.md §8).
+"""Repetition assignments: uncoded, cyclic and fractional repetition (the paper's Section II).
 
 All three have k = n data subsets. Worker j is column j of the k×n matrix, subset i row i.
 
