@@ -1,4 +1,5 @@
-"""Every option file of every coding config group composes and instantiates."""
+"""Every option file of every coding config group composes and instantiates, and the paper's
+presets build the paper's codes and workloads (Section VIII)."""
 
 from __future__ import annotations
 
