@@ -45,10 +45,8 @@ from agc_pipeline.sinks import Sink
 from agc_pipeline.stragglers import StragglerModel
 from agc_pipeline.training.coded_step import (
     TrainingDiverged,
-    apply_weights,
     check_finite,
     combine,
-    from_blocks,
 )
 from agc_pipeline.training.distributed import (
     Cluster,
@@ -56,7 +54,6 @@ from agc_pipeline.training.distributed import (
     resolve_timing,
     torchrun_env,
 )
-from agc_pipeline.training.gradients import pack_gradients, partial_gradients
 from agc_pipeline.training.simulated import SimulatedTrainer, Totals
 from agc_pipeline.training.wire import HEADER_BYTES, Arrival, Kind
 
@@ -205,10 +202,12 @@ class ParameterServer(SimulatedTrainer):
         gradient Z F (float64), exactly as the simulated trainer computes them."""
         if not self.settings.grad_error:
             return self.train_loss(), None
-        grads, loss = partial_gradients(self.model, self.x, self.y)
-        pack_gradients(grads, 1.0 / self.num_samples, self._z)
-        blocks = self._z.view(self.k, self.m, self.length)
-        exact = from_blocks(apply_weights(blocks, self.coded.target), self.d)
+        x = self.x.reshape(-1, *self.x.shape[2:])
+        y = self.y.reshape(-1, *self.y.shape[2:])
+        params = list(self.model.parameters())
+        loss = self.model.loss_sum(self.model(x), y)
+        grads = torch.autograd.grad(loss, params)
+        exact = torch.cat([g.reshape(-1) for g in grads]).to(torch.float64) / self.num_samples
         return float(loss) / self.num_samples, exact
 
     def _collect(self, t: int, start: float) -> Collected:

@@ -43,12 +43,14 @@ from tqdm import tqdm
 
 from agc_pipeline.codes.base import Scheme
 from agc_pipeline.data import Dataset, split_subsets
-from agc_pipeline.decoding import Decoder
+from agc_pipeline.decoding import Decoder, Decoding
 from agc_pipeline.errors import ConfigError, require
 from agc_pipeline.models import CodedModel
 from agc_pipeline.sinks import Sink
 from agc_pipeline.stragglers import StragglerContext, StragglerDraw, StragglerModel, VirtualClock
+from agc_pipeline.training.batches import batch_indices, take
 from agc_pipeline.training.checkpoint import save_checkpoint
+from agc_pipeline.training.coded_gradient import CodedGradient
 from agc_pipeline.training.coded_step import (
     ALPHA_ITERATION_OFFSET,
     AlphaEstimate,
@@ -93,6 +95,9 @@ class SimulatedSettings:
     materialize_messages: bool = False  #: build every worker's message (slower; a check)
     progress: bool = True  #: tqdm progress bar on stderr
     device: str = "cpu"  #: cpu | cuda | cuda:N | auto
+    batch_size: int | None = None  #: samples per data subset per iteration (None: all)
+    coded_gradient: str = "weighted"  #: weighted (one pass) | per_subset (k gradients)
+    grad_error: bool = True  #: also compute the true gradient to log grad_error
 
     def __post_init__(self) -> None:
         for name in ("iterations", "log_every"):
@@ -112,7 +117,13 @@ class SimulatedSettings:
                 f"trainer.straggler_slowdown must be ≥ 1 (got {self.straggler_slowdown!r})")
         require(_finite(self.decode_cost) and self.decode_cost >= 0,
                 f"trainer.decode_cost must be ≥ 0 (got {self.decode_cost!r})")
-        for name in ("resume", "wait_for_all", "materialize_messages", "progress"):
+        require(self.batch_size is None or (_is_int(self.batch_size) and self.batch_size >= 1),
+                f"trainer.batch_size must be a positive integer or null (got "
+                f"{self.batch_size!r})")
+        require(self.coded_gradient in ("weighted", "per_subset"),
+                f"trainer.coded_gradient must be weighted or per_subset (got "
+                f"{self.coded_gradient!r})")
+        for name in ("resume", "wait_for_all", "materialize_messages", "progress", "grad_error"):
             require(isinstance(getattr(self, name), bool),
                     f"trainer.{name} must be true or false (got {getattr(self, name)!r})")
         self.torch_device = _device(self.device)
@@ -189,18 +200,27 @@ class SimulatedTrainer:
                 f"model {type(model).__name__} is a {model.task} model but dataset "
                 f"{dataset.name} is a {dataset.task} data set")
         subsets = split_subsets(n_train, self.k, self.seed)
-        self.x = dataset.x_train[subsets].to(self.device)  # (k, b, D)
-        self.y = dataset.y_train[subsets].to(self.device)  # (k, b)
+        self.x = dataset.x_train[subsets].to(self.device)  # (k, |D_i|, …)
+        self.y = dataset.y_train[subsets].to(self.device)  # (k, |D_i|, …)
         self.num_samples = int(subsets.numel())
+        self.subset_size = int(subsets.shape[1])
+        batch = settings.batch_size
+        require(batch is None or batch <= self.subset_size,
+                f"trainer.batch_size={batch} exceeds the {self.subset_size} samples of each "
+                f"data subset (N = {n_train} split into k = {self.k}); use at most "
+                f"{self.subset_size} or null (the whole subset)")
+        #: samples per iteration: k·b (minibatches) or all N
+        self.batch_samples = self.k * (batch or self.subset_size)
         self.x_test = dataset.x_test.to(self.device)
         self.y_test = dataset.y_test.to(self.device)
         self.d = sum(p.numel() for p in model.parameters())
         self.wire_bytes = next(model.parameters()).element_size()
         self.coded = CodedStep(scheme, decoder, self.d, self.seed)
         self.length = self.coded.length
-        #: Z as k rows of m zero-padded blocks, float64, reused every iteration
-        self._z = torch.zeros(self.k, self.m * self.length, dtype=torch.float64,
-                              device=self.device)
+        #: trainer.coded_gradient=per_subset: Z as k rows of m zero-padded blocks, float64
+        self._z: torch.Tensor | None = None
+        self.engine = (CodedGradient(self.model, self.m)
+                       if settings.coded_gradient == "weighted" else None)
         self.assignment_matrix = a.matrix
         self.optimizer = SGD(list(model.parameters()), lr=settings.lr,
                              momentum=settings.momentum, weight_decay=settings.weight_decay)
@@ -270,39 +290,39 @@ class SimulatedTrainer:
     def step(self, evaluate: bool = False) -> dict[str, Any]:
         """Run iteration ``self.iteration``; return its metrics row (at the parameters before
         the update: ``train_loss``, test metrics when ``evaluate``)."""
-        t, m, d = self.iteration, self.m, self.d
+        t, m = self.iteration, self.m
         row: dict[str, Any] = {"iteration": t}
         if evaluate:
             row.update(self.evaluate())
-        grads, loss = partial_gradients(self.model, self.x, self.y)
-        row["train_loss"] = float(loss) / self.num_samples
-        pack_gradients(grads, 1.0 / self.num_samples, self._z)
-        del grads
-        blocks = self._z.view(self.k, m, self.length)  # blocks[i, u] = g_i[u], float64
+        index = batch_indices(self.seed, t, range(self.k), self.subset_size,
+                              self.settings.batch_size)
+        x, y = take(self.x, index), take(self.y, index)
         b = self.coded.encoding(t)
         draw = self._draw(b, t)
         mask = draw.survivors
-        target = self.coded.target
         if mask.any():
             dec = self.coded.decode(b, mask)
-            both = apply_weights(blocks, np.hstack([self.coded.weights(b, dec.r), target]))
-            estimate, exact = from_blocks(both[:m], d), from_blocks(both[m:], d)
-            if self.settings.materialize_messages:
-                msgs = survivor_messages(blocks, b, self.assignment_matrix, mask)
-                estimate = combine(msgs, dec.r[mask], d)
-            if self.decoder.rescale:
-                assert self.alpha is not None, "call estimate_alpha() before training"
-                estimate = estimate / self.alpha.value
+            weights = self.coded.weights(b, dec.r)  # B R, (mk × m)
             condition, approx = dec.condition_number, dec.error
         else:
-            exact = from_blocks(apply_weights(blocks, target), d)
-            estimate = torch.zeros_like(exact)
+            dec, weights = None, np.zeros((self.k * m, m))
             condition, approx = math.inf, self.coded.target_norm2
-        diff2 = float((estimate - exact).square().sum())
-        if not math.isfinite(diff2):  # the only full NaN/Inf scan, when something is off
-            check_finite(estimate, t)
-        norm2 = float(exact.square().sum())
-        error = diff2 / norm2 if norm2 > 0 else math.nan
+        estimate, exact, loss = self._coded_gradient(x, y, b, weights, mask, dec)
+        row["train_loss"] = loss / self.batch_samples
+        if self.decoder.rescale and dec is not None:
+            assert self.alpha is not None, "call estimate_alpha() before training"
+            estimate = estimate / self.alpha.value
+        if exact is None:
+            norm = float(estimate.square().sum())
+            if not math.isfinite(norm):
+                check_finite(estimate, t)
+            error = None
+        else:
+            diff2 = float((estimate.to(exact.dtype) - exact).square().sum())
+            if not math.isfinite(diff2):  # the only full NaN/Inf scan, when something is off
+                check_finite(estimate, t)
+            norm2 = float(exact.square().sum())
+            error = diff2 / norm2 if norm2 > 0 else math.nan
         survivors = int(mask.sum())
         sent = survivors * self.length * self.wire_bytes
         pending = _Pending(self.clock.virtual_time, Totals(**asdict(self.totals)), estimate)
@@ -311,13 +331,44 @@ class SimulatedTrainer:
         tot.iterations, tot.survivors = t + 1, tot.survivors + survivors
         tot.bytes_to_ps += sent
         tot.skipped += int(survivors == 0)
-        tot.grad_error += error if math.isfinite(error) else 0.0
+        tot.grad_error += error if error is not None and math.isfinite(error) else 0.0
         row.update(grad_error=error, survivors=survivors, bytes_to_ps=sent,
                    total_bytes_to_ps=tot.bytes_to_ps, virtual_time=pending.virtual_time,
                    iteration_time=float(draw.iteration_time), decode_condition=condition,
                    approx_error=float(approx), skipped=survivors == 0)
         self._commit(pending, update=survivors > 0)
         return row
+
+    def _coded_gradient(self, x: torch.Tensor, y: torch.Tensor, b: np.ndarray,
+                        weights: np.ndarray, mask: np.ndarray, dec: Decoding | None,
+                        ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+        """``(ĝ, g, loss)`` for the minibatch ``x, y`` (k, b, …): the estimate Z (B R) with
+        ``weights`` = B R, the true gradient g (None unless ``trainer.grad_error``) and the
+        summed loss. ``trainer.coded_gradient=weighted`` forms them in one pass
+        (:class:`CodedGradient`); ``per_subset`` forms the k partial gradients in float64
+        first (the reference, and the path of ``materialize_messages``)."""
+        m, d, scale = self.m, self.d, 1.0 / self.batch_samples
+        want_exact = self.settings.grad_error
+        if self.engine is not None and not self.settings.materialize_messages:
+            per = x.shape[1]
+            subset = torch.arange(self.k, device=self.device).repeat_interleave(per)
+            coef = np.asarray(weights).reshape(m, self.k, m) * scale
+            res = self.engine(x.reshape(-1, *x.shape[2:]), y.reshape(-1, *y.shape[2:]), subset,
+                              coef, plain_weight=scale if want_exact else None)
+            return res.blocks.reshape(-1)[:d], res.plain, res.loss
+        grads, loss = partial_gradients(self.model, x, y)
+        if self._z is None:
+            self._z = torch.zeros(self.k, m * self.length, dtype=torch.float64,
+                                  device=self.device)
+        pack_gradients(grads, scale, self._z)
+        del grads
+        blocks = self._z.view(self.k, m, self.length)  # blocks[i, u] = g_i[u], float64
+        both = apply_weights(blocks, np.hstack([weights, self.coded.target]))
+        estimate, exact = from_blocks(both[:m], d), from_blocks(both[m:], d)
+        if self.settings.materialize_messages and dec is not None:
+            msgs = survivor_messages(blocks, b, self.assignment_matrix, mask)
+            estimate = combine(msgs, dec.r[mask], d)
+        return estimate, exact, float(loss)
 
     def _commit(self, pending: _Pending, update: bool) -> None:
         """Apply one iteration's changes together (nothing before this mutates state).
