@@ -111,6 +111,30 @@ class CodedGradient:
             pos += take
         return out
 
+    def check(self, x: torch.Tensor, y: torch.Tensor, rtol: float = 1e-4) -> None:
+        """Raise ConfigError unless the plain gradient formed from the per-sample signals
+        equals autograd's on the batch ``(x, y)`` — i.e. the model meets the contract in the
+        module docstring (a parameter used outside the module that owns it, e.g. a tied
+        weight read by another module, would be missed)."""
+        n = x.shape[0]
+        res = self(x, y, torch.zeros(n, dtype=torch.long, device=x.device),
+                   np.zeros((self.m, 1, 0)), plain_weight=1.0)
+        params = [p for _, p in self.model.named_parameters()]
+        grads = torch.autograd.grad(self.model.loss_sum(self.model(x), y), params,
+                                    allow_unused=True)
+        offset = 0
+        for (name, p), g in zip(self.model.named_parameters(), grads, strict=True):
+            ours = res.plain[offset:offset + p.numel()]
+            offset += p.numel()
+            ref = torch.zeros_like(ours) if g is None else g.reshape(-1)
+            scale = float(ref.norm()) + float(ours.norm())
+            if scale > 0 and float((ours - ref).norm()) > rtol * scale:
+                raise ConfigError(
+                    f"trainer.coded_gradient=weighted: the gradient of parameter {name!r} is "
+                    "not formed inside the module that owns it (e.g. a tied weight used by "
+                    "another module), so per-sample weighting cannot reach it; untie it, or "
+                    "use trainer.coded_gradient=per_subset")
+
     # ------------------------------------------------------------------------------ main
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, subset: torch.Tensor,

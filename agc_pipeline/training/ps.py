@@ -101,8 +101,9 @@ class ParameterServer(SimulatedTrainer):
     """
 
     def __init__(self, model: CodedModel, dataset: Dataset, scheme: Scheme, decoder: Decoder,
-                 straggler: StragglerModel, settings: DistributedSettings, seed: int) -> None:
-        super().__init__(model, dataset, scheme, decoder, straggler, settings, seed)
+                 straggler: StragglerModel, settings: DistributedSettings, seed: int,
+                 **optimizer: Any) -> None:
+        super().__init__(model, dataset, scheme, decoder, straggler, settings, seed, **optimizer)
         self.settings: DistributedSettings = settings
         require(settings.workers in (None, self.n),
                 f"trainer.workers={settings.workers} but the assignment has n = {self.n} "

@@ -28,6 +28,7 @@ after ``straggler_slowdown × compute_time`` plus their communication time.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import signal
 import threading
@@ -63,7 +64,7 @@ from agc_pipeline.training.coded_step import (
     survivor_messages,
 )
 from agc_pipeline.training.gradients import pack_gradients, partial_gradients
-from agc_pipeline.training.optim import SGD
+from agc_pipeline.training.optim import Optimizer, OptimizerFactory, SchedulerFactory
 
 __all__ = ["SimulatedSettings", "SimulatedTrainer", "TrainingInterrupted"]
 
@@ -98,6 +99,7 @@ class SimulatedSettings:
     batch_size: int | None = None  #: samples per data subset per iteration (None: all)
     coded_gradient: str = "weighted"  #: weighted (one pass) | per_subset (k gradients)
     grad_error: bool = True  #: also compute the true gradient to log grad_error
+    clip_grad_norm: float | None = None  #: rescale ĝ to at most this global 2-norm
 
     def __post_init__(self) -> None:
         for name in ("iterations", "log_every"):
@@ -120,6 +122,10 @@ class SimulatedSettings:
         require(self.batch_size is None or (_is_int(self.batch_size) and self.batch_size >= 1),
                 f"trainer.batch_size must be a positive integer or null (got "
                 f"{self.batch_size!r})")
+        require(self.clip_grad_norm is None
+                or (_finite(self.clip_grad_norm) and self.clip_grad_norm > 0),
+                f"trainer.clip_grad_norm must be a finite number > 0 or null (got "
+                f"{self.clip_grad_norm!r})")
         require(self.coded_gradient in ("weighted", "per_subset"),
                 f"trainer.coded_gradient must be weighted or per_subset (got "
                 f"{self.coded_gradient!r})")
@@ -180,7 +186,9 @@ class SimulatedTrainer:
     """
 
     def __init__(self, model: CodedModel, dataset: Dataset, scheme: Scheme, decoder: Decoder,
-                 straggler: StragglerModel, settings: SimulatedSettings, seed: int) -> None:
+                 straggler: StragglerModel, settings: SimulatedSettings, seed: int,
+                 make_optimizer: OptimizerFactory | None = None,
+                 make_scheduler: SchedulerFactory | None = None) -> None:
         self.settings = settings
         self.device = settings.torch_device
         self.model = model.to(self.device)
@@ -221,9 +229,17 @@ class SimulatedTrainer:
         self._z: torch.Tensor | None = None
         self.engine = (CodedGradient(self.model, self.m)
                        if settings.coded_gradient == "weighted" else None)
+        if self.engine is not None:  # the model contract, on a few samples
+            few = (slice(0, min(self.k, 4)), slice(0, min(self.subset_size, 2)))
+            self.engine.check(self.x[few].reshape(-1, *self.x.shape[2:]),
+                              self.y[few].reshape(-1, *self.y.shape[2:]))
         self.assignment_matrix = a.matrix
-        self.optimizer = SGD(list(model.parameters()), lr=settings.lr,
-                             momentum=settings.momentum, weight_decay=settings.weight_decay)
+        if make_optimizer is None:
+            make_optimizer = functools.partial(torch.optim.SGD, lr=settings.lr,
+                                               momentum=settings.momentum,
+                                               weight_decay=settings.weight_decay)
+        self.optimizer = Optimizer(list(model.parameters()), make_optimizer, make_scheduler,
+                                   settings.clip_grad_norm)
         self.clock = VirtualClock(decode_cost=settings.decode_cost)
         self.totals = Totals()
         self.iteration = 0
