@@ -43,6 +43,7 @@ from agc_pipeline.errors import require
 from agc_pipeline.models import CodedModel
 from agc_pipeline.sinks import Sink
 from agc_pipeline.stragglers import StragglerModel
+from agc_pipeline.training.batches import batch_indices, take
 from agc_pipeline.training.coded_step import (
     TrainingDiverged,
     check_finite,
@@ -152,7 +153,7 @@ class ParameterServer(SimulatedTrainer):
         if evaluate:
             row.update(self.evaluate())
         logged = t % s.log_every == 0 or t == s.iterations - 1
-        loss, exact = self._metrics() if logged else (None, None)
+        loss, exact = self._metrics(t) if logged else (None, None)
         metrics_time = time.perf_counter() - sent
         b = self.coded.encoding(t)
         got = self._collect(t, start)
@@ -198,18 +199,21 @@ class ParameterServer(SimulatedTrainer):
 
     # ------------------------------------------------------------------ pieces
 
-    def _metrics(self) -> tuple[float, torch.Tensor | None]:
+    def _metrics(self, t: int) -> tuple[float, torch.Tensor | None]:
         """Train loss at the current parameters and, with ``trainer.grad_error``, the true
         gradient Z F (float64), exactly as the simulated trainer computes them."""
+        index = batch_indices(self.seed, t, range(self.k), self.subset_size,
+                              self.settings.batch_size)  # the workers' minibatch
+        x, y = take(self.x, index), take(self.y, index)
+        x, y = x.reshape(-1, *x.shape[2:]), y.reshape(-1, *y.shape[2:])
         if not self.settings.grad_error:
-            return self.train_loss(), None
-        x = self.x.reshape(-1, *self.x.shape[2:])
-        y = self.y.reshape(-1, *self.y.shape[2:])
+            with torch.no_grad():
+                return float(self.model.loss_sum(self.model(x), y)) / self.batch_samples, None
         params = list(self.model.parameters())
         loss = self.model.loss_sum(self.model(x), y)
         grads = torch.autograd.grad(loss, params)
-        exact = torch.cat([g.reshape(-1) for g in grads]).to(torch.float64) / self.num_samples
-        return float(loss) / self.num_samples, exact
+        exact = torch.cat([g.reshape(-1) for g in grads]).to(torch.float64) / self.batch_samples
+        return float(loss) / self.batch_samples, exact
 
     def _collect(self, t: int, start: float) -> Collected:
         """Take arrivals until the waiting rule is met (see the module docstring)."""
