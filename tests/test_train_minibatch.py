@@ -75,7 +75,7 @@ def test_grad_error_off_logs_none_and_trains_the_same() -> None:
 
 
 def test_minibatch_resume_is_bit_identical_with_momentum() -> None:
-    extra = ("trainer.batch_size=4", "trainer.momentum=0.9")
+    extra = ("trainer.batch_size=4", "optimizer.momentum=0.9")
     whole = _trainer(*extra)
     for _ in range(6):
         whole.step()
@@ -89,3 +89,41 @@ def test_minibatch_resume_is_bit_identical_with_momentum() -> None:
     for p, q in zip(whole.model.parameters(), second.model.parameters(), strict=True):
         assert torch.equal(p, q)
     assert np.isfinite(second.train_loss())
+
+
+def test_adamw_with_cosine_warmup_resumes_bit_identically() -> None:
+    extra = ("trainer.batch_size=4", "optimizer=adamw", "trainer.lr=0.01",
+             "scheduler=cosine", "scheduler.warmup=2")
+    whole = _trainer(*extra)
+    lrs = []
+    for _ in range(6):
+        lrs.append(whole.optimizer.lr)
+        whole.step()
+    assert lrs[0] == pytest.approx(0.005) and lrs[1] == pytest.approx(0.01)
+    assert lrs[5] < lrs[2]
+    assert type(whole.optimizer.optimizer).__name__ == "AdamW"
+    first = _trainer(*extra)
+    for _ in range(3):
+        first.step()
+    second = _trainer(*extra)
+    second.load_state_dict(first.state_dict())
+    for _ in range(3):
+        second.step()
+    for p, q in zip(whole.model.parameters(), second.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("optimizer.lr=-1", "optimizer.lr must be > 0.0"),
+    ("optimizer.lr=inf", "optimizer.lr must be a finite number"),
+    ("optimizer.momentum=-0.5", "optimizer: Invalid momentum value"),
+    ("+optimizer.bogus=1", "optimizer: .*bogus"),
+    ("scheduler=step", "scheduler: .*step_size|scheduler.step_size"),
+    ("scheduler.warmup=-1", "scheduler.warmup must be a non-negative integer"),
+])
+def test_bad_optimizer_and_scheduler_settings_fail_in_one_line(override: str,
+                                                               message: str) -> None:
+    extra = ["scheduler=step", "scheduler.step_size=null"] if override == "scheduler=step" \
+        else [override]
+    with pytest.raises(ConfigError, match=message):
+        _trainer(*extra)

@@ -83,8 +83,6 @@ class SimulatedSettings:
 
     iterations: int = 300  #: SGD iterations
     lr: float = 0.1  #: learning rate η
-    momentum: float = 0.0  #: heavy-ball momentum of ``torch.optim.SGD``
-    weight_decay: float = 0.0
     log_every: int = 1  #: one metrics row every this many iterations (and the last)
     eval_every: int = 50  #: test metrics every this many iterations (0: only at the end)
     checkpoint_every: int = 100  #: checkpoint every this many iterations (0: end/error only)
@@ -111,10 +109,6 @@ class SimulatedSettings:
             require(_is_int(value) and value >= 0,
                     f"trainer.{name} must be a non-negative integer (got {value!r})")
         require(_finite(self.lr) and self.lr > 0, f"trainer.lr must be > 0 (got {self.lr!r})")
-        require(_finite(self.momentum) and 0 <= self.momentum < 1,
-                f"trainer.momentum must lie in [0, 1) (got {self.momentum!r})")
-        require(_finite(self.weight_decay) and self.weight_decay >= 0,
-                f"trainer.weight_decay must be ≥ 0 (got {self.weight_decay!r})")
         require(_finite(self.straggler_slowdown) and self.straggler_slowdown >= 1,
                 f"trainer.straggler_slowdown must be ≥ 1 (got {self.straggler_slowdown!r})")
         require(_finite(self.decode_cost) and self.decode_cost >= 0,
@@ -234,10 +228,8 @@ class SimulatedTrainer:
             self.engine.check(self.x[few].reshape(-1, *self.x.shape[2:]),
                               self.y[few].reshape(-1, *self.y.shape[2:]))
         self.assignment_matrix = a.matrix
-        if make_optimizer is None:
-            make_optimizer = functools.partial(torch.optim.SGD, lr=settings.lr,
-                                               momentum=settings.momentum,
-                                               weight_decay=settings.weight_decay)
+        if make_optimizer is None:  # optimizer=sgd's defaults
+            make_optimizer = functools.partial(torch.optim.SGD, lr=settings.lr)
         self.optimizer = Optimizer(list(model.parameters()), make_optimizer, make_scheduler,
                                    settings.clip_grad_norm)
         self.clock = VirtualClock(decode_cost=settings.decode_cost)
