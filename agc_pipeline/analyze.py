@@ -24,29 +24,38 @@ from agc_pipeline.analysis.plot import plot_results
 from agc_pipeline.build import build_assignment, build_decoder, build_scheme, run_app
 from agc_pipeline.codes.stack import Stack
 from agc_pipeline.conf_path import CONFIG_DIR
-from agc_pipeline.errors import require
 from agc_pipeline.provenance import record
 from agc_pipeline.sinks import make_logger_sink, write_json
 from agc_pipeline.sweeps import limit_threads, skip_finished_job
+from agc_pipeline.validation import require_bool, require_finite, require_int, require_int_list
 
 log = logging.getLogger("agc_pipeline.analyze")
 
 
 def build_study(cfg: DictConfig) -> ErrorStudy:
     """Everything the study needs, built and validated before any computation."""
-    require(int(cfg.m) >= 1, f"m must be a positive integer (got {cfg.m})")
-    assignment = build_assignment(cfg)
-    scheme = build_scheme(cfg.scheme, assignment, cfg.m)
+    m = require_int(cfg.m, "m", minimum=1)
+    seed = require_int(cfg.seed, "seed", minimum=0)
     a = cfg.analysis
-    s_values = (list(a.s) if a.s is not None else
-                paper_grid(assignment.n, a.grid_points, a.max_fraction, a.include_zero))
-    compare = {str(label): build_scheme(node, assignment, cfg.m, f"analysis.compare.{label}")
+    realizations = require_int(a.realizations, "analysis.realizations", minimum=1)
+    straggler_sets = require_int(a.straggler_sets, "analysis.straggler_sets", minimum=1)
+    s_values = None if a.s is None else require_int_list(a.s, "analysis.s", minimum=0)
+    for key in ("include_zero", "baseline", "plot", "progress"):
+        require_bool(a.get(key, True), f"analysis.{key}")
+    if s_values is None:
+        points = require_int(a.grid_points, "analysis.grid_points", minimum=1)
+        fraction = require_finite(a.max_fraction, "analysis.max_fraction", minimum=0.0,
+                                  maximum=1.0)
+    assignment = build_assignment(cfg)
+    scheme = build_scheme(cfg.scheme, assignment, m)
+    if s_values is None:
+        s_values = paper_grid(assignment.n, points, fraction, a.include_zero)
+    compare = {str(label): build_scheme(node, assignment, m, f"analysis.compare.{label}")
                for label, node in (a.compare or {}).items()}
-    baseline = Stack(assignment, int(cfg.m)) if a.baseline and scheme.name != "stack" else None
-    return ErrorStudy(scheme=scheme, s_values=[int(s) for s in s_values],
-                      realizations=int(a.realizations), straggler_sets=int(a.straggler_sets),
-                      seed=int(cfg.seed), decoder=build_decoder(cfg), baseline=baseline,
-                      compare=compare)
+    baseline = Stack(assignment, m) if a.baseline and scheme.name != "stack" else None
+    return ErrorStudy(scheme=scheme, s_values=s_values, realizations=realizations,
+                      straggler_sets=straggler_sets, seed=seed, decoder=build_decoder(cfg),
+                      baseline=baseline, compare=compare)
 
 
 def run_analysis(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The paper's closed-form bounds on the approximation error Err_𝓕(B) (eqs. 8–21).
 
 All functions are pure numpy. ``s`` is the number of stragglers, so |𝓕| = n − s. Conventions
-follow PAPER.md: A is k×n (rows = data subsets, columns = workers), δ the load per worker,
+follow Section III: A is k×n (rows = data subsets, columns = workers), δ the load per worker,
 λ/μ the design or graph parameters, m the communication reduction factor.
 """
 
@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from agc_pipeline.decoding import PrincipalQuadraticForms
+from agc_pipeline.decoding import PrincipalQuadraticForms, SurvivorSets
 
 
 def c_constant(epsilon: float) -> float:
@@ -49,8 +49,8 @@ class Lemma1Bound:
         k_mat, ones_a = lemma1_matrices(a, m, c_constant(epsilon))
         self._forms = PrincipalQuadraticForms(k_mat, ones_a[:, None])
 
-    def __call__(self, masks: np.ndarray) -> np.ndarray:
-        return self.mk - self.m * self._forms(np.atleast_2d(masks))
+    def __call__(self, masks: np.ndarray | SurvivorSets) -> np.ndarray:
+        return self.mk - self.m * self._forms(masks)
 
 
 def lemma1(a: np.ndarray, m: int, epsilon: float, masks: np.ndarray) -> np.ndarray:
@@ -76,7 +76,7 @@ def bibd_stack_error(
 
 
 def srg_eigenvalues(delta: int, lam: int, mu: int) -> tuple[float, float]:
-    """The non-trivial eigenvalues r̃ ≥ s̃ of an SRG(n, δ, λ, μ) (paper §2)."""
+    """The non-trivial eigenvalues r̃ ≥ s̃ of an SRG(n, δ, λ, μ) (Corollary 2, Section IV)."""
     disc = math.sqrt((lam - mu) ** 2 + 4 * (delta - mu))
     return 0.5 * ((lam - mu) + disc), 0.5 * ((lam - mu) - disc)
 

@@ -58,7 +58,7 @@ def build_assignment(cfg: DictConfig) -> Assignment:
 
 def build_scheme(node: DictConfig, assignment: Assignment, m: int, what: str = "scheme") -> Scheme:
     """The scheme of ``node`` (e.g. ``cfg.scheme``) on ``assignment`` with reduction ``m``."""
-    return _build(node, what, Scheme, assignment=assignment, m=int(m))
+    return _build(node, what, Scheme, assignment=assignment, m=m)  # the scheme checks m
 
 
 def build_decoder(cfg: DictConfig) -> Decoder:

@@ -6,21 +6,31 @@
 
 Each argument is a run directory or a folder searched recursively (a multirun sweep dir).
 
-``train`` runs (``summary.json`` + ``metrics.jsonl``) are grouped by their code and set-up —
-scheme (and ε / variant), assignment, m, decoder, wait-for-all, straggler model, learning
-rate, model and data — so that a group's runs differ only by seed; each group is one line
-(mean ± standard deviation over its runs), labelled by the fields that differ between lines
-(by the ``code=`` preset name when runs differ by it). Groups with different straggler
-settings go to separate panels. Figures: ``train_loss.png`` (training loss against
-iteration, as the paper's Fig. 6), ``train_loss_vs_time.png`` (against the simulated virtual
-time, or the wall-clock time of distributed runs), ``loss_vs_bytes.png`` (against the bytes
-sent to the PS so far); a table of final loss, test accuracy, time and bytes per line. The
-loss axis is logarithmic by default (the paper does not state Fig. 6's scale; on a log axis
-the schemes' curves stay apart late in training): ``--yscale linear`` for a linear one.
+``train`` runs (``summary.json`` + ``metrics.jsonl``) are grouped into replicates: runs whose
+whole resolved config is the same apart from the seed (iterations, optimizer, runtime,
+model, data, straggler model… and the run's status included; keys that cannot change the
+numbers, such as ``logger`` or ``trainer.progress``, are left out), and two runs with the
+same seed are never averaged. Each group is one line (mean ± standard deviation over its
+runs), labelled by the set-up fields that differ between lines — the scheme as the paper
+names it ("Construction (7)", "Baseline construction (11)", "(19), ±1"), ε, assignment, m,
+decoder, … (by the ``code=`` preset name when the schemes do not tell its presets apart,
+e.g. uncoded and stack) — and, where those do not
+tell two groups apart, by the config keys that do; the report lists the keys that differ
+between groups. Groups with different straggler settings go to separate panels.
+Figures: ``train_loss.png`` (training loss against iteration, as the paper's Fig. 6),
+``train_loss_vs_time.png`` (against the simulated virtual time, or the wall-clock time of
+distributed runs), ``loss_vs_bytes.png`` (against the bytes sent to the PS so far), each
+with its legend beside the panels; a table of final loss, test accuracy, time and bytes per
+line. The loss axis is logarithmic by default (the paper does not state Fig. 6's scale; on a
+log axis the schemes' curves stay apart late in training): ``--yscale linear`` for a linear one.
 
 ``analyze`` runs (``results.json``) get the paper-style error-against-straggler-fraction
 figure with its bounds, a table of the points, and a comparison figure when there are several
 (:mod:`agc_pipeline.analysis.report`).
+
+A damaged input (a truncated, empty or garbled ``metrics.jsonl``, ``summary.json`` or
+``results.json``) is named in a warning, one per file, in ``report.md`` and on stderr; with
+``--strict`` the report fails instead (exit status 2).
 
 Writes into ``--out`` (default: the first argument) ``report.md``, ``report.json``, the PNGs,
 with ``--html`` also ``report.html``; with ``--wandb`` the figures and tables are logged to a
@@ -39,7 +49,7 @@ import math
 import sys
 import textwrap
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,19 +61,38 @@ import matplotlib.pyplot as plt  # noqa: E402
 from hydra.experimental.callback import Callback  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from agc_pipeline.analysis.report import analysis_section, find_analysis_runs  # noqa: E402
+from agc_pipeline.analysis.plot import legend_beside  # noqa: E402
+from agc_pipeline.analysis.report import (  # noqa: E402
+    AnalysisRun,
+    analysis_section,
+    label_analysis_runs,
+    read_overrides,
+)
+from agc_pipeline.codes.base import paper_label  # noqa: E402
 from agc_pipeline.publish import markdown_to_html, publish_wandb  # noqa: E402
 from agc_pipeline.sinks import write_json  # noqa: E402
 
 log = logging.getLogger("agc_pipeline.report")
 
-#: the set-up fields a group is keyed on (``panel`` fields split the figure into panels)
-LINE_FIELDS = ("code", "scheme", "assignment", "m", "decoder", "wait", "lr", "model", "data")
+#: the set-up fields lines are labelled by (``panel`` fields split the figure into panels)
+LINE_FIELDS = ("code", "scheme", "epsilon", "assignment", "m", "decoder", "wait", "lr",
+               "model", "data")
 PANEL_FIELDS = ("straggler",)
 #: fields a ``code=`` preset (conf/code/) fixes: not repeated in labels when code varies
-CODE_FIELDS = ("scheme", "assignment", "m", "decoder", "wait")
+CODE_FIELDS = ("scheme", "epsilon", "assignment", "m", "decoder", "wait")
 #: label fields dropped, in this order, when the remaining ones still tell the lines apart
 REDUNDANT_FIRST = ("assignment", "decoder", "data", "model")
+#: config keys (and their sub-keys) that cannot change a run's numbers: not part of the key
+#: replicates are grouped by (the seed, and keys that follow it, are left out separately)
+IGNORED_KEYS = ("name", "logger", "trainer.progress", "trainer.resume",
+                "trainer.checkpoint_every")
+#: the summary.json fields a train run needs to be reported
+SUMMARY_FIELDS = ("final_train_loss", "scheme", "assignment", "decoder", "straggler", "m",
+                  "wait_for_all", "lr", "model", "dataset", "train_samples")
+
+
+class ReportError(ValueError):
+    """The report cannot be made (no runs, damaged inputs under ``strict``, a bad ``--out``)."""
 
 
 @dataclass
@@ -74,59 +103,175 @@ class Run:
     summary: dict[str, Any]
     rows: list[dict[str, Any]]
 
+    @property
+    def seed(self) -> Any:
+        """The run's seed (None when its summary records none)."""
+        return self.summary.get("seed", (self.summary.get("config") or {}).get("seed"))
+
+    def flat_config(self) -> dict[str, str]:
+        """The resolved config as ``dotted.key -> JSON value``, without :data:`IGNORED_KEYS`;
+        the set-up fields when the summary holds no config, and always the run's status."""
+        config = self.summary.get("config")
+        flat = (flatten(config) if isinstance(config, dict) else
+                {f"setup.{k}": json.dumps(v) for k, v in self.setup().items()})
+        flat = {k: v for k, v in flat.items()
+                if not any(k == i or k.startswith(f"{i}.") for i in IGNORED_KEYS)}
+        flat["status"] = json.dumps(self.summary.get("status", "completed"))
+        return flat
+
     def setup(self) -> dict[str, str]:
         """The fields runs are grouped by (everything but the seed), as short strings."""
         s = self.summary
         scheme = s["scheme"]
-        extra = [f"ε={scheme['epsilon']:g}"] if scheme.get("epsilon") else []
-        extra += [str(scheme["variant"])] if scheme.get("variant") else []
         straggler = s["straggler"]
         params = [f"{k}={straggler[k]:g}" if isinstance(straggler[k], float) else
                   f"{k}={straggler[k]}" for k in ("q", "s", "wait_for", "deadline")
                   if straggler.get(k) is not None]
         decoder = s["decoder"]["name"] + (" ÷α" if s["decoder"]["rescale"] else "")
         code = (s.get("choices") or {}).get("code") or ""
-        return {"code": code, "scheme": " ".join([scheme["name"], *extra]),
-                "assignment": s["assignment"]["name"], "m": f"m={s['m']}",
+        epsilon = f"ε = {scheme['epsilon']:g}" if scheme.get("epsilon") else ""
+        return {"code": code, "scheme": paper_label(scheme["name"], scheme.get("variant")),
+                "epsilon": epsilon, "assignment": s["assignment"]["name"], "m": f"m={s['m']}",
                 "decoder": decoder, "wait": "wait-for-all" if s["wait_for_all"] else "",
                 "lr": f"lr={s['lr']:g}", "model": s["model"],
                 "data": f"{s['dataset']} N={s['train_samples']}",
                 "straggler": " ".join([straggler["name"], *params])}
 
 
-def find_runs(paths: list[Path]) -> list[Run]:
-    """The runs under ``paths`` (each a run dir or a folder searched recursively)."""
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """A nested dict as ``dotted.key -> JSON value`` (lists stay one value)."""
+    out: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = json.dumps(value, sort_keys=True)
+    return out
+
+
+@dataclass
+class Found:
+    """What :func:`find_runs` found: train and analyze runs, and one problem per damaged
+    file (``"<file>: <what is wrong>"``)."""
+
+    train: list[Run] = field(default_factory=list)
+    analysis: list[AnalysisRun] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def run_dirs(paths: list[Path]) -> list[Path]:
+    """The run dirs under ``paths``: each path that holds a ``summary.json`` or a
+    ``results.json`` itself, else every folder below it that does (in sorted order)."""
     found: list[Path] = []
     for path in map(Path, paths):
-        if (path / "summary.json").is_file():
+        if (path / "summary.json").is_file() or (path / "results.json").is_file():
             found.append(path)
         else:
-            found += sorted(p.parent for p in path.rglob("summary.json"))
-    runs = []
-    for path in dict.fromkeys(found):
-        summary = json.loads((path / "summary.json").read_text())
-        if "final_train_loss" not in summary:
-            continue  # not a train run
-        rows = []
-        metrics = path / "metrics.jsonl"
-        if metrics.is_file():
-            for line in metrics.read_text().splitlines():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-        runs.append(Run(path, summary, rows))
-    return runs
+            found += sorted({p.parent for marker in ("summary.json", "results.json")
+                             for p in path.rglob(marker)})
+    return list(dict.fromkeys(found))
+
+
+def _read_json(path: Path, problems: list[str]) -> Any:
+    """The JSON in ``path``, or None with a problem naming the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"{path}: cannot be read ({exc})")
+        return None
+    if not text.strip():
+        problems.append(f"{path}: empty")
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        problems.append(f"{path}: not valid JSON, truncated or damaged ({exc})")
+        return None
+
+
+def _read_metrics(path: Path, problems: list[str]) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl``; unreadable lines are left out with one problem."""
+    if not path.is_file():
+        problems.append(f"{path}: missing (the run has no metrics rows)")
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"{path}: cannot be read ({exc})")
+        return []
+    if not any(line.strip() for line in lines):
+        problems.append(f"{path}: empty (the run has no metrics rows)")
+        return []
+    rows, bad = [], []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            bad.append(f"line {number} is not valid JSON"
+                       + (" (truncated?)" if number == len(lines) else ""))
+            continue
+        if not isinstance(row, dict) or not isinstance(row.get("iteration"), int):
+            bad.append(f"line {number} is not a metrics row (no integer iteration)")
+            continue
+        rows.append(row)
+    if bad:
+        problems.append(f"{path}: {len(bad)} of {len(lines)} lines left out ({bad[0]}"
+                        + (f"; and {len(bad) - 1} more" if len(bad) > 1 else "") + ")")
+    return rows
+
+
+def find_runs(paths: list[Path]) -> Found:
+    """The train runs (``summary.json`` + ``metrics.jsonl``) and analyze runs
+    (``results.json``) under ``paths``, each a run dir or a folder searched recursively;
+    damaged files are left out and named in :attr:`Found.problems`."""
+    found = Found()
+    for path in run_dirs(paths):
+        results_file, summary_file = path / "results.json", path / "summary.json"
+        if results_file.is_file():  # an analyze run; its summary.json marks completion
+            results = _read_json(results_file, found.problems)
+            if results is None:
+                continue
+            if isinstance(results, dict) and results.get("points"):
+                found.analysis.append(AnalysisRun(path, results, read_overrides(path)))
+            else:
+                found.problems.append(f"{results_file}: holds no points (not the results "
+                                      "of an analyze run)")
+            continue
+        summary = _read_json(summary_file, found.problems)
+        if summary is None:
+            continue
+        if not isinstance(summary, dict):
+            found.problems.append(f"{summary_file}: not a JSON object")
+            continue
+        if summary.get("app") == "analyze":
+            found.problems.append(f"{summary_file}: an analyze run without its results.json")
+            continue
+        missing = [k for k in SUMMARY_FIELDS if k not in summary]
+        if missing:
+            found.problems.append(f"{summary_file}: not the summary of a train run (no "
+                                  f"{', '.join(missing)})")
+            continue
+        found.train.append(Run(path, summary, _read_metrics(path / "metrics.jsonl",
+                                                            found.problems)))
+    label_analysis_runs(found.analysis)
+    return found
 
 
 @dataclass
 class Group:
-    """Runs with the same set-up; ``label`` shows the fields that differ between lines."""
+    """Replicate runs (same config, distinct seeds); ``label`` tells it from other lines."""
 
     setup: dict[str, str]
     runs: list[Run]
     label: str = ""
     panel: str = ""
+    #: the flat config the group's runs share (seed keys left out), see :meth:`Run.flat_config`
+    config: dict[str, str] = field(default_factory=dict)
+    #: > 0 when another group has the same config and seeds (numbered from 1)
+    copy: int = 0
 
     @property
     def time_key(self) -> str:
@@ -162,9 +307,11 @@ class Group:
 
     def curve(self, key: str, x: str = "iteration") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Over the iterations logged by every run: ``x`` (the iteration, or the mean over runs
-        of ``time`` / ``bytes``, see :meth:`series`), and the mean and std of ``key``."""
-        ys = [self.series(run, key) for run in self.runs]
-        xs = [] if x == "iteration" else [self.series(run, x) for run in self.runs]
+        of ``time`` / ``bytes``, see :meth:`series`), and the mean and std of ``key``. Runs
+        without any metrics row (a damaged ``metrics.jsonl``, warned about) are left out."""
+        runs = [run for run in self.runs if run.rows]
+        ys = [self.series(run, key) for run in runs]
+        xs = [] if x == "iteration" else [self.series(run, x) for run in runs]
         common = sorted(set.intersection(*(set(t) for t in ys + xs))) if ys else []
         if not common:
             return np.empty(0), np.empty(0), np.empty(0)
@@ -182,24 +329,76 @@ class Group:
         return float(np.mean(values)), float(np.std(values))
 
 
+def _seed_keys(runs: list[Run]) -> set[str]:
+    """Config keys that follow the seed: ``seed``, and every ``….seed`` equal to its run's
+    seed in every run (``model.seed: ${seed}``), not a fixed one such as a graph's seed."""
+    keys = {"seed"}
+    flats = [(run.flat_config(), json.dumps(run.seed, sort_keys=True)) for run in runs]
+    candidates = {k for flat, _ in flats for k in flat if k.endswith(".seed")}
+    for key in candidates:
+        if all(flat.get(key, seed) == seed for flat, seed in flats):
+            keys.add(key)
+    return keys
+
+
 def group_runs(runs: list[Run]) -> list[Group]:
-    """Group by set-up; label lines by the line fields that vary, panels by straggler."""
-    by_key: dict[tuple[str, ...], list[Run]] = defaultdict(list)
+    """Group replicates (the same config apart from the seed, see the module docstring;
+    never two runs with the same seed in a group); label lines by the set-up fields that
+    vary, then by the config keys that still tell groups apart; panels by straggler."""
+    seed_keys = _seed_keys(runs)
+    by_key: dict[tuple[tuple[str, str], ...], list[list[Run]]] = defaultdict(list)
     for run in runs:
-        setup = run.setup()
-        by_key[tuple(setup[f] for f in (*LINE_FIELDS, *PANEL_FIELDS))].append(run)
-    groups = [Group(runs[0].setup(), runs) for runs in by_key.values()]
+        config = {k: v for k, v in run.flat_config().items() if k not in seed_keys}
+        replicates = by_key[tuple(sorted(config.items()))]
+        home = next((g for g in replicates if all(r.seed != run.seed for r in g)), None)
+        if home is None:  # first run of this config, or its seed is taken: a new group
+            replicates.append(home := [])
+        home.append(run)
+    groups = []
+    for key, replicates in by_key.items():
+        for i, members in enumerate(replicates):
+            groups.append(Group(members[0].setup(), members, config=dict(key),
+                                copy=i + 1 if len(replicates) > 1 else 0))
     varying = [f for f in LINE_FIELDS if len({g.setup[f] for g in groups}) > 1] or ["scheme"]
-    if "code" in varying:
-        varying = [f for f in varying if f not in CODE_FIELDS]
-    for field in REDUNDANT_FIRST:  # drop fields the others already tell apart (e.g. an
-        fewer = [f for f in varying if f != field]  # assignment whose name encodes m)
-        if field in varying and fewer and _distinct(groups, fewer):
+    if "code" in varying:  # code presets: named by their schemes when those tell them apart
+        rest = [f for f in varying if f not in CODE_FIELDS and f != "code"]
+        by_scheme = [f for f in ("scheme", "epsilon") if f in varying] or ["scheme"]
+        varying = ([*by_scheme, *rest] if _distinct(groups, [*by_scheme, *rest]) else
+                   [f for f in varying if f not in CODE_FIELDS])
+    for field_name in REDUNDANT_FIRST:  # drop fields the others already tell apart (e.g.
+        fewer = [f for f in varying if f != field_name]  # an assignment whose name encodes m)
+        if field_name in varying and fewer and _distinct(groups, fewer):
             varying = fewer
     for g in groups:
         g.label = ", ".join(g.setup[f] for f in varying if g.setup[f]) or g.setup["scheme"]
         g.panel = " ".join(g.setup[f] for f in PANEL_FIELDS)
+    _tell_apart(groups)
     return sorted(groups, key=lambda g: (g.panel, g.label))
+
+
+def differing_keys(groups: list[Group]) -> list[str]:
+    """The config keys (and ``status``) whose values differ between groups."""
+    keys = sorted({k for g in groups for k in g.config})
+    return [k for k in keys if len({g.config.get(k) for g in groups}) > 1]
+
+
+def _tell_apart(groups: list[Group], most: int = 3) -> None:
+    """Add to the labels that two groups of a panel share the config keys that differ
+    between them (``trainer.iterations=30``), and a copy number to groups that a rerun with
+    the same config and seed split (copy 2 holds the reruns)."""
+    clashes: dict[tuple[str, str], list[Group]] = defaultdict(list)
+    for g in groups:
+        clashes[(g.panel, g.label)].append(g)
+    for same in clashes.values():
+        if len(same) < 2:
+            continue
+        for key in differing_keys(same)[:most]:
+            for g in same:
+                value = g.config.get(key, "null")
+                g.label += f", {key}={json.loads(value) if value != 'null' else None}"
+        for g in same:
+            if g.copy:
+                g.label += f" (copy {g.copy})"
 
 
 def _distinct(groups: list[Group], fields: list[str]) -> bool:
@@ -218,9 +417,9 @@ X_LABELS = {"iteration": "Iteration", "bytes": "MB sent to the PS",
             "virtual_time": "Virtual time", "wall_time": "Wall-clock time (s)"}
 
 
-def plot(groups: list[Group], path: Path, x: str, title: str | None,
-         yscale: str = "log") -> Path:
-    """Training loss (mean ± std over runs) against ``x`` ∈ {iteration, time, bytes}."""
+def loss_figure(groups: list[Group], x: str, title: str | None, yscale: str = "log") -> Any:
+    """Training loss (mean ± std over runs) against ``x`` ∈ {iteration, time, bytes}, one
+    panel per straggler setting, one legend beside the panels (it covers no curve)."""
     panels = sorted({g.panel for g in groups})
     labels = sorted({g.label for g in groups})
     cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
@@ -241,14 +440,22 @@ def plot(groups: list[Group], path: Path, x: str, title: str | None,
         keys = sorted({g.time_key for g in groups}) if x == "time" else [x]
         ax.set_xlabel(" / ".join(X_LABELS[k] for k in keys))
         ax.set_ylabel("Training loss")
-        ax.set_yscale(yscale)
+        if ax.has_data():  # no curve (every run damaged): keep the linear axis
+            ax.set_yscale(yscale)
         ax.grid(True, which="both", alpha=0.3)
         ax.set_title(panel if len(panels) > 1 else textwrap.fill(title or panel, 60))
-        ax.legend(fontsize=8)
     if title and len(panels) > 1:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path)
+    legend_beside(fig, 8)
+    return fig
+
+
+def plot(groups: list[Group], path: Path, x: str, title: str | None,
+         yscale: str = "log") -> Path:
+    """Write :func:`loss_figure` to ``path`` (PNG)."""
+    fig = loss_figure(groups, x, title, yscale)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -332,30 +539,50 @@ def provenance_lines(configs_and_records: list[dict[str, Any]]) -> list[str]:
 
 def make_report(paths: list[Path], out: Path | None = None, title: str | None = None, *,
                 html: bool = False, wandb: WandbOptions | None = None,
-                yscale: str = "log") -> dict[str, Any]:
+                yscale: str = "log", strict: bool = False) -> dict[str, Any]:
     """Write the figures, ``report.md`` and ``report.json`` (``report.html`` with ``html``)
-    for the train and analyze runs under ``paths``; log them to W&B with ``wandb``."""
-    runs, analysis_runs = find_runs(paths), find_analysis_runs(paths)
+    for the train and analyze runs under ``paths``; log them to W&B with ``wandb``.
+
+    Damaged input files are left out and listed in ``report["warnings"]`` (one line per
+    file, naming it) and in ``report.md``; with ``strict`` they raise :class:`ReportError`.
+    """
+    found = find_runs(paths)
+    runs, analysis_runs, warnings = found.train, found.analysis, found.problems
+    if warnings and strict:
+        raise ReportError(f"{len(warnings)} damaged input file(s), --strict: "
+                          + "; ".join(warnings))
     if not runs and not analysis_runs:
-        raise FileNotFoundError("no train runs (summary.json) or analyze runs (results.json) "
-                                f"under {', '.join(map(str, paths))}")
+        damaged = f" ({len(warnings)} damaged: {'; '.join(warnings)})" if warnings else ""
+        raise ReportError("no train runs (summary.json) or analyze runs (results.json) "
+                          f"under {', '.join(map(str, paths))}{damaged}")
     out = Path(out or paths[0])
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"output folder {out} is an existing file: choose a folder (--out)")
     out.mkdir(parents=True, exist_ok=True)
     heading = title or ("Training report" if runs else "Approximation-error report")
     text = [f"# {heading}", ""]
+    if warnings:
+        text += ["## Warnings: damaged inputs left out", "",
+                 *(f"- `{w}`" for w in warnings), ""]
     figures: list[Path] = []
     groups: list[Group] = []
     records: list[dict[str, Any]] = []
+    differ: list[str] = []
     if runs:
         groups = group_runs(runs)
+        differ = differing_keys(groups)
         md_table, records = table(groups)
         train_figures = [plot(groups, out / "train_loss.png", "iteration", title, yscale),
                          plot(groups, out / "train_loss_vs_time.png", "time", title, yscale),
                          plot(groups, out / "loss_vs_bytes.png", "bytes", title, yscale)]
         figures += train_figures
+        keys = (", ".join(f"`{k}`" for k in differ) if differ else
+                "nothing (one configuration)")
         text += ["## Training (train runs)", "",
-                 f"{len(runs)} runs in {len(groups)} groups (mean ± std over each group's runs).",
-                 "", md_table, *(f"![{f.stem}]({f.name})\n" for f in train_figures)]
+                 f"{len(runs)} runs in {len(groups)} groups of replicates (same config, "
+                 "distinct seeds; mean ± std over each group's runs).", "",
+                 f"Config keys that differ between groups: {keys}.", "",
+                 md_table, *(f"![{f.stem}]({f.name})\n" for f in train_figures)]
     analysis_records: list[dict[str, Any]] = []
     if analysis_runs:
         section, analysis_records, analysis_figures = analysis_section(analysis_runs, out, title)
@@ -368,9 +595,10 @@ def make_report(paths: list[Path], out: Path | None = None, title: str | None = 
     (out / "report.md").write_text(markdown, encoding="utf-8")
     if html:
         (out / "report.html").write_text(markdown_to_html(markdown, heading), encoding="utf-8")
-    report = {"title": title, "runs": len(runs), "groups": records,
+    report = {"title": title, "runs": len(runs), "groups": records, "differing_keys": differ,
               "analysis_runs": len(analysis_runs), "analysis": analysis_records,
-              "figures": [str(f) for f in figures], "inputs": [str(p) for p in paths]}
+              "warnings": warnings, "figures": [str(f) for f in figures],
+              "inputs": [str(p) for p in paths]}
     write_json(out / "report.json", report)
     if wandb is not None:
         target = _wandb_target(_run_configs(runs, analysis_runs), wandb)
@@ -398,8 +626,10 @@ class ReportCallback(Callback):
                                  mode=logger.get("mode") or "offline",
                                  entity=logger.get("entity"))
         try:
-            make_report([sweep_dir], sweep_dir, self.title or str(config.get("name", "")),
-                        html=self.html, wandb=wandb)
+            report = make_report([sweep_dir], sweep_dir, self.title or str(config.get("name", "")),
+                                 html=self.html, wandb=wandb)
+            for warning in report["warnings"]:
+                log.warning("report: %s", warning)
             log.info("report: %s", sweep_dir / "report.md")
         except Exception as exc:  # noqa: BLE001 - a report failure must not fail the sweep
             log.warning("report for %s failed: %s", sweep_dir, exc)
@@ -421,15 +651,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wandb-project", default=None)
     parser.add_argument("--wandb-mode", choices=("offline", "online", "disabled"),
                         default="offline")
+    parser.add_argument("--strict", action="store_true",
+                        help="fail (exit 2) on a damaged input file instead of warning")
     args = parser.parse_args(argv)
     wandb = WandbOptions(args.wandb_group, args.wandb_project, args.wandb_mode) \
         if args.wandb else None
     try:
         report = make_report(args.run_dirs, args.out, args.title, html=args.html, wandb=wandb,
-                             yscale=args.yscale)
-    except (FileNotFoundError, KeyError, ValueError) as exc:
+                             yscale=args.yscale, strict=args.strict)
+    except (ReportError, OSError) as exc:
         print(f"agc-report: {exc}", file=sys.stderr)
         return 2
+    for warning in report["warnings"]:
+        print(f"agc-report: warning: {warning} (left out; --strict makes this an error)",
+              file=sys.stderr)
     out = args.out or args.run_dirs[0]
     print(f"{report['runs']} train runs in {len(report['groups'])} groups, "
           f"{report['analysis_runs']} analyze runs -> {out / 'report.md'}")

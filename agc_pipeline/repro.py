@@ -4,6 +4,7 @@
     python -m agc_pipeline.repro --only fig3_small   # one (repeatable)
     python -m agc_pipeline.repro --update            # rewrite tests/golden/*.json
     python -m agc_pipeline.repro --list
+    python -m agc_pipeline.repro --allow-skip        # a missing runtime skips, exit 0
 
 Each check runs an app through its real command line, at reduced size, in a fresh run dir:
 one per paper figure (Figs. 3-5 with the ``analyze`` app; Fig. 6 trained on the simulated
@@ -11,7 +12,10 @@ cluster) and one distributed training run. Tolerances: analysis numbers to 1e-12
 (to the curve's largest value, so that an error of 0 at s = 0 compares sensibly); simulated
 training losses bit-identical; distributed losses within 1e-6. A mismatch prints the check,
 the metric (e.g. ``empirical_mean[s=5]``), both values and the difference, and the exit
-status is 1.
+status is 1. A check is skipped for one reason only, a runtime it needs missing on this
+machine (:data:`RUNTIMES`: torch.distributed); a skip also exits 1 unless ``--allow-skip``.
+A run that stops for any other reason (e.g. the app refuses the check's config) fails.
+``--override`` keys are checked against each selected check's config first (exit 2).
 
 Bit-identical means: on x86-64 CPUs with AVX2, with this module's pinned environment
 (:data:`PINNED_ENV`: one thread everywhere, MKL's conditional numerical reproducibility and
@@ -23,7 +27,6 @@ with ``--update`` after checking that the differences are rounding, and commit t
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import os
@@ -58,6 +61,25 @@ _SMALL_TRAIN = ("seed=0", "trainer.iterations=6", "dataset.train_size=280",
                 "trainer.checkpoint_every=0", "trainer.progress=false", "logger=none")
 
 
+def _torch_distributed_missing() -> str | None:
+    """Why torch.distributed (with its gloo backend) cannot run here; None when it can."""
+    try:
+        import torch.distributed as dist
+    except ImportError as exc:  # pragma: no cover - a torch build without it
+        return f"torch.distributed cannot be imported ({exc})"
+    if not dist.is_available():
+        return "torch.distributed is not available in this torch build"
+    if not dist.is_gloo_available():
+        return "torch.distributed has no gloo backend in this torch build"
+    return None
+
+
+#: the runtimes a check may need: name -> why this machine lacks it (None: it has it). The
+#: only reason a check is skipped; anything else that stops a run (a config the app refuses,
+#: a crash) fails the check.
+RUNTIMES = {"torch.distributed": _torch_distributed_missing}
+
+
 @dataclass(frozen=True)
 class Case:
     """One canonical run: the app, its overrides and how its numbers are compared."""
@@ -66,38 +88,36 @@ class Case:
     app: str  #: analyze | train
     overrides: tuple[str, ...]
     kind: str  #: analysis | simulated | distributed (the tolerance)
-    requires: str | None = None  #: a config file (relative to conf/) the case needs
+    requires: str | None = None  #: a runtime of :data:`RUNTIMES` the case needs
     description: str = ""
 
+    def __post_init__(self) -> None:
+        if self.requires is not None and self.requires not in RUNTIMES:
+            raise ValueError(f"check {self.name}: requires must be one of "
+                             f"{', '.join(RUNTIMES)} (got {self.requires!r})")
+
     def unavailable(self) -> str | None:
-        """Why the runtime a ``requires`` case needs is not usable yet (None: it is): its
-        config file is missing, or the app refuses the config (a ConfigError when built)."""
-        if self.requires is None:
-            return None
-        if not (CONFIG_DIR / self.requires).is_file():
-            return f"{self.requires} is not in {CONFIG_DIR} yet"
-        return _refused(self.app, self.overrides)
+        """Why the runtime the case needs is missing on this machine (None: it is there)."""
+        return None if self.requires is None else RUNTIMES[self.requires]()
 
     def available(self) -> bool:
-        """Whether the case can run in this checkout."""
+        """Whether the case can run on this machine."""
         return self.unavailable() is None
 
 
-@functools.cache
-def _refused(app: str, overrides: tuple[str, ...]) -> str | None:
-    """The ConfigError the train app raises when building ``overrides`` (None: it builds)."""
+def override_error(case: Case, overrides: Sequence[str]) -> str | None:
+    """Why the case's app cannot compose its config with ``overrides`` added (None: it can),
+    in one line naming the override, e.g. an unknown key."""
     from hydra import compose, initialize_config_dir
 
-    from agc_pipeline.errors import ConfigError
-    from agc_pipeline.train import build_trainer
-
-    assert app == "train", "only train cases can depend on a runtime"
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose(config_name="train", overrides=list(overrides))
-        build_trainer(cfg)
-    except ConfigError as exc:
-        return f"the train app refuses it ({exc})"
+    for override in overrides:
+        try:
+            with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+                compose(config_name=case.app, overrides=[*case.overrides, override])
+        except Exception as exc:  # noqa: BLE001 - Hydra's composition and parse errors
+            reason = " ".join(line.strip() for line in str(exc).splitlines()[:2] if line.strip())
+            return (f"--override {override} does not apply to check {case.name} "
+                    f"({case.app} app): {reason}")
     return None
 
 
@@ -116,11 +136,11 @@ CASES: tuple[Case, ...] = (
          description="Fig. 5: (40,20,3,6) bi-regular, (19) Gaussian and +-1; 3 x 30"),
     Case("fig6_simulated_small", "train",
          ("experiment=fig6_bibd7", "code=random_diagonal", *_SMALL_TRAIN), "simulated",
-         description="Fig. 6 (left), construction (7), simulated cluster, 6 iterations"),
+         description="Fig. 6 (b): (7,7,3,1) BIBD, construction (7), simulated, 6 iterations"),
     Case("fig6_distributed_small", "train",
          ("experiment=fig6_bibd7", "code=random_diagonal", "trainer=distributed",
-          *_SMALL_TRAIN), "distributed", requires="trainer/distributed.yaml",
-         description="Fig. 6 (left) on the torch.distributed runtime, 6 iterations"),
+          *_SMALL_TRAIN), "distributed", requires="torch.distributed",
+         description="Fig. 6 (b) on the torch.distributed runtime, 6 iterations"),
 )
 
 
@@ -269,7 +289,7 @@ def check(case: Case, golden_dir: Path, work: Path, update: bool = False,
     """Run one case and compare it with (or, with ``update``, write) its golden file."""
     reason = case.unavailable()
     if reason is not None:
-        return Outcome(case, "skip", f"the runtime this check needs is not available: {reason}")
+        return Outcome(case, "skip", f"{case.requires} is missing on this machine: {reason}")
     path = golden_path(golden_dir, case)
     golden = None
     if not update:
@@ -312,15 +332,20 @@ def check(case: Case, golden_dir: Path, work: Path, update: bool = False,
     return Outcome(case, "pass", f"{count} values match ({case.kind}){note}", seconds=seconds)
 
 
-def run_checks(names: Sequence[str] = (), golden_dir: Path = GOLDEN_DIR, update: bool = False,
-               extra: Sequence[str] = (), keep: Path | None = None,
-               echo: bool = True) -> list[Outcome]:
-    """Run the selected cases (all by default); print each outcome when ``echo``."""
+def select_cases(names: Sequence[str] = ()) -> list[Case]:
+    """The cases named (all when none); ValueError for an unknown name."""
     unknown = sorted(set(names) - {c.name for c in CASES})
     if unknown:
         raise ValueError(f"unknown check(s) {', '.join(unknown)}; "
                          f"known: {', '.join(c.name for c in CASES)}")
-    cases = [c for c in CASES if not names or c.name in names]
+    return [c for c in CASES if not names or c.name in names]
+
+
+def run_checks(names: Sequence[str] = (), golden_dir: Path = GOLDEN_DIR, update: bool = False,
+               extra: Sequence[str] = (), keep: Path | None = None,
+               echo: bool = True) -> list[Outcome]:
+    """Run the selected cases (all by default); print each outcome when ``echo``."""
+    cases = select_cases(names)
     work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="agc-repro-"))
     work.mkdir(parents=True, exist_ok=True)
     outcomes = []
@@ -349,27 +374,40 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra Hydra override for every selected check (e.g. to see a "
                              "drift being caught)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the run dirs here")
+    parser.add_argument("--allow-skip", action="store_true",
+                        help="exit 0 when a check is skipped because its runtime (e.g. "
+                             "torch.distributed) is missing; by default a skip fails the run")
     args = parser.parse_args(argv)
     if args.update and args.override:
         parser.error("--update writes the goldens of the canonical configs: no --override")
     if args.list:
         for case in CASES:
-            state = "" if case.available() else f"  [needs {case.requires}]"
+            state = "" if case.available() else f"  [{case.requires} missing: skipped]"
             print(f"{case.name:24s} {case.app:8s} {case.description}{state}")
         return 0
     try:
+        selected = select_cases(args.only)
+        for case in selected if args.override else ():
+            problem = override_error(case, args.override)
+            if problem is not None:
+                raise ValueError(problem)
         outcomes = run_checks(args.only, args.golden_dir, args.update, args.override,
                               args.keep)
     except ValueError as exc:
         print(f"agc-repro: {exc}", file=sys.stderr)
         return 2
     failed = [o.case.name for o in outcomes if o.status == "fail"]
+    skipped = [o.case.name for o in outcomes if o.status == "skip"]
     words = {"fail": "failed", "pass": "passed", "updated": "updated", "skip": "skipped"}
     counts = {w: sum(o.status == s for o in outcomes) for s, w in words.items()}
     summary = ", ".join(f"{n} {w}" for w, n in counts.items() if n) or "nothing run"
     if failed:
         print(f"agc-repro: FAILED {', '.join(failed)} ({summary}); see the lines above",
               file=sys.stderr)
+        return 1
+    if skipped and not args.allow_skip:
+        print(f"agc-repro: SKIPPED {', '.join(skipped)} ({summary}): a skipped check fails "
+              "the run; pass --allow-skip to accept it", file=sys.stderr)
         return 1
     print(f"agc-repro: {summary}")
     return 0

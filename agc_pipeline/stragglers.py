@@ -1,7 +1,7 @@
 """Straggler and delay models: which workers' messages reach the PS in each iteration.
 
 A model's :meth:`StragglerModel.draw` returns a :class:`StragglerDraw` — the survivor mask
-(the non-straggler set 𝓕 of paper §1), each worker's arrival time at the PS and the time the
+(the non-straggler set 𝓕 of Section III), each worker's arrival time at the PS and the time the
 PS waits. Randomness comes only from ``numpy.random.default_rng([seed, iteration, 0x57A6])``:
 common random numbers, so two schemes run with the same seed see the same straggler pattern
 in every iteration, whatever their message lengths (the survivors of :class:`Bernoulli`,
@@ -90,7 +90,7 @@ class StragglerModel(ABC):
         self.comm_per_unit = _nonneg_float(comm_per_unit, "comm_per_unit")
 
     def rng(self, iteration: int) -> np.random.Generator:
-        """The generator for ``iteration`` (the same for every scheme; paper §6)."""
+        """The generator for ``iteration`` (the same for every scheme; Section VII)."""
         return np.random.default_rng([self.seed, iteration, STREAM_TAG])
 
     def comm_time(self, message_length: int) -> float:
@@ -150,7 +150,7 @@ class NoStragglers(_FixedWindow):
 
 
 class Bernoulli(_FixedWindow):
-    """Each worker independently fails to report with probability q (paper §6, the model of
+    """Each worker independently fails to report with probability q (Section VII, the model of
     the convergence analysis and of Fig. 6, q = 0.25). The survivor set may be empty."""
 
     name: ClassVar[str] = "bernoulli"

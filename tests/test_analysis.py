@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from agc_pipeline.analysis.engine import ErrorStudy, paper_grid, straggler_masks
-from agc_pipeline.analyze import run_analysis
+from agc_pipeline.analyze import build_study, run_analysis
 from agc_pipeline.codes.designs import bibd
 from agc_pipeline.codes.random_diagonal import RandomDiagonal
 from agc_pipeline.codes.stack import Stack
+from agc_pipeline.errors import ConfigError
 from tests.conftest import ROOT, compose_config
 
 POINT_KEYS = {"s", "straggler_fraction", "empirical_mean", "empirical_max", "baseline_mean",
@@ -171,7 +172,11 @@ def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     (["assignment=bibd", "assignment.q=6"], "assignment.q must be a prime power"),
     (["scheme=hadamard_nullspace"], "needs n = m·k"),
     (["scheme.epsilon=1.5"], "scheme.epsilon must lie in [0, 1)"),
-    (["analysis.realizations=0"], "analysis.realizations must be ≥ 1"),
+    (["analysis.realizations=0"], "analysis.realizations must be a positive integer"),
+    (["m=abc"], "m must be a positive integer (got 'abc')"),
+    (["scheme.epsilon=abc"], "scheme.epsilon must be a finite number (got 'abc')"),
+    (["analysis.s=abc"], "analysis.s must be a list of integers (got 'abc')"),
+    (["seed=abc"], "seed must be a non-negative integer (got 'abc')"),
 ])
 def test_cli_bad_config_is_one_clear_line(tmp_path: Path, args: list[str], message: str) -> None:
     proc = run_cli([*args, f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
@@ -179,6 +184,42 @@ def test_cli_bad_config_is_one_clear_line(tmp_path: Path, args: list[str], messa
     assert "Traceback" not in proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("m=2.5", "m must be a positive integer (got 2.5)"),
+    ("m=true", "m must be a positive integer (got True)"),
+    ("m=0", "m must be a positive integer (got 0)"),
+    ("analysis.s=[1.5]", "analysis.s[0] must be a non-negative integer (got 1.5)"),
+    ("analysis.s=[1,true]", "analysis.s[1] must be a non-negative integer (got True)"),
+    ("analysis.realizations=2.5", "analysis.realizations must be a positive integer (got 2.5)"),
+    ("analysis.realizations=true", "analysis.realizations must be a positive integer"),
+    ("analysis.straggler_sets=10.0", "analysis.straggler_sets must be a positive integer"),
+    ("seed=1.5", "seed must be a non-negative integer (got 1.5)"),
+    ("seed=true", "seed must be a non-negative integer (got True)"),
+    ("analysis.grid_points=2.5", "analysis.grid_points must be a positive integer"),
+    ("analysis.max_fraction=abc", "analysis.max_fraction must be a finite number"),
+    ("analysis.include_zero=1", "analysis.include_zero must be true or false"),
+    ("scheme.epsilon=nan", "scheme.epsilon must be a finite number"),
+])
+def test_non_integers_are_refused_where_an_integer_is_meant(override: str, message: str) -> None:
+    """Hydra hands 2.5 or true through as they are: m = 2.5 must not run with m = 2."""
+    cfg = compose_config("analyze", ["assignment.design=fano", override])
+    with pytest.raises(ConfigError) as info:
+        build_study(cfg)
+    assert str(info.value) == message or str(info.value).startswith(message), str(info.value)
+
+
+def test_fig4_preset_includes_zero_stragglers(tmp_path: Path) -> None:
+    """The paper's Fig. 4 starts at s = 0, where B is invertible and the error is 0
+    (Proposition 1, Remark 4)."""
+    cfg = compose_config("analyze", ["experiment=fig4", "analysis.realizations=2",
+                                     "analysis.straggler_sets=5", "analysis.progress=false",
+                                     "analysis.plot=false"])
+    study = build_study(cfg)
+    assert study.s_values == paper_grid(54, include_zero=True) and study.s_values[0] == 0
+    p0 = run_analysis(cfg, tmp_path)["points"][0]
+    assert p0["s"] == 0 and p0["empirical_max"] < 1e-9 and p0["baseline_mean"] > 1.0
 
 
 def test_cli_writes_results(tmp_path: Path) -> None:

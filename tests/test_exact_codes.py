@@ -1,4 +1,4 @@
-"""Exact gradient-coding baselines (PAPER.md §8): repetition assignments, frc, crc, ce_frc.
+"""Exact gradient-coding baselines (Section II): repetition assignments, frc, crc, ce_frc.
 
 Every admissible straggler set (all sets of size ≤ s) is checked for exact recovery, both on
 B (least squares: B R = F) and end to end on random partial gradients.

@@ -1,4 +1,4 @@
-"""Graph assignment builders: SRGs, bi-regular and coset bipartite graphs (PAPER.md §2)."""
+"""Graph assignment builders: SRGs, bi-regular and coset bipartite graphs (Section III)."""
 
 from __future__ import annotations
 
@@ -169,15 +169,16 @@ def test_biregular_complete_graph() -> None:
                      r"assignment.delta .*got k\*gamma=100, n\*delta=120"),
     ((10, 5, 6, 12), r"assignment.delta must be ≤ assignment.k \(got delta=6, k=5\)"),
     ((5, 10, 2, 6), r"assignment.gamma must be ≤ assignment.n \(got gamma=6, n=5\)"),
-    ((40, 20, 0, 6), r"assignment.delta must be ≥ 1 \(got 0\)"),
-    ((40, 20, 3, 0), r"assignment.gamma must be ≥ 1 \(got 0\)"),
-    ((0, 20, 3, 6), r"assignment.n must be ≥ 1 \(got 0\)"),
-    ((40, 20.0, 3, 6), "assignment.k must be an integer"),
+    ((40, 20, 0, 6), r"assignment.delta must be a positive integer \(got 0\)"),
+    ((40, 20, 3, 0), r"assignment.gamma must be a positive integer \(got 0\)"),
+    ((0, 20, 3, 6), r"assignment.n must be a positive integer \(got 0\)"),
+    ((40, 20.0, 3, 6), r"assignment.k must be a positive integer \(got 20.0\)"),
 ])
 def test_biregular_errors(args: tuple, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         biregular(*args)
-    with pytest.raises(ConfigError, match=r"assignment.seed must be ≥ 0 \(got -1\)"):
+    with pytest.raises(ConfigError,
+                       match=r"assignment.seed must be a non-negative integer \(got -1\)"):
         biregular(40, 20, 3, 6, seed=-1)
 
 
@@ -246,9 +247,9 @@ def test_coset_invertibility_condition() -> None:
     ({"generating_set": "01234"}, "generating_set must be a list of integers"),
     ({"generating_set": 5}, "generating_set must be a list of integers"),
     ({"delta": 28}, r"assignment.delta must be ≤ assignment.k \(got delta=28, k=27\)"),
-    ({"delta": 0}, r"assignment.delta must be ≥ 1"),
-    ({"m": 0}, r"m must be ≥ 1 \(got 0\)"),
-    ({"k": 0}, r"assignment.k must be ≥ 1"),
+    ({"delta": 0}, r"assignment.delta must be a positive integer"),
+    ({"m": 0}, r"m must be a positive integer \(got 0\)"),
+    ({"k": 0}, r"assignment.k must be a positive integer"),
     ({"require_invertible": "no"}, "assignment.require_invertible must be true or false"),
 ])
 def test_coset_errors(kwargs: dict, message: str) -> None:

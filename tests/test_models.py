@@ -60,7 +60,7 @@ def test_vmap_subset_gradients_match_autograd(name: str) -> None:
     for i in range(K):  # one autograd pass per data subset
         torch.testing.assert_close(grads[i], autograd_flat(model, x[i], y[i]),
                                    rtol=1e-5, atol=1e-6)
-    # paper §1: the partial gradients sum to the full-batch gradient
+    # Section II: the partial gradients sum to the full-batch gradient
     full = autograd_flat(model, x.reshape(K * B, D), y.reshape(K * B))
     torch.testing.assert_close(grads.sum(0), full, rtol=1e-5, atol=1e-5)
 

@@ -8,23 +8,61 @@ from pathlib import Path
 
 import pytest
 
+from agc_pipeline import repro
 from agc_pipeline.repro import CASES, GOLDEN_DIR, Case, check, compare, main, run_checks
+
+
+def _torch_distributed_here() -> bool:
+    """Decided here, not by the code under test: the CPU torch build ships gloo."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_gloo_available()
 
 
 def test_canonical_runs_match_the_goldens() -> None:
     outcomes = run_checks(echo=False)
     report = "\n".join(line for o in outcomes for line in o.lines())
-    assert {o.case.name for o in outcomes} == {c.name for c in CASES}
-    for outcome in outcomes:
-        expected = "pass" if outcome.case.available() else "skip"
-        assert outcome.status == expected, report
+    expected = {"fig3_small": "pass", "fig4_small": "pass", "fig5_small": "pass",
+                "fig6_simulated_small": "pass",
+                "fig6_distributed_small": "pass" if _torch_distributed_here() else "skip"}
+    assert {o.case.name: o.status for o in outcomes} == expected, report
 
 
-def test_every_available_case_has_a_golden_file() -> None:
+def test_every_case_has_a_golden_file() -> None:
     for case in CASES:
-        if case.available():
-            golden = json.loads((GOLDEN_DIR / f"{case.name}.json").read_text())
-            assert golden["overrides"] == list(case.overrides) and golden["metrics"]
+        golden = json.loads((GOLDEN_DIR / f"{case.name}.json").read_text())
+        assert golden["overrides"] == list(case.overrides) and golden["metrics"]
+        assert golden["description"] == case.description
+
+
+def test_a_refused_config_fails_instead_of_skipping(tmp_path: Path) -> None:
+    """Setting `backend: nccl` for the distributed runtime made its check a silent SKIP."""
+    dist = next(c for c in CASES if c.name == "fig6_distributed_small")
+    refused = Case(dist.name, "train", (*dist.overrides, "trainer.backend=nccl"), dist.kind,
+                   requires="torch.distributed")
+    outcome = check(refused, tmp_path, tmp_path, update=True)
+    assert outcome.status == "fail" and "exited with status 2" in outcome.message
+    assert "nccl" in outcome.message
+
+
+def test_a_skip_fails_the_run_unless_allowed(monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(repro.RUNTIMES, "torch.distributed", lambda: "no gloo (test)")
+    args = ["--only", "fig6_distributed_small"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "SKIPPED fig6_distributed_small" in err and "--allow-skip" in err
+    assert main([*args, "--allow-skip"]) == 0
+    out = capsys.readouterr().out
+    assert "SKIP    fig6_distributed_small" in out and "no gloo (test)" in out
+    with pytest.raises(ValueError, match="requires must be one of torch.distributed"):
+        Case("later", "train", (), "distributed", requires="trainer/not_yet.yaml")
+
+
+def test_an_unknown_override_key_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--only", "fig3_small", "--override", "bogus=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--override bogus=1" in err[0] and "'bogus'" in err[0], err
 
 
 def test_a_perturbed_golden_value_fails_loudly(tmp_path: Path,
@@ -66,16 +104,19 @@ def test_tolerances() -> None:
     assert "different number of values" in str(diffs[0])
 
 
-def test_missing_or_stale_golden_and_unavailable_runtime(tmp_path: Path) -> None:
+def test_missing_or_stale_golden_and_missing_runtime(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     fig3 = next(c for c in CASES if c.name == "fig3_small")
     missing = check(fig3, tmp_path, tmp_path)
     assert missing.status == "fail" and "--update --only fig3_small" in missing.message
     stale = Case("fig3_small", "analyze", ("experiment=fig3",), "analysis")
     outcome = check(stale, GOLDEN_DIR, tmp_path)
     assert outcome.status == "fail" and "other overrides" in outcome.message
-    future = Case("later", "train", (), "distributed", requires="trainer/not_yet.yaml")
-    outcome = check(future, tmp_path, tmp_path)
-    assert outcome.status == "skip" and "trainer/not_yet.yaml" in outcome.message
+    monkeypatch.setitem(repro.RUNTIMES, "torch.distributed", lambda: "not built (test)")
+    needs = Case("later", "train", (), "distributed", requires="torch.distributed")
+    outcome = check(needs, tmp_path, tmp_path)
+    assert outcome.status == "skip" and "torch.distributed is missing" in outcome.message
+    assert "not built (test)" in outcome.message
 
 
 def test_unknown_check_and_update_with_override_are_usage_errors(

@@ -82,7 +82,8 @@ def test_coset_proposition1_invertible_with_continuous_entries() -> None:
 
 
 def test_coset_random_signs_are_often_singular() -> None:
-    """PAPER.md §3: k = 25, m = 3, δ = 2, 𝔅 = {0, 1} with ε = 0 loses rank; ε > 0 does not."""
+    """Proposition 1 needs continuous entries: k = 25, m = 3, δ = 2, 𝔅 = {0, 1} with ε = 0
+    loses rank; ε > 0 does not (the paper's Fig. 4 uses ε = 0.1, Section VIII)."""
     a = coset(25, 3, 2, generating_set=[0, 1])
     rng = np.random.default_rng(0)
     signs = [np.linalg.matrix_rank(RandomDiagonal(a, 3).encode(rng)) for _ in range(5)]

@@ -123,7 +123,7 @@ def test_fixed_count_is_exact() -> None:
 # Adversarial
 
 
-@pytest.mark.parametrize("s, claim", [(3, 1), (5, 2)])  # paper §5: k = n, δ = 4, m = 2
+@pytest.mark.parametrize("s, claim", [(3, 1), (5, 2)])  # Claim 1, Example 1: k = n, δ = 4, m = 2
 def test_adversarial_lower_bound_attains_claim_1(s: int, claim: int) -> None:
     n, m = 10, 2
     a = cyclic_assignment(n, 4)

@@ -3,13 +3,13 @@
 Each run (a dir holding ``results.json``) gets the paper-style figure of
 :func:`~agc_pipeline.analysis.plot.plot_results` (same title and bounds as the app draws) and
 a table of its points; several runs also get one figure comparing their average errors and
-primary bounds (e.g. ``analyze -m m=1,2,3``). Runs are labelled by their name plus the
-command-line overrides that differ between them.
+primary bounds (e.g. ``analyze -m m=1,2,3``). Runs are labelled by their scheme, as the
+paper names it, and by what differs between them (:func:`label_analysis_runs`). The runs
+themselves are found by :func:`agc_pipeline.report.find_runs`.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +23,10 @@ from omegaconf import ListConfig, OmegaConf  # noqa: E402
 
 from agc_pipeline.analysis.plot import (  # noqa: E402
     BOUND_LABELS,
+    label_axes,
+    legend_beside,
     plot_results,
-    save_error_figure,
+    scheme_label,
 )
 
 
@@ -43,7 +45,7 @@ class AnalysisRun:
         return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", self.label).strip("_") or "run"
 
 
-def _overrides(path: Path) -> list[str]:
+def read_overrides(path: Path) -> list[str]:
     """The run's command-line overrides (Hydra's ``.hydra/overrides.yaml``), if any."""
     file = path / ".hydra" / "overrides.yaml"
     if not file.is_file():
@@ -55,29 +57,36 @@ def _overrides(path: Path) -> list[str]:
     return [str(o) for o in data] if isinstance(data, ListConfig) else []
 
 
-def find_analysis_runs(paths: list[Path]) -> list[AnalysisRun]:
-    """The analyze runs under ``paths`` (run dirs, or folders searched recursively), labelled."""
-    found: list[Path] = []
-    for path in map(Path, paths):
-        if (path / "results.json").is_file():
-            found.append(path)
-        else:
-            found += sorted(p.parent for p in path.rglob("results.json"))
-    runs = []
-    for path in dict.fromkeys(found):
-        try:
-            results = json.loads((path / "results.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(results, dict) and results.get("points"):
-            runs.append(AnalysisRun(path, results, _overrides(path)))
+#: what tells analyze runs apart in labels, in this order: (name, value of a run)
+_LABEL_FIELDS: tuple[tuple[str, Any], ...] = (
+    ("scheme", lambda r: scheme_label(r)),
+    ("assignment", lambda r: str(r.get("assignment"))),
+    ("m", lambda r: f"m = {r.get('m')}"),
+    ("epsilon", lambda r: (f"ε = {(r.get('scheme_params') or {}).get('epsilon'):g}"
+                           if (r.get("scheme_params") or {}).get("epsilon") is not None
+                           else "")),
+    ("decoder", lambda r: f"{r.get('decoder')} decoding"),
+)
+
+
+def label_analysis_runs(runs: list[AnalysisRun]) -> list[AnalysisRun]:
+    """Label each run by its scheme (as the paper names it) and by the fields that differ
+    between the runs (assignment, m, ε, decoder); where those do not tell two runs apart,
+    by the command-line overrides that differ, then by the run dir."""
+    values = [{f: get(r.results) for f, get in _LABEL_FIELDS} for r in runs]
+    varying = [f for f, _ in _LABEL_FIELDS
+               if f == "scheme" or len({v[f] for v in values}) > 1]
     shared = set.intersection(*(set(r.overrides) for r in runs)) if runs else set()
-    for run in runs:
-        name = str(run.results.get("name") or run.path.name)
-        extra = [o for o in run.overrides if o not in shared and not o.startswith("hydra")]
-        run.label = ", ".join([name, *extra])
+    for run, value in zip(runs, values, strict=True):
+        run.label = ", ".join(value[f] for f in varying if value[f])
     labels = [r.label for r in runs]
-    for run in runs:  # same label twice (e.g. the same command run twice): add the dir
+    for run in runs:
+        if labels.count(run.label) > 1:
+            extra = [o.replace("=", " = ", 1) for o in run.overrides
+                     if o not in shared and not o.startswith("hydra")]
+            run.label = ", ".join([run.label, *extra])
+    labels = [r.label for r in runs]
+    for run in runs:  # the same run twice (e.g. the same command run twice): add the dir
         if labels.count(run.label) > 1:
             run.label = f"{run.label} ({run.path.name})"
     return runs
@@ -98,33 +107,46 @@ def points_table(run: AnalysisRun) -> str:
     return "\n".join([head, *rows]) + "\n"
 
 
-def plot_comparison(runs: list[AnalysisRun], path: Path, title: str | None = None) -> Path:
-    """One figure for several runs: average error (solid) and primary bound (dashed)."""
+def comparison_figure(runs: list[AnalysisRun], title: str | None = None) -> Any:
+    """One figure for several runs: average error (solid) and primary bound (dashed), with
+    the legend beside the axes (it covers no curve)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=120)
     cmap = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")
     for i, run in enumerate(runs):
         pts, color = run.results["points"], cmap(i % cmap.N)
         x = [p["straggler_fraction"] for p in pts]
         ax.plot(x, [p["empirical_mean"] for p in pts], marker="^", color=color,
-                label=f"Emp. Avg. Err. ({run.label})")
+                label=f"Emp. Avg. Err., {run.label}")
         bound = run.results.get("primary_bound")
         if any(p.get("upper_bound") is not None for p in pts):
             ax.plot(x, [float("nan") if p.get("upper_bound") is None else p["upper_bound"]
                         for p in pts], linestyle="--", marker="o", color=color, alpha=0.7,
-                    label=f"{BOUND_LABELS.get(bound, bound or 'Upp. Bd.')} ({run.label})")
-    return save_error_figure(fig, ax, path,
-                             title or "Approximation error against straggler fraction",
-                             legend_size="x-small")
+                    label=f"{BOUND_LABELS.get(bound, bound or 'Upp. Bd.')}, {run.label}")
+    label_axes(ax, title or "Approximation error against straggler fraction")
+    legend_beside(fig, "x-small")
+    return fig
+
+
+def plot_comparison(runs: list[AnalysisRun], path: Path, title: str | None = None) -> Path:
+    """Write :func:`comparison_figure` to ``path`` (PNG)."""
+    fig = comparison_figure(runs, title)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def analysis_section(runs: list[AnalysisRun], out: Path,
                      title: str | None = None) -> tuple[str, list[dict[str, Any]], list[Path]]:
     """Figures into ``out``; returns the Markdown section, per-run records and the figures."""
     figures, records, text = [], [], ["## Approximation error (analyze runs)", ""]
-    for run in runs:
+    used: set[str] = set()
+    for i, run in enumerate(runs):
         analysis = (run.results.get("config") or {}).get("analysis") or {}
         name = ("error_vs_stragglers.png" if len(runs) == 1
                 else f"error_vs_stragglers_{run.slug}.png")
+        if name in used:  # labels differ only in characters a file name drops
+            name = name.replace(".png", f"_{i}.png")
+        used.add(name)
         figure = plot_results(run.results, out / name, title=analysis.get("title"),
                               bounds=analysis.get("plot_bounds"))
         figures.append(figure)
@@ -133,8 +155,8 @@ def analysis_section(runs: list[AnalysisRun], out: Path,
                         "n": r.get("n"), "k": r.get("k"), "m": r.get("m"),
                         "scheme": r.get("scheme"), "assignment": r.get("assignment"),
                         "primary_bound": r.get("primary_bound"), "points": r["points"]})
-        text += [f"### {run.label}", "",
-                 f"{r.get('assignment')}, scheme {r.get('scheme')}, n = {r.get('n')}, "
+        text += [f"### {r.get('name') or run.path.name}: {run.label}", "",
+                 f"{r.get('assignment')}, {scheme_label(r)}, n = {r.get('n')}, "
                  f"k = {r.get('k')}, m = {r.get('m')}; {r['points'][0]['realizations']} "
                  f"encoder draws × {r['points'][0]['straggler_sets']} straggler sets per s "
                  f"(`{run.path}`).", "", points_table(run), f"![{figure.stem}]({figure.name})",

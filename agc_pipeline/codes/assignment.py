@@ -1,4 +1,4 @@
-"""The assignment matrix A ∈ {0,1}^{k×n} (paper §1) and its structural checks."""
+"""The assignment matrix A ∈ {0,1}^{k×n} (Section II) and its structural checks."""
 
 from __future__ import annotations
 

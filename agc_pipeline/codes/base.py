@@ -1,4 +1,4 @@
-"""The encoder interface every scheme implements (paper §1: B ∈ R^{mk×n}).
+"""The encoder interface every scheme implements (Section III: B ∈ R^{mk×n}).
 
 A scheme is built from an :class:`~agc_pipeline.codes.assignment.Assignment` and the
 communication reduction factor ``m``. ``encode`` returns the encoding matrix B (mk×n, float64)
@@ -20,10 +20,25 @@ import numpy as np
 
 from agc_pipeline.codes.assignment import Assignment
 from agc_pipeline.errors import require
+from agc_pipeline.validation import require_int
+
+#: the schemes' names as the paper writes them in its legends (Section VIII); the exact codes
+#: of Section II are named after their authors
+PAPER_LABELS = {"stack": "Baseline construction (11)", "random_diagonal": "Construction (7)",
+                "hadamard_nullspace": "(19)", "frc": "FRC (Tandon et al.)",
+                "crc": "CRC (Tandon et al.)", "ce_frc": "Exact CE-FRC"}
+#: construction (19)'s choice of v_1 (Section VIII: Gaussian or ±1 entries)
+VARIANT_LABELS = {"gaussian": "Gaussian", "pm1": "±1"}
+
+
+def paper_label(name: str, variant: str | None = None) -> str:
+    """A scheme's legend label, e.g. ``"Construction (7)"`` or ``"(19), ±1"``."""
+    label = PAPER_LABELS.get(name, name)
+    return f"{label}, {VARIANT_LABELS.get(variant, variant)}" if variant else label
 
 
 def target_matrix(k: int, m: int) -> np.ndarray:
-    """F = [f_1 … f_m] ∈ R^{mk×m}, f_u the indicator of the u-th block of k rows (paper §1)."""
+    """F = [f_1 … f_m] ∈ R^{mk×m}, f_u the indicator of the u-th block of k rows (Section III)."""
     return np.kron(np.eye(m), np.ones((k, 1)))
 
 
@@ -36,10 +51,8 @@ class Scheme(ABC):
     randomized: ClassVar[bool] = False
 
     def __init__(self, assignment: Assignment, m: int) -> None:
-        require(isinstance(m, int | np.integer) and m >= 1,
-                f"m must be a positive integer (got {m!r})")
         self.assignment = assignment
-        self.m = int(m)
+        self.m = require_int(m, "m", minimum=1)
 
     @property
     def n(self) -> int:
@@ -81,6 +94,11 @@ class Scheme(ABC):
         """Which bound the analysis reports as ``upper_bound``: a key of
         ``closed_form_bounds``, or ``<key>_mean`` / ``<key>_max`` of ``set_bounds``."""
         return None
+
+    @property
+    def label(self) -> str:
+        """The scheme's name as the paper's legends write it (:func:`paper_label`)."""
+        return paper_label(self.name, self.describe().get("variant"))
 
     def describe(self) -> dict[str, Any]:
         """JSON-friendly description of the scheme's parameters."""

@@ -1,4 +1,4 @@
-"""Communication-efficient exact fractional repetition code (PAPER.md §8).
+"""Communication-efficient exact fractional repetition code (the paper's Section II).
 
 In the style of Kadhe et al. (ISIT 2020) and Ye & Abbe (ICML 2018): replication s + m lets
 each worker send a d/m-length vector and still tolerate any s stragglers.

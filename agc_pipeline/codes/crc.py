@@ -1,4 +1,4 @@
-"""Cyclic repetition code (Tandon et al., "Gradient Coding", ICML 2017, Alg. 2; PAPER.md §8).
+"""Cyclic repetition code (Tandon et al., "Gradient Coding", ICML 2017, Alg. 2; Section II).
 
 Exact gradient coding for m = 1 on the cyclic assignment (worker j holds subsets j..j+s mod n).
 Draw H ∈ R^{s×n} with Gaussian entries and H·1 = 0. Column j of B is supported on the window
@@ -24,6 +24,7 @@ from agc_pipeline.codes.assignment import Assignment
 from agc_pipeline.codes.base import Scheme
 from agc_pipeline.codes.repetition import cyclic
 from agc_pipeline.errors import require
+from agc_pipeline.validation import require_int
 
 
 def tandon_cyclic_matrix(n: int, s: int, seed: int = 0) -> np.ndarray:
@@ -80,7 +81,7 @@ class CyclicRepetitionCode(Scheme):
         require(np.array_equal(assignment.matrix, cyclic(assignment.n, self.s, 1).matrix),
                 f"assignment {assignment.name}: matrix is not the cyclic repetition "
                 f"(worker j holds subsets j..j+s mod n with s={self.s})")
-        self.seed = int(seed)
+        self.seed = require_int(seed, "scheme.seed", minimum=0)
         self._b = tandon_cyclic_matrix(self.n, self.s, self.seed)
         self._b.setflags(write=False)
 

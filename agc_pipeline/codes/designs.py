@@ -1,4 +1,4 @@
-"""Balanced incomplete block designs (BIBDs) as assignment matrices (PAPER.md §2).
+"""Balanced incomplete block designs (BIBDs) as assignment matrices (Section III, Definition 2).
 
 A 2-(v, k, λ) design has v points and b blocks of size k; every point lies in r blocks and
 every pair of points in λ blocks. Its incidence matrix E ∈ {0,1}^{points×blocks} satisfies
@@ -22,25 +22,16 @@ import numpy as np
 from agc_pipeline.codes.assignment import Assignment
 from agc_pipeline.codes.galois import galois_field, is_prime_power
 from agc_pipeline.errors import ConfigError, require
+from agc_pipeline.validation import require_int
 
 DESIGNS = ("fano", "projective_plane", "affine_plane", "steiner_triple", "file")
-
-
-def integer_param(value: Any, name: str, minimum: int | None = None) -> int:
-    """Return ``value`` as an int, or raise ConfigError naming ``name`` (bools are rejected)."""
-    require(not isinstance(value, bool) and isinstance(value, int | np.integer),
-            f"{name} must be an integer (got {value!r})")
-    value = int(value)
-    if minimum is not None:
-        require(value >= minimum, f"{name} must be ≥ {minimum} (got {value})")
-    return value
 
 
 def validate_bibd(incidence: np.ndarray, label: str = "design") -> tuple[int, int, int, int, int]:
     """Check that ``incidence`` (points × blocks, 0/1) is a BIBD; return ``(v, b, r, k, lam)``.
 
     Every block has the same size k, every point lies in the same number r of blocks and every
-    pair of distinct points lies in exactly λ ≥ 1 blocks (PAPER.md §2). ConfigError otherwise.
+    pair of distinct points lies in exactly λ ≥ 1 blocks (Definition 2). ConfigError otherwise.
     """
     e = np.asarray(incidence)
     require(e.ndim == 2 and e.shape[0] >= 2 and e.shape[1] >= 1,
@@ -114,7 +105,7 @@ def steiner_triple_system(v: int) -> np.ndarray:
       {(x,0),(x,1),(x,2)} for x < n, {∞,(n+x,i),(x,i+1)} for x < n, and
       {(x,i),(y,i),(x∘y,i+1)} for x < y.
     """
-    v = integer_param(v, "STS(v): v")
+    v = require_int(v, "STS(v): v")
     require(v >= 3 and v % 6 in (1, 3),
             f"STS(v) needs v ≡ 1 or 3 (mod 6) and v ≥ 3 (got {v})")
 
@@ -148,14 +139,14 @@ def steiner_triple_system(v: int) -> np.ndarray:
 def _prime_power_param(q: Any, design: str) -> int:
     """Validate ``assignment.q`` for a plane: required, an integer, a prime power."""
     require(q is not None, f"assignment.q is required for design={design}")
-    q = integer_param(q, "assignment.q")
+    q = require_int(q, "assignment.q")
     require(is_prime_power(q) is not None, f"assignment.q must be a prime power (got {q})")
     return q
 
 
 def bibd(design: str, q: int | None = None, v: int | None = None, transpose: bool = True,
          path: str | None = None) -> Assignment:
-    """The assignment of a BIBD (PAPER.md §2), the ``assignment=bibd`` Hydra option.
+    """The assignment of a BIBD (Definition 2), the ``assignment=bibd`` Hydra option.
 
     ``design`` ∈ fano | projective_plane (needs prime power ``q``) | affine_plane (needs ``q``)
     | steiner_triple (needs ``v`` ≡ 1, 3 mod 6) | file (needs ``path`` to a points × blocks
@@ -181,7 +172,7 @@ def bibd(design: str, q: int | None = None, v: int | None = None, transpose: boo
         e, name, extra = affine_plane(q), f"AG(2,{q})", {"q": q}
     elif design == "steiner_triple":
         require(v is not None, f"assignment.v is required for design={design}")
-        v = integer_param(v, "assignment.v")
+        v = require_int(v, "assignment.v")
         require(v >= 3 and v % 6 in (1, 3),
                 f"assignment.v must satisfy v ≡ 1 or 3 (mod 6) and v ≥ 3 for a Steiner triple "
                 f"system (got {v})")

@@ -1,4 +1,4 @@
-"""Fractional repetition code (Tandon et al., "Gradient Coding", ICML 2017; PAPER.md §8).
+"""Fractional repetition code (Tandon et al., "Gradient Coding", ICML 2017; the paper's Section II).
 
 Exact gradient coding for m = 1: n workers in n/(s+1) groups of s+1; every worker of a group
 holds the same s+1 subsets and sends the sum of their partial gradients, so B = A. Any s

@@ -1,7 +1,7 @@
 """Small finite fields GF(q), q = p^a, as add/mul lookup tables.
 
-Needed for the projective and affine planes PG(2,q), AG(2,q) (PAPER.md §2: the paper's
-Fig. 3 uses PG(2,9), which needs GF(9)) and for Paley graphs over prime powers.
+Needed for the projective and affine planes PG(2,q), AG(2,q) (Section VIII: the
+paper's Fig. 3 uses PG(2,9), which needs GF(9)) and for Paley graphs over prime powers.
 
 Element ``e`` ∈ {0, …, q−1} stands for the polynomial Σ_i c_i x^i over GF(p) whose base-p
 digits are ``c_0 c_1 …`` (``e = Σ_i c_i p^i``); arithmetic is modulo the first monic

@@ -1,4 +1,4 @@
-"""Graph-based assignment matrices (PAPER.md §2).
+"""Graph-based assignment matrices (Section III: Definitions 3 and 4, Section III-A).
 
 - :func:`srg` — adjacency matrices of strongly regular graphs (n, δ, λ, μ), k = n, used by
   construction (7) and Corollary 2 (eq. 12).
@@ -18,9 +18,9 @@ import networkx as nx
 import numpy as np
 
 from agc_pipeline.codes.assignment import Assignment
-from agc_pipeline.codes.designs import integer_param
 from agc_pipeline.codes.galois import galois_field, is_prime_power
 from agc_pipeline.errors import require
+from agc_pipeline.validation import require_int
 
 SRG_GRAPHS = ("petersen", "paley", "lattice", "triangular", "clebsch", "shrikhande", "schlafli")
 
@@ -29,7 +29,7 @@ def srg_parameters(adjacency: np.ndarray, label: str = "graph") -> tuple[int, in
     """Check that ``adjacency`` is a strongly regular graph; return ``(n, δ, λ, μ)``.
 
     Requires a symmetric 0/1 matrix with zero diagonal and ``A² = δI + λA + μ(J−I−A)``
-    with ``0 < δ ≠ μ`` (PAPER.md §2); ConfigError otherwise.
+    with ``0 < δ ≠ μ`` (Definition 3, Corollary 2); ConfigError otherwise.
     """
     a = np.asarray(adjacency)
     require(a.ndim == 2 and a.shape[0] == a.shape[1] and a.shape[0] >= 2,
@@ -56,7 +56,7 @@ def srg_parameters(adjacency: np.ndarray, label: str = "graph") -> tuple[int, in
 
 
 def srg_eigenvalues(delta: int, lam: int, mu: int) -> tuple[float, float]:
-    """The non-trivial eigenvalues r̃ ≥ s̃ = ½[(λ−μ) ± sqrt((λ−μ)² + 4(δ−μ))] (PAPER.md §2)."""
+    """The non-trivial eigenvalues r̃ ≥ s̃ = ½[(λ−μ) ± sqrt((λ−μ)² + 4(δ−μ))] (Corollary 2)."""
     root = math.sqrt((lam - mu) ** 2 + 4 * (delta - mu))
     return 0.5 * ((lam - mu) + root), 0.5 * ((lam - mu) - root)
 
@@ -143,7 +143,7 @@ def srg(graph: str, q: int | None = None, a: int | None = None) -> Assignment:
         adj, name = _adjacency(nx.petersen_graph()), "Petersen"
     elif graph == "paley":
         require(q is not None, "assignment.q is required for graph=paley")
-        q = integer_param(q, "assignment.q")
+        q = require_int(q, "assignment.q")
         require(is_prime_power(q) is not None and q % 4 == 1,
                 f"assignment.q must be a prime power with q ≡ 1 (mod 4) for graph=paley "
                 f"(got {q})")
@@ -151,7 +151,7 @@ def srg(graph: str, q: int | None = None, a: int | None = None) -> Assignment:
     elif graph in ("lattice", "triangular"):
         require(a is not None, f"assignment.a is required for graph={graph}")
         lowest = 3 if graph == "lattice" else 5
-        a = integer_param(a, "assignment.a")
+        a = require_int(a, "assignment.a")
         require(a >= lowest, f"assignment.a must be ≥ {lowest} for graph={graph} (got {a})")
         if graph == "lattice":
             g = nx.cartesian_product(nx.complete_graph(a), nx.complete_graph(a))
@@ -178,13 +178,13 @@ def biregular(n: int, k: int, delta: int, gamma: int, seed: int = 0) -> Assignme
     Deterministic in ``seed``: start from the structured matrix with row i on columns
     iγ, …, iγ+γ−1 (mod n), then apply 20·(edges) random degree-preserving double-edge swaps
     (i1,j1),(i2,j2) → (i1,j2),(i2,j1), rejecting any that would create a multi-edge.
-    Requires k·γ = n·δ, 1 ≤ δ ≤ k, 1 ≤ γ ≤ n (PAPER.md §2; Fig. 5 uses (40, 20, 3, 6)).
+    Requires k·γ = n·δ, 1 ≤ δ ≤ k, 1 ≤ γ ≤ n (Definition 4; Fig. 5 uses (40, 20, 3, 6)).
     """
-    n = integer_param(n, "assignment.n", minimum=1)
-    k = integer_param(k, "assignment.k", minimum=1)
-    delta = integer_param(delta, "assignment.delta", minimum=1)
-    gamma = integer_param(gamma, "assignment.gamma", minimum=1)
-    seed = integer_param(seed, "assignment.seed", minimum=0)
+    n = require_int(n, "assignment.n", minimum=1)
+    k = require_int(k, "assignment.k", minimum=1)
+    delta = require_int(delta, "assignment.delta", minimum=1)
+    gamma = require_int(gamma, "assignment.gamma", minimum=1)
+    seed = require_int(seed, "assignment.seed", minimum=0)
     require(delta <= k, f"assignment.delta must be ≤ assignment.k (got delta={delta}, k={k})")
     require(gamma <= n, f"assignment.gamma must be ≤ assignment.n (got gamma={gamma}, n={n})")
     require(k * gamma == n * delta,
@@ -212,7 +212,7 @@ def biregular(n: int, k: int, delta: int, gamma: int, seed: int = 0) -> Assignme
 
 def coset(k: int, m: int, delta: int, generating_set: Sequence[int] | None = None,
           require_invertible: bool = True) -> Assignment:
-    """The (k, m, δ) coset bipartite graph (PAPER.md §2), the ``assignment=coset`` option.
+    """The (k, m, δ) coset bipartite graph (Section III-A), the ``assignment=coset`` option.
 
     Workers x ∈ Z_{mk} (n = mk); subsets = cosets i + H, H = {0, k, …, (m−1)k}; with the
     generating set 𝔅 ⊆ {0..k−1}, |𝔅| = δ (default {0..δ−1}) and S = ∪_{b∈𝔅} (b + H), worker
@@ -221,9 +221,9 @@ def coset(k: int, m: int, delta: int, generating_set: Sequence[int] | None = Non
     ``require_invertible`` enforces Proposition 1's condition (k = p^a, p ∤ δ), under which
     construction (7) with ε > 0 gives an almost surely invertible B.
     """
-    k = integer_param(k, "assignment.k", minimum=1)
-    m = integer_param(m, "m", minimum=1)
-    delta = integer_param(delta, "assignment.delta", minimum=1)
+    k = require_int(k, "assignment.k", minimum=1)
+    m = require_int(m, "m", minimum=1)
+    delta = require_int(delta, "assignment.delta", minimum=1)
     require(delta <= k, f"assignment.delta must be ≤ assignment.k (got delta={delta}, k={k})")
     require(isinstance(require_invertible, bool | np.bool_),
             f"assignment.require_invertible must be true or false (got {require_invertible!r})")
@@ -232,7 +232,7 @@ def coset(k: int, m: int, delta: int, generating_set: Sequence[int] | None = Non
     else:
         require(hasattr(generating_set, "__iter__") and not isinstance(generating_set, str),
                 f"assignment.generating_set must be a list of integers (got {generating_set!r})")
-        gens = [integer_param(b, "assignment.generating_set entry") for b in generating_set]
+        gens = [require_int(b, "assignment.generating_set entry") for b in generating_set]
         require(len(set(gens)) == len(gens),
                 f"assignment.generating_set must have distinct entries (got {gens})")
         require(all(0 <= b < k for b in gens),

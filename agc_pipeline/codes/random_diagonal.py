@@ -10,6 +10,7 @@ from agc_pipeline import bounds
 from agc_pipeline.codes.assignment import Assignment
 from agc_pipeline.codes.base import Scheme
 from agc_pipeline.errors import require
+from agc_pipeline.validation import require_finite
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +26,8 @@ class RandomDiagonal(Scheme):
 
     def __init__(self, assignment: Assignment, m: int, epsilon: float = 0.0) -> None:
         super().__init__(assignment, m)
-        require(0.0 <= float(epsilon) < 1.0,
-                f"scheme.epsilon must lie in [0, 1) (got {epsilon})")
-        self.epsilon = float(epsilon)
+        self.epsilon = require_finite(epsilon, "scheme.epsilon")
+        require(0.0 <= self.epsilon < 1.0, f"scheme.epsilon must lie in [0, 1) (got {epsilon})")
         self._lemma1: bounds.Lemma1Bound | None = None
         if assignment.kind == "coset" and self.epsilon == 0.0 and self.m > 1:
             log.warning("coset graph with epsilon = 0: B is often singular (Proposition 1 "

@@ -1,4 +1,4 @@
-"""Repetition assignments: uncoded, cyclic and fractional repetition (PAPER.md §8).
+"""Repetition assignments: uncoded, cyclic and fractional repetition (the paper's Section II).
 
 All three have k = n data subsets. Worker j is column j of the k×n matrix, subset i row i.
 
@@ -17,20 +17,17 @@ import numpy as np
 
 from agc_pipeline.codes.assignment import Assignment
 from agc_pipeline.errors import require
-
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, int | np.integer) and not isinstance(x, bool)
+from agc_pipeline.validation import is_int
 
 
 def _check_n(n: int) -> int:
-    require(_is_int(n) and n >= 1, f"assignment.n must be a positive integer (got n={n!r})")
+    require(is_int(n) and n >= 1, f"assignment.n must be a positive integer (got n={n!r})")
     return int(n)
 
 
 def _check_s_m(n: int, s: int, m: int) -> tuple[int, int]:
-    require(_is_int(m) and m >= 1, f"assignment.m must be a positive integer (got m={m!r})")
-    require(_is_int(s) and 0 <= s < n,
+    require(is_int(m) and m >= 1, f"assignment.m must be a positive integer (got m={m!r})")
+    require(is_int(s) and 0 <= s < n,
             f"assignment.s must satisfy 0 ≤ s < n (got s={s!r}, n={n})")
     require(s + m <= n,
             f"assignment.s + assignment.m must be at most n, the load s + m cannot exceed the "
