@@ -112,6 +112,42 @@ def build_straggler(cfg: DictConfig) -> StragglerModel:
     return _build(cfg.straggler, "straggler", StragglerModel)
 
 
+def build_optimizer(cfg: DictConfig) -> Callable[[list], Any]:
+    """``optimizer=...`` as a factory ``params -> torch.optim.Optimizer`` (a partial), checked
+    on a throw-away parameter so that a bad key or value fails at start, in one line."""
+    import torch
+
+    from agc_pipeline.validation import require_finite
+
+    node = cfg.get("optimizer")
+    if node is None or "_target_" not in node:
+        raise ConfigError("optimizer has no _target_: choose optimizer=sgd or optimizer=adamw")
+    require_finite(node.get("lr"), "optimizer.lr", 0.0, strict_minimum=True)
+    factory = _instantiate(node, "optimizer")
+    try:
+        factory([torch.nn.Parameter(torch.zeros(1))])
+    except (TypeError, ValueError) as exc:  # torch.optim's own checks, e.g. momentum < 0
+        raise ConfigError(f"optimizer: {exc}") from None
+    return factory
+
+
+def build_scheduler(cfg: DictConfig, iterations: int) -> Callable[[Any], Any]:
+    """``scheduler=...`` as a factory ``optimizer -> LRScheduler`` for ``iterations``."""
+    import functools
+
+    import torch
+
+    node = cfg.get("scheduler")
+    if node is None or "_target_" not in node:
+        raise ConfigError("scheduler has no _target_: choose scheduler=none|cosine|step")
+    factory = functools.partial(_instantiate(node, "scheduler"), iterations=iterations)
+    try:
+        factory(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0))
+    except TypeError as exc:
+        raise ConfigError(f"scheduler: {exc}") from None
+    return factory
+
+
 def build_trainer_settings(cfg: DictConfig) -> Any:
     """The validated settings object of ``trainer=...`` (e.g. SimulatedSettings)."""
     return _instantiate(cfg.trainer, "trainer")

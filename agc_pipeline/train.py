@@ -39,6 +39,8 @@ from agc_pipeline.build import (
     build_dataset,
     build_decoder,
     build_model,
+    build_optimizer,
+    build_scheduler,
     build_scheme,
     build_straggler,
     build_trainer_settings,
@@ -102,8 +104,11 @@ def build_trainer(cfg: DictConfig) -> SimulatedTrainer:
     straggler = build_straggler(cfg)
     dataset = build_dataset(cfg)
     model = build_model(cfg, dataset)
+    make_optimizer = build_optimizer(cfg)
+    make_scheduler = build_scheduler(cfg, settings.iterations)
     runtime = ParameterServer if isinstance(settings, DistributedSettings) else SimulatedTrainer
-    return runtime(model, dataset, scheme, decoder, straggler, settings, int(cfg.seed))
+    return runtime(model, dataset, scheme, decoder, straggler, settings, int(cfg.seed),
+                   make_optimizer=make_optimizer, make_scheduler=make_scheduler)
 
 
 def run_training(cfg: DictConfig, out_dir: Path, replace: bool = False) -> dict[str, Any]:

@@ -123,11 +123,15 @@ def test_exact_codes_equal_the_uncoded_full_batch_run(code: str, tmp_path: Path)
         torch.testing.assert_close(p, q.detach(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("stragglers", ["none", "one_drops"])
+@pytest.mark.parametrize("stragglers", ["none", "one_drops", "minibatch"])
 def test_simulated_and_distributed_runs_are_the_same(stragglers: str, tmp_path: Path) -> None:
-    """Same seeds, same survivor sets: the same parameters after N iterations."""
+    """Same seeds, same survivor sets: the same parameters after N iterations (with
+    minibatches: every worker draws the same samples of its subsets as the simulated PS)."""
     overrides = [*CODE7, *(ONE_DROPS if stragglers == "one_drops" else [])]
     simulated_overrides = [o for o in overrides if not o.startswith("trainer.")]
+    if stragglers == "minibatch":
+        overrides.append("trainer.batch_size=3")
+        simulated_overrides.append("trainer.batch_size=3")
     simulated = run_training(compose_config("train", [*FAST, *simulated_overrides]),
                              tmp_path / "sim")
     summary, out = train(tmp_path / "dist", *overrides)

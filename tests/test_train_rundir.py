@@ -157,7 +157,7 @@ def test_resume_onto_truncated_metrics_refuses(tmp_path: Path) -> None:
 
 
 def test_non_finite_values_say_finite() -> None:
-    for key in ("lr", "momentum", "weight_decay", "straggler_slowdown"):
+    for key in ("lr", "straggler_slowdown", "decode_cost", "clip_grad_norm"):
         with pytest.raises(ConfigError, match=f"trainer.{key} must be a finite number"):
             build_trainer(cfg_for(f"trainer.{key}=inf"))
     with pytest.raises(ConfigError, match="trainer.threads must be a positive integer"):

@@ -28,6 +28,7 @@ after ``straggler_slowdown × compute_time`` plus their communication time.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import signal
 import threading
@@ -43,12 +44,14 @@ from tqdm import tqdm
 
 from agc_pipeline.codes.base import Scheme
 from agc_pipeline.data import Dataset, split_subsets
-from agc_pipeline.decoding import Decoder
+from agc_pipeline.decoding import Decoder, Decoding
 from agc_pipeline.errors import ConfigError, require
 from agc_pipeline.models import CodedModel
 from agc_pipeline.sinks import Sink
 from agc_pipeline.stragglers import StragglerContext, StragglerDraw, StragglerModel, VirtualClock
+from agc_pipeline.training.batches import batch_indices, take
 from agc_pipeline.training.checkpoint import save_checkpoint
+from agc_pipeline.training.coded_gradient import CodedGradient
 from agc_pipeline.training.coded_step import (
     ALPHA_ITERATION_OFFSET,
     AlphaEstimate,
@@ -61,8 +64,8 @@ from agc_pipeline.training.coded_step import (
     survivor_messages,
 )
 from agc_pipeline.training.gradients import pack_gradients, partial_gradients
-from agc_pipeline.training.optim import SGD
-from agc_pipeline.validation import require_bool, require_finite, require_int
+from agc_pipeline.training.optim import Optimizer, OptimizerFactory, SchedulerFactory
+from agc_pipeline.validation import require_bool, require_choice, require_finite, require_int
 
 __all__ = ["SimulatedSettings", "SimulatedTrainer", "TrainingInterrupted"]
 
@@ -77,8 +80,6 @@ class SimulatedSettings:
 
     iterations: int = 300  #: SGD iterations
     lr: float = 0.1  #: learning rate η
-    momentum: float = 0.0  #: heavy-ball momentum of ``torch.optim.SGD``
-    weight_decay: float = 0.0
     log_every: int = 1  #: one metrics row every this many iterations (and the last)
     eval_every: int = 50  #: test metrics every this many iterations (0: only at the end)
     checkpoint_every: int = 100  #: checkpoint every this many iterations (0: start/end/error)
@@ -91,6 +92,10 @@ class SimulatedSettings:
     materialize_messages: bool = False  #: build every worker's message (slower; a check)
     progress: bool = True  #: tqdm progress bar on stderr
     device: str = "cpu"  #: cpu | cuda | cuda:N | auto
+    batch_size: int | None = None  #: samples per data subset per iteration (None: all)
+    coded_gradient: str = "weighted"  #: weighted (one pass) | per_subset (k gradients)
+    grad_error: bool = True  #: also compute the true gradient to log grad_error
+    clip_grad_norm: float | None = None  #: rescale ĝ to at most this global 2-norm
     threads: int | None = None  #: torch intra-op threads; None: cores // n_jobs under joblib
     skip_finished: bool = True  #: multirun: skip jobs whose complete run is in their dir
 
@@ -99,16 +104,18 @@ class SimulatedSettings:
             require_int(getattr(self, name), f"trainer.{name}", minimum=1)
         for name in ("eval_every", "checkpoint_every", "alpha_samples"):
             require_int(getattr(self, name), f"trainer.{name}", minimum=0)
-        if self.threads is not None:
-            require_int(self.threads, "trainer.threads", minimum=1)
+        for name in ("threads", "batch_size"):
+            if getattr(self, name) is not None:
+                require_int(getattr(self, name), f"trainer.{name}", minimum=1)
         require_finite(self.lr, "trainer.lr", minimum=0.0, strict_minimum=True)
-        require_finite(self.momentum, "trainer.momentum", minimum=0.0)
-        require(self.momentum < 1, f"trainer.momentum must be < 1 (got {self.momentum!r})")
-        require_finite(self.weight_decay, "trainer.weight_decay", minimum=0.0)
         require_finite(self.straggler_slowdown, "trainer.straggler_slowdown", minimum=1.0)
         require_finite(self.decode_cost, "trainer.decode_cost", minimum=0.0)
+        if self.clip_grad_norm is not None:
+            require_finite(self.clip_grad_norm, "trainer.clip_grad_norm", minimum=0.0,
+                           strict_minimum=True)
+        require_choice(self.coded_gradient, "trainer.coded_gradient", ("weighted", "per_subset"))
         for name in ("resume", "overwrite", "wait_for_all", "materialize_messages", "progress",
-                     "skip_finished"):
+                     "grad_error", "skip_finished"):
             require_bool(getattr(self, name), f"trainer.{name}")
         require(not (self.resume and self.overwrite),
                 "trainer.resume=true and trainer.overwrite=true exclude each other: continue "
@@ -162,7 +169,9 @@ class SimulatedTrainer:
     """
 
     def __init__(self, model: CodedModel, dataset: Dataset, scheme: Scheme, decoder: Decoder,
-                 straggler: StragglerModel, settings: SimulatedSettings, seed: int) -> None:
+                 straggler: StragglerModel, settings: SimulatedSettings, seed: int,
+                 make_optimizer: OptimizerFactory | None = None,
+                 make_scheduler: SchedulerFactory | None = None) -> None:
         self.settings = settings
         self.device = settings.torch_device
         self.model = model.to(self.device)
@@ -182,21 +191,36 @@ class SimulatedTrainer:
                 f"model {type(model).__name__} is a {model.task} model but dataset "
                 f"{dataset.name} is a {dataset.task} data set")
         subsets = split_subsets(n_train, self.k, self.seed)
-        self.x = dataset.x_train[subsets].to(self.device)  # (k, b, D)
-        self.y = dataset.y_train[subsets].to(self.device)  # (k, b)
+        self.x = dataset.x_train[subsets].to(self.device)  # (k, |D_i|, …)
+        self.y = dataset.y_train[subsets].to(self.device)  # (k, |D_i|, …)
         self.num_samples = int(subsets.numel())
+        self.subset_size = int(subsets.shape[1])
+        batch = settings.batch_size
+        require(batch is None or batch <= self.subset_size,
+                f"trainer.batch_size={batch} exceeds the {self.subset_size} samples of each "
+                f"data subset (N = {n_train} split into k = {self.k}); use at most "
+                f"{self.subset_size} or null (the whole subset)")
+        #: samples per iteration: k·b (minibatches) or all N
+        self.batch_samples = self.k * (batch or self.subset_size)
         self.x_test = dataset.x_test.to(self.device)
         self.y_test = dataset.y_test.to(self.device)
         self.d = sum(p.numel() for p in model.parameters())
         self.wire_bytes = next(model.parameters()).element_size()
         self.coded = CodedStep(scheme, decoder, self.d, self.seed)
         self.length = self.coded.length
-        #: Z as k rows of m zero-padded blocks, float64, reused every iteration
-        self._z = torch.zeros(self.k, self.m * self.length, dtype=torch.float64,
-                              device=self.device)
+        #: trainer.coded_gradient=per_subset: Z as k rows of m zero-padded blocks, float64
+        self._z: torch.Tensor | None = None
+        self.engine = (CodedGradient(self.model, self.m)
+                       if settings.coded_gradient == "weighted" else None)
+        if self.engine is not None:  # the model contract, on a few samples
+            few = (slice(0, min(self.k, 4)), slice(0, min(self.subset_size, 2)))
+            self.engine.check(self.x[few].reshape(-1, *self.x.shape[2:]),
+                              self.y[few].reshape(-1, *self.y.shape[2:]))
         self.assignment_matrix = a.matrix
-        self.optimizer = SGD(list(model.parameters()), lr=settings.lr,
-                             momentum=settings.momentum, weight_decay=settings.weight_decay)
+        if make_optimizer is None:  # optimizer=sgd's defaults
+            make_optimizer = functools.partial(torch.optim.SGD, lr=settings.lr)
+        self.optimizer = Optimizer(list(model.parameters()), make_optimizer, make_scheduler,
+                                   settings.clip_grad_norm)
         self.clock = VirtualClock(decode_cost=settings.decode_cost)
         self.totals = Totals()
         self.iteration = 0
@@ -263,39 +287,39 @@ class SimulatedTrainer:
     def step(self, evaluate: bool = False) -> dict[str, Any]:
         """Run iteration ``self.iteration``; return its metrics row (at the parameters before
         the update: ``train_loss``, test metrics when ``evaluate``)."""
-        t, m, d = self.iteration, self.m, self.d
+        t, m = self.iteration, self.m
         row: dict[str, Any] = {"iteration": t}
         if evaluate:
             row.update(self.evaluate())
-        grads, loss = partial_gradients(self.model, self.x, self.y)
-        row["train_loss"] = float(loss) / self.num_samples
-        pack_gradients(grads, 1.0 / self.num_samples, self._z)
-        del grads
-        blocks = self._z.view(self.k, m, self.length)  # blocks[i, u] = g_i[u], float64
+        index = batch_indices(self.seed, t, range(self.k), self.subset_size,
+                              self.settings.batch_size)
+        x, y = take(self.x, index), take(self.y, index)
         b = self.coded.encoding(t)
         draw = self._draw(b, t)
         mask = draw.survivors
-        target = self.coded.target
         if mask.any():
             dec = self.coded.decode(b, mask)
-            both = apply_weights(blocks, np.hstack([self.coded.weights(b, dec.r), target]))
-            estimate, exact = from_blocks(both[:m], d), from_blocks(both[m:], d)
-            if self.settings.materialize_messages:
-                msgs = survivor_messages(blocks, b, self.assignment_matrix, mask)
-                estimate = combine(msgs, dec.r[mask], d)
-            if self.decoder.rescale:
-                assert self.alpha is not None, "call estimate_alpha() before training"
-                estimate = estimate / self.alpha.value
+            weights = self.coded.weights(b, dec.r)  # B R, (mk × m)
             condition, approx = dec.condition_number, dec.error
         else:
-            exact = from_blocks(apply_weights(blocks, target), d)
-            estimate = torch.zeros_like(exact)
+            dec, weights = None, np.zeros((self.k * m, m))
             condition, approx = math.inf, self.coded.target_norm2
-        diff2 = float((estimate - exact).square().sum())
-        if not math.isfinite(diff2):  # the only full NaN/Inf scan, when something is off
-            check_finite(estimate, t)
-        norm2 = float(exact.square().sum())
-        error = diff2 / norm2 if norm2 > 0 else math.nan
+        estimate, exact, loss = self._coded_gradient(x, y, b, weights, mask, dec)
+        row["train_loss"] = loss / self.batch_samples
+        if self.decoder.rescale and dec is not None:
+            assert self.alpha is not None, "call estimate_alpha() before training"
+            estimate = estimate / self.alpha.value
+        if exact is None:
+            norm = float(estimate.square().sum())
+            if not math.isfinite(norm):
+                check_finite(estimate, t)
+            error = None
+        else:
+            diff2 = float((estimate.to(exact.dtype) - exact).square().sum())
+            if not math.isfinite(diff2):  # the only full NaN/Inf scan, when something is off
+                check_finite(estimate, t)
+            norm2 = float(exact.square().sum())
+            error = diff2 / norm2 if norm2 > 0 else math.nan
         survivors = int(mask.sum())
         sent = survivors * self.length * self.wire_bytes
         pending = _Pending(self.clock.virtual_time, Totals(**asdict(self.totals)), estimate)
@@ -304,13 +328,44 @@ class SimulatedTrainer:
         tot.iterations, tot.survivors = t + 1, tot.survivors + survivors
         tot.bytes_to_ps += sent
         tot.skipped += int(survivors == 0)
-        tot.grad_error += error if math.isfinite(error) else 0.0
+        tot.grad_error += error if error is not None and math.isfinite(error) else 0.0
         row.update(grad_error=error, survivors=survivors, bytes_to_ps=sent,
                    total_bytes_to_ps=tot.bytes_to_ps, virtual_time=pending.virtual_time,
                    iteration_time=float(draw.iteration_time), decode_condition=condition,
                    approx_error=float(approx), skipped=survivors == 0)
         self._commit(pending, update=survivors > 0)
         return row
+
+    def _coded_gradient(self, x: torch.Tensor, y: torch.Tensor, b: np.ndarray,
+                        weights: np.ndarray, mask: np.ndarray, dec: Decoding | None,
+                        ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+        """``(ĝ, g, loss)`` for the minibatch ``x, y`` (k, b, …): the estimate Z (B R) with
+        ``weights`` = B R, the true gradient g (None unless ``trainer.grad_error``) and the
+        summed loss. ``trainer.coded_gradient=weighted`` forms them in one pass
+        (:class:`CodedGradient`); ``per_subset`` forms the k partial gradients in float64
+        first (the reference, and the path of ``materialize_messages``)."""
+        m, d, scale = self.m, self.d, 1.0 / self.batch_samples
+        want_exact = self.settings.grad_error
+        if self.engine is not None and not self.settings.materialize_messages:
+            per = x.shape[1]
+            subset = torch.arange(self.k, device=self.device).repeat_interleave(per)
+            coef = np.asarray(weights).reshape(m, self.k, m) * scale
+            res = self.engine(x.reshape(-1, *x.shape[2:]), y.reshape(-1, *y.shape[2:]), subset,
+                              coef, plain_weight=scale if want_exact else None)
+            return res.blocks.reshape(-1)[:d], res.plain, res.loss
+        grads, loss = partial_gradients(self.model, x, y)
+        if self._z is None:
+            self._z = torch.zeros(self.k, m * self.length, dtype=torch.float64,
+                                  device=self.device)
+        pack_gradients(grads, scale, self._z)
+        del grads
+        blocks = self._z.view(self.k, m, self.length)  # blocks[i, u] = g_i[u], float64
+        both = apply_weights(blocks, np.hstack([weights, self.coded.target]))
+        estimate, exact = from_blocks(both[:m], d), from_blocks(both[m:], d)
+        if self.settings.materialize_messages and dec is not None:
+            msgs = survivor_messages(blocks, b, self.assignment_matrix, mask)
+            estimate = combine(msgs, dec.r[mask], d)
+        return estimate, exact, float(loss)
 
     def _commit(self, pending: _Pending, update: bool) -> None:
         """Apply one iteration's changes together (nothing before this mutates state).
