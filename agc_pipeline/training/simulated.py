@@ -65,7 +65,7 @@ from agc_pipeline.training.coded_step import (
 )
 from agc_pipeline.training.gradients import pack_gradients, partial_gradients
 from agc_pipeline.training.optim import Optimizer, OptimizerFactory, SchedulerFactory
-from agc_pipeline.validation import require_bool, require_choice, require_finite, require_int
+from agc_pipeline.validation import is_number, require_bool, require_finite, require_int
 
 __all__ = ["SimulatedSettings", "SimulatedTrainer", "TrainingInterrupted"]
 
@@ -110,10 +110,12 @@ class SimulatedSettings:
         require_finite(self.lr, "trainer.lr", minimum=0.0, strict_minimum=True)
         require_finite(self.straggler_slowdown, "trainer.straggler_slowdown", minimum=1.0)
         require_finite(self.decode_cost, "trainer.decode_cost", minimum=0.0)
-        if self.clip_grad_norm is not None:
-            require_finite(self.clip_grad_norm, "trainer.clip_grad_norm", minimum=0.0,
-                           strict_minimum=True)
-        require_choice(self.coded_gradient, "trainer.coded_gradient", ("weighted", "per_subset"))
+        clip = self.clip_grad_norm
+        require(clip is None or (is_number(clip) and math.isfinite(clip) and clip > 0),
+                f"trainer.clip_grad_norm must be a finite number > 0 or null (got {clip!r})")
+        require(self.coded_gradient in ("weighted", "per_subset"),
+                f"trainer.coded_gradient must be weighted or per_subset (got "
+                f"{self.coded_gradient!r})")
         for name in ("resume", "overwrite", "wait_for_all", "materialize_messages", "progress",
                      "grad_error", "skip_finished"):
             require_bool(getattr(self, name), f"trainer.{name}")
