@@ -52,6 +52,7 @@ from agc_pipeline.training.coded_step import (
 from agc_pipeline.training.distributed import (
     Cluster,
     DistributedSettings,
+    WorkersLost,
     resolve_timing,
     torchrun_env,
 )
@@ -109,6 +110,9 @@ class ParameterServer(SimulatedTrainer):
         require(settings.workers in (None, self.n),
                 f"trainer.workers={settings.workers} but the assignment has n = {self.n} "
                 "workers (leave trainer.workers null, or change the assignment)")
+        require(settings.min_workers <= self.n,
+                f"trainer.min_workers={settings.min_workers} but the assignment has only "
+                f"n = {self.n} workers")
         settings.fault.validate(self.n)
         self.timing = resolve_timing(settings, straggler, self.n)
         self.totals: DistributedTotals = DistributedTotals()
@@ -118,9 +122,11 @@ class ParameterServer(SimulatedTrainer):
 
     # ------------------------------------------------------------------ the loop
 
-    def fit(self, sink: Sink, checkpoint: Path, extra_state: dict[str, Any]) -> None:
+    def fit(self, sink: Sink, checkpoint: Path, extra_state: dict[str, Any],
+            logged_rows: int = 0) -> None:
         """Start the workers, run the remaining iterations (the simulated trainer's loop:
-        logging, checkpoints, graceful stop), stop the workers."""
+        logging, checkpoints, graceful stop), stop the workers. Raises :class:`WorkersLost`
+        (after the checkpoint) when fewer than ``trainer.min_workers`` are alive."""
         config = extra_state.get("config")
         require(isinstance(config, dict), "the distributed trainer needs the run's resolved "
                                           "configuration (extra_state['config'])")
@@ -129,7 +135,7 @@ class ParameterServer(SimulatedTrainer):
         with cluster:
             self.cluster = cluster
             try:
-                super().fit(sink, checkpoint, extra_state)
+                super().fit(sink, checkpoint, extra_state, logged_rows)
             finally:
                 self.cluster = None
                 self._backlog.clear()
@@ -158,6 +164,7 @@ class ParameterServer(SimulatedTrainer):
         b = self.coded.encoding(t)
         got = self._collect(t, start)
         waited = time.perf_counter()
+        self._require_workers(t)
         mask = np.zeros(self.n, dtype=bool)
         mask[sorted(got.accepted)] = True
         estimate, condition, approx = self._decode(b, mask, got)
@@ -184,6 +191,18 @@ class ParameterServer(SimulatedTrainer):
             approx_error=float(approx), skipped=survivors == 0)
         self.iteration += 1
         return row
+
+    def _require_workers(self, t: int) -> None:
+        """Stop (before iteration t changes anything) when too few workers are alive."""
+        assert self.cluster is not None
+        live, least = len(self.cluster.live), self.settings.min_workers
+        if live >= least:
+            return
+        dead = sorted({e["worker"] for e in self.events if e["event"] == "dead"})
+        raise WorkersLost(
+            f"iteration {t}: {live} of {self.n} workers alive, fewer than trainer.min_workers "
+            f"= {least} (dead: {dead}); stopped at iteration {t} with a checkpoint: continue "
+            "with fresh workers by trainer.resume=true and the same hydra.run.dir")
 
     def _worker_times(self, got: Collected) -> dict[str, float | None]:
         """Means over the accepted messages of what the workers report, and of the

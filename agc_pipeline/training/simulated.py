@@ -65,16 +65,13 @@ from agc_pipeline.training.coded_step import (
 )
 from agc_pipeline.training.gradients import pack_gradients, partial_gradients
 from agc_pipeline.training.optim import Optimizer, OptimizerFactory, SchedulerFactory
+from agc_pipeline.validation import is_number, require_bool, require_finite, require_int
 
 __all__ = ["SimulatedSettings", "SimulatedTrainer", "TrainingInterrupted"]
 
 
 class TrainingInterrupted(RuntimeError):
     """The run was stopped (SIGINT/SIGTERM) at an iteration boundary; a checkpoint is saved."""
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 @dataclass
@@ -85,8 +82,9 @@ class SimulatedSettings:
     lr: float = 0.1  #: learning rate η
     log_every: int = 1  #: one metrics row every this many iterations (and the last)
     eval_every: int = 50  #: test metrics every this many iterations (0: only at the end)
-    checkpoint_every: int = 100  #: checkpoint every this many iterations (0: end/error only)
+    checkpoint_every: int = 100  #: checkpoint every this many iterations (0: start/end/error)
     resume: bool = False  #: continue from ``checkpoint.pt`` in the run dir
+    overwrite: bool = False  #: replace a run already in the run dir (else refuse)
     wait_for_all: bool = False  #: the PS uses every message (uncoded wait-for-all baseline)
     straggler_slowdown: float = 4.0  #: wait_for_all: a straggler's compute time multiplier
     decode_cost: float = 0.0  #: virtual time the PS spends decoding, per iteration
@@ -98,40 +96,33 @@ class SimulatedSettings:
     coded_gradient: str = "weighted"  #: weighted (one pass) | per_subset (k gradients)
     grad_error: bool = True  #: also compute the true gradient to log grad_error
     clip_grad_norm: float | None = None  #: rescale ĝ to at most this global 2-norm
+    threads: int | None = None  #: torch intra-op threads; None: cores // n_jobs under joblib
+    skip_finished: bool = True  #: multirun: skip jobs whose complete run is in their dir
 
     def __post_init__(self) -> None:
         for name in ("iterations", "log_every"):
-            value = getattr(self, name)
-            require(_is_int(value) and value >= 1,
-                    f"trainer.{name} must be a positive integer (got {value!r})")
+            require_int(getattr(self, name), f"trainer.{name}", minimum=1)
         for name in ("eval_every", "checkpoint_every", "alpha_samples"):
-            value = getattr(self, name)
-            require(_is_int(value) and value >= 0,
-                    f"trainer.{name} must be a non-negative integer (got {value!r})")
-        require(_finite(self.lr) and self.lr > 0, f"trainer.lr must be > 0 (got {self.lr!r})")
-        require(_finite(self.straggler_slowdown) and self.straggler_slowdown >= 1,
-                f"trainer.straggler_slowdown must be ≥ 1 (got {self.straggler_slowdown!r})")
-        require(_finite(self.decode_cost) and self.decode_cost >= 0,
-                f"trainer.decode_cost must be ≥ 0 (got {self.decode_cost!r})")
-        require(self.batch_size is None or (_is_int(self.batch_size) and self.batch_size >= 1),
-                f"trainer.batch_size must be a positive integer or null (got "
-                f"{self.batch_size!r})")
-        require(self.clip_grad_norm is None
-                or (_finite(self.clip_grad_norm) and self.clip_grad_norm > 0),
-                f"trainer.clip_grad_norm must be a finite number > 0 or null (got "
-                f"{self.clip_grad_norm!r})")
+            require_int(getattr(self, name), f"trainer.{name}", minimum=0)
+        for name in ("threads", "batch_size"):
+            if getattr(self, name) is not None:
+                require_int(getattr(self, name), f"trainer.{name}", minimum=1)
+        require_finite(self.lr, "trainer.lr", minimum=0.0, strict_minimum=True)
+        require_finite(self.straggler_slowdown, "trainer.straggler_slowdown", minimum=1.0)
+        require_finite(self.decode_cost, "trainer.decode_cost", minimum=0.0)
+        clip = self.clip_grad_norm
+        require(clip is None or (is_number(clip) and math.isfinite(clip) and clip > 0),
+                f"trainer.clip_grad_norm must be a finite number > 0 or null (got {clip!r})")
         require(self.coded_gradient in ("weighted", "per_subset"),
                 f"trainer.coded_gradient must be weighted or per_subset (got "
                 f"{self.coded_gradient!r})")
-        for name in ("resume", "wait_for_all", "materialize_messages", "progress", "grad_error"):
-            require(isinstance(getattr(self, name), bool),
-                    f"trainer.{name} must be true or false (got {getattr(self, name)!r})")
+        for name in ("resume", "overwrite", "wait_for_all", "materialize_messages", "progress",
+                     "grad_error", "skip_finished"):
+            require_bool(getattr(self, name), f"trainer.{name}")
+        require(not (self.resume and self.overwrite),
+                "trainer.resume=true and trainer.overwrite=true exclude each other: continue "
+                "the run in the run dir, or replace it")
         self.torch_device = _device(self.device)
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float | np.number) and not isinstance(value, bool) \
-        and math.isfinite(value)
 
 
 def _device(name: Any) -> torch.device:
@@ -334,7 +325,7 @@ class SimulatedTrainer:
         survivors = int(mask.sum())
         sent = survivors * self.length * self.wire_bytes
         pending = _Pending(self.clock.virtual_time, Totals(**asdict(self.totals)), estimate)
-        pending.virtual_time += draw.iteration_time + self.clock.decode_cost
+        pending.virtual_time = self.clock.after(draw)
         tot = pending.totals
         tot.iterations, tot.survivors = t + 1, tot.survivors + survivors
         tot.bytes_to_ps += sent
@@ -418,15 +409,20 @@ class SimulatedTrainer:
 
     # ---------------------------------------------------------------------------- loop
 
-    def fit(self, sink: Sink, checkpoint: Path, extra_state: dict[str, Any]) -> None:
+    def fit(self, sink: Sink, checkpoint: Path, extra_state: dict[str, Any],
+            logged_rows: int = 0) -> None:
         """Run the remaining iterations, logging rows to ``sink`` and checkpointing to
-        ``checkpoint`` (every ``checkpoint_every`` iterations, at the end and on any error or
-        interruption, always the state after the last completed iteration)."""
+        ``checkpoint``: before the first iteration (a run killed at any point can be resumed),
+        every ``checkpoint_every`` iterations, at the end and on any error or interruption.
+        A checkpoint always holds the state after the last completed iteration and the number
+        of metrics rows logged up to it (``logged_rows`` of them before this call)."""
         s = self.settings
+        rows = logged_rows
         bar = tqdm(total=s.iterations, initial=self.iteration, disable=not s.progress,
                    desc="train", unit="it", dynamic_ncols=True)
         self._lap = time.perf_counter()
         try:
+            self._save(checkpoint, extra_state, rows)
             with _graceful_stop(self):
                 while self.iteration < s.iterations:
                     t = self.iteration
@@ -434,23 +430,25 @@ class SimulatedTrainer:
                     row = self.step(evaluate=evaluate)
                     if t % s.log_every == 0 or t == s.iterations - 1 or row["skipped"]:
                         sink.log(row, step=t)
-                    bar.set_postfix(loss=f"{row['train_loss']:.4f}", refresh=False)
+                        rows += 1
+                    if row.get("train_loss") is not None:  # the distributed PS: logged rows
+                        bar.set_postfix(loss=f"{row['train_loss']:.4f}", refresh=False)
                     bar.update(1)
                     if s.checkpoint_every and self.iteration % s.checkpoint_every == 0:
-                        self._save(checkpoint, extra_state)
+                        self._save(checkpoint, extra_state, rows)
                     if self._stop_requested:
                         raise TrainingInterrupted(
                             f"stopped after iteration {t} (checkpoint {checkpoint}); continue "
                             "with trainer.resume=true and the same hydra.run.dir")
         finally:
             bar.close()
-            self._save(checkpoint, extra_state)
+            self._save(checkpoint, extra_state, rows)
 
-    def _save(self, path: Path, extra_state: dict[str, Any]) -> None:
+    def _save(self, path: Path, extra_state: dict[str, Any], rows: int) -> None:
         now = time.perf_counter()
         self.totals.seconds += now - self._lap
         self._lap = now
-        save_checkpoint(path, {**self.state_dict(), **extra_state})
+        save_checkpoint(path, {**self.state_dict(), "metrics_rows": rows, **extra_state})
 
 
 @contextlib.contextmanager
