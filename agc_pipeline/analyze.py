@@ -21,7 +21,13 @@ from tqdm import tqdm
 
 from agc_pipeline.analysis.engine import ErrorStudy, paper_grid
 from agc_pipeline.analysis.plot import plot_results
-from agc_pipeline.build import build_assignment, build_decoder, build_scheme, run_app
+from agc_pipeline.build import (
+    build_assignment,
+    build_decoder,
+    build_scheme,
+    refuse_foreign_presets,
+    run_app,
+)
 from agc_pipeline.codes.stack import Stack
 from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.provenance import record
@@ -121,6 +127,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console-script entry point (``agc-analyze``)."""
+    refuse_foreign_presets("analyze")  # e.g. experiment=fig6_bibd7 (a train preset)
     _hydra_main()
 
 

@@ -7,15 +7,18 @@ on the option files of ``conf/`` and unwraps Hydra's wrapper exception so that a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from agc_pipeline.codes.assignment import Assignment
 from agc_pipeline.codes.base import Scheme
+from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.decoding import Decoder
 from agc_pipeline.errors import ConfigError
 
@@ -109,15 +112,96 @@ def build_straggler(cfg: DictConfig) -> StragglerModel:
     return _build(cfg.straggler, "straggler", StragglerModel)
 
 
+def build_optimizer(cfg: DictConfig) -> Callable[[list], Any]:
+    """``optimizer=...`` as a factory ``params -> torch.optim.Optimizer`` (a partial), checked
+    on a throw-away parameter so that a bad key or value fails at start, in one line."""
+    import torch
+
+    from agc_pipeline.validation import require_finite
+
+    node = cfg.get("optimizer")
+    if node is None or "_target_" not in node:
+        raise ConfigError("optimizer has no _target_: choose optimizer=sgd or optimizer=adamw")
+    require_finite(node.get("lr"), "optimizer.lr", 0.0, strict_minimum=True)
+    factory = _instantiate(node, "optimizer")
+    try:
+        factory([torch.nn.Parameter(torch.zeros(1))])
+    except (TypeError, ValueError) as exc:  # torch.optim's own checks, e.g. momentum < 0
+        raise ConfigError(f"optimizer: {exc}") from None
+    return factory
+
+
+def build_scheduler(cfg: DictConfig, iterations: int) -> Callable[[Any], Any]:
+    """``scheduler=...`` as a factory ``optimizer -> LRScheduler`` for ``iterations``."""
+    import functools
+
+    import torch
+
+    node = cfg.get("scheduler")
+    if node is None or "_target_" not in node:
+        raise ConfigError("scheduler has no _target_: choose scheduler=none|cosine|step")
+    factory = functools.partial(_instantiate(node, "scheduler"), iterations=iterations)
+    try:
+        factory(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0))
+    except TypeError as exc:
+        raise ConfigError(f"scheduler: {exc}") from None
+    return factory
+
+
 def build_trainer_settings(cfg: DictConfig) -> Any:
     """The validated settings object of ``trainer=...`` (e.g. SimulatedSettings)."""
     return _instantiate(cfg.trainer, "trainer")
 
 
+# ------------------------------------------------------------------ presets of each app
+# The apps share one config tree; each experiment preset declares the app it is for (its
+# top-level ``app`` key), and the other app refuses it in one line.
+
+
+def preset_app(name: str) -> str | None:
+    """The ``app`` that ``conf/experiment/<name>.yaml`` declares (None: no such preset, or it
+    declares none)."""
+    path = CONFIG_DIR / "experiment" / f"{name}.yaml"
+    if not path.is_file():
+        return None
+    app = OmegaConf.load(path).get("app")
+    return None if app is None else str(app)
+
+
+def _foreign(app: str, name: str, declared: str) -> str:
+    return (f"experiment={name} is a preset of the {declared} app, not of {app}: run "
+            f"python -m agc_pipeline.{declared} experiment={name}")
+
+
+def require_app(cfg: DictConfig, app: str) -> None:
+    """Raise ConfigError when ``cfg`` was composed from another app's experiment preset."""
+    declared = cfg.get("app")
+    if declared is None or declared == app:
+        return
+    name = cfg.get("name")
+    if HydraConfig.initialized():
+        name = HydraConfig.get().runtime.choices.get("experiment", name)
+    raise ConfigError(_foreign(app, str(name), str(declared)))
+
+
+def refuse_foreign_presets(app: str, argv: Sequence[str] | None = None) -> None:
+    """Before Hydra composes anything: exit with status 2 and one line when the command line
+    (``argv``, default ``sys.argv[1:]``) picks another app's experiment preset (``experiment=X``
+    or a sweep ``experiment=X,Y``), whose groups this app may not even have."""
+    for arg in sys.argv[1:] if argv is None else argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key.lstrip("+~") != "experiment":
+            continue
+        for name in value.split(","):
+            declared = preset_app(name.strip())
+            if declared is not None and declared != app:
+                print(f"agc-{app}: configuration error: {_foreign(app, name.strip(), declared)}",
+                      file=sys.stderr)
+                raise SystemExit(2)
+
+
 def run_app(main: Callable[[], Any], app: str) -> Any:
     """Run ``main``; report a ConfigError as one line on stderr and exit with status 2."""
-    import sys
-
     try:
         return main()
     except ConfigError as exc:

@@ -394,11 +394,16 @@ class VirtualClock:
     decode_cost: float = 0.0  #: default PS time per iteration to decode
     virtual_time: float = 0.0
 
-    def advance(self, draw: StragglerDraw, decode_cost: float | None = None) -> float:
-        """Add one iteration's waiting time (and decode cost); return the new time."""
+    def after(self, draw: StragglerDraw, decode_cost: float | None = None) -> float:
+        """The time after one more iteration (waiting time plus decode cost), without
+        advancing: a trainer commits it only once the whole iteration has succeeded."""
         extra = self.decode_cost if decode_cost is None else decode_cost
         step = draw.iteration_time + extra
-        require(np.isfinite(step) and step >= 0,
+        require(bool(np.isfinite(step)) and step >= 0,
                 f"iteration time must be finite and ≥ 0 (got {draw.iteration_time} + {extra})")
-        self.virtual_time += float(step)
+        return self.virtual_time + float(step)
+
+    def advance(self, draw: StragglerDraw, decode_cost: float | None = None) -> float:
+        """Add one iteration's waiting time (and decode cost); return the new time."""
+        self.virtual_time = self.after(draw, decode_cost)
         return self.virtual_time

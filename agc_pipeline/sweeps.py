@@ -5,7 +5,10 @@ interruption redoes only the unfinished jobs: a job is skipped when its run dir 
 ``summary.json`` with ``"status": "completed"`` (and, for training, every iteration done),
 its output files, and a resolved config equal to the new job's (keys in
 :data:`IGNORED_KEYS` aside). Hydra rewrites ``.hydra/config.yaml`` before the job starts, so
-the comparison uses the config saved in ``summary.json``. ``AGC_SKIP_FINISHED=0`` reruns all.
+the comparison uses the config saved in ``summary.json``. The other jobs run again in their
+directories, replacing what is there. ``trainer.skip_finished=false`` (or
+``analysis.skip_finished``) reruns every job; ``trainer.threads`` (``analysis.threads``)
+pins each job's torch threads.
 """
 
 from __future__ import annotations
@@ -22,11 +25,25 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from agc_pipeline.sinks import to_jsonable
+from agc_pipeline.validation import require_bool, require_int
 
 log = logging.getLogger("agc_pipeline.sweeps")
 
 #: config keys that do not change a run's results (dotted paths)
-IGNORED_KEYS = ("trainer.progress", "analysis.progress")
+IGNORED_KEYS = ("app", "trainer.progress", "analysis.progress", "trainer.skip_finished",
+                "analysis.skip_finished", "trainer.overwrite")
+#: the config sections that hold an app's sweep options (train, analyze)
+SECTIONS = ("trainer", "analysis")
+
+
+def app_option(cfg: DictConfig, key: str, default: Any) -> tuple[str, Any]:
+    """``(dotted name, value)`` of the app's option ``key`` (``trainer.<key>`` or
+    ``analysis.<key>``), ``default`` where the config has none."""
+    for section in SECTIONS:
+        node = cfg.get(section)
+        if isinstance(node, DictConfig) and key in node:
+            return f"{section}.{key}", node[key]
+    return key, default
 
 
 def _normalized(config: Any) -> Any:
@@ -45,9 +62,16 @@ def _normalized(config: Any) -> Any:
 def finished_run(run_dir: Path, config: dict[str, Any], outputs: tuple[str, ...]) -> str | None:
     """Why ``run_dir`` already holds a complete run of ``config`` (None when it does not)."""
     summary_path = Path(run_dir) / "summary.json"
+    if not summary_path.exists():
+        return None
     try:
         summary = json.loads(summary_path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError) as exc:
+        summary = exc
+    if not isinstance(summary, dict):
+        reason = (f"{type(summary).__name__}" if isinstance(summary, Exception)
+                  else "not a JSON object")
+        log.warning("%s is unreadable (%s): running its job again", summary_path, reason)
         return None
     if summary.get("status") != "completed" or "config" not in summary:
         return None
@@ -63,8 +87,9 @@ def finished_run(run_dir: Path, config: dict[str, Any], outputs: tuple[str, ...]
 
 def skip_finished_job(cfg: DictConfig, run_dir: Path, outputs: tuple[str, ...]) -> bool:
     """In a multirun: True (and one log line) when ``run_dir`` already holds this job's
-    complete run. Always False for single runs or with ``AGC_SKIP_FINISHED=0``."""
-    if os.environ.get("AGC_SKIP_FINISHED", "1") == "0":
+    complete run. Always False for single runs or with ``trainer.skip_finished=false``."""
+    name, enabled = app_option(cfg, "skip_finished", True)
+    if not require_bool(enabled, name):
         return False
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return False
@@ -83,16 +108,16 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def limit_threads() -> int | None:
+def limit_threads(cfg: DictConfig | None = None) -> int | None:
     """Set torch's intra-op threads for this job and return the number (None: unchanged).
 
-    ``AGC_TORCH_THREADS=<n>`` wins; otherwise, under the joblib launcher
-    (``hydra/launcher=local``), ``max(1, cores // n_jobs)`` so that parallel jobs do not
-    oversubscribe the cores. torch is only touched when the app has imported it.
+    ``trainer.threads`` (``analysis.threads``) of ``cfg`` wins; otherwise, under the joblib
+    launcher (``hydra/launcher=local``), ``max(1, cores // n_jobs)`` so that parallel jobs do
+    not oversubscribe the cores. torch is only touched when the app has imported it.
     """
-    threads: int | None = None
-    if os.environ.get("AGC_TORCH_THREADS"):
-        threads = max(1, int(os.environ["AGC_TORCH_THREADS"]))
+    name, threads = app_option(cfg, "threads", None) if cfg is not None else ("", None)
+    if threads is not None:
+        threads = require_int(threads, name, minimum=1)
     elif HydraConfig.initialized():
         launcher = HydraConfig.get().launcher
         if "joblib" in str(launcher.get("_target_", "")).lower():

@@ -10,14 +10,19 @@ processes (``trainer=distributed``: a parameter server and n workers on torch.di
 
 Writes ``metrics.jsonl`` (one row per logged iteration), ``summary.json`` and
 ``checkpoint.pt`` in the Hydra run dir; with ``logger=wandb`` also a W&B run (offline by
-default). Exit status: 2 for an impossible configuration, 3 when training diverges (NaN/Inf
-gradient), 130 when interrupted (SIGINT/SIGTERM stop at the end of the iteration); a
-checkpoint is saved in the last two cases. In a multirun a diverged job is reported and the
-sweep goes on (its summary.json says ``"status": "diverged"``).
+default). A run locks its run dir (a second run into it refuses) and refuses a run dir that
+already holds a run unless ``trainer.resume=true`` (continue it) or ``trainer.overwrite=true``
+(replace it); a re-run multirun replaces only its unfinished jobs. Exit status: 2 for an
+impossible configuration, 3 when training diverges (NaN/Inf gradient), 4 when fewer than
+``trainer.min_workers`` distributed workers are alive, 130 when interrupted (SIGINT/SIGTERM
+stop at the end of the iteration); a checkpoint is saved in the last three cases. In a
+multirun a diverged job (or one that lost its workers) is reported and the sweep goes on (its
+summary.json says ``"status": "diverged"`` or ``"workers_lost"``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -34,24 +39,31 @@ from agc_pipeline.build import (
     build_dataset,
     build_decoder,
     build_model,
+    build_optimizer,
+    build_scheduler,
     build_scheme,
     build_straggler,
     build_trainer_settings,
+    refuse_foreign_presets,
+    require_app,
     run_app,
 )
 from agc_pipeline.conf_path import CONFIG_DIR
-from agc_pipeline.errors import require
+from agc_pipeline.errors import ConfigError, require
 from agc_pipeline.provenance import record
 from agc_pipeline.sinks import JsonlSink, MultiSink, make_logger_sink, write_json
 from agc_pipeline.sweeps import limit_threads, skip_finished_job
 from agc_pipeline.training.checkpoint import (
     CHECKPOINT_NAME,
+    RUN_FILES,
+    check_metrics_rows,
     config_differences,
     load_checkpoint,
+    run_dir_lock,
     truncate_metrics,
 )
 from agc_pipeline.training.coded_step import TrainingDiverged
-from agc_pipeline.training.distributed import DistributedSettings, torchrun_env
+from agc_pipeline.training.distributed import DistributedSettings, WorkersLost, torchrun_env
 from agc_pipeline.training.ps import ParameterServer
 from agc_pipeline.training.simulated import (
     SimulatedSettings,
@@ -65,11 +77,17 @@ log = logging.getLogger("agc_pipeline.train")
 RESUMABLE_CHANGES = ("trainer.iterations", "trainer.resume", "trainer.progress",
                      "trainer.log_every", "trainer.eval_every", "trainer.checkpoint_every",
                      "trainer.device", "logger", "trainer.timeout_s", "trainer.startup_timeout_s",
-                     "trainer.start_method", "trainer.fault", "trainer.grad_error")
+                     "trainer.start_method", "trainer.fault", "trainer.grad_error",
+                     "trainer.overwrite", "trainer.threads", "trainer.skip_finished",
+                     "trainer.min_workers", "app")
+#: assignment families for which E[B_F R] = α F is proven (Section VII: BIBDs, strongly
+#: regular graphs, coset graphs, circulant/cyclic assignments); decoder.rescale relies on it
+SYMMETRIC_KINDS = ("bibd", "srg", "coset", "cyclic")
 
 
 def build_trainer(cfg: DictConfig) -> SimulatedTrainer:
     """Every object of the run, built and validated before any training."""
+    require_app(cfg, "train")
     settings = build_trainer_settings(cfg)
     require(isinstance(settings, SimulatedSettings),
             "trainer must be simulated or distributed (a SimulatedSettings target)")
@@ -86,23 +104,38 @@ def build_trainer(cfg: DictConfig) -> SimulatedTrainer:
     straggler = build_straggler(cfg)
     dataset = build_dataset(cfg)
     model = build_model(cfg, dataset)
+    make_optimizer = build_optimizer(cfg)
+    make_scheduler = build_scheduler(cfg, settings.iterations)
     runtime = ParameterServer if isinstance(settings, DistributedSettings) else SimulatedTrainer
-    return runtime(model, dataset, scheme, decoder, straggler, settings, int(cfg.seed))
+    return runtime(model, dataset, scheme, decoder, straggler, settings, int(cfg.seed),
+                   make_optimizer=make_optimizer, make_scheduler=make_scheduler)
 
 
-def run_training(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+def run_training(cfg: DictConfig, out_dir: Path, replace: bool = False) -> dict[str, Any]:
     """Train with ``cfg``; write metrics.jsonl, summary.json and checkpoint.pt in ``out_dir``.
 
-    Returns the summary. Raises ConfigError (bad configuration, before training),
-    TrainingDiverged or TrainingInterrupted (after saving a checkpoint).
+    Holds the lock of ``out_dir`` throughout. A run already in ``out_dir`` is continued
+    (``trainer.resume=true``), replaced (``trainer.overwrite=true``, or ``replace``: the app
+    passes it for multirun jobs, which re-run into their directory only when unfinished or
+    changed) or refused. Returns the summary. Raises ConfigError (bad configuration, before
+    training), TrainingDiverged, TrainingInterrupted or WorkersLost (after a checkpoint).
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    with run_dir_lock(out_dir):
+        return _run_locked(cfg, out_dir, replace, started)
+
+
+def _run_locked(cfg: DictConfig, out_dir: Path, replace: bool,
+                started: float) -> dict[str, Any]:
     trainer = build_trainer(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     metrics, checkpoint = out_dir / "metrics.jsonl", out_dir / CHECKPOINT_NAME
+    for stale in out_dir.glob("rendezvous-*"):  # a killed PS's (the lock: nobody uses it)
+        stale.unlink(missing_ok=True)
     wandb_id = None
+    logged_rows = 0
     resume = trainer.settings.resume
     if resume and not checkpoint.exists():
         require(not metrics.exists(), f"trainer.resume=true but {out_dir} holds metrics.jsonl "
@@ -116,16 +149,20 @@ def run_training(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                    if not key.startswith(RESUMABLE_CHANGES)]
         require(not changed, f"trainer.resume=true: the configuration differs from the "
                              f"checkpoint's in {', '.join(changed)}")
+        done = int(state["iteration"])
+        require(trainer.settings.iterations >= done,
+                f"trainer.resume=true with trainer.iterations={trainer.settings.iterations}, "
+                f"but the checkpoint in {out_dir} is at iteration {done}: a run cannot be "
+                f"shortened (pass trainer.iterations ≥ {done}, or start a new run)")
         trainer.load_state_dict(state)
         wandb_id = state.get("wandb_id")
-        kept = truncate_metrics(metrics, trainer.iteration)
-        log.info("resuming at iteration %d (%d metrics rows kept)", trainer.iteration, kept)
+        logged_rows = truncate_metrics(metrics, trainer.iteration)
+        check_metrics_rows(metrics, logged_rows, state.get("metrics_rows"), done)
+        log.info("resuming at iteration %d (%d metrics rows kept)", done, logged_rows)
     else:
-        alpha = trainer.estimate_alpha()
-        if alpha is not None:
-            log.info("alpha = %.4f ± %.4f (residual %.3g, %d draws)%s", alpha.value,
-                     alpha.stderr, alpha.residual, alpha.samples,
-                     "; dividing the decoded gradient by it" if trainer.decoder.rescale else "")
+        _clear_previous_run(out_dir, replace or trainer.settings.overwrite)
+        trainer.estimate_alpha()
+    _report_alpha(trainer)
     logger_sink = make_logger_sink(cfg.get("logger"), out_dir, config, group=str(cfg.name),
                                    job_type="train", name=_run_name(trainer, cfg),
                                    resume_id=wandb_id)
@@ -134,12 +171,12 @@ def run_training(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     extra = {"config": config, "wandb_id": getattr(run, "id", None)}
     status, error = "running", None
     try:
-        trainer.fit(sink, checkpoint, extra)
+        trainer.fit(sink, checkpoint, extra, logged_rows)
         status = "completed"
     except BaseException as exc:
         status = ("diverged" if isinstance(exc, TrainingDiverged) else
                   "interrupted" if isinstance(exc, TrainingInterrupted | KeyboardInterrupt)
-                  else "failed")
+                  else "workers_lost" if isinstance(exc, WorkersLost) else "failed")
         error = str(exc) or type(exc).__name__
         raise
     finally:
@@ -152,6 +189,48 @@ def run_training(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
              summary["final_train_loss"], "n/a" if test is None else f"{test:.4f}",
              summary["iterations"], summary["seconds"], out_dir)
     return summary
+
+
+def _clear_previous_run(out_dir: Path, replace: bool) -> None:
+    """Refuse a fresh run into a directory that holds a run, unless ``replace``: then delete
+    that run's files (so that the directory never mixes two runs)."""
+    found = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if not found:
+        return
+    if not replace:
+        raise ConfigError(f"{out_dir} already holds a run ({_describe_run(out_dir, found)}): "
+                          "continue it with trainer.resume=true, pass a new hydra.run.dir, or "
+                          "replace it with trainer.overwrite=true")
+    log.warning("replacing the run in %s (%s)", out_dir, _describe_run(out_dir, found))
+    for name in (*found, "workers.json"):
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def _describe_run(out_dir: Path, found: list[str]) -> str:
+    try:
+        summary = json.loads((out_dir / "summary.json").read_text())
+        return f"{summary['status']} after {summary['iterations']} iterations"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ", ".join(found)
+
+
+def _report_alpha(trainer: SimulatedTrainer) -> None:
+    """Log α; warn when ``decoder.rescale`` relies on E[B_F R] = α F where no result of the
+    paper's Section VII proves it (the measured residual says how far off it is)."""
+    alpha = trainer.alpha
+    if alpha is None:
+        return
+    rescale = trainer.decoder.rescale
+    log.info("alpha = %.4f ± %.4f (residual %.3g, %d draws)%s", alpha.value, alpha.stderr,
+             alpha.residual, alpha.samples,
+             "; dividing the decoded gradient by it" if rescale else "")
+    kind = trainer.scheme.assignment.kind
+    if rescale and kind not in SYMMETRIC_KINDS:
+        log.warning("decoder.rescale=true assumes E[B_F R] = alpha F, proven only for "
+                    "symmetric assignments (%s); on this %s assignment the measured residual "
+                    "|E[B_F R] - alpha F| / |F| is %.3g (%d draws): the rescaled gradient is "
+                    "biased by about that much", ", ".join(SYMMETRIC_KINDS), kind,
+                    alpha.residual, alpha.samples)
 
 
 def _run_name(trainer: SimulatedTrainer, cfg: DictConfig) -> str:
@@ -175,6 +254,8 @@ def _summary(trainer: SimulatedTrainer, cfg: DictConfig, config: dict[str, Any],
         "total_bytes_to_ps": tot.bytes_to_ps, "mean_survivors": tot.survivors / done,
         "skipped_iterations": tot.skipped, "mean_grad_error": tot.grad_error / done,
         "alpha": None if trainer.alpha is None else trainer.alpha.as_dict(),
+        # ‖mean(B_F R) − α F‖ / ‖F‖: what decoder.rescale's assumption misses (Section VII)
+        "alpha_residual": None if trainer.alpha is None else trainer.alpha.residual,
         "rescaled": trainer.decoder.rescale,
         "scheme": trainer.scheme.describe(), "assignment": trainer.scheme.assignment.summary(),
         "decoder": {"name": trainer.decoder.name, "rescale": trainer.decoder.rescale},
@@ -195,26 +276,36 @@ def _choices() -> dict[str, Any]:
     if not HydraConfig.initialized():
         return {}
     return {k: v for k, v in HydraConfig.get().runtime.choices.items()
-            if not k.startswith("hydra")}
+            if not k.startswith(("hydra", "preset"))}
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    if skip_finished_job(cfg, out_dir, ("metrics.jsonl",)):
-        return  # a re-run sweep: this job's complete run is already there
-    limit_threads()
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        run_app(lambda: run_training(cfg, out_dir), "agc-train")
+        run_app(lambda: _job(cfg, out_dir, multirun), "agc-train")
     except TrainingDiverged as exc:
         print(f"agc-train: training diverged: {exc} (checkpoint saved in {out_dir})",
               file=sys.stderr)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        if multirun:
             return  # a diverged job is a result of a sweep (summary.json: "diverged")
         raise SystemExit(3) from None
+    except WorkersLost as exc:
+        print(f"agc-train: too few workers: {exc}", file=sys.stderr)
+        if multirun:
+            return  # summary.json: "workers_lost"; re-running the sweep redoes the job
+        raise SystemExit(4) from None
     except TrainingInterrupted as exc:
         print(f"agc-train: interrupted: {exc}", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def _job(cfg: DictConfig, out_dir: Path, multirun: bool) -> dict[str, Any] | None:
+    if skip_finished_job(cfg, out_dir, ("metrics.jsonl",)):
+        return None  # a re-run sweep: this job's complete run is already there
+    limit_threads(cfg)
+    return run_training(cfg, out_dir, replace=multirun)
 
 
 def main() -> None:
@@ -225,6 +316,7 @@ def main() -> None:
         from agc_pipeline.training.worker import run_from_env
 
         raise SystemExit(run_from_env())
+    refuse_foreign_presets("train")
     _hydra_main()
 
 

@@ -27,6 +27,7 @@ import torch
 from agc_pipeline.errors import ConfigError
 from agc_pipeline.train import build_trainer, run_training
 from agc_pipeline.training.checkpoint import load_checkpoint
+from agc_pipeline.training.distributed import WorkersLost
 from agc_pipeline.training.wire import Header, Kind
 from tests.conftest import ROOT, compose_config
 
@@ -122,11 +123,15 @@ def test_exact_codes_equal_the_uncoded_full_batch_run(code: str, tmp_path: Path)
         torch.testing.assert_close(p, q.detach(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("stragglers", ["none", "one_drops"])
+@pytest.mark.parametrize("stragglers", ["none", "one_drops", "minibatch"])
 def test_simulated_and_distributed_runs_are_the_same(stragglers: str, tmp_path: Path) -> None:
-    """Same seeds, same survivor sets: the same parameters after N iterations."""
+    """Same seeds, same survivor sets: the same parameters after N iterations (with
+    minibatches: every worker draws the same samples of its subsets as the simulated PS)."""
     overrides = [*CODE7, *(ONE_DROPS if stragglers == "one_drops" else [])]
     simulated_overrides = [o for o in overrides if not o.startswith("trainer.")]
+    if stragglers == "minibatch":
+        overrides.append("trainer.batch_size=3")
+        simulated_overrides.append("trainer.batch_size=3")
     simulated = run_training(compose_config("train", [*FAST, *simulated_overrides]),
                              tmp_path / "sim")
     summary, out = train(tmp_path / "dist", *overrides)
@@ -266,17 +271,21 @@ def test_bad_messages_are_rejected_as_stragglers(bad: str, tmp_path: Path) -> No
 
 
 def test_workers_exit_when_the_ps_dies_and_the_run_resumes(tmp_path: Path) -> None:
-    """SIGKILL the PS (the app's process) mid-run: every worker exits within seconds; the
-    run then resumes from the PS's last checkpoint with fresh workers."""
-    common = [*FAST, *DIST, *FRC, "trainer.iterations=8", "trainer.checkpoint_every=2",
+    """SIGKILL the PS (the app's process) at iteration 5, long before its first periodic
+    checkpoint (checkpoint_every=100): every worker exits within seconds, no rendezvous file
+    is left, and the run resumes from the checkpoint taken before iteration 0 with fresh
+    workers (the dead PS's run-dir lock is gone with it) to the uninterrupted run's result."""
+    common = [*FAST, *DIST, *FRC, "trainer.iterations=8", "trainer.checkpoint_every=100",
               "trainer.time_scale=0.5", "trainer.timeout_s=20", f"hydra.run.dir={tmp_path}"]
     proc = subprocess.Popen([sys.executable, "-m", "agc_pipeline.train", *common], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         end = time.monotonic() + 90
-        while time.monotonic() < end and not (tmp_path / "checkpoint.pt").exists():
-            time.sleep(0.05)
-        assert (tmp_path / "checkpoint.pt").exists(), "the run never reached a checkpoint"
+        metrics = tmp_path / "metrics.jsonl"
+        while time.monotonic() < end and not (metrics.exists()
+                                              and len(metrics.read_text().splitlines()) >= 5):
+            time.sleep(0.02)
+        assert len(rows(tmp_path)) >= 5, "the run never reached iteration 5"
         pids = [w["pid"] for w in json.loads((tmp_path / "workers.json").read_text())["workers"]]
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
@@ -288,13 +297,65 @@ def test_workers_exit_when_the_ps_dies_and_the_run_resumes(tmp_path: Path) -> No
     finally:
         proc.kill()
         proc.wait()
-    done = len(rows(tmp_path))
-    assert 2 <= done < 8
+    assert 5 <= len(rows(tmp_path)) < 8
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["iteration"] == 0
+    assert not list(tmp_path.glob("rendezvous-*"))
+    (tmp_path / "rendezvous-0123456789ab").write_text("")  # as if killed during start-up
     resumed = run_cli(*common, "trainer.resume=true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     out = rows(tmp_path)
     assert [r["iteration"] for r in out] == list(range(8))
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+    assert not list(tmp_path.glob("rendezvous-*"))
+    # the same run without the kill: the same parameters (FRC is exact; no stragglers)
+    whole = run_cli(*common[:-1], f"hydra.run.dir={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    for p, q in zip(final_params(tmp_path), final_params(tmp_path / "whole"), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_too_few_workers_stop_with_a_checkpoint_and_the_run_resumes(tmp_path: Path) -> None:
+    """trainer.min_workers=4 of n = 4: when worker 1 dies at iteration 2 the app stops with a
+    checkpoint, one clear line and exit status 4 (not a "completed" run that skipped the
+    rest); resumed with fresh workers, it completes."""
+    common = [*FAST, *DIST, *FRC, "trainer.iterations=6", "trainer.wait=all",
+              "trainer.min_workers=4", f"hydra.run.dir={tmp_path}"]
+    proc = run_cli(*common, "trainer.fault.kill_worker=1", "trainer.fault.at_iteration=2")
+    assert proc.returncode == 4, proc.stderr[-3000:]
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("agc-train")]
+    assert "3 of 4 workers alive, fewer than trainer.min_workers = 4 (dead: [1])" in line
+    assert "trainer.resume=true" in line
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "workers_lost" and summary["iterations"] == 2
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["iteration"] == 2
+    assert [r["iteration"] for r in rows(tmp_path)] == [0, 1]
+    resumed = run_cli(*common, "trainer.resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [r["iteration"] for r in rows(tmp_path)] == list(range(6))
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+
+
+def test_no_worker_left_stops_the_run(tmp_path: Path) -> None:
+    """One worker (A = I, n = 1), killed at iteration 3: no iteration can run any more."""
+    with pytest.raises(WorkersLost, match="0 of 1 workers alive"):
+        train(tmp_path, "assignment=identity", "assignment.n=1", "scheme=stack", "m=1",
+              "trainer.iterations=6", "trainer.fault.kill_worker=0",
+              "trainer.fault.at_iteration=3")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "workers_lost" and summary["dead_workers"] == [0]
+    assert summary["iterations"] == 3 and "trainer.min_workers" in summary["error"]
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["iteration"] == 3
+
+
+@pytest.mark.parametrize("log_every,logged", [(1, [0, 1, 2, 3, 4]), (2, [0, 2, 4]),
+                                              (3, [0, 3, 4]), (10, [0, 4])])
+def test_every_log_every_value(log_every: int, logged: list[int], tmp_path: Path) -> None:
+    """Only logged iterations compute the loss; the progress bar shows the last one."""
+    summary, out = train(tmp_path, *FRC, f"trainer.log_every={log_every}",
+                         "trainer.progress=true")
+    assert summary["status"] == "completed" and summary["iterations"] == 5
+    assert [r["iteration"] for r in out] == logged
+    assert all(np.isfinite(r["train_loss"]) for r in out)
 
 
 # ------------------------------------------------------------------------------------------
@@ -338,7 +399,10 @@ def test_configuration_errors_are_one_line_before_any_process(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["trainer.backend=mpi"], "trainer.backend must be gloo or nccl"),
+    (["trainer.backend=mpi"], "trainer.backend must be one of gloo | nccl"),
+    (["trainer.timeout_s=inf"], "trainer.timeout_s must be a finite number"),
+    (["trainer.min_workers=0"], "trainer.min_workers must be a positive integer"),
+    (["trainer.min_workers=5"], "trainer.min_workers=5 but the assignment has only n = 4"),
     (["trainer.wait=deadline"], "trainer.wait=deadline needs trainer.deadline_s"),
     (["straggler=bernoulli", "trainer.straggle=drop"], "trainer.straggle=drop"),
     (["trainer.s=4"], "trainer.s must satisfy"),

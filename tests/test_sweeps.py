@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -114,9 +115,10 @@ def test_slurm_launcher_config() -> None:
 
 
 def run_cli(app: str, *args: str) -> subprocess.CompletedProcess[str]:
+    # AGC_SKIP_FINISHED=0 was once a switch that bypassed the config: it must do nothing
     return subprocess.run([sys.executable, "-m", f"agc_pipeline.{app}", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "AGC_SKIP_FINISHED": "1"})
+                          env={**os.environ, "AGC_SKIP_FINISHED": "0"})
 
 
 TRAIN_SWEEP = ["-m", "dataset=synthetic_logistic", "dataset.n_samples=140", "dataset.dim=5",
@@ -146,6 +148,12 @@ def test_rerun_sweep_skips_finished_jobs_and_reruns_the_rest(tmp_path: Path) -> 
     for job in (0, 1):
         summary = json.loads((sweep / str(job) / "summary.json").read_text())
         assert summary["config"]["trainer"]["lr"] == 0.3 and summary["status"] == "completed"
+    # trainer.skip_finished=false: every job again, each replacing its run
+    fourth = run_cli("train", *TRAIN_SWEEP, "trainer.lr=0.3", "trainer.skip_finished=false",
+                     f"hydra.sweep.dir={sweep}")
+    assert fourth.returncode == 0, fourth.stderr[-2000:]
+    assert "skipping job" not in fourth.stdout + fourth.stderr
+    assert len(rows := (sweep / "0" / "metrics.jsonl").read_text().splitlines()) == 3, rows
 
 
 def test_rerun_analyze_sweep_under_joblib_skips_finished_jobs(tmp_path: Path) -> None:
@@ -183,15 +191,41 @@ def test_finished_run_needs_complete_status_outputs_iterations_and_same_config(
     assert not finished_run(tmp_path, config, outputs)
 
 
-def test_limit_threads_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", "\"completed\"", "\x00\xff"])
+def test_a_corrupt_summary_is_named_and_its_job_runs_again(
+        content: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "summary.json").write_text(content, encoding="latin-1")
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    with caplog.at_level("WARNING", logger="agc_pipeline.sweeps"):
+        assert finished_run(tmp_path, {"seed": 0}, ("metrics.jsonl",)) is None
+    (record,) = caplog.records
+    assert str(tmp_path / "summary.json") in record.getMessage()
+    assert "running its job again" in record.getMessage()
+
+
+def test_limit_threads_from_the_config_not_the_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     before = torch.get_num_threads()
-    monkeypatch.setenv("AGC_TORCH_THREADS", "1")
+    monkeypatch.setenv("AGC_TORCH_THREADS", "1")  # a former switch: ignored
     try:
-        assert limit_threads() == 1 and torch.get_num_threads() == 1
+        assert limit_threads(compose_config("train")) is None  # not under joblib: unchanged
+        assert torch.get_num_threads() == before
+        assert limit_threads(compose_config("train", ["trainer.threads=1"])) == 1
+        assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
-    monkeypatch.delenv("AGC_TORCH_THREADS")
-    assert limit_threads() is None  # not under Hydra's joblib launcher: unchanged
+    assert limit_threads() is None
+
+
+def test_only_the_workers_startup_timeout_is_an_environment_variable() -> None:
+    """Switches that bypass the config are gone; a torchrun worker still needs its rendezvous
+    timeout before it has the config (AGC_STARTUP_TIMEOUT_S). (repro.py only sets the
+    environment of the processes it starts.)"""
+    found = set()
+    for path in (ROOT / "agc_pipeline").rglob("*.py"):
+        if path.name != "repro.py":
+            found |= set(re.findall(r"AGC_[A-Z_]+", path.read_text()))
+    assert found == {"AGC_STARTUP_TIMEOUT_S"}
 
 
 # ------------------------------------------------------------------------------------------

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import pytest
+from hydra import compose, initialize_config_dir
 
 from agc_pipeline.build import (
     build_dataset,
     build_model,
     build_straggler,
     build_trainer_settings,
+    preset_app,
 )
 from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.data import Dataset
+from agc_pipeline.errors import ConfigError
 from agc_pipeline.models import CodedModel
 from agc_pipeline.stragglers import StragglerModel
 from agc_pipeline.train import build_trainer
@@ -89,3 +92,78 @@ def test_fig6_presets(preset: str) -> None:
     stack = build_trainer(compose_config("train", [f"experiment={preset}", "code=stack",
                                                    "trainer.alpha_samples=0"]))
     assert stack.scheme.name == "stack" and stack.n == trainer.n
+
+
+# ------------------------------------------------------------------------------------------
+# every train preset with every option of the groups it sets: swapping a group after a
+# preset works (the preset's values for an option apply only to that option)
+
+TRAIN_PRESETS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")
+                       if preset_app(p.stem) == "train")
+GROUPS = ("assignment", "scheme", "code", "decoder", "dataset", "model", "straggler", "trainer",
+          "optimizer", "scheduler")
+SHRINK = {"mnist": ["dataset.train_size=120", "dataset.test_size=20"],
+          "synthetic_linear": ["dataset.n_samples=150"],
+          "synthetic_logistic": ["dataset.n_samples=150"]}
+#: the genuinely impossible combinations (and what they say): an exact scheme on an
+#: assignment or an m it cannot use, (19) without n = m·k, a regression model or data set
+#: against the other's classification task
+NEEDS_FRACTIONAL = "ce_frc needs assignment=fractional"
+NEEDS_M1 = "needs m = 1"
+NEEDS_MK = "needs n = m·k workers"
+TASKS = {("dataset", "synthetic_linear"): "is a regression data set",
+         ("model", "linear"): "is a regression model"}
+EXACT_ON_M2 = {("scheme", "crc"): NEEDS_M1, ("scheme", "frc"): NEEDS_M1}
+FIG6_CODES = {("code", "ce_frc"): NEEDS_FRACTIONAL, ("code", "crc"): "crc needs assignment=cyclic",
+              ("code", "frc"): "frc needs assignment=fractional",
+              ("scheme", "ce_frc"): NEEDS_FRACTIONAL}
+IMPOSSIBLE = {
+    "fig6_bibd7": {**TASKS, **EXACT_ON_M2, **FIG6_CODES, ("scheme", "hadamard_nullspace"): NEEDS_MK,
+                   ("code", "biregular_hadamard"): NEEDS_MK},
+    "fig6_coset27": {**TASKS, **EXACT_ON_M2, **FIG6_CODES},
+    "compare_codes": {**TASKS, **EXACT_ON_M2, ("scheme", "ce_frc"): NEEDS_FRACTIONAL,
+                      ("scheme", "hadamard_nullspace"): NEEDS_MK},
+    "communication": {**TASKS, **EXACT_ON_M2, ("scheme", "hadamard_nullspace"): NEEDS_MK},
+}
+IMPOSSIBLE["compare_codes_mnist"] = IMPOSSIBLE["compare_codes"]
+
+
+def test_train_presets_are_listed() -> None:
+    assert set(TRAIN_PRESETS) == set(IMPOSSIBLE)
+
+
+@pytest.mark.parametrize("preset", TRAIN_PRESETS)
+def test_every_option_of_every_group_after_a_preset(preset: str) -> None:
+    unexpected = []
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        for group in GROUPS:
+            for option in options(group):
+                dataset = option if group == "dataset" else "mnist"
+                overrides = [f"experiment={preset}", f"{group}={option}",
+                             "trainer.alpha_samples=0", *SHRINK[dataset]]
+                expected = IMPOSSIBLE[preset].get((group, option))
+                try:
+                    build_trainer(compose("train", overrides))
+                except ConfigError as exc:
+                    message = str(exc)
+                    if expected is None or expected not in message or "\n" in message:
+                        unexpected.append(f"{group}={option}: {message}")
+                    continue
+                except Exception as exc:  # noqa: BLE001 - collected, reported below
+                    unexpected.append(f"{group}={option}: {type(exc).__name__}: {exc}")
+                    continue
+                if expected is not None:
+                    unexpected.append(f"{group}={option} builds (expected {expected!r})")
+    assert not unexpected, "\n".join(unexpected)
+
+
+def test_a_swap_drops_only_the_values_of_the_swapped_option() -> None:
+    cfg = compose_config("train", ["experiment=fig6_bibd7", "straggler=none"])
+    assert "q" not in cfg.straggler and cfg.assignment.design == "fano"
+    assert cfg.dataset.train_size == 4000
+    cfg = compose_config("train", ["experiment=fig6_coset27", "scheme=stack"])
+    assert "epsilon" not in cfg.scheme and cfg.assignment.k == 27
+    assert cfg.straggler.q == 0.25
+    cfg = compose_config("train", ["experiment=fig6_coset27", "scheme=random_diagonal",
+                                   "scheme.epsilon=0.2"])
+    assert cfg.scheme.epsilon == 0.2  # a command-line value still wins

@@ -199,7 +199,7 @@ def test_same_seed_gives_bit_identical_metrics(tmp_path: Path) -> None:
     assert a != (tmp_path / "c" / "metrics.jsonl").read_text()
 
 
-RESUME = ["trainer.iterations=10", "trainer.momentum=0.9", "straggler.q=0.3"]
+RESUME = ["trainer.iterations=10", "optimizer.momentum=0.9", "straggler.q=0.3"]
 
 
 def test_interrupted_run_resumes_bit_identically(tmp_path: Path,

@@ -1,15 +1,21 @@
-"""Checkpoints and resumable ``metrics.jsonl`` files.
+"""Run directories: their lock, checkpoints and resumable ``metrics.jsonl`` files.
 
-A checkpoint is written atomically (temporary file + rename), so a run killed at any moment
-leaves either the previous or the new one. On resume, ``metrics.jsonl`` is cut back to the
-complete rows of iterations before the checkpoint's, so that no row appears twice and no
-half-written line survives.
+A run holds an exclusive lock on its run dir (:func:`run_dir_lock`), so two runs never write
+the same files. A checkpoint is written atomically (temporary file + rename), so a run killed
+at any moment leaves either the previous or the new one. On resume, ``metrics.jsonl`` is cut
+back to the complete rows of iterations before the checkpoint's, so that no row appears twice
+and no half-written line survives; rows missing before the checkpoint (a truncated file) are
+an error, not a silent gap (:func:`check_metrics_rows`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +26,38 @@ from agc_pipeline.errors import ConfigError
 CHECKPOINT_NAME = "checkpoint.pt"
 #: checkpoint format version (bumped on incompatible changes)
 CHECKPOINT_VERSION = 1
+#: the lock file of a run dir
+LOCK_NAME = ".run.lock"
+#: the files that make a directory hold a run
+RUN_FILES = ("metrics.jsonl", "summary.json", CHECKPOINT_NAME)
+
+
+class RunDirBusy(ConfigError):
+    """Another process holds the run dir's lock."""
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` (``flock`` on its ``.run.lock``) for the block.
+
+    A second run into the same directory raises :class:`RunDirBusy` at once. The kernel drops
+    the lock when the holder's process ends, however it ends (SIGKILL included), so a killed
+    run never leaves its directory locked.
+    """
+    path = Path(run_dir) / LOCK_NAME
+    with path.open("a+", encoding="utf-8") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            raise RunDirBusy(f"{run_dir} is in use by another run (pid {holder}): wait for it "
+                             "to end, or pass another hydra.run.dir") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        yield  # closing the file releases the lock
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -37,9 +75,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise ConfigError(f"trainer.resume=true but there is no checkpoint {path}; pass "
                           "hydra.run.dir=<the interrupted run's directory>")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is one clear error
-        raise ConfigError(f"cannot read checkpoint {path}: {exc}") from None
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise here
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - any unreadable file is one clear error
+        # not torch's message: it suggests weights_only=False, i.e. running pickled code
+        raise ConfigError(f"cannot read checkpoint {path}: not a checkpoint of this program, "
+                          "or truncated; delete it to start over, or pass another "
+                          "hydra.run.dir") from None
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
         raise ConfigError(f"checkpoint {path} has an unknown format (expected version "
                           f"{CHECKPOINT_VERSION})")
@@ -67,6 +110,18 @@ def truncate_metrics(path: Path, next_iteration: int) -> int:
     tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
     os.replace(tmp, path)
     return len(kept)
+
+
+def check_metrics_rows(path: Path, kept: int, expected: int | None, iteration: int) -> None:
+    """Raise ConfigError unless ``kept`` (the rows of ``path`` before the checkpoint's
+    ``iteration``) equals ``expected`` (the rows logged up to the checkpoint, as it records;
+    None: a checkpoint that does not record it)."""
+    if expected is None or kept == expected:
+        return
+    raise ConfigError(f"trainer.resume=true: {path} holds {kept} rows before iteration "
+                      f"{iteration} but {expected} were logged (truncated or edited?); "
+                      "resuming would leave a gap: restore the file, or start a new run "
+                      "(trainer.overwrite=true or another hydra.run.dir)")
 
 
 def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:

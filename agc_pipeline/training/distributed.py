@@ -28,7 +28,6 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import math
 import multiprocessing
 import os
 import socket
@@ -56,9 +55,16 @@ from agc_pipeline.training.wire import (
     error_text,
     params_message,
 )
+from agc_pipeline.validation import (
+    is_int,
+    require_bool,
+    require_choice,
+    require_finite,
+    require_int,
+)
 
-__all__ = ["Cluster", "DistributedSettings", "FaultSettings", "Timing", "resolve_timing",
-           "torchrun_env"]
+__all__ = ["Cluster", "DistributedSettings", "FaultSettings", "Timing", "WorkersLost",
+           "resolve_timing", "torchrun_env"]
 
 log = logging.getLogger("agc_pipeline.train")
 
@@ -73,13 +79,9 @@ PRELOAD = ("agc_pipeline.training.worker", "agc_pipeline.codes.designs",
 STARTUP_TIMEOUT_ENV = "AGC_STARTUP_TIMEOUT_S"
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _positive(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) \
-        and math.isfinite(value) and value > 0
+class WorkersLost(RuntimeError):
+    """Fewer than ``trainer.min_workers`` workers are alive: the run stops (with a
+    checkpoint) instead of skipping the remaining iterations."""
 
 
 @dataclass
@@ -96,17 +98,14 @@ class FaultSettings:
         """Raise ConfigError for impossible values (worker indices against ``n`` if given)."""
         for name in ("kill_worker", "bad_message_worker"):
             j = getattr(self, name)
-            require(j is None or (_is_int(j) and j >= 0 and (n is None or j < n)),
+            require(j is None or (is_int(j) and j >= 0 and (n is None or j < n)),
                     f"trainer.fault.{name} must be null or a worker index 0..n-1 "
                     f"(got {j!r}{'' if n is None else f', n = {n}'})")
         for name in ("at_iteration", "bad_message_at"):
-            require(_is_int(getattr(self, name)) and getattr(self, name) >= 0,
-                    f"trainer.fault.{name} must be a non-negative integer "
-                    f"(got {getattr(self, name)!r})")
+            require_int(getattr(self, name), f"trainer.fault.{name}", minimum=0)
         if isinstance(self.bad_message, float):  # YAML and Hydra read nan/inf as floats
             self.bad_message = str(self.bad_message)
-        require(self.bad_message in ("nan", "inf", "size"),
-                f"trainer.fault.bad_message must be nan, inf or size (got {self.bad_message!r})")
+        require_choice(self.bad_message, "trainer.fault.bad_message", ("nan", "inf", "size"))
 
 
 @dataclass
@@ -128,42 +127,39 @@ class DistributedSettings(SimulatedSettings):
     time_scale: float | None = None  #: s per time unit; null = straggler.time_scale or 0.1
     straggle: str = "late"  #: fixed-window stragglers: late (sleep longer) | drop (no send)
     timeout_s: float = 60.0  #: a worker silent this long while awaited is dead
+    min_workers: int = 1  #: fewer live workers stop the run (checkpoint, exit status 4)
     startup_timeout_s: float = 300.0  #: rendezvous, configuration and first hello
     grad_error: bool = True  #: the PS computes the true gradient (its copy of the data)
     fault: Any = None  #: FaultSettings or a mapping of its fields
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(self.workers is None or (_is_int(self.workers) and self.workers >= 1),
-                f"trainer.workers must be null or a positive integer (got {self.workers!r})")
-        require(self.backend in ("gloo", "nccl"),
-                f"trainer.backend must be gloo or nccl (got {self.backend!r})")
+        if self.workers is not None:
+            require_int(self.workers, "trainer.workers", minimum=1)
+        require_choice(self.backend, "trainer.backend", ("gloo", "nccl"))
         require(self.backend != "nccl" or torch.cuda.is_available(),
                 "trainer.backend=nccl needs CUDA; use trainer.backend=gloo")
-        require(self.start_method in ("forkserver", "spawn"),
-                f"trainer.start_method must be forkserver or spawn (got {self.start_method!r})")
-        require(self.wait is None or self.wait in WAIT_MODES,
-                f"trainer.wait must be first, deadline or all (got {self.wait!r})")
+        require_choice(self.start_method, "trainer.start_method", ("forkserver", "spawn"))
+        if self.wait is not None:
+            require_choice(self.wait, "trainer.wait", WAIT_MODES)
         if self.wait_for_all:
             require(self.wait in (None, "all"), f"trainer.wait_for_all=true means "
                                                 f"trainer.wait=all (got wait={self.wait})")
             self.wait = "all"
         self.wait_for_all = self.wait == "all"  # α is then estimated with every worker
-        require(self.s is None or (_is_int(self.s) and self.s >= 0),
-                f"trainer.s must be null or a non-negative integer (got {self.s!r})")
-        require(self.deadline_s is None or _positive(self.deadline_s),
-                f"trainer.deadline_s must be null or > 0 (got {self.deadline_s!r})")
-        require(self.time_scale is None or (isinstance(self.time_scale, int | float)
-                                            and math.isfinite(self.time_scale)
-                                            and self.time_scale >= 0),
-                f"trainer.time_scale must be null or ≥ 0 (got {self.time_scale!r})")
-        require(self.straggle in ("late", "drop"),
-                f"trainer.straggle must be late or drop (got {self.straggle!r})")
+        if self.s is not None:
+            require_int(self.s, "trainer.s", minimum=0)
+        if self.deadline_s is not None:
+            require_finite(self.deadline_s, "trainer.deadline_s", minimum=0.0,
+                           strict_minimum=True)
+        if self.time_scale is not None:
+            require_finite(self.time_scale, "trainer.time_scale", minimum=0.0)
+        require_choice(self.straggle, "trainer.straggle", ("late", "drop"))
         for name in ("timeout_s", "startup_timeout_s"):
-            require(_positive(getattr(self, name)),
-                    f"trainer.{name} must be > 0 (got {getattr(self, name)!r})")
-        require(isinstance(self.grad_error, bool),
-                f"trainer.grad_error must be true or false (got {self.grad_error!r})")
+            require_finite(getattr(self, name), f"trainer.{name}", minimum=0.0,
+                           strict_minimum=True)
+        require_int(self.min_workers, "trainer.min_workers", minimum=1)
+        require_bool(self.grad_error, "trainer.grad_error")
         require(self.decode_cost == 0.0 and not self.materialize_messages,
                 "trainer.decode_cost and trainer.materialize_messages are simulated-trainer "
                 "options (the distributed PS measures its decode time; workers always send)")
@@ -331,6 +327,7 @@ class Cluster:
         self.inbox = Inbox(self.transport, self.n, self.dtype, max_length=4 * self.length + 1024)
         self.inbox.start()
         self._await_hellos(s.startup_timeout_s)
+        self._forget_rendezvous()  # every rank is connected: the file is no longer read
         self._write_roster(who[0])
         log.info("%d workers ready in %.1f s (%s launch, %s)", self.n,
                  time.perf_counter() - started, "local" if self.procs else "torchrun",
@@ -392,8 +389,15 @@ class Cluster:
             if proc.is_alive():
                 proc.kill()
                 proc.join(5.0)
+        self._forget_rendezvous()
+
+    def _forget_rendezvous(self) -> None:
+        """Delete the rendezvous file of the local launch (gloo's pairs are connected once
+        every worker said HELLO; a PS killed before that leaves it, and the next run in the
+        run dir deletes it)."""
         if self._rendezvous is not None:
             self._rendezvous.unlink(missing_ok=True)
+            self._rendezvous = None
 
     def _kill(self, workers: list[int]) -> None:
         """SIGKILL workers on this host (spawned here or by a local torchrun)."""

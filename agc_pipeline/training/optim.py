@@ -1,68 +1,85 @@
-"""The PS's optimizer: SGD with optional heavy-ball momentum and weight decay.
+"""The PS's optimizer: any ``torch.optim`` optimizer, an optional schedule and clipping,
+stepped with the flat decoded gradient ĝ, never committing a step that leaves NaN/Inf.
 
-The update rule is ``torch.optim.SGD``'s (dampening 0, no Nesterov):
-``d = ĝ + λ·w``; ``v = d`` at the first step, else ``v = μ·v + d``; ``w ← w − η·v``.
-It is written out because it takes the flat decoded gradient directly, because it never
-commits a step that would leave NaN/Inf in the parameters (the step is computed aside and
-checked first), and because ``torch.optim`` imports ``torch._dynamo`` on first use (seconds
-of start-up on a small CPU, for every job of a sweep).
+``optimizer=sgd`` (``torch.optim.SGD``: lr, momentum, weight_decay; dampening 0, no
+Nesterov) is the default; ``optimizer=adamw`` is ``torch.optim.AdamW``. ``scheduler=`` picks
+a learning-rate schedule (:mod:`agc_pipeline.training.schedules`), stepped once per
+iteration after the update. ``trainer.clip_grad_norm`` rescales ĝ to at most that global
+2-norm before the step. The PS (or the simulated PS) owns this state; it is checkpointed
+with the model so that a resumed run continues bit-identically.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
+__all__ = ["Optimizer"]
 
-class SGD:
-    """SGD on ``params`` with learning rate ``lr``, momentum ``momentum`` and L2 weight decay
-    ``weight_decay`` (the same numbers as ``torch.optim.SGD``)."""
+OptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
-    def __init__(self, params: list[torch.nn.Parameter], lr: float, momentum: float = 0.0,
-                 weight_decay: float = 0.0) -> None:
+
+class Optimizer:
+    """``make_optimizer(params)`` (e.g. a ``functools.partial`` of ``torch.optim.SGD``) with
+    ``make_scheduler(optimizer)`` (or None) and global-norm clipping ``clip_grad_norm``."""
+
+    def __init__(self, params: list[torch.nn.Parameter], make_optimizer: OptimizerFactory,
+                 make_scheduler: SchedulerFactory | None = None,
+                 clip_grad_norm: float | None = None) -> None:
         self.params = list(params)
-        self.lr = float(lr)
-        self.momentum = float(momentum)
-        self.weight_decay = float(weight_decay)
-        self.buffers: list[torch.Tensor] | None = None
+        self.optimizer = make_optimizer(self.params)
+        self.scheduler = make_scheduler(self.optimizer) if make_scheduler else None
+        self.clip_grad_norm = clip_grad_norm
+        self.last_grad_norm: float | None = None
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the next step (first parameter group)."""
+        return float(self.optimizer.param_groups[0]["lr"])
 
     @torch.no_grad()
     def step(self, flat: torch.Tensor) -> bool:
         """Apply the flat d-vector gradient ``flat`` (cast to the parameters' dtype).
 
-        Returns False — and changes nothing — when the step would make a parameter or a
-        momentum buffer NaN/Inf.
+        Returns False — and changes nothing (parameters, optimizer state, schedule) — when
+        the step would make a parameter NaN/Inf.
         """
-        flat = flat.to(self.params[0].dtype)
-        new_params, new_buffers, offset = [], [], 0
-        for i, p in enumerate(self.params):
-            g = flat[offset:offset + p.numel()].view_as(p)
+        # a copy when clipping: clip_grad_norm_ scales the gradients in place
+        flat = flat.to(self.params[0].dtype, copy=self.clip_grad_norm is not None)
+        offset = 0
+        for p in self.params:
+            p.grad = flat[offset:offset + p.numel()].view_as(p)
             offset += p.numel()
-            if self.weight_decay:
-                g = g + self.weight_decay * p
-            if self.momentum:
-                g = g if self.buffers is None else torch.add(g, self.buffers[i],
-                                                             alpha=self.momentum)
-                new_buffers.append(g)
-            new_params.append(torch.add(p, g, alpha=-self.lr))
+        if self.clip_grad_norm is not None:
+            self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(
+                self.params, self.clip_grad_norm, foreach=False))
+        saved = [p.detach().clone() for p in self.params]
+        state = copy.deepcopy(self.optimizer.state_dict())
+        self.optimizer.step()
         # one reduction per tensor: a NaN/Inf anywhere makes its sum non-finite
-        sums = torch.stack([t.sum() for t in (*new_params, *new_buffers)])
-        if not bool(torch.isfinite(sums).all()):
-            return False
-        for p, new in zip(self.params, new_params, strict=True):
-            p.copy_(new)
-        if self.momentum:
-            self.buffers = new_buffers
-        return True
+        sums = torch.stack([p.sum() for p in self.params])
+        ok = bool(torch.isfinite(sums).all())
+        if not ok:
+            for p, old in zip(self.params, saved, strict=True):
+                p.copy_(old)
+            self.optimizer.load_state_dict(state)
+        for p in self.params:
+            p.grad = None
+        if ok and self.scheduler is not None:
+            self.scheduler.step()
+        return ok
 
     def state_dict(self) -> dict[str, Any]:
-        """The momentum buffers (None before the first step or without momentum)."""
-        return {"buffers": None if self.buffers is None else [b.clone() for b in self.buffers]}
+        """Optimizer and schedule state (momentum buffers, Adam moments, step counts)."""
+        return {"optimizer": self.optimizer.state_dict(),
+                "scheduler": None if self.scheduler is None else self.scheduler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`."""
-        buffers = state["buffers"]
-        self.buffers = None if buffers is None else [
-            b.to(device=p.device, dtype=p.dtype) for b, p in zip(buffers, self.params,
-                                                                 strict=True)]
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])

@@ -43,20 +43,19 @@ from agc_pipeline.errors import require
 from agc_pipeline.models import CodedModel
 from agc_pipeline.sinks import Sink
 from agc_pipeline.stragglers import StragglerModel
+from agc_pipeline.training.batches import batch_indices, take
 from agc_pipeline.training.coded_step import (
     TrainingDiverged,
-    apply_weights,
     check_finite,
     combine,
-    from_blocks,
 )
 from agc_pipeline.training.distributed import (
     Cluster,
     DistributedSettings,
+    WorkersLost,
     resolve_timing,
     torchrun_env,
 )
-from agc_pipeline.training.gradients import pack_gradients, partial_gradients
 from agc_pipeline.training.simulated import SimulatedTrainer, Totals
 from agc_pipeline.training.wire import HEADER_BYTES, Arrival, Kind
 
@@ -104,12 +103,16 @@ class ParameterServer(SimulatedTrainer):
     """
 
     def __init__(self, model: CodedModel, dataset: Dataset, scheme: Scheme, decoder: Decoder,
-                 straggler: StragglerModel, settings: DistributedSettings, seed: int) -> None:
-        super().__init__(model, dataset, scheme, decoder, straggler, settings, seed)
+                 straggler: StragglerModel, settings: DistributedSettings, seed: int,
+                 **optimizer: Any) -> None:
+        super().__init__(model, dataset, scheme, decoder, straggler, settings, seed, **optimizer)
         self.settings: DistributedSettings = settings
         require(settings.workers in (None, self.n),
                 f"trainer.workers={settings.workers} but the assignment has n = {self.n} "
                 "workers (leave trainer.workers null, or change the assignment)")
+        require(settings.min_workers <= self.n,
+                f"trainer.min_workers={settings.min_workers} but the assignment has only "
+                f"n = {self.n} workers")
         settings.fault.validate(self.n)
         self.timing = resolve_timing(settings, straggler, self.n)
         self.totals: DistributedTotals = DistributedTotals()
@@ -119,9 +122,11 @@ class ParameterServer(SimulatedTrainer):
 
     # ------------------------------------------------------------------ the loop
 
-    def fit(self, sink: Sink, checkpoint: Path, extra_state: dict[str, Any]) -> None:
+    def fit(self, sink: Sink, checkpoint: Path, extra_state: dict[str, Any],
+            logged_rows: int = 0) -> None:
         """Start the workers, run the remaining iterations (the simulated trainer's loop:
-        logging, checkpoints, graceful stop), stop the workers."""
+        logging, checkpoints, graceful stop), stop the workers. Raises :class:`WorkersLost`
+        (after the checkpoint) when fewer than ``trainer.min_workers`` are alive."""
         config = extra_state.get("config")
         require(isinstance(config, dict), "the distributed trainer needs the run's resolved "
                                           "configuration (extra_state['config'])")
@@ -130,7 +135,7 @@ class ParameterServer(SimulatedTrainer):
         with cluster:
             self.cluster = cluster
             try:
-                super().fit(sink, checkpoint, extra_state)
+                super().fit(sink, checkpoint, extra_state, logged_rows)
             finally:
                 self.cluster = None
                 self._backlog.clear()
@@ -154,11 +159,12 @@ class ParameterServer(SimulatedTrainer):
         if evaluate:
             row.update(self.evaluate())
         logged = t % s.log_every == 0 or t == s.iterations - 1
-        loss, exact = self._metrics() if logged else (None, None)
+        loss, exact = self._metrics(t) if logged else (None, None)
         metrics_time = time.perf_counter() - sent
         b = self.coded.encoding(t)
         got = self._collect(t, start)
         waited = time.perf_counter()
+        self._require_workers(t)
         mask = np.zeros(self.n, dtype=bool)
         mask[sorted(got.accepted)] = True
         estimate, condition, approx = self._decode(b, mask, got)
@@ -186,6 +192,18 @@ class ParameterServer(SimulatedTrainer):
         self.iteration += 1
         return row
 
+    def _require_workers(self, t: int) -> None:
+        """Stop (before iteration t changes anything) when too few workers are alive."""
+        assert self.cluster is not None
+        live, least = len(self.cluster.live), self.settings.min_workers
+        if live >= least:
+            return
+        dead = sorted({e["worker"] for e in self.events if e["event"] == "dead"})
+        raise WorkersLost(
+            f"iteration {t}: {live} of {self.n} workers alive, fewer than trainer.min_workers "
+            f"= {least} (dead: {dead}); stopped at iteration {t} with a checkpoint: continue "
+            "with fresh workers by trainer.resume=true and the same hydra.run.dir")
+
     def _worker_times(self, got: Collected) -> dict[str, float | None]:
         """Means over the accepted messages of what the workers report, and of the
         communication time: round trip minus the worker's busy time."""
@@ -200,16 +218,21 @@ class ParameterServer(SimulatedTrainer):
 
     # ------------------------------------------------------------------ pieces
 
-    def _metrics(self) -> tuple[float, torch.Tensor | None]:
+    def _metrics(self, t: int) -> tuple[float, torch.Tensor | None]:
         """Train loss at the current parameters and, with ``trainer.grad_error``, the true
         gradient Z F (float64), exactly as the simulated trainer computes them."""
+        index = batch_indices(self.seed, t, range(self.k), self.subset_size,
+                              self.settings.batch_size)  # the workers' minibatch
+        x, y = take(self.x, index), take(self.y, index)
+        x, y = x.reshape(-1, *x.shape[2:]), y.reshape(-1, *y.shape[2:])
         if not self.settings.grad_error:
-            return self.train_loss(), None
-        grads, loss = partial_gradients(self.model, self.x, self.y)
-        pack_gradients(grads, 1.0 / self.num_samples, self._z)
-        blocks = self._z.view(self.k, self.m, self.length)
-        exact = from_blocks(apply_weights(blocks, self.coded.target), self.d)
-        return float(loss) / self.num_samples, exact
+            with torch.no_grad():
+                return float(self.model.loss_sum(self.model(x), y)) / self.batch_samples, None
+        params = list(self.model.parameters())
+        loss = self.model.loss_sum(self.model(x), y)
+        grads = torch.autograd.grad(loss, params)
+        exact = torch.cat([g.reshape(-1) for g in grads]).to(torch.float64) / self.batch_samples
+        return float(loss) / self.batch_samples, exact
 
     def _collect(self, t: int, start: float) -> Collected:
         """Take arrivals until the waiting rule is met (see the module docstring)."""

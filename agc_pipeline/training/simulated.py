@@ -28,6 +28,7 @@ after ``straggler_slowdown × compute_time`` plus their communication time.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import signal
 import threading
@@ -43,12 +44,14 @@ from tqdm import tqdm
 
 from agc_pipeline.codes.base import Scheme
 from agc_pipeline.data import Dataset, split_subsets
-from agc_pipeline.decoding import Decoder
+from agc_pipeline.decoding import Decoder, Decoding
 from agc_pipeline.errors import ConfigError, require
 from agc_pipeline.models import CodedModel
 from agc_pipeline.sinks import Sink
 from agc_pipeline.stragglers import StragglerContext, StragglerDraw, StragglerModel, VirtualClock
+from agc_pipeline.training.batches import batch_indices, take
 from agc_pipeline.training.checkpoint import save_checkpoint
+from agc_pipeline.training.coded_gradient import CodedGradient
 from agc_pipeline.training.coded_step import (
     ALPHA_ITERATION_OFFSET,
     AlphaEstimate,
@@ -61,7 +64,8 @@ from agc_pipeline.training.coded_step import (
     survivor_messages,
 )
 from agc_pipeline.training.gradients import pack_gradients, partial_gradients
-from agc_pipeline.training.optim import SGD
+from agc_pipeline.training.optim import Optimizer, OptimizerFactory, SchedulerFactory
+from agc_pipeline.validation import is_number, require_bool, require_finite, require_int
 
 __all__ = ["SimulatedSettings", "SimulatedTrainer", "TrainingInterrupted"]
 
@@ -70,22 +74,17 @@ class TrainingInterrupted(RuntimeError):
     """The run was stopped (SIGINT/SIGTERM) at an iteration boundary; a checkpoint is saved."""
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
 @dataclass
 class SimulatedSettings:
     """``trainer=simulated`` options (``conf/trainer/simulated.yaml``), validated at start."""
 
     iterations: int = 300  #: SGD iterations
     lr: float = 0.1  #: learning rate η
-    momentum: float = 0.0  #: heavy-ball momentum of ``torch.optim.SGD``
-    weight_decay: float = 0.0
     log_every: int = 1  #: one metrics row every this many iterations (and the last)
     eval_every: int = 50  #: test metrics every this many iterations (0: only at the end)
-    checkpoint_every: int = 100  #: checkpoint every this many iterations (0: end/error only)
+    checkpoint_every: int = 100  #: checkpoint every this many iterations (0: start/end/error)
     resume: bool = False  #: continue from ``checkpoint.pt`` in the run dir
+    overwrite: bool = False  #: replace a run already in the run dir (else refuse)
     wait_for_all: bool = False  #: the PS uses every message (uncoded wait-for-all baseline)
     straggler_slowdown: float = 4.0  #: wait_for_all: a straggler's compute time multiplier
     decode_cost: float = 0.0  #: virtual time the PS spends decoding, per iteration
@@ -93,34 +92,37 @@ class SimulatedSettings:
     materialize_messages: bool = False  #: build every worker's message (slower; a check)
     progress: bool = True  #: tqdm progress bar on stderr
     device: str = "cpu"  #: cpu | cuda | cuda:N | auto
+    batch_size: int | None = None  #: samples per data subset per iteration (None: all)
+    coded_gradient: str = "weighted"  #: weighted (one pass) | per_subset (k gradients)
+    grad_error: bool = True  #: also compute the true gradient to log grad_error
+    clip_grad_norm: float | None = None  #: rescale ĝ to at most this global 2-norm
+    threads: int | None = None  #: torch intra-op threads; None: cores // n_jobs under joblib
+    skip_finished: bool = True  #: multirun: skip jobs whose complete run is in their dir
 
     def __post_init__(self) -> None:
         for name in ("iterations", "log_every"):
-            value = getattr(self, name)
-            require(_is_int(value) and value >= 1,
-                    f"trainer.{name} must be a positive integer (got {value!r})")
+            require_int(getattr(self, name), f"trainer.{name}", minimum=1)
         for name in ("eval_every", "checkpoint_every", "alpha_samples"):
-            value = getattr(self, name)
-            require(_is_int(value) and value >= 0,
-                    f"trainer.{name} must be a non-negative integer (got {value!r})")
-        require(_finite(self.lr) and self.lr > 0, f"trainer.lr must be > 0 (got {self.lr!r})")
-        require(_finite(self.momentum) and 0 <= self.momentum < 1,
-                f"trainer.momentum must lie in [0, 1) (got {self.momentum!r})")
-        require(_finite(self.weight_decay) and self.weight_decay >= 0,
-                f"trainer.weight_decay must be ≥ 0 (got {self.weight_decay!r})")
-        require(_finite(self.straggler_slowdown) and self.straggler_slowdown >= 1,
-                f"trainer.straggler_slowdown must be ≥ 1 (got {self.straggler_slowdown!r})")
-        require(_finite(self.decode_cost) and self.decode_cost >= 0,
-                f"trainer.decode_cost must be ≥ 0 (got {self.decode_cost!r})")
-        for name in ("resume", "wait_for_all", "materialize_messages", "progress"):
-            require(isinstance(getattr(self, name), bool),
-                    f"trainer.{name} must be true or false (got {getattr(self, name)!r})")
+            require_int(getattr(self, name), f"trainer.{name}", minimum=0)
+        for name in ("threads", "batch_size"):
+            if getattr(self, name) is not None:
+                require_int(getattr(self, name), f"trainer.{name}", minimum=1)
+        require_finite(self.lr, "trainer.lr", minimum=0.0, strict_minimum=True)
+        require_finite(self.straggler_slowdown, "trainer.straggler_slowdown", minimum=1.0)
+        require_finite(self.decode_cost, "trainer.decode_cost", minimum=0.0)
+        clip = self.clip_grad_norm
+        require(clip is None or (is_number(clip) and math.isfinite(clip) and clip > 0),
+                f"trainer.clip_grad_norm must be a finite number > 0 or null (got {clip!r})")
+        require(self.coded_gradient in ("weighted", "per_subset"),
+                f"trainer.coded_gradient must be weighted or per_subset (got "
+                f"{self.coded_gradient!r})")
+        for name in ("resume", "overwrite", "wait_for_all", "materialize_messages", "progress",
+                     "grad_error", "skip_finished"):
+            require_bool(getattr(self, name), f"trainer.{name}")
+        require(not (self.resume and self.overwrite),
+                "trainer.resume=true and trainer.overwrite=true exclude each other: continue "
+                "the run in the run dir, or replace it")
         self.torch_device = _device(self.device)
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float | np.number) and not isinstance(value, bool) \
-        and math.isfinite(value)
 
 
 def _device(name: Any) -> torch.device:
@@ -169,7 +171,9 @@ class SimulatedTrainer:
     """
 
     def __init__(self, model: CodedModel, dataset: Dataset, scheme: Scheme, decoder: Decoder,
-                 straggler: StragglerModel, settings: SimulatedSettings, seed: int) -> None:
+                 straggler: StragglerModel, settings: SimulatedSettings, seed: int,
+                 make_optimizer: OptimizerFactory | None = None,
+                 make_scheduler: SchedulerFactory | None = None) -> None:
         self.settings = settings
         self.device = settings.torch_device
         self.model = model.to(self.device)
@@ -189,21 +193,36 @@ class SimulatedTrainer:
                 f"model {type(model).__name__} is a {model.task} model but dataset "
                 f"{dataset.name} is a {dataset.task} data set")
         subsets = split_subsets(n_train, self.k, self.seed)
-        self.x = dataset.x_train[subsets].to(self.device)  # (k, b, D)
-        self.y = dataset.y_train[subsets].to(self.device)  # (k, b)
+        self.x = dataset.x_train[subsets].to(self.device)  # (k, |D_i|, …)
+        self.y = dataset.y_train[subsets].to(self.device)  # (k, |D_i|, …)
         self.num_samples = int(subsets.numel())
+        self.subset_size = int(subsets.shape[1])
+        batch = settings.batch_size
+        require(batch is None or batch <= self.subset_size,
+                f"trainer.batch_size={batch} exceeds the {self.subset_size} samples of each "
+                f"data subset (N = {n_train} split into k = {self.k}); use at most "
+                f"{self.subset_size} or null (the whole subset)")
+        #: samples per iteration: k·b (minibatches) or all N
+        self.batch_samples = self.k * (batch or self.subset_size)
         self.x_test = dataset.x_test.to(self.device)
         self.y_test = dataset.y_test.to(self.device)
         self.d = sum(p.numel() for p in model.parameters())
         self.wire_bytes = next(model.parameters()).element_size()
         self.coded = CodedStep(scheme, decoder, self.d, self.seed)
         self.length = self.coded.length
-        #: Z as k rows of m zero-padded blocks, float64, reused every iteration
-        self._z = torch.zeros(self.k, self.m * self.length, dtype=torch.float64,
-                              device=self.device)
+        #: trainer.coded_gradient=per_subset: Z as k rows of m zero-padded blocks, float64
+        self._z: torch.Tensor | None = None
+        self.engine = (CodedGradient(self.model, self.m)
+                       if settings.coded_gradient == "weighted" else None)
+        if self.engine is not None:  # the model contract, on a few samples
+            few = (slice(0, min(self.k, 4)), slice(0, min(self.subset_size, 2)))
+            self.engine.check(self.x[few].reshape(-1, *self.x.shape[2:]),
+                              self.y[few].reshape(-1, *self.y.shape[2:]))
         self.assignment_matrix = a.matrix
-        self.optimizer = SGD(list(model.parameters()), lr=settings.lr,
-                             momentum=settings.momentum, weight_decay=settings.weight_decay)
+        if make_optimizer is None:  # optimizer=sgd's defaults
+            make_optimizer = functools.partial(torch.optim.SGD, lr=settings.lr)
+        self.optimizer = Optimizer(list(model.parameters()), make_optimizer, make_scheduler,
+                                   settings.clip_grad_norm)
         self.clock = VirtualClock(decode_cost=settings.decode_cost)
         self.totals = Totals()
         self.iteration = 0
@@ -270,54 +289,85 @@ class SimulatedTrainer:
     def step(self, evaluate: bool = False) -> dict[str, Any]:
         """Run iteration ``self.iteration``; return its metrics row (at the parameters before
         the update: ``train_loss``, test metrics when ``evaluate``)."""
-        t, m, d = self.iteration, self.m, self.d
+        t, m = self.iteration, self.m
         row: dict[str, Any] = {"iteration": t}
         if evaluate:
             row.update(self.evaluate())
-        grads, loss = partial_gradients(self.model, self.x, self.y)
-        row["train_loss"] = float(loss) / self.num_samples
-        pack_gradients(grads, 1.0 / self.num_samples, self._z)
-        del grads
-        blocks = self._z.view(self.k, m, self.length)  # blocks[i, u] = g_i[u], float64
+        index = batch_indices(self.seed, t, range(self.k), self.subset_size,
+                              self.settings.batch_size)
+        x, y = take(self.x, index), take(self.y, index)
         b = self.coded.encoding(t)
         draw = self._draw(b, t)
         mask = draw.survivors
-        target = self.coded.target
         if mask.any():
             dec = self.coded.decode(b, mask)
-            both = apply_weights(blocks, np.hstack([self.coded.weights(b, dec.r), target]))
-            estimate, exact = from_blocks(both[:m], d), from_blocks(both[m:], d)
-            if self.settings.materialize_messages:
-                msgs = survivor_messages(blocks, b, self.assignment_matrix, mask)
-                estimate = combine(msgs, dec.r[mask], d)
-            if self.decoder.rescale:
-                assert self.alpha is not None, "call estimate_alpha() before training"
-                estimate = estimate / self.alpha.value
+            weights = self.coded.weights(b, dec.r)  # B R, (mk × m)
             condition, approx = dec.condition_number, dec.error
         else:
-            exact = from_blocks(apply_weights(blocks, target), d)
-            estimate = torch.zeros_like(exact)
+            dec, weights = None, np.zeros((self.k * m, m))
             condition, approx = math.inf, self.coded.target_norm2
-        diff2 = float((estimate - exact).square().sum())
-        if not math.isfinite(diff2):  # the only full NaN/Inf scan, when something is off
-            check_finite(estimate, t)
-        norm2 = float(exact.square().sum())
-        error = diff2 / norm2 if norm2 > 0 else math.nan
+        estimate, exact, loss = self._coded_gradient(x, y, b, weights, mask, dec)
+        row["train_loss"] = loss / self.batch_samples
+        if self.decoder.rescale and dec is not None:
+            assert self.alpha is not None, "call estimate_alpha() before training"
+            estimate = estimate / self.alpha.value
+        if exact is None:
+            norm = float(estimate.square().sum())
+            if not math.isfinite(norm):
+                check_finite(estimate, t)
+            error = None
+        else:
+            diff2 = float((estimate.to(exact.dtype) - exact).square().sum())
+            if not math.isfinite(diff2):  # the only full NaN/Inf scan, when something is off
+                check_finite(estimate, t)
+            norm2 = float(exact.square().sum())
+            error = diff2 / norm2 if norm2 > 0 else math.nan
         survivors = int(mask.sum())
         sent = survivors * self.length * self.wire_bytes
         pending = _Pending(self.clock.virtual_time, Totals(**asdict(self.totals)), estimate)
-        pending.virtual_time += draw.iteration_time + self.clock.decode_cost
+        pending.virtual_time = self.clock.after(draw)
         tot = pending.totals
         tot.iterations, tot.survivors = t + 1, tot.survivors + survivors
         tot.bytes_to_ps += sent
         tot.skipped += int(survivors == 0)
-        tot.grad_error += error if math.isfinite(error) else 0.0
+        tot.grad_error += error if error is not None and math.isfinite(error) else 0.0
         row.update(grad_error=error, survivors=survivors, bytes_to_ps=sent,
                    total_bytes_to_ps=tot.bytes_to_ps, virtual_time=pending.virtual_time,
                    iteration_time=float(draw.iteration_time), decode_condition=condition,
                    approx_error=float(approx), skipped=survivors == 0)
         self._commit(pending, update=survivors > 0)
         return row
+
+    def _coded_gradient(self, x: torch.Tensor, y: torch.Tensor, b: np.ndarray,
+                        weights: np.ndarray, mask: np.ndarray, dec: Decoding | None,
+                        ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+        """``(ĝ, g, loss)`` for the minibatch ``x, y`` (k, b, …): the estimate Z (B R) with
+        ``weights`` = B R, the true gradient g (None unless ``trainer.grad_error``) and the
+        summed loss. ``trainer.coded_gradient=weighted`` forms them in one pass
+        (:class:`CodedGradient`); ``per_subset`` forms the k partial gradients in float64
+        first (the reference, and the path of ``materialize_messages``)."""
+        m, d, scale = self.m, self.d, 1.0 / self.batch_samples
+        want_exact = self.settings.grad_error
+        if self.engine is not None and not self.settings.materialize_messages:
+            per = x.shape[1]
+            subset = torch.arange(self.k, device=self.device).repeat_interleave(per)
+            coef = np.asarray(weights).reshape(m, self.k, m) * scale
+            res = self.engine(x.reshape(-1, *x.shape[2:]), y.reshape(-1, *y.shape[2:]), subset,
+                              coef, plain_weight=scale if want_exact else None)
+            return res.blocks.reshape(-1)[:d], res.plain, res.loss
+        grads, loss = partial_gradients(self.model, x, y)
+        if self._z is None:
+            self._z = torch.zeros(self.k, m * self.length, dtype=torch.float64,
+                                  device=self.device)
+        pack_gradients(grads, scale, self._z)
+        del grads
+        blocks = self._z.view(self.k, m, self.length)  # blocks[i, u] = g_i[u], float64
+        both = apply_weights(blocks, np.hstack([weights, self.coded.target]))
+        estimate, exact = from_blocks(both[:m], d), from_blocks(both[m:], d)
+        if self.settings.materialize_messages and dec is not None:
+            msgs = survivor_messages(blocks, b, self.assignment_matrix, mask)
+            estimate = combine(msgs, dec.r[mask], d)
+        return estimate, exact, float(loss)
 
     def _commit(self, pending: _Pending, update: bool) -> None:
         """Apply one iteration's changes together (nothing before this mutates state).
@@ -359,15 +409,20 @@ class SimulatedTrainer:
 
     # ---------------------------------------------------------------------------- loop
 
-    def fit(self, sink: Sink, checkpoint: Path, extra_state: dict[str, Any]) -> None:
+    def fit(self, sink: Sink, checkpoint: Path, extra_state: dict[str, Any],
+            logged_rows: int = 0) -> None:
         """Run the remaining iterations, logging rows to ``sink`` and checkpointing to
-        ``checkpoint`` (every ``checkpoint_every`` iterations, at the end and on any error or
-        interruption, always the state after the last completed iteration)."""
+        ``checkpoint``: before the first iteration (a run killed at any point can be resumed),
+        every ``checkpoint_every`` iterations, at the end and on any error or interruption.
+        A checkpoint always holds the state after the last completed iteration and the number
+        of metrics rows logged up to it (``logged_rows`` of them before this call)."""
         s = self.settings
+        rows = logged_rows
         bar = tqdm(total=s.iterations, initial=self.iteration, disable=not s.progress,
                    desc="train", unit="it", dynamic_ncols=True)
         self._lap = time.perf_counter()
         try:
+            self._save(checkpoint, extra_state, rows)
             with _graceful_stop(self):
                 while self.iteration < s.iterations:
                     t = self.iteration
@@ -375,23 +430,25 @@ class SimulatedTrainer:
                     row = self.step(evaluate=evaluate)
                     if t % s.log_every == 0 or t == s.iterations - 1 or row["skipped"]:
                         sink.log(row, step=t)
-                    bar.set_postfix(loss=f"{row['train_loss']:.4f}", refresh=False)
+                        rows += 1
+                    if row.get("train_loss") is not None:  # the distributed PS: logged rows
+                        bar.set_postfix(loss=f"{row['train_loss']:.4f}", refresh=False)
                     bar.update(1)
                     if s.checkpoint_every and self.iteration % s.checkpoint_every == 0:
-                        self._save(checkpoint, extra_state)
+                        self._save(checkpoint, extra_state, rows)
                     if self._stop_requested:
                         raise TrainingInterrupted(
                             f"stopped after iteration {t} (checkpoint {checkpoint}); continue "
                             "with trainer.resume=true and the same hydra.run.dir")
         finally:
             bar.close()
-            self._save(checkpoint, extra_state)
+            self._save(checkpoint, extra_state, rows)
 
-    def _save(self, path: Path, extra_state: dict[str, Any]) -> None:
+    def _save(self, path: Path, extra_state: dict[str, Any], rows: int) -> None:
         now = time.perf_counter()
         self.totals.seconds += now - self._lap
         self._lap = now
-        save_checkpoint(path, {**self.state_dict(), **extra_state})
+        save_checkpoint(path, {**self.state_dict(), "metrics_rows": rows, **extra_state})
 
 
 @contextlib.contextmanager

@@ -34,6 +34,8 @@ from agc_pipeline.build import (
 )
 from agc_pipeline.data import split_subsets
 from agc_pipeline.stragglers import Delay, StragglerContext
+from agc_pipeline.training.batches import batch_indices, take
+from agc_pipeline.training.coded_gradient import CodedGradient
 from agc_pipeline.training.coded_step import (
     CodedStep,
     held_subsets,
@@ -92,15 +94,20 @@ class Worker:
         rows = torch.as_tensor(self.held)
         self.x = dataset.x_train[subsets[rows]].to(self.device)  # (h, b, D): only its own
         self.y = dataset.y_train[subsets[rows]].to(self.device)
-        self.num_samples = int(subsets.numel())  # N of g_i = ∇loss_sum(D_i)/N
+        self.subset_size = int(subsets.shape[1])
+        self.seed = seed
+        #: N of g_i = ∇loss_sum(D_i)/N: all samples of the iteration, over the k subsets
+        self.num_samples = self.k * (settings.batch_size or self.subset_size)
         del dataset
         self.params = list(self.model.parameters())
         self.d = sum(p.numel() for p in self.params)
         self.dtype = self.params[0].dtype
         self.coded = CodedStep(scheme, self.decoder, self.d, seed)
         self.length = self.coded.length
-        self.z = torch.zeros(len(self.held), self.m * self.length, dtype=torch.float64,
-                             device=self.device)
+        self.engine = (CodedGradient(self.model, self.m)
+                       if settings.coded_gradient == "weighted" else None)
+        self.local = torch.arange(len(self.held), device=self.device)
+        self.z: torch.Tensor | None = None  # per_subset: the held partial gradients, float64
 
     # ---------------------------------------------------------------- one iteration
 
@@ -108,11 +115,24 @@ class Worker:
         """``(message, compute seconds, encode seconds)`` at parameters ``flat``."""
         start = time.perf_counter()
         torch.nn.utils.vector_to_parameters(flat.to(self.device), self.params)
-        grads, _ = partial_gradients(self.model, self.x, self.y)
-        pack_gradients(grads, 1.0 / self.num_samples, self.z)
-        encode = time.perf_counter()
+        index = batch_indices(self.seed, t, self.held, self.subset_size,
+                              self.settings.batch_size)
+        x, y = take(self.x, index), take(self.y, index)
         b = self.coded.encoding(t)
         coefficients = worker_coefficients(b, self.k, self.m, self.j, self.held)
+        if self.engine is not None:  # one weighted backward: the message directly (eq. (1))
+            coef = coefficients[:, :, None] / self.num_samples  # (m, h, 1)
+            subset = self.local.repeat_interleave(x.shape[1])
+            res = self.engine(x.reshape(-1, *x.shape[2:]), y.reshape(-1, *y.shape[2:]),
+                              subset, coef)
+            done = time.perf_counter()
+            return res.blocks[0], done - start, 0.0
+        grads, _ = partial_gradients(self.model, x, y)
+        if self.z is None:
+            self.z = torch.zeros(len(self.held), self.m * self.length, dtype=torch.float64,
+                                 device=self.device)
+        pack_gradients(grads, 1.0 / self.num_samples, self.z)
+        encode = time.perf_counter()
         blocks = self.z.view(len(self.held), self.m, self.length)
         message = worker_message(blocks, coefficients).to(self.dtype)
         done = time.perf_counter()

@@ -1,0 +1,173 @@
+"""A coded iteration of the simulated trainer against a plain minibatch step, side by side.
+
+    python bench/bench_coded_gradient.py            # GPT at d ≈ 1M and ≈ 10M, k ∈ {7, 27, 91}
+    python bench/bench_coded_gradient.py --quick    # d ≈ 1M only, fewer repeats
+    python bench/bench_coded_gradient.py --models gpt_1m mlp_1m
+
+For each model and each k (the Fano plane, the (27,2,5) coset graph and PG(2,9): k = 7, 27,
+91 data subsets; construction (7), m = 2, optimal decoding, Bernoulli q = 0.25) the script
+builds the train app's simulated trainer with ``trainer.batch_size=b`` and measures, in one
+process and interleaved:
+
+* **coded**: ``trainer.step()`` — minibatch of b samples from every subset, encoder draw,
+  straggler draw, decoding, ĝ = Z (B R) by the one-pass weighted coded gradient
+  (``trainer.coded_gradient=weighted``, ``trainer.grad_error=false``) and the optimizer step;
+* **plain**: what a user would run instead on the same k·b samples: ``zero_grad``, forward,
+  backward of the mean loss and ``torch.optim.SGD.step`` on an identical model.
+
+Peak memory of each (the rise of the process's peak RSS over one step after a warm-up,
+measured in a fresh child process each) is printed beside the times. Targets (issue 8):
+coded ≤ 1.3× plain at every k, peak memory ≤ 2× plain. The exit status is 1 if a target is
+missed; the last line summarises the worst ratios. Quote the load (``uptime``) with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+from hydra import compose, initialize_config_dir
+
+from agc_pipeline.conf_path import CONFIG_DIR
+from agc_pipeline.train import build_trainer
+
+TIME_TARGET = 1.3
+MEMORY_TARGET = 2.0
+
+#: k → the assignment (all with construction (7), m = 2)
+DESIGNS = {
+    7: ["assignment=bibd", "assignment.design=fano"],
+    27: ["assignment=coset", "assignment.k=27", "assignment.delta=5", "assignment.m=2",
+         "scheme.epsilon=0.1"],
+    91: ["assignment=bibd", "assignment.design=projective_plane", "assignment.q=9"],
+}
+
+#: model name → (overrides, samples per subset b)
+MODELS = {
+    "gpt_1m": (["dataset=text", "model=gpt", "model.layers=4", "model.width=128",
+                "model.heads=4", "model.context=32"], 4),
+    "gpt_10m": (["dataset=text", "model=gpt", "model.layers=6", "model.width=368",
+                 "model.heads=8", "model.context=16"], 1),
+    "mlp_1m": (["model=mlp", "model.hidden=1270"], 16),
+}
+
+
+def overrides_for(model: str, k: int) -> list[str]:
+    extra, batch = MODELS[model]
+    return [*DESIGNS[k], "scheme=random_diagonal", "m=2", "straggler=bernoulli",
+            "straggler.q=0.25", "decoder=optimal", *extra, f"trainer.batch_size={batch}",
+            "trainer.coded_gradient=weighted", "trainer.grad_error=false",
+            "trainer.alpha_samples=0", "trainer.progress=false", "trainer.lr=0.01"]
+
+
+def build(model: str, k: int):  # noqa: ANN201 - (trainer, plain step)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides_for(model, k))
+    trainer = build_trainer(cfg)
+    plain_model = copy.deepcopy(trainer.model)
+    optimizer = torch.optim.SGD(plain_model.parameters(), lr=0.01)
+    state = {"t": 0}
+
+    def plain_step() -> None:
+        # the same k·b samples the coded iteration takes (its next minibatch)
+        from agc_pipeline.training.batches import batch_indices, take
+
+        index = batch_indices(trainer.seed, state["t"], range(trainer.k), trainer.subset_size,
+                              trainer.settings.batch_size)
+        x, y = take(trainer.x, index), take(trainer.y, index)
+        x, y = x.reshape(-1, *x.shape[2:]), y.reshape(-1, *y.shape[2:])
+        optimizer.zero_grad(set_to_none=True)
+        (plain_model.loss_sum(plain_model(x), y) / x.shape[0]).backward()
+        optimizer.step()
+        state["t"] += 1
+
+    return trainer, plain_step
+
+
+def _rss_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1])
+    return 0
+
+
+def memory_child(model: str, k: int, which: str) -> None:
+    """In a fresh process: the rise of peak RSS over one step (after a warm-up step)."""
+    trainer, plain_step = build(model, k)
+    step = plain_step if which == "plain" else trainer.step
+    step()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
+    before = _rss_kb("VmRSS:")
+    step()
+    print(json.dumps({"peak_mb": (_rss_kb("VmHWM:") - before) / 1024}))
+
+
+def peak_mb(model: str, k: int, which: str) -> float:
+    out = subprocess.run([sys.executable, __file__, "--memory-child", model, str(k), which],
+                         capture_output=True, text=True, check=True, timeout=900)
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"])
+
+
+def side_by_side(model: str, k: int, repeats: int) -> tuple[float, float, float, int]:
+    trainer, plain_step = build(model, k)
+    for _ in range(2):  # warm-up
+        plain_step()
+        trainer.step()
+    plain, coded = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        plain_step()
+        t1 = time.perf_counter()
+        trainer.step()
+        t2 = time.perf_counter()
+        plain.append(t1 - t0)
+        coded.append(t2 - t1)
+    return statistics.median(plain), statistics.median(coded), trainer.d, trainer.batch_samples
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="d ≈ 1M only, 5 repeats")
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=None)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--memory-child", nargs=3, metavar=("MODEL", "K", "WHICH"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        model, k, which = args.memory_child
+        memory_child(model, int(k), which)
+        return 0
+    models = args.models or (["gpt_1m"] if args.quick else ["gpt_1m", "gpt_10m"])
+    repeats = args.repeats or (5 if args.quick else 9)
+    print(f"load: {os.getloadavg()[0]:.2f} (1-min average), torch threads "
+          f"{torch.get_num_threads()}, {repeats} interleaved repeats, medians")
+    print(f"{'model':<8} {'d':>10} {'k':>3} {'samples':>7} {'plain ms':>9} {'coded ms':>9} "
+          f"{'time x':>6} {'plain MB':>8} {'coded MB':>8} {'mem x':>6}")
+    worst_time = worst_memory = 0.0
+    for model in models:
+        for k in DESIGNS:
+            plain, coded, d, samples = side_by_side(model, k, repeats)
+            mem_plain, mem_coded = peak_mb(model, k, "plain"), peak_mb(model, k, "coded")
+            ratio, mem_ratio = coded / plain, mem_coded / max(mem_plain, 1e-9)
+            worst_time, worst_memory = max(worst_time, ratio), max(worst_memory, mem_ratio)
+            print(f"{model:<8} {d:>10,} {k:>3} {samples:>7} {plain * 1e3:>9.1f} "
+                  f"{coded * 1e3:>9.1f} {ratio:>6.2f} {mem_plain:>8.1f} {mem_coded:>8.1f} "
+                  f"{mem_ratio:>6.2f}", flush=True)
+    ok = worst_time <= TIME_TARGET and worst_memory <= MEMORY_TARGET
+    print(f"coded vs plain step: worst time ratio {worst_time:.2f} (target ≤ {TIME_TARGET}), "
+          f"worst peak-memory ratio {worst_memory:.2f} (target ≤ {MEMORY_TARGET}): "
+          f"{'OK' if ok else 'MISSED'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""The one-pass coded gradient (training/coded_gradient.py) against the k partial gradients.
+
+Eqs. (1)–(2): block u of Σ_i C[u, i, v] g_i must be what the engine returns, for any
+coefficients, any m (block boundaries inside layers), Linear/Conv/GroupNorm/LayerNorm/
+Embedding/attention modules, and the plain gradient on the side.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from agc_pipeline.errors import ConfigError
+from agc_pipeline.training.coded_gradient import CodedGradient
+
+
+class _Model(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def loss_sum(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1),
+                               reduction="sum")
+
+
+class _AddPosition(nn.Module):
+    def __init__(self, t: int, c: int) -> None:
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(t, c) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.pos[: x.shape[1]]
+
+
+class _Attention(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.norm, self.qkv, self.proj = nn.LayerNorm(c), nn.Linear(c, 3 * c), nn.Linear(c, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(self.norm(x)).chunk(3, dim=-1)
+        a = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None], is_causal=True)
+        return x + self.proj(a[:, 0])
+
+
+def _mlp() -> tuple[nn.Module, callable]:
+    net = nn.Sequential(nn.Flatten(), nn.Linear(36, 16), nn.ReLU(), nn.Linear(16, 5))
+    return _Model(net), lambda n, g: (torch.randn(n, 1, 6, 6, generator=g),
+                                      torch.randint(0, 5, (n,), generator=g))
+
+
+def _cnn() -> tuple[nn.Module, callable]:
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.ReLU(),
+                        nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(4, 5))
+    return _Model(net), lambda n, g: (torch.randn(n, 1, 8, 8, generator=g),
+                                      torch.randint(0, 5, (n,), generator=g))
+
+
+def _transformer() -> tuple[nn.Module, callable]:
+    net = nn.Sequential(nn.Embedding(11, 8), _AddPosition(6, 8), _Attention(8),
+                        nn.LayerNorm(8), nn.Linear(8, 11))
+    return _Model(net), lambda n, g: (torch.randint(0, 11, (n, 6), generator=g),
+                                      torch.randint(0, 11, (n, 6), generator=g))
+
+
+def _reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, subset: torch.Tensor,
+               k: int, m: int, coef: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ_u Σ_i C[u, i, v] g_i[u] from k separate autograd gradients, in float64."""
+    rows = []
+    for i in range(k):
+        model.zero_grad()
+        model.loss_sum(model(x[subset == i]), y[subset == i]).backward()
+        rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]).double())
+    g = torch.stack(rows)
+    d = g.shape[1]
+    length = -(-d // m)
+    z = torch.zeros(k, m * length, dtype=torch.float64)
+    z[:, :d] = g
+    out = torch.einsum("kul,ukv->vl", z.view(k, m, length), torch.as_tensor(coef))
+    return out, g.sum(0)
+
+
+@pytest.mark.parametrize("build", [_mlp, _cnn, _transformer], ids=["mlp", "cnn", "transformer"])
+@pytest.mark.parametrize("m", [1, 2, 3])
+def test_weighted_equals_the_partial_gradient_combination(build: callable, m: int) -> None:
+    torch.manual_seed(0)
+    model, data = build()
+    gen = torch.Generator().manual_seed(1)
+    k, b = 5, 3
+    x, y = data(k * b, gen)
+    subset = torch.arange(k).repeat_interleave(b)
+    engine = CodedGradient(model, m)
+    coef = np.random.default_rng(2).normal(size=(m, k, 2))
+    ref, plain = _reference(model, x, y, subset, k, m, coef)
+    res = engine(x, y, subset, coef, plain_weight=1.0)
+    assert res.blocks.shape == (2, engine.length)
+    rel = float((res.blocks.double() - ref).norm() / ref.norm())
+    assert rel < 1e-5
+    assert float((res.plain.double() - plain).norm() / plain.norm()) < 1e-5
+    assert res.loss == pytest.approx(float(model.loss_sum(model(x), y).detach()), rel=1e-5)
+    engine.check(x, y)  # the contract holds
+
+
+def test_block_boundary_inside_a_weight_matrix() -> None:
+    """d = 36·16 + 16 + 16·5 + 5 = 677; with m = 2 the boundary (339) cuts the first
+    weight matrix mid-row: both halves must land in their own block."""
+    model, data = _mlp()
+    engine = CodedGradient(model, 2)
+    first = engine._params[id(model.net[1].weight)]
+    assert [s.block for s in first.segments] == [0, 1]
+    x, y = data(4, torch.Generator().manual_seed(0))
+    subset = torch.tensor([0, 0, 1, 1])
+    coef = np.zeros((2, 2, 1))
+    coef[1, :, 0] = 1.0  # only block 1 of each gradient, summed: the second half of g
+    res = engine(x, y, subset, coef, plain_weight=1.0)
+    half = res.plain[engine.length:]
+    assert torch.allclose(res.blocks[0, :half.numel()], half, rtol=1e-5, atol=1e-7)
+
+
+def test_batchnorm_is_refused_with_one_line() -> None:
+    model = _Model(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten()))
+    with pytest.raises(ConfigError, match="BatchNorm2d mixes the samples.*per_subset"):
+        CodedGradient(model, 2)
+
+
+def test_a_tied_weight_read_by_another_module_is_detected() -> None:
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(7, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.emb(x) @ self.emb.weight.T  # the head reads emb.weight outside emb
+
+        def loss_sum(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(outputs.reshape(-1, 7), targets.reshape(-1), reduction="sum")
+
+    engine = CodedGradient(Tied(), 1)
+    x = torch.randint(0, 7, (3, 5))
+    with pytest.raises(ConfigError, match="'emb.weight' is not formed inside the module"):
+        engine.check(x, x)
+
+
+def test_a_module_whose_output_is_not_batch_first_is_refused() -> None:
+    class Position(nn.Module):  # returns (T, C): dim 0 is not the sample
+        def __init__(self) -> None:
+            super().__init__()
+            self.pos = nn.Parameter(torch.zeros(5, 4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.pos[: x.shape[1]]
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.pos, self.head = nn.Embedding(7, 4), Position(), nn.Linear(4, 7)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.emb(x) + self.pos(x))
+
+        def loss_sum(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(outputs.reshape(-1, 7), targets.reshape(-1), reduction="sum")
+
+    engine = CodedGradient(Model(), 2)
+    x = torch.randint(0, 7, (3, 5))
+    with pytest.raises(ConfigError, match="Position returned shape \\(5, 4\\) for a batch of 3"):
+        engine(x, x, torch.zeros(3, dtype=torch.long), np.ones((2, 1, 1)))
