@@ -280,10 +280,10 @@ class Group:
         rows = [r for run in self.runs for r in run.rows]
         has_wall = any(r.get("wall_time") is not None for r in rows)
         has_virtual = any(r.get("virtual_time") is not None for r in rows)
-        distributed = any("distributed" in str(((run.summary.get("config") or {})
-                                                .get("trainer") or {}).get("_target_", ""))
-                          for run in self.runs)
-        return "wall_time" if has_wall and (distributed or not has_virtual) else "virtual_time"
+        # runtimes that measure real time (summary.json "runtime"; the simulated one says
+        # "simulated" and keeps a virtual clock)
+        measured = any(run.summary.get("runtime") not in (None, "simulated") for run in self.runs)
+        return "wall_time" if has_wall and (measured or not has_virtual) else "virtual_time"
 
     def series(self, run: Run, key: str) -> dict[int, float]:
         """Iteration → value of ``key`` in ``run``'s rows. ``time`` (the group's

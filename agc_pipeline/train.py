@@ -32,6 +32,7 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from agc_pipeline.build import (
@@ -63,13 +64,11 @@ from agc_pipeline.training.checkpoint import (
     truncate_metrics,
 )
 from agc_pipeline.training.coded_step import TrainingDiverged
-from agc_pipeline.training.distributed import DistributedSettings, WorkersLost, torchrun_env
-from agc_pipeline.training.ps import ParameterServer
-from agc_pipeline.training.simulated import (
-    SimulatedSettings,
-    SimulatedTrainer,
-    TrainingInterrupted,
-)
+from agc_pipeline.training.core import CodedTraining
+from agc_pipeline.training.distributed import WorkersLost, torchrun_env
+from agc_pipeline.training.loop import TrainingInterrupted, fit
+from agc_pipeline.training.runtime import Runtime
+from agc_pipeline.training.settings import TrainerSettings
 
 log = logging.getLogger("agc_pipeline.train")
 
@@ -85,12 +84,14 @@ RESUMABLE_CHANGES = ("trainer.iterations", "trainer.resume", "trainer.progress",
 SYMMETRIC_KINDS = ("bibd", "srg", "coset", "cyclic")
 
 
-def build_trainer(cfg: DictConfig) -> SimulatedTrainer:
-    """Every object of the run, built and validated before any training."""
+def build_trainer(cfg: DictConfig) -> Runtime:
+    """Every object of the run, built and validated before any training: the shared state
+    (:class:`CodedTraining`) inside the runtime that ``trainer=`` names."""
     require_app(cfg, "train")
     settings = build_trainer_settings(cfg)
-    require(isinstance(settings, SimulatedSettings),
-            "trainer must be simulated or distributed (a SimulatedSettings target)")
+    require(isinstance(settings, TrainerSettings) and settings.runtime,
+            "trainer must name a runtime (a TrainerSettings target with a runtime class, e.g. "
+            "trainer=simulated or trainer=distributed)")
     m = cfg.m
     require(isinstance(m, int) and not isinstance(m, bool) and m >= 1,
             f"m must be a positive integer (got {m!r})")
@@ -106,9 +107,9 @@ def build_trainer(cfg: DictConfig) -> SimulatedTrainer:
     model = build_model(cfg, dataset)
     make_optimizer = build_optimizer(cfg)
     make_scheduler = build_scheduler(cfg, settings.iterations)
-    runtime = ParameterServer if isinstance(settings, DistributedSettings) else SimulatedTrainer
-    return runtime(model, dataset, scheme, decoder, straggler, settings, int(cfg.seed),
-                   make_optimizer=make_optimizer, make_scheduler=make_scheduler)
+    core = CodedTraining(model, dataset, scheme, decoder, straggler, settings, int(cfg.seed),
+                         make_optimizer=make_optimizer, make_scheduler=make_scheduler)
+    return get_class(settings.runtime)(core)
 
 
 def run_training(cfg: DictConfig, out_dir: Path, replace: bool = False) -> dict[str, Any]:
@@ -129,7 +130,8 @@ def run_training(cfg: DictConfig, out_dir: Path, replace: bool = False) -> dict[
 
 def _run_locked(cfg: DictConfig, out_dir: Path, replace: bool,
                 started: float) -> dict[str, Any]:
-    trainer = build_trainer(cfg)
+    runtime = build_trainer(cfg)
+    trainer = runtime.core
     config = OmegaConf.to_container(cfg, resolve=True)
     metrics, checkpoint = out_dir / "metrics.jsonl", out_dir / CHECKPOINT_NAME
     for stale in out_dir.glob("rendezvous-*"):  # a killed PS's (the lock: nobody uses it)
@@ -154,7 +156,7 @@ def _run_locked(cfg: DictConfig, out_dir: Path, replace: bool,
                 f"trainer.resume=true with trainer.iterations={trainer.settings.iterations}, "
                 f"but the checkpoint in {out_dir} is at iteration {done}: a run cannot be "
                 f"shortened (pass trainer.iterations ≥ {done}, or start a new run)")
-        trainer.load_state_dict(state)
+        runtime.load_state_dict(state)
         wandb_id = state.get("wandb_id")
         logged_rows = truncate_metrics(metrics, trainer.iteration)
         check_metrics_rows(metrics, logged_rows, state.get("metrics_rows"), done)
@@ -171,7 +173,7 @@ def _run_locked(cfg: DictConfig, out_dir: Path, replace: bool,
     extra = {"config": config, "wandb_id": getattr(run, "id", None)}
     status, error = "running", None
     try:
-        trainer.fit(sink, checkpoint, extra, logged_rows)
+        fit(runtime, sink, checkpoint, extra, logged_rows)
         status = "completed"
     except BaseException as exc:
         status = ("diverged" if isinstance(exc, TrainingDiverged) else
@@ -180,7 +182,7 @@ def _run_locked(cfg: DictConfig, out_dir: Path, replace: bool,
         error = str(exc) or type(exc).__name__
         raise
     finally:
-        summary = _summary(trainer, cfg, config, status, error, time.perf_counter() - started)
+        summary = _summary(runtime, cfg, config, status, error, time.perf_counter() - started)
         write_json(out_dir / "summary.json", summary)
         sink.summary({k: v for k, v in summary.items() if not isinstance(v, dict | list)})
         sink.close()
@@ -214,7 +216,7 @@ def _describe_run(out_dir: Path, found: list[str]) -> str:
         return ", ".join(found)
 
 
-def _report_alpha(trainer: SimulatedTrainer) -> None:
+def _report_alpha(trainer: CodedTraining) -> None:
     """Log α; warn when ``decoder.rescale`` relies on E[B_F R] = α F where no result of the
     paper's Section VII proves it (the measured residual says how far off it is)."""
     alpha = trainer.alpha
@@ -233,13 +235,14 @@ def _report_alpha(trainer: SimulatedTrainer) -> None:
                     alpha.residual, alpha.samples)
 
 
-def _run_name(trainer: SimulatedTrainer, cfg: DictConfig) -> str:
+def _run_name(trainer: CodedTraining, cfg: DictConfig) -> str:
     return f"{trainer.scheme.name}-{trainer.scheme.assignment.name}-m{trainer.m}-seed{cfg.seed}"
 
 
-def _summary(trainer: SimulatedTrainer, cfg: DictConfig, config: dict[str, Any], status: str,
+def _summary(runtime: Runtime, cfg: DictConfig, config: dict[str, Any], status: str,
              error: str | None, seconds: float) -> dict[str, Any]:
     """summary.json: results, code description and reproducibility information."""
+    trainer = runtime.core
     tot = trainer.totals
     done = max(tot.iterations, 1)
     final = trainer.evaluate()
@@ -264,7 +267,7 @@ def _summary(trainer: SimulatedTrainer, cfg: DictConfig, config: dict[str, Any],
         "model": type(trainer.model).__name__, "parameters": trainer.d,
         "message_length": trainer.length, "dataset": trainer.dataset.name,
         "train_samples": trainer.num_samples, "seed": int(cfg.seed),
-        **getattr(trainer, "summary_extra", dict)(),  # trainer=distributed: measured fields
+        **runtime.summary_extra(),  # the runtime's name and measured fields
         "choices": _choices(),
         **record(),  # versions (torch, numpy, hydra, wandb, ...) and provenance (git, host)
         "config": config,

@@ -71,17 +71,13 @@ def build(model: str, k: int):  # noqa: ANN201 - (trainer, plain step)
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides_for(model, k))
     trainer = build_trainer(cfg)
-    plain_model = copy.deepcopy(trainer.model)
+    plain_model = copy.deepcopy(trainer.core.model)
     optimizer = torch.optim.SGD(plain_model.parameters(), lr=0.01)
     state = {"t": 0}
 
     def plain_step() -> None:
         # the same k·b samples the coded iteration takes (its next minibatch)
-        from agc_pipeline.training.batches import batch_indices, take
-
-        index = batch_indices(trainer.seed, state["t"], range(trainer.k), trainer.subset_size,
-                              trainer.settings.batch_size)
-        x, y = take(trainer.x, index), take(trainer.y, index)
+        x, y = trainer.core.minibatch(state["t"])
         x, y = x.reshape(-1, *x.shape[2:]), y.reshape(-1, *y.shape[2:])
         optimizer.zero_grad(set_to_none=True)
         (plain_model.loss_sum(plain_model(x), y) / x.shape[0]).backward()
@@ -131,7 +127,8 @@ def side_by_side(model: str, k: int, repeats: int) -> tuple[float, float, float,
         t2 = time.perf_counter()
         plain.append(t1 - t0)
         coded.append(t2 - t1)
-    return statistics.median(plain), statistics.median(coded), trainer.d, trainer.batch_samples
+    core = trainer.core
+    return statistics.median(plain), statistics.median(coded), core.d, core.batch_samples
 
 
 def main() -> int:

@@ -44,11 +44,11 @@ def side_by_side(repeats: int) -> float:
     cfg = compose_train(["experiment=fig6_coset27", "dataset.train_size=8000",
                          "trainer.progress=false"])
     trainer = build_trainer(cfg)
-    trainer.estimate_alpha()
-    plain_model = copy.deepcopy(trainer.model)
-    x = trainer.x.reshape(-1, trainer.x.shape[-1])
-    y = trainer.y.reshape(-1)
-    optimizer = torch.optim.SGD(plain_model.parameters(), lr=trainer.settings.lr)
+    trainer.core.estimate_alpha()
+    plain_model = copy.deepcopy(trainer.core.model)
+    x = trainer.core.x.reshape(-1, trainer.core.x.shape[-1])
+    y = trainer.core.y.reshape(-1)
+    optimizer = torch.optim.SGD(plain_model.parameters(), lr=trainer.core.settings.lr)
 
     def plain_step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -69,8 +69,9 @@ def side_by_side(repeats: int) -> float:
         coded.append(time.perf_counter() - start)
     p, c = statistics.median(plain), statistics.median(coded)
     ratio = c / p
-    print(f"MNIST {x.shape[0]} samples, paper MLP (d = {trainer.d}), n = {trainer.n} workers, "
-          f"k = {trainer.k}, m = {trainer.m}, {torch.get_num_threads()} threads")
+    core = trainer.core
+    print(f"MNIST {x.shape[0]} samples, paper MLP (d = {core.d}), n = {core.n} workers, "
+          f"k = {core.k}, m = {core.m}, {torch.get_num_threads()} threads")
     print(f"  plain full-batch step : {p * 1e3:8.1f} ms (median of {repeats})")
     print(f"  coded iteration       : {c * 1e3:8.1f} ms (median of {repeats})")
     print(f"  ratio                 : {ratio:8.2f}x  (target <= {RATIO_TARGET}x) "

@@ -107,9 +107,9 @@ def test_exact_codes_equal_the_uncoded_full_batch_run(code: str, tmp_path: Path)
     overrides = [*(FRC if code == "frc" else CE_FRC), *ONE_DROPS, "dataset.n_samples=240"]
     cfg = compose_config("train", [*FAST, *DIST, *overrides])
     reference = build_trainer(cfg)  # the same initial model and data (the PS's copy)
-    plain = reference.model
+    plain = reference.core.model
     optimizer = torch.optim.SGD(plain.parameters(), lr=0.5)
-    x, y = reference.x.reshape(-1, 6), reference.y.reshape(-1)
+    x, y = reference.core.x.reshape(-1, 6), reference.core.y.reshape(-1)
     for _ in range(5):
         optimizer.zero_grad()
         (plain.loss_sum(plain(x), y) / x.shape[0]).backward()

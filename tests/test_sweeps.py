@@ -63,7 +63,7 @@ def test_sweep_presets_compose_and_every_swept_value_builds(preset: str) -> None
         for override in options:
             trainer = build_trainer(compose_config("train", [f"experiment={preset}", override,
                                                              *SHRINK]))
-            assert trainer.n >= 7, override
+            assert trainer.core.n >= 7, override
 
 
 def test_compare_codes_mnist_covers_every_scheme_q_and_seed() -> None:
@@ -87,11 +87,11 @@ def test_communication_study_keeps_the_load_fixed() -> None:
         for scheme in values["scheme"]:
             trainer = build_trainer(compose_config("train", ["experiment=communication", comm,
                                                              scheme, *SHRINK]))
-            loads = trainer.scheme.assignment.matrix.sum(axis=0)
+            loads = trainer.core.scheme.assignment.matrix.sum(axis=0)
             assert set(loads.tolist()) == {4}  # every worker computes 4 subset gradients
-            ms.append(trainer.m)
-            if trainer.scheme.name == "ce_frc":
-                assert trainer.scheme.tolerates() == 4 - trainer.m
+            ms.append(trainer.core.m)
+            if trainer.core.scheme.name == "ce_frc":
+                assert trainer.core.scheme.tolerates() == 4 - trainer.core.m
     assert sorted(set(ms)) == [1, 2, 3, 4]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.utils import get_class
 
 from agc_pipeline.build import (
     build_dataset,
@@ -18,7 +19,7 @@ from agc_pipeline.errors import ConfigError
 from agc_pipeline.models import CodedModel
 from agc_pipeline.stragglers import StragglerModel
 from agc_pipeline.train import build_trainer
-from agc_pipeline.training.simulated import SimulatedSettings
+from agc_pipeline.training.settings import TrainerSettings
 from tests.conftest import compose_config
 
 SMALL = ["dataset.n_samples=140", "trainer.alpha_samples=0", "trainer.progress=false"]
@@ -58,8 +59,14 @@ def test_straggler_options(option: str) -> None:
 
 @pytest.mark.parametrize("option", options("trainer"))
 def test_trainer_options(option: str) -> None:
+    """Every trainer option builds settings that name an importable runtime class with the
+    protocol's methods (adding a runtime = one module + one YAML)."""
     settings = build_trainer_settings(compose_config("train", [f"trainer={option}"]))
-    assert isinstance(settings, SimulatedSettings)
+    assert isinstance(settings, TrainerSettings)
+    runtime = get_class(settings.runtime)
+    assert all(callable(getattr(runtime, name, None))
+               for name in ("session", "step", "state_dict", "load_state_dict", "summary_extra"))
+    assert runtime.name == option
 
 
 @pytest.mark.parametrize("option", options("code"))
@@ -67,7 +74,7 @@ def test_code_options_build_a_trainer(option: str) -> None:
     cfg = compose_config("train", [f"code={option}", "dataset=synthetic_logistic",
                                    "model=logistic", *SMALL])
     trainer = build_trainer(cfg)
-    assert trainer.scheme.assignment.n >= 7
+    assert trainer.core.scheme.assignment.n >= 7
 
 
 def test_compare_codes_uses_twelve_workers() -> None:
@@ -77,21 +84,21 @@ def test_compare_codes_uses_twelve_workers() -> None:
         cfg = compose_config("train", ["experiment=compare_codes", f"code={option}",
                                        "dataset.train_size=120", "dataset.test_size=10",
                                        "trainer.alpha_samples=0"])
-        assert build_trainer(cfg).n == 12, option
+        assert build_trainer(cfg).core.n == 12, option
 
 
 @pytest.mark.parametrize("preset", ["fig6_bibd7", "fig6_coset27"])
 def test_fig6_presets(preset: str) -> None:
     cfg = compose_config("train", [f"experiment={preset}", "trainer.alpha_samples=0"])
     trainer = build_trainer(cfg)
-    assert trainer.m == 2 and cfg.trainer.iterations == 300 and cfg.straggler.q == 0.25
-    assert trainer.scheme.name == "random_diagonal"
-    assert (trainer.n, trainer.k) == ((7, 7) if preset == "fig6_bibd7" else (54, 27))
+    assert trainer.core.m == 2 and cfg.trainer.iterations == 300 and cfg.straggler.q == 0.25
+    assert trainer.core.scheme.name == "random_diagonal"
+    assert (trainer.core.n, trainer.core.k) == ((7, 7) if preset == "fig6_bibd7" else (54, 27))
     if preset == "fig6_coset27":
-        assert trainer.scheme.epsilon == 0.1
+        assert trainer.core.scheme.epsilon == 0.1
     stack = build_trainer(compose_config("train", [f"experiment={preset}", "code=stack",
                                                    "trainer.alpha_samples=0"]))
-    assert stack.scheme.name == "stack" and stack.n == trainer.n
+    assert stack.core.scheme.name == "stack" and stack.core.n == trainer.core.n
 
 
 # ------------------------------------------------------------------------------------------

@@ -46,13 +46,13 @@ def test_weighted_and_per_subset_give_the_same_decoded_gradient(extra: list[str]
         assert a["survivors"] == b["survivors"]
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
         assert a["grad_error"] == pytest.approx(b["grad_error"], rel=1e-4, abs=1e-9)
-        for p, q in zip(fast.model.parameters(), ref.model.parameters(), strict=True):
+        for p, q in zip(fast.core.model.parameters(), ref.core.model.parameters(), strict=True):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
 
 
 def test_minibatch_rows_and_samples() -> None:
     trainer = _trainer("trainer.batch_size=5")
-    assert trainer.subset_size == 48 and trainer.batch_samples == 35
+    assert trainer.core.subset_size == 48 and trainer.core.batch_samples == 35
     losses = [trainer.step()["train_loss"] for _ in range(4)]
     assert len(set(losses)) == 4  # a different minibatch every iteration
     with pytest.raises(ConfigError, match="trainer.batch_size=49 exceeds the 48 samples"):
@@ -70,7 +70,7 @@ def test_grad_error_off_logs_none_and_trains_the_same() -> None:
     for _ in range(3):
         a, b = on.step(), off.step()
         assert b["grad_error"] is None and a["grad_error"] is not None
-    for p, q in zip(on.model.parameters(), off.model.parameters(), strict=True):
+    for p, q in zip(on.core.model.parameters(), off.core.model.parameters(), strict=True):
         assert torch.equal(p, q)
 
 
@@ -86,9 +86,9 @@ def test_minibatch_resume_is_bit_identical_with_momentum() -> None:
     second.load_state_dict(first.state_dict())
     for _ in range(3):
         second.step()
-    for p, q in zip(whole.model.parameters(), second.model.parameters(), strict=True):
+    for p, q in zip(whole.core.model.parameters(), second.core.model.parameters(), strict=True):
         assert torch.equal(p, q)
-    assert np.isfinite(second.train_loss())
+    assert np.isfinite(second.core.train_loss())
 
 
 def test_adamw_with_cosine_warmup_resumes_bit_identically() -> None:
@@ -97,11 +97,11 @@ def test_adamw_with_cosine_warmup_resumes_bit_identically() -> None:
     whole = _trainer(*extra)
     lrs = []
     for _ in range(6):
-        lrs.append(whole.optimizer.lr)
+        lrs.append(whole.core.optimizer.lr)
         whole.step()
     assert lrs[0] == pytest.approx(0.005) and lrs[1] == pytest.approx(0.01)
     assert lrs[5] < lrs[2]
-    assert type(whole.optimizer.optimizer).__name__ == "AdamW"
+    assert type(whole.core.optimizer.optimizer).__name__ == "AdamW"
     first = _trainer(*extra)
     for _ in range(3):
         first.step()
@@ -109,7 +109,7 @@ def test_adamw_with_cosine_warmup_resumes_bit_identically() -> None:
     second.load_state_dict(first.state_dict())
     for _ in range(3):
         second.step()
-    for p, q in zip(whole.model.parameters(), second.model.parameters(), strict=True):
+    for p, q in zip(whole.core.model.parameters(), second.core.model.parameters(), strict=True):
         assert torch.equal(p, q)
 
 

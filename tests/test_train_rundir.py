@@ -19,7 +19,7 @@ from agc_pipeline.sinks import Sink
 from agc_pipeline.stragglers import NoStragglers, StragglerDraw
 from agc_pipeline.train import build_trainer, run_training
 from agc_pipeline.training.checkpoint import RunDirBusy, load_checkpoint, run_dir_lock
-from agc_pipeline.training.simulated import SimulatedTrainer
+from agc_pipeline.training.simulated import SimulatedRuntime
 from tests.conftest import ROOT, compose_config
 
 #: a small, fast problem: 6-feature 3-class logistic data, the Fano plane, m = 2
@@ -112,16 +112,16 @@ def test_a_fresh_run_into_a_used_run_dir_refuses_unless_overwrite(tmp_path: Path
 def test_a_checkpoint_exists_before_the_first_iteration(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[int] = []
-    original = SimulatedTrainer.step
+    original = SimulatedRuntime.step
 
-    def step(self: SimulatedTrainer, evaluate: bool = False) -> dict:
-        if self.iteration == 0:
+    def step(self: SimulatedRuntime, evaluate: bool = False) -> dict:
+        if self.core.iteration == 0:
             state = load_checkpoint(tmp_path / "checkpoint.pt")
             seen.append(state["iteration"])
             assert state["metrics_rows"] == 0 and state["alpha"] is not None
         return original(self, evaluate)
 
-    monkeypatch.setattr(SimulatedTrainer, "step", step)
+    monkeypatch.setattr(SimulatedRuntime, "step", step)
     run_training(cfg_for("trainer.checkpoint_every=100"), tmp_path)
     assert seen == [0]
 
@@ -227,11 +227,11 @@ class BrokenClockModel(NoStragglers):
 
 def test_a_non_finite_iteration_time_is_refused_by_the_clock() -> None:
     trainer = build_trainer(cfg_for("straggler=none", "trainer.alpha_samples=0"))
-    trainer.straggler = BrokenClockModel()
+    trainer.core.straggler = BrokenClockModel()
     with pytest.raises(ConfigError, match="iteration time must be finite"):
         trainer.step()
-    assert trainer.iteration == 0 and trainer.clock.virtual_time == 0.0
-    assert np.isfinite(trainer.clock.virtual_time)
+    assert trainer.core.iteration == 0 and trainer.core.clock.virtual_time == 0.0
+    assert np.isfinite(trainer.core.clock.virtual_time)
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,12 +1,21 @@
-"""Coded SGD: the runtime-independent coded step and the runtimes that use it.
+"""Coded SGD: the runtime-independent pieces and the runtimes that use them.
 
-* :mod:`~agc_pipeline.training.coded_step` — blocks, worker messages, decoding, α (§1, §6);
-* :mod:`~agc_pipeline.training.gradients` — the k partial gradients in one backward pass;
-* :mod:`~agc_pipeline.training.optim` — the PS's SGD (momentum, weight decay, overflow-safe);
-* :mod:`~agc_pipeline.training.simulated` — n workers and the PS simulated in one process;
-* ``trainer=distributed`` on torch.distributed: :mod:`~agc_pipeline.training.distributed`
-  (settings, launch, processes, liveness), :mod:`~agc_pipeline.training.ps` (the parameter
-  server's iteration), :mod:`~agc_pipeline.training.worker` (the worker loop) and
+* :mod:`~agc_pipeline.training.coded_step` — blocks, worker messages, decoding, α (Sections
+  II and VII);
+* :mod:`~agc_pipeline.training.coded_gradient` — coded gradients in one weighted backward
+  pass (eqs. (1)–(2)); :mod:`~agc_pipeline.training.gradients` — the k partial gradients
+  (the reference path); :mod:`~agc_pipeline.training.batches` — minibatches per subset;
+* :mod:`~agc_pipeline.training.optim` and :mod:`~agc_pipeline.training.schedules` — the
+  PS's optimizer, learning-rate schedules and clipping;
+* :mod:`~agc_pipeline.training.core` — what every runtime shares (model, data split, code,
+  optimizer, state); :mod:`~agc_pipeline.training.settings` — the shared trainer keys;
+* :mod:`~agc_pipeline.training.runtime` — the runtime protocol, and
+  :mod:`~agc_pipeline.training.loop` — the one training loop (progress, metrics rows,
+  checkpoint cadence, graceful stop) every runtime plugs into;
+* runtimes: :mod:`~agc_pipeline.training.simulated` (n workers and the PS in one process)
+  and ``trainer=distributed`` on torch.distributed: :mod:`~agc_pipeline.training.ps` (the
+  parameter server), :mod:`~agc_pipeline.training.distributed` (settings, launch,
+  processes, liveness), :mod:`~agc_pipeline.training.worker` and
   :mod:`~agc_pipeline.training.wire` (messages and receiving threads);
-* :mod:`~agc_pipeline.training.checkpoint` — checkpoints and resumable metrics files.
+* :mod:`~agc_pipeline.training.checkpoint` — checkpoints, run-dir locks and resumable metrics.
 """

@@ -36,14 +36,14 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
 
 from agc_pipeline.errors import ConfigError, require
 from agc_pipeline.stragglers import Adversarial, Bernoulli, Delay, FixedCount, StragglerModel
-from agc_pipeline.training.simulated import SimulatedSettings
+from agc_pipeline.training.settings import TrainerSettings
 from agc_pipeline.training.wire import (
     FOREVER,
     TAG_PARAMS,
@@ -109,14 +109,17 @@ class FaultSettings:
 
 
 @dataclass
-class DistributedSettings(SimulatedSettings):
+class DistributedSettings(TrainerSettings):
     """``trainer=distributed`` options (``conf/trainer/distributed.yaml``).
 
-    Shares the optimisation, logging and checkpoint keys of ``trainer=simulated``;
+    Shares the optimisation, logging and checkpoint keys of every runtime
+    (:class:`~agc_pipeline.training.settings.TrainerSettings`);
     ``wait_for_all: true`` means ``wait: all`` (so ``code=uncoded_wait`` works unchanged).
     ``decode_cost`` and ``materialize_messages`` are simulation-only and must keep their
     defaults: the PS's decode time is measured, and workers always send real messages.
     """
+
+    runtime: ClassVar[str] = "agc_pipeline.training.ps.ParameterServer"
 
     workers: int | None = None  #: n; null = the assignment's n (must match it)
     backend: str = "gloo"  #: gloo | nccl (messages as CUDA tensors; one GPU per rank)

@@ -17,18 +17,21 @@ Each iteration t:
 
 The arithmetic is the simulated trainer's (same partial gradients, encoder draws, decoder
 and SGD; messages travel in the parameters' dtype), so with the same seeds and survivor sets
-both runtimes give the same parameters to float tolerance. The class reuses
-:class:`~agc_pipeline.training.simulated.SimulatedTrainer` for everything but the iteration
-(validation, α, evaluation, the fit loop, checkpoints, graceful stop).
+both runtimes give the same parameters to float tolerance. The class composes the shared
+:class:`~agc_pipeline.training.core.CodedTraining` (validation, α, evaluation, optimizer,
+state) and plugs into the shared loop (:mod:`~agc_pipeline.training.loop`: checkpoints,
+graceful stop); only the iteration is its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,19 +39,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from agc_pipeline.codes.base import Scheme
-from agc_pipeline.data import Dataset
-from agc_pipeline.decoding import Decoder
 from agc_pipeline.errors import require
-from agc_pipeline.models import CodedModel
-from agc_pipeline.sinks import Sink
-from agc_pipeline.stragglers import StragglerModel
-from agc_pipeline.training.batches import batch_indices, take
 from agc_pipeline.training.coded_step import (
     TrainingDiverged,
     check_finite,
     combine,
 )
+from agc_pipeline.training.core import CodedTraining, Totals
 from agc_pipeline.training.distributed import (
     Cluster,
     DistributedSettings,
@@ -56,7 +53,6 @@ from agc_pipeline.training.distributed import (
     resolve_timing,
     torchrun_env,
 )
-from agc_pipeline.training.simulated import SimulatedTrainer, Totals
 from agc_pipeline.training.wire import HEADER_BYTES, Arrival, Kind
 
 __all__ = ["DistributedTotals", "ParameterServer"]
@@ -95,47 +91,54 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-class ParameterServer(SimulatedTrainer):
+class ParameterServer:
     """Rank 0: the model, the code, the optimizer and the workers' messages.
 
-    Built and validated like the simulated trainer (the data is the PS's copy for metrics);
-    ``fit`` starts (or joins) the workers, runs the iterations and stops them.
+    Composes the shared :class:`~agc_pipeline.training.core.CodedTraining` (validation, α,
+    evaluation; the data is the PS's copy, for metrics); :meth:`session` starts (or joins) the
+    workers around the shared training loop, :meth:`step` runs one iteration on them.
     """
 
-    def __init__(self, model: CodedModel, dataset: Dataset, scheme: Scheme, decoder: Decoder,
-                 straggler: StragglerModel, settings: DistributedSettings, seed: int,
-                 **optimizer: Any) -> None:
-        super().__init__(model, dataset, scheme, decoder, straggler, settings, seed, **optimizer)
+    name = "distributed"
+
+    def __init__(self, core: CodedTraining) -> None:
+        self.core = core
+        settings = core.settings
+        require(isinstance(settings, DistributedSettings),
+                "ParameterServer needs trainer=distributed settings")
+        assert isinstance(settings, DistributedSettings)
         self.settings: DistributedSettings = settings
-        require(settings.workers in (None, self.n),
-                f"trainer.workers={settings.workers} but the assignment has n = {self.n} "
+        n = core.n
+        require(settings.workers in (None, n),
+                f"trainer.workers={settings.workers} but the assignment has n = {n} "
                 "workers (leave trainer.workers null, or change the assignment)")
-        require(settings.min_workers <= self.n,
+        require(settings.min_workers <= n,
                 f"trainer.min_workers={settings.min_workers} but the assignment has only "
-                f"n = {self.n} workers")
-        settings.fault.validate(self.n)
-        self.timing = resolve_timing(settings, straggler, self.n)
-        self.totals: DistributedTotals = DistributedTotals()
+                f"n = {n} workers")
+        settings.fault.validate(n)
+        self.timing = resolve_timing(settings, core.straggler, n)
+        core.totals = DistributedTotals()
         self.events: list[dict[str, Any]] = []
         self.cluster: Cluster | None = None
         self._backlog: deque[Arrival] = deque()
 
     # ------------------------------------------------------------------ the loop
 
-    def fit(self, sink: Sink, checkpoint: Path, extra_state: dict[str, Any],
-            logged_rows: int = 0) -> None:
-        """Start the workers, run the remaining iterations (the simulated trainer's loop:
-        logging, checkpoints, graceful stop), stop the workers. Raises :class:`WorkersLost`
-        (after the checkpoint) when fewer than ``trainer.min_workers`` are alive."""
+    @contextlib.contextmanager
+    def session(self, extra_state: dict[str, Any], run_dir: Path) -> Iterator[None]:
+        """Start (or join) the workers for the loop; stop them after it. The shared loop
+        (:func:`~agc_pipeline.training.loop.fit`) runs inside; :class:`WorkersLost` is
+        raised (after the checkpoint) when fewer than ``trainer.min_workers`` are alive."""
         config = extra_state.get("config")
         require(isinstance(config, dict), "the distributed trainer needs the run's resolved "
                                           "configuration (extra_state['config'])")
-        cluster = Cluster(self.settings, self.n, Path(checkpoint).parent, config, self.d,
-                          self.wire_dtype, self.length, self.events)
+        core = self.core
+        cluster = Cluster(self.settings, core.n, Path(run_dir), config, core.d,
+                          self.wire_dtype, core.length, self.events)
         with cluster:
             self.cluster = cluster
             try:
-                super().fit(sink, checkpoint, extra_state, logged_rows)
+                yield
             finally:
                 self.cluster = None
                 self._backlog.clear()
@@ -143,29 +146,29 @@ class ParameterServer(SimulatedTrainer):
     @property
     def wire_dtype(self) -> torch.dtype:
         """The dtype of the messages: the parameters'."""
-        return next(self.model.parameters()).dtype
+        return next(self.core.model.parameters()).dtype
 
     def step(self, evaluate: bool = False) -> dict[str, Any]:
-        """Run iteration ``self.iteration`` on the cluster; return its metrics row."""
+        """Run iteration ``self.core.iteration`` on the cluster; return its metrics row."""
         cluster = self.cluster
-        require(cluster is not None, "ParameterServer.step runs inside fit()")
+        require(cluster is not None, "ParameterServer.step runs inside session()")
         assert cluster is not None
-        t, s = self.iteration, self.settings
+        t, s = self.core.iteration, self.settings
         row: dict[str, Any] = {"iteration": t}
         start = time.perf_counter()
-        flat = torch.nn.utils.parameters_to_vector(self.model.parameters()).detach()
+        flat = torch.nn.utils.parameters_to_vector(self.core.model.parameters()).detach()
         bytes_out = cluster.send_params(t, flat)
         sent = time.perf_counter()
         if evaluate:
-            row.update(self.evaluate())
+            row.update(self.core.evaluate())
         logged = t % s.log_every == 0 or t == s.iterations - 1
         loss, exact = self._metrics(t) if logged else (None, None)
         metrics_time = time.perf_counter() - sent
-        b = self.coded.encoding(t)
+        b = self.core.coded.encoding(t)
         got = self._collect(t, start)
         waited = time.perf_counter()
         self._require_workers(t)
-        mask = np.zeros(self.n, dtype=bool)
+        mask = np.zeros(self.core.n, dtype=bool)
         mask[sorted(got.accepted)] = True
         estimate, condition, approx = self._decode(b, mask, got)
         decoded = time.perf_counter()
@@ -174,7 +177,7 @@ class ParameterServer(SimulatedTrainer):
             norm2 = float(exact.square().sum())
             error = float((estimate - exact).square().sum()) / norm2 if norm2 > 0 else math.nan
         survivors = int(mask.sum())
-        if survivors and not self.optimizer.step(estimate):
+        if survivors and not self.core.optimizer.step(estimate):
             raise TrainingDiverged(f"iteration {t}: the SGD step would overflow the "
                                    "parameters to NaN/Inf (diverged: lower trainer.lr)")
         end = time.perf_counter()
@@ -189,7 +192,7 @@ class ParameterServer(SimulatedTrainer):
             metrics_time=metrics_time, **self._worker_times(got), late=got.late,
             rejected=got.rejected, live_workers=len(cluster.live), decode_condition=condition,
             approx_error=float(approx), skipped=survivors == 0)
-        self.iteration += 1
+        self.core.iteration += 1
         return row
 
     def _require_workers(self, t: int) -> None:
@@ -200,7 +203,7 @@ class ParameterServer(SimulatedTrainer):
             return
         dead = sorted({e["worker"] for e in self.events if e["event"] == "dead"})
         raise WorkersLost(
-            f"iteration {t}: {live} of {self.n} workers alive, fewer than trainer.min_workers "
+            f"iteration {t}: {live} of {self.core.n} workers alive, fewer than trainer.min_workers "
             f"= {least} (dead: {dead}); stopped at iteration {t} with a checkpoint: continue "
             "with fresh workers by trainer.resume=true and the same hydra.run.dir")
 
@@ -220,19 +223,17 @@ class ParameterServer(SimulatedTrainer):
 
     def _metrics(self, t: int) -> tuple[float, torch.Tensor | None]:
         """Train loss at the current parameters and, with ``trainer.grad_error``, the true
-        gradient Z F (float64), exactly as the simulated trainer computes them."""
-        index = batch_indices(self.seed, t, range(self.k), self.subset_size,
-                              self.settings.batch_size)  # the workers' minibatch
-        x, y = take(self.x, index), take(self.y, index)
+        gradient (float64) on the workers' minibatch, as the simulated runtime computes them."""
+        core = self.core
+        x, y = core.minibatch(t)
         x, y = x.reshape(-1, *x.shape[2:]), y.reshape(-1, *y.shape[2:])
         if not self.settings.grad_error:
             with torch.no_grad():
-                return float(self.model.loss_sum(self.model(x), y)) / self.batch_samples, None
-        params = list(self.model.parameters())
-        loss = self.model.loss_sum(self.model(x), y)
-        grads = torch.autograd.grad(loss, params)
-        exact = torch.cat([g.reshape(-1) for g in grads]).to(torch.float64) / self.batch_samples
-        return float(loss) / self.batch_samples, exact
+                return float(core.model.loss_sum(core.model(x), y)) / core.batch_samples, None
+        loss = core.model.loss_sum(core.model(x), y)
+        grads = torch.autograd.grad(loss, list(core.model.parameters()))
+        exact = torch.cat([g.reshape(-1) for g in grads]).to(torch.float64)
+        return float(loss) / core.batch_samples, exact / core.batch_samples
 
     def _collect(self, t: int, start: float) -> Collected:
         """Take arrivals until the waiting rule is met (see the module docstring)."""
@@ -243,7 +244,7 @@ class ParameterServer(SimulatedTrainer):
         while True:
             live = cluster.live
             waiting = [j for j in live if j not in got.answered]
-            if not waiting or len(got.accepted) >= timing.target(len(live), self.n):
+            if not waiting or len(got.accepted) >= timing.target(len(live), self.core.n):
                 break
             now = time.perf_counter()
             if now >= deadline:
@@ -302,9 +303,9 @@ class ParameterServer(SimulatedTrainer):
         assert h is not None
         if h.iteration > t:
             return f"tagged with a future iteration {h.iteration}"
-        if payload is None or payload.numel() != self.length:
+        if payload is None or payload.numel() != self.core.length:
             return (f"{0 if payload is None else payload.numel()} values instead of "
-                    f"⌈d/m⌉ = {self.length}")
+                    f"⌈d/m⌉ = {self.core.length}")
         if not bool(torch.isfinite(payload).all()):
             return "NaN/Inf values"
         return None
@@ -313,22 +314,23 @@ class ParameterServer(SimulatedTrainer):
                 got: Collected) -> tuple[torch.Tensor, float, float]:
         """ĝ from exactly the messages that arrived (zero without any), cond(B_𝓕), Err."""
         if not mask.any():
-            return (torch.zeros(self.d, dtype=torch.float64, device=self.device), math.inf,
-                    self.coded.target_norm2)
-        dec = self.coded.decode(b, mask)
+            core = self.core
+            return (torch.zeros(core.d, dtype=torch.float64, device=core.device), math.inf,
+                    core.coded.target_norm2)
+        dec = self.core.coded.decode(b, mask)
         payloads = [got.accepted[int(j)].payload for j in np.flatnonzero(mask)]
-        messages = torch.stack([p.to(self.device) for p in payloads if p is not None])
-        estimate = combine(messages, dec.r[mask], self.d)
-        if self.decoder.rescale:
-            assert self.alpha is not None, "call estimate_alpha() before training"
-            estimate = estimate / self.alpha.value
+        messages = torch.stack([p.to(self.core.device) for p in payloads if p is not None])
+        estimate = combine(messages, dec.r[mask], self.core.d)
+        if self.core.decoder.rescale:
+            assert self.core.alpha is not None, "call estimate_alpha() before training"
+            estimate = estimate / self.core.alpha.value
         if not math.isfinite(float(estimate.square().sum())):
-            check_finite(estimate, self.iteration)
+            check_finite(estimate, self.core.iteration)
         return estimate, dec.condition_number, dec.error
 
     def _add_totals(self, t: int, survivors: int, payload: int, got: Collected,
                     error: float | None, seconds: float, decode: float) -> DistributedTotals:
-        tot = self.totals
+        tot = self.core.totals
         tot.iterations = t + 1
         tot.survivors += survivors
         tot.bytes_to_ps += payload
@@ -347,19 +349,19 @@ class ParameterServer(SimulatedTrainer):
 
     def state_dict(self) -> dict[str, Any]:
         """The simulated trainer's state plus the measured totals and the events."""
-        return {**super().state_dict(), "events": list(self.events)}
+        return {**self.core.state_dict(), "events": list(self.events)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`."""
         totals = state["totals"]
         base = {f.name: totals[f.name] for f in dataclasses.fields(Totals)}
-        super().load_state_dict({**state, "totals": base})
-        self.totals = DistributedTotals(**totals)
+        self.core.load_state_dict({**state, "totals": base})
+        self.core.totals = DistributedTotals(**totals)
         self.events[:] = list(state.get("events", []))
 
     def summary_extra(self) -> dict[str, Any]:
         """summary.json fields of the distributed runtime (they override the shared ones)."""
-        tot, timing = self.totals, self.timing
+        tot, timing = self.core.totals, self.timing
         done = max(tot.iterations, 1)
         return {
             "runtime": "distributed", "virtual_time": None, "wall_time": tot.wall_time,
@@ -371,7 +373,7 @@ class ParameterServer(SimulatedTrainer):
             "total_bytes_received": tot.bytes_received,
             "dead_workers": sorted({e["worker"] for e in self.events if e["event"] == "dead"}),
             "events": list(self.events),
-            "distributed": {"workers": self.n, "backend": self.settings.backend,
+            "distributed": {"workers": self.core.n, "backend": self.settings.backend,
                             "launch": "torchrun" if torchrun_env() else "local",
                             "wait": timing.wait, "s": timing.s, "deadline_s": timing.deadline_s,
                             "time_scale": timing.time_scale,

@@ -1,0 +1,100 @@
+"""The training loop every runtime plugs into: progress, metrics rows, checkpoint cadence and
+graceful stop (SIGINT/SIGTERM at an iteration boundary).
+
+:func:`fit` runs the remaining iterations of a :class:`~agc_pipeline.training.runtime.Runtime`:
+a checkpoint before the first iteration (a run killed at any point can be resumed), every
+``trainer.checkpoint_every`` iterations, at the end and on any error or interruption — always
+the state after the last completed iteration, with the number of metrics rows logged up to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from agc_pipeline.sinks import Sink
+from agc_pipeline.training.checkpoint import save_checkpoint
+from agc_pipeline.training.runtime import Runtime
+
+__all__ = ["TrainingInterrupted", "fit"]
+
+
+class TrainingInterrupted(RuntimeError):
+    """The run was stopped (SIGINT/SIGTERM) at an iteration boundary; a checkpoint is saved."""
+
+
+class _Stop:
+    requested = False
+
+
+def fit(runtime: Runtime, sink: Sink, checkpoint: Path, extra_state: dict[str, Any],
+        logged_rows: int = 0) -> None:
+    """Run ``runtime``'s remaining iterations, logging rows to ``sink`` (every
+    ``trainer.log_every`` iterations, the last one and every skipped one) and checkpointing to
+    ``checkpoint`` (see the module docstring); ``logged_rows`` rows were logged before."""
+    core, s = runtime.core, runtime.core.settings
+    rows = logged_rows
+    stop = _Stop()
+    lap = [time.perf_counter()]
+
+    def save() -> None:
+        now = time.perf_counter()
+        core.totals.seconds += now - lap[0]
+        lap[0] = now
+        save_checkpoint(checkpoint, {**runtime.state_dict(), "metrics_rows": rows,
+                                     **extra_state})
+
+    bar = tqdm(total=s.iterations, initial=core.iteration, disable=not s.progress,
+               desc="train", unit="it", dynamic_ncols=True)
+    try:
+        with runtime.session(extra_state, Path(checkpoint).parent):
+            save()
+            with _graceful_stop(stop):
+                while core.iteration < s.iterations:
+                    t = core.iteration
+                    row = runtime.step(evaluate=s.eval_every > 0 and t % s.eval_every == 0)
+                    if t % s.log_every == 0 or t == s.iterations - 1 or row["skipped"]:
+                        sink.log(row, step=t)
+                        rows += 1
+                    if row.get("train_loss") is not None:  # None on rows not logged
+                        bar.set_postfix(loss=f"{row['train_loss']:.4f}", refresh=False)
+                    bar.update(1)
+                    if s.checkpoint_every and core.iteration % s.checkpoint_every == 0:
+                        save()
+                    if stop.requested:
+                        raise TrainingInterrupted(
+                            f"stopped after iteration {t} (checkpoint {checkpoint}); continue "
+                            "with trainer.resume=true and the same hydra.run.dir")
+    finally:
+        bar.close()
+        save()
+
+
+@contextlib.contextmanager
+def _graceful_stop(stop: _Stop) -> Iterator[None]:
+    """SIGTERM, or a first SIGINT, asks the loop to stop at the end of the iteration
+    (a second SIGINT interrupts at once). Only in the main thread; handlers are restored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: object) -> None:
+        if signum == signal.SIGINT and stop.requested:
+            raise KeyboardInterrupt
+        stop.requested = True
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
