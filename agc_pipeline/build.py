@@ -76,33 +76,82 @@ def build_dataset(cfg: DictConfig) -> Dataset:
     return _build(cfg.dataset, "dataset", Dataset)
 
 
+#: model keys that :func:`build_model` fills from the data set where they are null
+MODEL_DATA_KEYS = ("input_dim", "num_classes", "in_channels", "image_size", "vocab_size",
+                   "context")
+
+
+def _check_model_class(cls: type, target: str, dataset: Dataset) -> None:
+    """Task and input kind of the model class against the data set (before building)."""
+    name = target.rsplit(".", 1)[-1]
+    task = getattr(cls, "task", None)
+    if isinstance(task, str) and task != dataset.task:
+        raise ConfigError(f"model {name} is a {task} model but dataset {dataset.name} is a "
+                          f"{dataset.task} data set (use model=linear with "
+                          "dataset=synthetic_linear, a classifier otherwise)")
+    inputs = getattr(cls, "inputs", None)
+    if inputs is not None and dataset.kind not in inputs:
+        raise ConfigError(f"model {name} takes {' or '.join(inputs)} inputs but dataset "
+                          f"{dataset.name} holds {dataset.kind} of shape {dataset.sample_shape}")
+
+
+def _check_model_object(obj: Any, target: str, dataset: Dataset) -> None:
+    """The trainer's contract (see :mod:`agc_pipeline.models`) on the built model."""
+    from torch import nn
+
+    name = target.rsplit(".", 1)[-1]
+    if not isinstance(obj, nn.Module):
+        raise ConfigError(f"model: _target_ {target} must return a torch.nn.Module")
+    missing = [attr for attr in ("loss_sum", "metric") if not callable(getattr(obj, attr, None))]
+    if missing:
+        raise ConfigError(f"model {name} has no {' / '.join(missing)}(outputs, targets): wrap "
+                          "it in agc_pipeline.models.WithLoss (see conf/model/custom_example.yaml)")
+    task = getattr(obj, "task", None)
+    if task not in ("classification", "regression"):
+        raise ConfigError(f"model {name} must have task = classification | regression "
+                          f"(got {task!r})")
+    if task != dataset.task:
+        raise ConfigError(f"model {name} is a {task} model but dataset {dataset.name} is a "
+                          f"{dataset.task} data set")
+
+
 def build_model(cfg: DictConfig, dataset: Dataset) -> CodedModel:
-    """The model chosen by ``model=...``, with ``input_dim`` / ``num_classes`` filled in from
-    ``dataset`` where they are null (and checked against it where they are set)."""
-    from agc_pipeline.models import CodedModel
+    """The model chosen by ``model=...``; each key of :data:`MODEL_DATA_KEYS` that the model
+    config has is filled in from ``dataset`` where it is null and checked against it where it
+    is set. Built under ``torch.random.fork_rng``: no model leaves a trace on the global RNG."""
+    import torch
 
     node = cfg.model
     if node is None or "_target_" not in node:
         raise ConfigError("model has no _target_: choose an option, e.g. model=<name>")
+    target = str(node._target_)
     try:
-        cls = get_class(node._target_)
+        cls = get_class(target)
     except Exception as exc:  # noqa: BLE001 - an unknown target is a config error
-        raise ConfigError(f"model: cannot import {node._target_} ({exc})") from None
-    task = getattr(cls, "task", None)
-    if task is not None and task != dataset.task:
-        raise ConfigError(f"model {node._target_.rsplit('.', 1)[-1]} is a {task} model but "
-                          f"dataset {dataset.name} is a {dataset.task} data set (use "
-                          "model=linear with dataset=synthetic_linear, a classifier otherwise)")
+        raise ConfigError(f"model: cannot import {target} ({exc})") from None
+    _check_model_class(cls, target, dataset)
     node = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
-    for key, value in (("input_dim", dataset.input_dim), ("num_classes", dataset.num_classes)):
+    shape = f"{dataset.kind} of shape {dataset.sample_shape}"
+    for key in MODEL_DATA_KEYS:
         if key not in node:
             continue
+        value = getattr(dataset, key)
         if node[key] is None:
+            if value is None:
+                raise ConfigError(f"model.{key} is null and dataset {dataset.name} ({shape}) "
+                                  f"has no {key} to fill it from; set it or choose another "
+                                  "dataset")
             node[key] = value
+        elif value is None:
+            raise ConfigError(f"model.{key}={node[key]} but dataset {dataset.name} ({shape}) "
+                              f"has no {key}; choose a matching dataset")
         elif node[key] != value:
             raise ConfigError(f"model.{key}={node[key]} does not match dataset "
                               f"{dataset.name} ({key} = {value}); leave it null")
-    return _build(node, "model", CodedModel)
+    with torch.random.fork_rng(devices=[]):
+        model = _instantiate(node, "model")
+    _check_model_object(model, target, dataset)
+    return model
 
 
 def build_straggler(cfg: DictConfig) -> StragglerModel:

@@ -1,9 +1,11 @@
-"""Data sets: IDX parsing of the bundled MNIST, seeded splits, full-set loading and errors."""
+"""Data sets: IDX parsing of the bundled MNIST, seeded splits, full-set loading and errors,
+natural tensor shapes, Fashion-MNIST, CIFAR-10 (from a fixture in the real format) and
+character-level text windows."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -12,45 +14,25 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-import agc_pipeline.data as data
+import agc_pipeline.data.mnist_sets as mnist_sets
 from agc_pipeline.data import (
     Dataset,
+    cifar10,
+    fashion_mnist,
+    grammar_corpus,
     load_idx,
     mnist,
     split_subsets,
     synthetic_linear,
     synthetic_logistic,
+    text,
 )
 from agc_pipeline.errors import ConfigError
+from tests.data_fixtures import IDX_STEMS, fake_cifar10, fake_mnist, write_idx
 
-BUNDLED = Path(data.__file__).parent / "mnist_t10k"
+BUNDLED = Path(mnist_sets.__file__).parent / "mnist_t10k"
 CLASS_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]  # MNIST t10k
 CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> Path:
-    """Write ``array`` (uint8 or int32) as an IDX file."""
-    code = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C}[array.dtype]
-    header = bytes([0, 0, code, array.ndim])
-    header += np.asarray(array.shape, dtype=">u4").tobytes()
-    payload = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
-    if compress:
-        payload = gzip.compress(payload)
-    path.write_bytes(payload)
-    return path
-
-
-def fake_mnist(folder: Path, n_train: int = 60, n_test: int = 30, compress: bool = True,
-               seed: int = 0) -> None:
-    """A tiny IDX set with the full-MNIST file names (labels 0..9, 28×28 uint8 images)."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    suffix = ".gz" if compress else ""
-    for prefix, count in (("train", n_train), ("t10k", n_test)):
-        images = rng.integers(0, 256, size=(count, 28, 28), dtype=np.uint8)
-        labels = (np.arange(count) % 10).astype(np.uint8)
-        write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", images, compress)
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", labels, compress)
 
 
 # ------------------------------------------------------------------------------------------
@@ -102,7 +84,9 @@ def test_idx_missing_file(tmp_path: Path) -> None:
 def test_bundled_mnist_split() -> None:
     ds = mnist(seed=0)
     assert isinstance(ds, Dataset) and ds.num_classes == 10 and ds.task == "classification"
-    assert ds.x_train.shape == (8000, 784) and ds.x_test.shape == (2000, 784)
+    assert ds.x_train.shape == (8000, 1, 28, 28) and ds.x_test.shape == (2000, 1, 28, 28)
+    assert ds.kind == "image" and ds.sample_shape == (1, 28, 28) and ds.input_dim == 784
+    assert ds.in_channels == 1 and ds.image_size == 28 and ds.context is None
     assert ds.x_train.dtype == torch.float32 and ds.y_train.dtype == torch.int64
     assert 0.0 <= float(ds.x_train.min()) and float(ds.x_train.max()) == 1.0
     # train and test together are exactly the 10k images
@@ -123,6 +107,17 @@ def test_bundled_mnist_sizes() -> None:
         mnist(train_size=0)
 
 
+def test_test_size_zero_gives_an_empty_test_split(tmp_path: Path) -> None:
+    """Issue 10 point 14: dataset.test_size=0 crashed ("cannot reshape array of size 0")."""
+    ds = mnist(train_size=100, test_size=0, seed=0)
+    assert ds.x_test.shape == (0, 1, 28, 28) and ds.y_test.shape == (0,)
+    assert ds.x_test.dtype == torch.float32 and ds.sample_shape == (1, 28, 28)
+    fake_mnist(tmp_path, n_train=20, n_test=10)
+    full = mnist(root=str(tmp_path), test_size=0, download=False)
+    assert full.x_test.shape == (0, 1, 28, 28) and len(full.y_train) == 20
+    assert text(test_size=0).x_test.shape == (0, 64)
+
+
 def test_mnist_root_missing_without_download(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         mnist(root=str(tmp_path), download=False)
@@ -132,7 +127,7 @@ def test_mnist_root_missing_without_download(tmp_path: Path) -> None:
 
 
 def test_mnist_root_download_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "MNIST_MIRRORS", [(tmp_path / "no-mirror").as_uri() + "/"])
+    monkeypatch.setattr(mnist_sets, "MNIST_MIRRORS", [(tmp_path / "no-mirror").as_uri() + "/"])
     with pytest.raises(ConfigError, match="download failed"):
         mnist(root=str(tmp_path / "root"))
     assert not list((tmp_path / "root").glob("*.part"))  # no half-written files left
@@ -142,12 +137,12 @@ def test_mnist_root_download_and_read(tmp_path: Path, monkeypatch: pytest.Monkey
     mirror = tmp_path / "mirror"
     fake_mnist(mirror, n_train=60, n_test=30)
     md5s = {p.name[:-3]: hashlib.md5(p.read_bytes()).hexdigest() for p in mirror.iterdir()}
-    monkeypatch.setattr(data, "MNIST_MIRRORS", [mirror.as_uri() + "/"])
-    monkeypatch.setattr(data, "MNIST_FILES", md5s)
+    monkeypatch.setattr(mnist_sets, "MNIST_MIRRORS", [mirror.as_uri() + "/"])
+    monkeypatch.setattr(mnist_sets, "MNIST_FILES", md5s)
     root = tmp_path / "root"
     ds = mnist(root=str(root), seed=0)
     assert sorted(p.name for p in root.iterdir()) == sorted(p.name for p in mirror.iterdir())
-    assert ds.x_train.shape == (60, 784) and ds.x_test.shape == (30, 784)
+    assert ds.x_train.shape == (60, 1, 28, 28) and ds.x_test.shape == (30, 1, 28, 28)
     assert ds.name == "mnist" and float(ds.x_train.max()) <= 1.0
     sub = mnist(root=str(root), train_size=20, test_size=10, seed=0, download=False)
     assert len(sub.y_train) == 20 and len(sub.y_test) == 10
@@ -158,7 +153,7 @@ def test_mnist_root_download_and_read(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_mnist_root_raw_files(tmp_path: Path) -> None:
     fake_mnist(tmp_path, n_train=40, n_test=20, compress=False)
     ds = mnist(root=str(tmp_path), download=False)
-    assert ds.x_train.shape == (40, 784) and sorted(ds.y_test.tolist()) == sorted(
+    assert ds.x_train.shape == (40, 1, 28, 28) and sorted(ds.y_test.tolist()) == sorted(
         (np.arange(20) % 10).tolist())
 
 
@@ -214,12 +209,208 @@ def test_split_subsets_too_few_samples() -> None:
 
 
 # ------------------------------------------------------------------------------------------
+# Fashion-MNIST
+
+
+@pytest.mark.parametrize("layout", ["flat", "torchvision"])
+def test_fashion_mnist_reads_idx_files(tmp_path: Path, layout: str) -> None:
+    folder = tmp_path / "FashionMNIST" / "raw" if layout == "torchvision" else tmp_path
+    fake_mnist(folder, n_train=50, n_test=20, compress=layout == "flat", seed=3)
+    ds = fashion_mnist(root=str(tmp_path), seed=1)
+    assert ds.name == "fashion_mnist" and ds.num_classes == 10 and ds.kind == "image"
+    assert ds.x_train.shape == (50, 1, 28, 28) and ds.x_test.shape == (20, 1, 28, 28)
+    # the pixels are the file's, scaled to [0, 1], in a seeded order
+    images = load_idx(next(folder.glob("train-images-idx3-ubyte*")))
+    found = {tuple((ds.x_train[i, 0] * 255).round().to(torch.uint8).flatten().tolist())
+             for i in range(50)}
+    assert found == {tuple(img.flatten().tolist()) for img in images}
+    again = fashion_mnist(root=str(tmp_path), seed=1, train_size=10, test_size=5)
+    assert torch.equal(again.y_train, fashion_mnist(root=str(tmp_path), seed=1,
+                                                     train_size=10, test_size=5).y_train)
+    assert len(again.y_train) == 10 and len(again.y_test) == 5
+
+
+def test_fashion_mnist_missing_files_one_line(tmp_path: Path) -> None:
+    fake_mnist(tmp_path, n_train=5, n_test=5)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(ConfigError) as info:
+        fashion_mnist(root=str(tmp_path))
+    message = str(info.value)
+    assert "\n" not in message and "t10k-labels-idx1-ubyte" in message
+    assert "train-images" not in message and f"dataset.root={tmp_path}" in message
+    with pytest.raises(ConfigError, match="dataset.root must be set"):
+        fashion_mnist(root=None)
+
+
+# ------------------------------------------------------------------------------------------
+# CIFAR-10
+
+
+def test_cifar10_fixture_shapes_and_pixel_order(tmp_path: Path) -> None:
+    fake_cifar10(tmp_path, per_batch=8, n_test=6, seed=2)
+    ds = cifar10(root=str(tmp_path), seed=0)
+    assert ds.name == "cifar10" and ds.kind == "image" and ds.num_classes == 10
+    assert ds.x_train.shape == (40, 3, 32, 32) and ds.x_test.shape == (6, 3, 32, 32)
+    assert ds.x_train.dtype == torch.float32 and ds.y_train.dtype == torch.int64
+    assert ds.in_channels == 3 and ds.image_size == 32 and ds.input_dim == 3072
+    # rows are channel-major: 1024 red, 1024 green, 1024 blue values, row by row
+    batch = pickle.loads((tmp_path / "cifar-10-batches-py" / "test_batch").read_bytes())
+    rows = {tuple(r.tolist()): label for r, label in zip(batch[b"data"], batch[b"labels"],
+                                                         strict=True)}
+    for image, label in zip(ds.x_test, ds.y_test, strict=True):
+        key = tuple((image * 255).round().to(torch.uint8).flatten().tolist())
+        assert rows[key] == int(label)
+    # root may also be the batch folder itself; subsets are seeded
+    sub = cifar10(root=str(tmp_path / "cifar-10-batches-py"), train_size=7, test_size=0, seed=4)
+    assert sub.x_train.shape == (7, 3, 32, 32) and sub.x_test.shape == (0, 3, 32, 32)
+    assert torch.equal(sub.x_train, cifar10(root=str(tmp_path), train_size=7, test_size=0,
+                                            seed=4).x_train)
+    with pytest.raises(ConfigError, match="dataset.train_size must be at most 40"):
+        cifar10(root=str(tmp_path), train_size=41)
+
+
+def test_cifar10_reads_newer_pickle_protocols(tmp_path: Path) -> None:
+    fake_cifar10(tmp_path, per_batch=3, n_test=2, protocol=4)
+    assert cifar10(root=str(tmp_path)).x_train.shape == (15, 3, 32, 32)
+
+
+def test_cifar10_absent_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        cifar10(root=str(tmp_path))
+    message = str(info.value)
+    assert "\n" not in message and f"dataset.root={tmp_path}" in message
+    assert "data_batch_1" in message and "cifar-10-python.tar.gz" in message
+    fake_cifar10(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(ConfigError, match=r"missing data_batch_3 in .*cifar-10-batches-py"):
+        cifar10(root=str(tmp_path))
+    with pytest.raises(ConfigError, match="dataset.root must be set for dataset=cifar10"):
+        cifar10(root=None)
+
+
+class _Exploit:
+    def __reduce__(self) -> tuple:
+        return (print, ("pwned",))
+
+
+@pytest.mark.parametrize("payload, match", [
+    (b"not a pickle", "cannot read pickled data"),
+    (pickle.dumps({b"data": 1}), "not a CIFAR-10 batch"),
+    (pickle.dumps({b"data": np.zeros((2, 5), np.uint8), b"labels": [0, 1]}), r"\(N, 3072\)"),
+    (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 12]}), "0..9"),
+    (pickle.dumps(_Exploit()), "refusing to load builtins.print"),
+])
+def test_cifar10_corrupt_or_unsafe_batch(tmp_path: Path, payload: bytes, match: str,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    fake_cifar10(tmp_path, per_batch=2, n_test=2)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_2").write_bytes(payload)
+    with pytest.raises(ConfigError, match=match):
+        cifar10(root=str(tmp_path))
+    assert "pwned" not in capsys.readouterr().out  # the pickle's code never ran
+
+
+# ------------------------------------------------------------------------------------------
+# Character-level text
+
+DEFAULT_CORPUS_SHA256 = "0615dbc9d3ac08ef98cb36ec26424d6e627f33182a02828da01c17e91c658ffa"
+
+
+def decode(ds: Dataset, ids: torch.Tensor) -> str:
+    assert ds.vocab is not None
+    return "".join(ds.vocab[int(i)] for i in ids)
+
+
+def test_default_corpus_is_pinned_and_english_like() -> None:
+    corpus = grammar_corpus()
+    assert hashlib.sha256(corpus.encode()).hexdigest() == DEFAULT_CORPUS_SHA256
+    assert 300_000 <= len(corpus) <= 500_000
+    words = corpus.split()
+    assert 300 <= len(set(words)) <= 2000 and words.count("the") > 1000
+    assert grammar_corpus(5000, seed=1) != grammar_corpus(5000, seed=2)
+
+
+def test_text_windows_and_shifted_targets() -> None:
+    ds = text(context=32, seed=0)
+    corpus = grammar_corpus()
+    assert ds.kind == "tokens" and ds.task == "classification" and ds.name == "text"
+    assert ds.x_train.dtype == torch.int64 and ds.y_train.shape == ds.x_train.shape
+    assert ds.sample_shape == (32,) and ds.context == 32 and ds.input_dim == 32
+    assert ds.vocab == "".join(sorted(set(corpus))) and ds.vocab_size == len(ds.vocab)
+    assert ds.num_classes == ds.vocab_size and ds.in_channels is None
+    # y is x shifted by one character; x[i] is a window of the corpus
+    assert torch.equal(ds.y_train[:, :-1], ds.x_train[:, 1:])
+    cut = round(len(corpus) * 0.9)
+    for i in (0, 17, len(ds.x_train) - 1):
+        window = decode(ds, ds.x_train[i]) + decode(ds, ds.y_train[i, -1:])
+        start = corpus.find(window)
+        assert start >= 0 and start % 32 == 0 and start + 33 <= cut
+    # non-overlapping windows cover the training text; test windows come from its tail
+    assert len(ds.x_train) == (cut - 33) // 32 + 1
+    for i in range(len(ds.x_test)):
+        assert corpus.find(decode(ds, ds.x_test[i]), cut) >= cut
+    # seeded order, same windows
+    other = text(context=32, seed=1)
+    assert not torch.equal(other.x_train, ds.x_train)
+    assert sorted(map(tuple, other.x_train.tolist())) == sorted(map(tuple, ds.x_train.tolist()))
+    assert torch.equal(text(context=32, seed=0).x_test, ds.x_test)
+
+
+def test_text_from_file_and_folder(tmp_path: Path) -> None:
+    (tmp_path / "b.txt").write_text("abcdefghij" * 3, encoding="utf-8")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.txt").write_text("ü€ü€ü€ü€", encoding="utf-8")
+    (tmp_path / ".hidden").write_text("\xff never read", encoding="latin-1")
+    one = text(path=str(tmp_path / "b.txt"), context=4, stride=1, test_fraction=0.0)
+    assert one.vocab == "abcdefghij" and one.x_test.shape == (0, 4)
+    assert len(one.x_train) == 30 - 4 and one.name == "text:b.txt"
+    assert sorted(map(tuple, one.x_train[:, 0:1].tolist()))[0] == (0,)
+    both = text(path=str(tmp_path), context=4, test_fraction=0.25)
+    assert both.vocab == "\nabcdefghijü€"  # b.txt then sub/a.txt, joined by a newline
+    assert torch.equal(both.y_train[:, :-1], both.x_train[:, 1:])
+    with pytest.raises(ConfigError, match="train_size must be at most"):
+        text(path=str(tmp_path), context=4, train_size=100)
+    with pytest.raises(ConfigError, match="too short for one window"):
+        text(path=str(tmp_path / "b.txt"), context=40)
+
+
+def test_text_errors_are_one_line(tmp_path: Path) -> None:
+    (tmp_path / "bad.txt").write_bytes(b"ok \xff\xfe not utf-8")
+    cases = [
+        (dict(path=str(tmp_path / "bad.txt")), r"bad.txt is not UTF-8 text"),
+        (dict(path=str(tmp_path / "nope")), "no such file or folder"),
+        (dict(context=0), "dataset.context must be a positive integer"),
+        (dict(stride=2.5), "dataset.stride"),
+        (dict(test_fraction=1.0), "dataset.test_fraction must be ≤ 0.9"),
+        (dict(test_size=-1), "dataset.test_size"),
+    ]
+    for kwargs, match in cases:
+        with pytest.raises(ConfigError, match=match) as info:
+            text(**kwargs)
+        assert "\n" not in str(info.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="holds no files"):
+        text(path=str(tmp_path / "empty"))
+
+
+# ------------------------------------------------------------------------------------------
 # Hydra option files
 
 
-@pytest.mark.parametrize("option", ["mnist", "synthetic_linear", "synthetic_logistic"])
-def test_dataset_option_files_instantiate(option: str) -> None:
+@pytest.mark.parametrize("option", ["mnist", "synthetic_linear", "synthetic_logistic", "text",
+                                    "fashion_mnist", "cifar10"])
+def test_dataset_option_files_instantiate(option: str, tmp_path: Path) -> None:
     cfg = OmegaConf.create({"seed": 0, "dataset": OmegaConf.load(CONF / "dataset" /
                                                                   f"{option}.yaml")})
+    if option == "fashion_mnist":
+        cfg.dataset.root = str(fake_mnist(tmp_path, n_train=30, n_test=10))
+    if option == "cifar10":
+        cfg.dataset.root = str(fake_cifar10(tmp_path))
     ds = instantiate(cfg.dataset)
     assert isinstance(ds, Dataset) and len(ds.y_train) > len(ds.y_test) > 0
+    expected = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32),
+                "text": (64,), "synthetic_linear": (20,), "synthetic_logistic": (20,)}
+    assert ds.sample_shape == expected[option]
+
+
+def test_idx_stems_match_the_loader() -> None:
+    assert set(IDX_STEMS) == set(mnist_sets.MNIST_FILES)

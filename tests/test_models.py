@@ -162,3 +162,13 @@ def test_model_option_files_instantiate(option: str) -> None:
         cfg.model.num_classes = 10
     model = instantiate(cfg.model)
     assert isinstance(model, CodedModel)
+
+
+@pytest.mark.parametrize("name", ["paper_mlp", "mlp", "logistic", "linear"])
+def test_flat_models_flatten_images_themselves(name: str) -> None:
+    """Data sets keep their natural shape; the flat-feature models flatten (N, C, H, W)."""
+    model, x, y = make_case(name)
+    images = x.reshape(K, B, 3, 2, 2)  # D = 12 = 3·2·2
+    torch.testing.assert_close(model(images[0]), model(x[0]), rtol=0, atol=0)
+    torch.testing.assert_close(subset_gradients(model, images, y), subset_gradients(model, x, y),
+                               rtol=0, atol=0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
@@ -21,6 +23,7 @@ from agc_pipeline.stragglers import StragglerModel
 from agc_pipeline.train import build_trainer
 from agc_pipeline.training.settings import TrainerSettings
 from tests.conftest import compose_config
+from tests.data_fixtures import fake_cifar10, fake_mnist
 
 SMALL = ["dataset.n_samples=140", "trainer.alpha_samples=0", "trainer.progress=false"]
 
@@ -29,16 +32,23 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
+#: data sets read from files under dataset.root: a small fixture in the real format
+FILE_DATASETS = {"fashion_mnist": fake_mnist, "cifar10": fake_cifar10}
+
+
 @pytest.mark.parametrize("option", options("dataset"))
-def test_dataset_options(option: str) -> None:
+def test_dataset_options(option: str, tmp_path: Path) -> None:
     overrides = ["dataset.train_size=50", "dataset.test_size=10"] if option == "mnist" else []
+    if option in FILE_DATASETS:
+        overrides.append(f"dataset.root={FILE_DATASETS[option](tmp_path)}")
     data = build_dataset(compose_config("train", [f"dataset={option}", *overrides]))
     assert isinstance(data, Dataset) and len(data.y_train) > 0
 
 
 #: a data set each model can train on
 MODEL_DATA = {"linear": "synthetic_linear", "logistic": "synthetic_logistic",
-              "mlp": "synthetic_logistic", "paper_mlp": "synthetic_logistic"}
+              "mlp": "synthetic_logistic", "paper_mlp": "synthetic_logistic", "cnn": "mnist",
+              "gpt": "text", "custom_example": "mnist"}
 
 
 @pytest.mark.parametrize("option", options("model"))

@@ -1,0 +1,99 @@
+"""The :class:`Dataset` container, the data subsets D_1..D_k (paper §1) and shared checks."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from agc_pipeline.errors import require
+from agc_pipeline.validation import require_int
+
+__all__ = ["KINDS", "Dataset", "split_subsets"]
+
+#: what one sample is: a flat feature vector, an image (C, H, W) or a token sequence (T,)
+KINDS = ("features", "image", "tokens")
+
+
+@dataclass
+class Dataset:
+    """A train/test pair of tensors in their natural shape; dim 0 indexes samples.
+
+    ``kind="features"``: ``x`` float32 (N, D). ``kind="image"``: ``x`` float32 (N, C, H, W)
+    in [0, 1]. ``kind="tokens"``: ``x`` int64 (N, T) token ids in ``[0, vocab_size)``, ``y``
+    int64 (N, T) (the next token at every position). Otherwise ``y`` is int64 (N,) class
+    labels (classification) or float32 (N,) targets (regression, ``num_classes is None``).
+    ``vocab``: the characters of the token ids (character-level text), else None.
+    """
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int | None
+    name: str
+    kind: str = "features"
+    vocab: str | None = None
+
+    def __post_init__(self) -> None:
+        assert self.kind in KINDS, self.kind
+        assert self.x_train.shape[1:] == self.x_test.shape[1:], "train/test sample shapes"
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """Shape of one sample: (D,), (C, H, W) or (T,)."""
+        return tuple(int(v) for v in self.x_train.shape[1:])
+
+    @property
+    def input_dim(self) -> int:
+        """Number of input values per sample, prod(sample_shape) (D for features)."""
+        return math.prod(self.sample_shape)
+
+    @property
+    def in_channels(self) -> int | None:
+        """Image channels C (None unless ``kind="image"``)."""
+        return self.sample_shape[0] if self.kind == "image" else None
+
+    @property
+    def image_size(self) -> int | None:
+        """Side H = W of square images (None otherwise)."""
+        if self.kind != "image" or self.sample_shape[1] != self.sample_shape[2]:
+            return None
+        return self.sample_shape[1]
+
+    @property
+    def context(self) -> int | None:
+        """Sequence length T of token data (None otherwise)."""
+        return self.sample_shape[0] if self.kind == "tokens" else None
+
+    @property
+    def vocab_size(self) -> int | None:
+        """Number of distinct tokens (None unless ``kind="tokens"``)."""
+        return self.num_classes if self.kind == "tokens" else None
+
+    @property
+    def task(self) -> str:
+        """``"classification"`` or ``"regression"``."""
+        return "regression" if self.num_classes is None else "classification"
+
+
+def check_size(value: int | None, name: str, minimum: int) -> int | None:
+    """``dataset.<name>``: null or an integer ≥ ``minimum``."""
+    return None if value is None else require_int(value, f"dataset.{name}", minimum)
+
+
+def split_subsets(num_samples: int, k: int, seed: int) -> torch.Tensor:
+    """Indices of k disjoint, equal-size data subsets D_1..D_k (paper §1), shape (k, N // k).
+
+    A seeded random permutation of ``range(num_samples)`` cut into k rows; the
+    ``num_samples mod k`` left-over samples are dropped (equal sizes make the partial
+    gradients comparable, as the paper assumes).
+    """
+    k = require_int(k, "k (number of data subsets)", 1)
+    require(num_samples >= k,
+            f"k = {k} data subsets need at least {k} training samples (got {num_samples})")
+    perm = np.random.default_rng(seed).permutation(num_samples)
+    size = num_samples // k
+    return torch.from_numpy(perm[: k * size].reshape(k, size).astype(np.int64))
