@@ -233,7 +233,7 @@ class ParameterServer:
         loss = core.model.loss_sum(core.model(x), y)
         grads = torch.autograd.grad(loss, list(core.model.parameters()))
         exact = torch.cat([g.reshape(-1) for g in grads]).to(torch.float64)
-        return float(loss) / core.batch_samples, exact / core.batch_samples
+        return float(loss.detach()) / core.batch_samples, exact / core.batch_samples
 
     def _collect(self, t: int, start: float) -> Collected:
         """Take arrivals until the waiting rule is met (see the module docstring)."""
