@@ -51,10 +51,10 @@ DESIGNS = {
 
 #: model name → (overrides, samples per subset b)
 MODELS = {
-    "gpt_1m": (["dataset=text", "model=gpt", "model.layers=4", "model.width=128",
-                "model.heads=4", "model.context=32"], 4),
-    "gpt_10m": (["dataset=text", "model=gpt", "model.layers=6", "model.width=368",
-                 "model.heads=8", "model.context=16"], 1),
+    "gpt_1m": (["dataset=text", "dataset.context=32", "model=gpt", "model.layers=4",
+                "model.width=128", "model.heads=4"], 4),
+    "gpt_10m": (["dataset=text", "dataset.context=16", "model=gpt", "model.layers=8",
+                 "model.width=320", "model.heads=8"], 1),
     "mlp_1m": (["model=mlp", "model.hidden=1270"], 16),
 }
 

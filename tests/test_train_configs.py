@@ -119,9 +119,13 @@ TRAIN_PRESETS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"
                        if preset_app(p.stem) == "train")
 GROUPS = ("assignment", "scheme", "code", "decoder", "dataset", "model", "straggler", "trainer",
           "optimizer", "scheduler")
-SHRINK = {"mnist": ["dataset.train_size=120", "dataset.test_size=20"],
+SHRINK = {"mnist": ["dataset.train_size=300", "dataset.test_size=20"],
           "synthetic_linear": ["dataset.n_samples=150"],
-          "synthetic_logistic": ["dataset.n_samples=150"]}
+          "synthetic_logistic": ["dataset.n_samples=150"],
+          "text": ["dataset.train_size=300", "dataset.test_size=10"],
+          "fashion_mnist": [], "cifar10": []}
+#: each preset's own data set (the one a swap of another group keeps)
+PRESET_DATA = {"text_gpt": "text", "cifar10_resnet": "cifar10"}
 #: the genuinely impossible combinations (and what they say): an exact scheme on an
 #: assignment or an m it cannot use, (19) without n = m·k, a regression model or data set
 #: against the other's classification task
@@ -129,7 +133,20 @@ NEEDS_FRACTIONAL = "ce_frc needs assignment=fractional"
 NEEDS_M1 = "needs m = 1"
 NEEDS_MK = "needs n = m·k workers"
 TASKS = {("dataset", "synthetic_linear"): "is a regression data set",
-         ("model", "linear"): "is a regression model"}
+         ("model", "linear"): "is a regression model",
+         ("dataset", "fashion_mnist"): "dataset.root must be set",
+         ("dataset", "cifar10"): "dataset.root must be set",
+         ("dataset", "text"): "takes features or image inputs", ("model", "gpt"): "takes tokens"}
+#: a token-sequence preset (model=gpt): every image or feature model or data set is wrong
+ON_TEXT = {("dataset", "synthetic_linear"): "is a regression data set",
+           ("model", "linear"): "is a regression model",
+           ("dataset", "fashion_mnist"): "dataset.root must be set",
+           ("dataset", "cifar10"): "dataset.root must be set",
+           **{("dataset", d): "takes tokens" for d in ("mnist", "synthetic_logistic")},
+           **{("model", m): "takes features or image inputs"
+              for m in ("mlp", "paper_mlp", "logistic")},
+           ("model", "cnn"): "CNN takes image inputs",
+           ("model", "custom_example"): "cannot train on dataset text"}
 EXACT_ON_M2 = {("scheme", "crc"): NEEDS_M1, ("scheme", "frc"): NEEDS_M1}
 FIG6_CODES = {("code", "ce_frc"): NEEDS_FRACTIONAL, ("code", "crc"): "crc needs assignment=cyclic",
               ("code", "frc"): "frc needs assignment=fractional",
@@ -143,6 +160,20 @@ IMPOSSIBLE = {
     "communication": {**TASKS, **EXACT_ON_M2, ("scheme", "hadamard_nullspace"): NEEDS_MK},
 }
 IMPOSSIBLE["compare_codes_mnist"] = IMPOSSIBLE["compare_codes"]
+#: an image preset (model=cnn): feature and token data sets are the wrong kind
+ON_IMAGES = {("dataset", "synthetic_logistic"): "CNN takes image inputs",
+             ("dataset", "text"): "CNN takes image inputs"}
+IMPOSSIBLE["mnist_cnn"] = {**IMPOSSIBLE["fig6_bibd7"], **ON_IMAGES}
+IMPOSSIBLE["cifar10_resnet"] = {**IMPOSSIBLE["mnist_cnn"],
+                                ("model", "custom_example"): "cannot train on dataset cifar10"}
+del IMPOSSIBLE["cifar10_resnet"][("dataset", "cifar10")]  # the preset passes dataset.root
+IMPOSSIBLE["text_gpt"] = {**{key: why for key, why in IMPOSSIBLE["fig6_bibd7"].items()
+                             if key not in TASKS}, **ON_TEXT}
+
+
+@pytest.fixture(scope="module")
+def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fake_cifar10(tmp_path_factory.mktemp("cifar"), per_batch=100)
 
 
 def test_train_presets_are_listed() -> None:
@@ -150,14 +181,16 @@ def test_train_presets_are_listed() -> None:
 
 
 @pytest.mark.parametrize("preset", TRAIN_PRESETS)
-def test_every_option_of_every_group_after_a_preset(preset: str) -> None:
+def test_every_option_of_every_group_after_a_preset(preset: str, cifar_root: Path) -> None:
     unexpected = []
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         for group in GROUPS:
             for option in options(group):
-                dataset = option if group == "dataset" else "mnist"
+                dataset = option if group == "dataset" else PRESET_DATA.get(preset, "mnist")
                 overrides = [f"experiment={preset}", f"{group}={option}",
                              "trainer.alpha_samples=0", *SHRINK[dataset]]
+                if preset == "cifar10_resnet" and dataset == "cifar10":
+                    overrides.append(f"dataset.root={cifar_root}")
                 expected = IMPOSSIBLE[preset].get((group, option))
                 try:
                     build_trainer(compose("train", overrides))

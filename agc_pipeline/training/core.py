@@ -29,7 +29,7 @@ import torch
 from agc_pipeline.codes.base import Scheme
 from agc_pipeline.data import Dataset, split_subsets
 from agc_pipeline.decoding import Decoder, Decoding
-from agc_pipeline.errors import require
+from agc_pipeline.errors import ConfigError, require
 from agc_pipeline.models import CodedModel
 from agc_pipeline.stragglers import StragglerContext, StragglerDraw, StragglerModel, VirtualClock
 from agc_pipeline.training.batches import batch_indices, take
@@ -120,10 +120,20 @@ class CodedTraining:
         self._z: torch.Tensor | None = None
         self.engine = (CodedGradient(self.model, self.m)
                        if settings.coded_gradient == "weighted" else None)
+        few = (slice(0, min(self.k, 4)), slice(0, min(self.subset_size, 2)))
+        x_few = self.x[few].reshape(-1, *self.x.shape[2:])
+        y_few = self.y[few].reshape(-1, *self.y.shape[2:])
+        try:  # a model that cannot take these samples fails here, in one line
+            loss = model.loss_sum(model(x_few), y_few)
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(
+                f"model {type(model).__name__} cannot train on dataset {dataset.name} "
+                f"(samples of shape {tuple(self.x.shape[2:])}): {first}") from None
+        require(loss.dim() == 0, f"model {type(model).__name__}: loss_sum must return a scalar "
+                                 f"(got shape {tuple(loss.shape)})")
         if self.engine is not None:  # the model contract, on a few samples
-            few = (slice(0, min(self.k, 4)), slice(0, min(self.subset_size, 2)))
-            self.engine.check(self.x[few].reshape(-1, *self.x.shape[2:]),
-                              self.y[few].reshape(-1, *self.y.shape[2:]))
+            self.engine.check(x_few, y_few)
         self.assignment_matrix = a.matrix
         if make_optimizer is None:  # optimizer=sgd's defaults
             make_optimizer = functools.partial(torch.optim.SGD, lr=settings.lr)
