@@ -32,7 +32,7 @@ from agc_pipeline.codes.stack import Stack
 from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.provenance import record
 from agc_pipeline.sinks import make_logger_sink, write_json
-from agc_pipeline.sweeps import limit_threads, skip_finished_job
+from agc_pipeline.sweeps import skip_finished_job
 from agc_pipeline.validation import require_bool, require_finite, require_int, require_int_list
 
 log = logging.getLogger("agc_pipeline.analyze")
@@ -46,7 +46,7 @@ def build_study(cfg: DictConfig) -> ErrorStudy:
     realizations = require_int(a.realizations, "analysis.realizations", minimum=1)
     straggler_sets = require_int(a.straggler_sets, "analysis.straggler_sets", minimum=1)
     s_values = None if a.s is None else require_int_list(a.s, "analysis.s", minimum=0)
-    for key in ("include_zero", "baseline", "plot", "progress"):
+    for key in ("include_zero", "baseline", "plot", "progress", "skip_finished"):
         require_bool(a.get(key, True), f"analysis.{key}")
     if s_values is None:
         points = require_int(a.grid_points, "analysis.grid_points", minimum=1)
@@ -116,13 +116,18 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def _job(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
+    """One run (or sweep job); no torch threads to pin: the study is numpy on one BLAS
+    thread (:mod:`agc_pipeline.analysis.engine`)."""
+    if skip_finished_job(cfg, out_dir, ("results.json",)):
+        return None  # a re-run sweep: this job's complete run is already there
+    return run_analysis(cfg, out_dir)
+
+
 @hydra.main(config_path=str(CONFIG_DIR), config_name="analyze", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    if skip_finished_job(cfg, out_dir, ("results.json",)):
-        return  # a re-run sweep: this job's complete run is already there
-    limit_threads()
-    run_app(lambda: run_analysis(cfg, out_dir), "agc-analyze")
+    run_app(lambda: _job(cfg, out_dir), "agc-analyze")
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from agc_pipeline.codes.assignment import Assignment
 from agc_pipeline.codes.base import Scheme
-from agc_pipeline.conf_path import CONFIG_DIR
+from agc_pipeline.conf_path import preset_app
 from agc_pipeline.decoding import Decoder
 from agc_pipeline.errors import ConfigError
 
@@ -205,16 +205,6 @@ def build_trainer_settings(cfg: DictConfig) -> Any:
 # ------------------------------------------------------------------ presets of each app
 # The apps share one config tree; each experiment preset declares the app it is for (its
 # top-level ``app`` key), and the other app refuses it in one line.
-
-
-def preset_app(name: str) -> str | None:
-    """The ``app`` that ``conf/experiment/<name>.yaml`` declares (None: no such preset, or it
-    declares none)."""
-    path = CONFIG_DIR / "experiment" / f"{name}.yaml"
-    if not path.is_file():
-        return None
-    app = OmegaConf.load(path).get("app")
-    return None if app is None else str(app)
 
 
 def _foreign(app: str, name: str, declared: str) -> str:

@@ -48,9 +48,9 @@ GOLDEN_DIR = REPO_ROOT / "tests" / "golden"
 #: environment of every check's process: deterministic kernels and thread counts
 PINNED_ENV = {
     "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-    "AGC_TORCH_THREADS": "1", "MKL_CBWR": "AVX2", "OPENBLAS_CORETYPE": "Haswell",
-    "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "CUDA_VISIBLE_DEVICES": "",
-    "PYTHONHASHSEED": "0", "WANDB_MODE": "disabled", "AGC_SKIP_FINISHED": "0",
+    "MKL_CBWR": "AVX2", "OPENBLAS_CORETYPE": "Haswell", "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2", "CUDA_VISIBLE_DEVICES": "", "PYTHONHASHSEED": "0",
+    "WANDB_MODE": "disabled",
 }
 #: tolerance kinds: analysis (relative to the curve's scale), exact, distributed
 RTOL = {"analysis": 1e-12, "simulated": 0.0, "distributed": 1e-6}

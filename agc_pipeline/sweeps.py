@@ -7,8 +7,8 @@ its output files, and a resolved config equal to the new job's (keys in
 :data:`IGNORED_KEYS` aside). Hydra rewrites ``.hydra/config.yaml`` before the job starts, so
 the comparison uses the config saved in ``summary.json``. The other jobs run again in their
 directories, replacing what is there. ``trainer.skip_finished=false`` (or
-``analysis.skip_finished``) reruns every job; ``trainer.threads`` (``analysis.threads``)
-pins each job's torch threads.
+``analysis.skip_finished=false``) reruns every job; ``trainer.threads`` pins each training
+job's torch threads (the analyze app does not use torch, and runs BLAS on one thread).
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def _cores() -> int:
 def limit_threads(cfg: DictConfig | None = None) -> int | None:
     """Set torch's intra-op threads for this job and return the number (None: unchanged).
 
-    ``trainer.threads`` (``analysis.threads``) of ``cfg`` wins; otherwise, under the joblib
+    ``trainer.threads`` of ``cfg`` wins; otherwise, under the joblib
     launcher (``hydra/launcher=local``), ``max(1, cores // n_jobs)`` so that parallel jobs do
     not oversubscribe the cores. torch is only touched when the app has imported it.
     """

@@ -126,3 +126,12 @@ def test_unknown_check_and_update_with_override_are_usage_errors(
     with pytest.raises(SystemExit):
         main(["--update", "--override", "seed=1"])
 
+
+
+def test_the_pinned_environment_sets_no_dead_switch() -> None:
+    """Every AGC_* variable a check's process gets is one the package reads (the former
+    AGC_TORCH_THREADS / AGC_SKIP_FINISHED switches were replaced by config keys)."""
+    sources = "\n".join(path.read_text() for path in (repro.REPO_ROOT / "agc_pipeline").rglob(
+        "*.py") if path.name != "repro.py")
+    dead = [key for key in repro.PINNED_ENV if key.startswith("AGC_") and key not in sources]
+    assert not dead, dead
