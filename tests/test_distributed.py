@@ -151,6 +151,26 @@ def test_simulated_and_distributed_runs_are_the_same(stragglers: str, tmp_path: 
     assert out[-1]["wall_time"] == pytest.approx(sum(r["iteration_time"] for r in out))
 
 
+def test_simulated_and_distributed_cnn_runs_are_the_same(tmp_path: Path) -> None:
+    """The residual CNN on MNIST images (N, 1, 28, 28), minibatches, one worker missing
+    every iteration: the workers' one-pass weighted messages give the simulated PS's
+    parameters."""
+    base = [o for o in FAST if not o.startswith(("dataset", "model"))]
+    cnn = [*base, "dataset=mnist", "dataset.train_size=120", "dataset.test_size=10",
+           "model=cnn", "model.width=4", "model.depth=2", "trainer.batch_size=3", *CODE7,
+           "straggler=fixed", "straggler.s=1"]
+    simulated = run_training(compose_config("train", cnn), tmp_path / "sim")
+    summary = run_training(compose_config("train", [*cnn, *DIST, "trainer.straggle=drop"]),
+                           tmp_path / "dist")
+    assert [r["survivors"] for r in rows(tmp_path / "dist")] == \
+        [r["survivors"] for r in rows(tmp_path / "sim")] == [3] * 5
+    for p, q in zip(final_params(tmp_path / "dist"), final_params(tmp_path / "sim"),
+                    strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert summary["final_train_loss"] == pytest.approx(simulated["final_train_loss"],
+                                                        rel=1e-5)
+
+
 # ------------------------------------------------------------------------------------------
 # stragglers
 

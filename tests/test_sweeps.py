@@ -22,12 +22,14 @@ from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.sweeps import finished_run, limit_threads
 from agc_pipeline.train import build_trainer, run_training
 from tests.conftest import ROOT, compose_config
+from tests.data_fixtures import fake_cifar10
 
 SWEEP_PRESETS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")
                        if "sweeper:" in p.read_text())
 #: expected number of jobs of each sweep preset (the Cartesian product of its params)
 JOBS = {"compare_codes": 32, "compare_codes_mnist": 160, "communication": 24,
-        "fig6_bibd7": 10, "fig6_coset27": 10}
+        "fig6_bibd7": 10, "fig6_coset27": 10, "mnist_cnn": 9, "text_gpt": 4,
+        "cifar10_resnet": 9}
 SHRINK = ["dataset.train_size=120", "dataset.test_size=20", "trainer.alpha_samples=0"]
 
 
@@ -51,7 +53,10 @@ def test_every_sweep_preset_is_listed() -> None:
 
 
 @pytest.mark.parametrize("preset", SWEEP_PRESETS)
-def test_sweep_presets_compose_and_every_swept_value_builds(preset: str) -> None:
+def test_sweep_presets_compose_and_every_swept_value_builds(preset: str,
+                                                           tmp_path: Path) -> None:
+    data = ([f"dataset.root={fake_cifar10(tmp_path, per_batch=100, n_test=30)}"]
+            if preset == "cifar10_resnet" else [])
     cfg = compose_with_hydra("train", [f"experiment={preset}"])
     values = sweep_values(cfg.hydra.sweeper.params)
     jobs = 1
@@ -62,7 +67,7 @@ def test_sweep_presets_compose_and_every_swept_value_builds(preset: str) -> None
     for options in values.values():  # each value once, the other keys at their defaults
         for override in options:
             trainer = build_trainer(compose_config("train", [f"experiment={preset}", override,
-                                                             *SHRINK]))
+                                                             *SHRINK, *data]))
             assert trainer.core.n >= 7, override
 
 
@@ -72,7 +77,7 @@ def test_compare_codes_mnist_covers_every_scheme_q_and_seed() -> None:
     assert values["straggler.q"] == [f"straggler.q={q}" for q in ("0", "0.1", "0.25", "0.4")]
     assert len(values["seed"]) == 5
     schemes = {build_trainer(compose_config("train", ["experiment=compare_codes_mnist", code,
-                                                      *SHRINK])).scheme.name
+                                                      *SHRINK])).core.scheme.name
                for code in values["code"]}
     assert schemes == {p.stem for p in (CONFIG_DIR / "scheme").glob("*.yaml")}
     assert cfg.dataset._target_.endswith("mnist")
