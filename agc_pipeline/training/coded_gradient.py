@@ -20,8 +20,9 @@ partial gradients:
    gradients are formed);
 3. for each such module and each block segment of its parameters, the weight gradients with
    the per-sample weights applied to δ: for ``nn.Linear`` one matrix product per segment
-   covering all c outputs, ``(C_s ⊙ δ)ᵀ x``; for any other module a vector–Jacobian product
-   of y with respect to its parameters.
+   covering all c outputs, ``(C_s ⊙ δ)ᵀ x``; for ``nn.Conv2d`` one convolution backward with
+   the c weighted δ's stacked along the output channels; for any other module a
+   vector–Jacobian product of y with respect to its parameters.
 
 Cost: a plain step's forward and input-gradient backward, plus c (plus one for the plain
 gradient, if asked for) weight-gradient products; memory O(d + activations); nothing of size
@@ -171,7 +172,8 @@ class CodedGradient:
             for h in handles:
                 h.remove()
         ys = [out for _, _, out in calls]
-        generic = any(not self._fast_linear(mod, params_dtype) for mod, _, _ in calls)
+        generic = any(not (self._fast_linear(mod, params_dtype)
+                           or self._fast_conv(mod, params_dtype)) for mod, _, _ in calls)
         deltas = torch.autograd.grad(loss, ys, retain_graph=generic, allow_unused=True)
         blocks = torch.zeros(c, self.length, dtype=params_dtype, device=device)
         plain = (torch.zeros(self.d, dtype=params_dtype, device=device)
@@ -188,6 +190,9 @@ class CodedGradient:
             if self._fast_linear(module, params_dtype):
                 with torch.no_grad():
                     self._linear(module, inputs[0].detach(), delta, weights, blocks, plain, c)
+            elif self._fast_conv(module, params_dtype):
+                with torch.no_grad():
+                    self._conv(module, inputs[0].detach(), delta, weights, blocks, plain, c)
             else:
                 self._generic(module, out, delta, weights, blocks, plain, c)
         return CodedGradientResult(blocks, plain, float(loss.detach()))
@@ -197,6 +202,48 @@ class CodedGradient:
     @staticmethod
     def _fast_linear(module: nn.Module, dtype: torch.dtype) -> bool:
         return type(module) is nn.Linear and module.weight.dtype == dtype
+
+    @staticmethod
+    def _fast_conv(module: nn.Module, dtype: torch.dtype) -> bool:
+        return (type(module) is nn.Conv2d and module.groups == 1
+                and module.padding_mode == "zeros" and isinstance(module.padding, tuple)
+                and module.weight.dtype == dtype)
+
+    def _conv(self, module: nn.Conv2d, x: torch.Tensor, delta: torch.Tensor,
+              weights: torch.Tensor, blocks: torch.Tensor, plain: torch.Tensor | None,
+              c: int) -> None:
+        """``nn.Conv2d``: the weight gradients of every output in one convolution backward,
+        by stacking the weighted δ's along the output channels (as for a conv with
+        cols·C_out channels); bias gradients wᵀ Σ_hw δ."""
+        n = delta.shape[0]
+        cols = weights.shape[1]
+        for p, is_weight in ((module.weight, True), (module.bias, False)):
+            if p is None or id(p) not in self._params:
+                continue
+            info = self._params[id(p)]
+            for seg in info.segments:
+                w = weights[seg.block]  # (cols, N)
+                if is_weight:
+                    per = p[0].numel()
+                    r0, r1 = seg.start // per, -(-seg.stop // per)
+                    d_rows = delta[:, r0:r1]  # (N, r, H, W)
+                    stacked = (d_rows[:, None] * w.T[:, :, None, None, None]).reshape(
+                        n, cols * (r1 - r0), *delta.shape[2:])
+                    shape = (cols * (r1 - r0), *p.shape[1:])
+                    g = torch.ops.aten.convolution_backward(
+                        stacked, x, p.new_empty(shape), None, module.stride, module.padding,
+                        module.dilation, False, [0, 0], 1, [False, True, False])[1]
+                    g = g.reshape(cols, -1)
+                    lo = seg.start - r0 * per
+                    part = g[:, lo:lo + seg.stop - seg.start]
+                else:
+                    summed = delta[:, seg.start:seg.stop].sum(dim=(2, 3))  # (N, r)
+                    part = w @ summed
+                width = seg.stop - seg.start
+                blocks[:, seg.dest:seg.dest + width] += part[:c]
+                if plain is not None:
+                    start = info.offset + seg.start
+                    plain[start:start + width] += part[c]
 
     def _linear(self, module: nn.Linear, x: torch.Tensor, delta: torch.Tensor,
                 weights: torch.Tensor, blocks: torch.Tensor, plain: torch.Tensor | None,
