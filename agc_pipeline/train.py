@@ -1,4 +1,4 @@
-"""The ``train`` app: coded SGD on a simulated cluster (paper §6, Fig. 6) or on real
+"""The ``train`` app: coded SGD on a simulated cluster (paper Sections VII–VIII, Fig. 6) or on real
 processes (``trainer=distributed``: a parameter server and n workers on torch.distributed).
 
     python -m agc_pipeline.train experiment=fig6_bibd7            # one run

@@ -1,6 +1,6 @@
 """The one-pass coded gradient (training/coded_gradient.py) against the k partial gradients.
 
-Eqs. (1)–(2): block u of Σ_i C[u, i, v] g_i must be what the engine returns, for any
+Section III: block u of Σ_i C[u, i, v] g_i must be what the engine returns, for any
 coefficients, any m (block boundaries inside layers), Linear/Conv/GroupNorm/LayerNorm/
 Embedding/attention modules, and the plain gradient on the side.
 """

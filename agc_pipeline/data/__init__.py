@@ -1,4 +1,4 @@
-"""Data sets for coded SGD and the split into k data subsets D_1..D_k (paper §1).
+"""Data sets for coded SGD and the split into k data subsets D_1..D_k (paper Section II).
 
 Tensors keep their natural shape, dim 0 indexing samples (see :class:`Dataset`):
 

@@ -1,4 +1,4 @@
-"""The :class:`Dataset` container, the data subsets D_1..D_k (paper §1) and shared checks."""
+"""The :class:`Dataset` container, the data subsets D_1..D_k (Section II) and shared checks."""
 
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def check_size(value: int | None, name: str, minimum: int) -> int | None:
 
 
 def split_subsets(num_samples: int, k: int, seed: int) -> torch.Tensor:
-    """Indices of k disjoint, equal-size data subsets D_1..D_k (paper §1), shape (k, N // k).
+    """Indices of k disjoint, equal-size data subsets D_1..D_k (Section II), shape (k, N // k).
 
     A seeded random permutation of ``range(num_samples)`` cut into k rows; the
     ``num_samples mod k`` left-over samples are dropped (equal sizes make the partial

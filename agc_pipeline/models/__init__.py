@@ -7,7 +7,7 @@ given as ``model._target_``):
   (N, D) features, (N, C, H, W) images, (N, T) tokens) returns outputs with dim 0 = samples.
 * ``model.loss_sum(outputs, targets)``: the loss *summed* over the samples, a scalar tensor.
   The partial gradient of data subset D_i is then ``∇ loss_sum(D_i) / N`` and the full
-  gradient is their sum (paper §1: g = Σ_i g_i); the trainer divides by N.
+  gradient is their sum (paper Section II: g = Σ_i g_i); the trainer divides by N.
 * ``model.metric(outputs, targets)``: a float (accuracy, token accuracy or MSE).
 * ``model.task``: ``"classification"`` (integer targets) or ``"regression"`` (float).
 * Optional ``inputs``: the data set kinds accepted (``features``, ``image``, ``tokens``).

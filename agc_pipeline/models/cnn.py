@@ -9,7 +9,7 @@ the shortcut). Global average pooling and a linear head follow. With the default
 
 Normalisation is GroupNorm (Wu & He 2018), never BatchNorm: each sample is normalised with
 its own statistics, so a sample's output depends on that sample only. That is what coded
-SGD needs: the partial gradient of data subset D_i (paper §1) must not depend on which other
+SGD needs: the partial gradient of data subset D_i (paper Section II) must not depend on which other
 samples share the forward pass, and no running statistics need a rule for stragglers.
 """
 

@@ -3,7 +3,7 @@
 * :mod:`~agc_pipeline.training.coded_step` — blocks, worker messages, decoding, α (Sections
   II and VII);
 * :mod:`~agc_pipeline.training.coded_gradient` — coded gradients in one weighted backward
-  pass (eqs. (1)–(2)); :mod:`~agc_pipeline.training.gradients` — the k partial gradients
+  pass (Section III); :mod:`~agc_pipeline.training.gradients` — the k partial gradients
   (the reference path); :mod:`~agc_pipeline.training.batches` — minibatches per subset;
 * :mod:`~agc_pipeline.training.optim` and :mod:`~agc_pipeline.training.schedules` — the
   PS's optimizer, learning-rate schedules and clipping;

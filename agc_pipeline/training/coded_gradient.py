@@ -1,4 +1,4 @@
-"""Coded gradients in one forward and one backward pass, whatever k (paper §II, eqs. (1)–(2)).
+"""Coded gradients in one forward and one backward pass, whatever k (paper Section III).
 
 Encoding is linear in the loss. With the d parameters cut into m blocks of length L = ⌈d/m⌉
 and g_i the partial gradient of data subset D_i, a coded combination is
@@ -7,8 +7,8 @@ and g_i the partial gradient of data subset D_i, a coded combination is
 
 for a coefficient tensor C of shape (m, k, c):
 
-* worker j's message Z B(:, j) (eq. (1)): c = 1, ``C[u, i, 0] = B[u·k + i, j]``;
-* the simulated PS's estimate Z (B R) (eq. (2)): c = m, ``C[u, i, v] = (B R)[u·k + i, v]``.
+* worker j's message Z B(:, j) (Section III): c = 1, ``C[u, i, 0] = B[u·k + i, j]``;
+* the simulated PS's estimate Z (B R) (Section III): c = m, ``C[u, i, v] = (B R)[u·k + i, v]``.
 
 Since g_i = Σ_{s ∈ D_i} ∇ℓ_s, every parameter θ of block u receives
 ``Σ_s C[u, i(s), v] ∇_θ ℓ_s`` in output v: a *per-sample weighted* gradient whose weights

@@ -1,9 +1,9 @@
-"""The coded SGD step, independent of any runtime (paper §1 and §6).
+"""The coded SGD step, independent of any runtime (paper Sections II, III and VII).
 
 Shared by the simulated cluster and the distributed runtime; it knows nothing of Hydra, W&B
 or torch.distributed.
 
-Notation (PAPER.md §1): k partial gradients g_i ∈ R^d, each cut into m blocks of length
+Notation (paper Sections II–III): k partial gradients g_i ∈ R^d, each cut into m blocks of length
 L = ⌈d/m⌉ (zero-padded); ``Z = [G[1] | … | G[m]]`` with ``G[u] = [g_1[u] … g_k[u]]`` so that
 column ``u·k + i`` of Z is block u of g_i, matching row ``u·k + i`` of B. Worker j sends
 ``Z B(:, j)`` (length L); the PS decodes R (n×m, zero outside the survivors 𝓕) and forms

@@ -1,4 +1,4 @@
-"""Partial gradients g_i of the k data subsets (paper §1) in one forward and one backward.
+"""Partial gradients g_i of the k data subsets (paper Section II) in one forward and one backward.
 
 g_i = ∇ loss_sum(D_i) / N, so that the full gradient of the mean loss is g = Σ_i g_i.
 

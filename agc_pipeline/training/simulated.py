@@ -1,16 +1,18 @@
 """Coded SGD on a simulated cluster: n workers and the parameter server in one process.
 
-Each iteration t (PAPER.md §1, §6):
+Each iteration t (paper Sections II, III and VII):
 
-1. the k partial gradients g_i = ∇loss_sum(D_i)/N, each computed once (one forward and one
-   backward pass, :mod:`~agc_pipeline.training.gradients`), packed as Z in float64;
+1. the minibatch of iteration t: ``trainer.batch_size`` samples of every data subset D_i
+   (:meth:`~agc_pipeline.training.core.CodedTraining.minibatch`; all of D_i by default);
 2. the encoding matrix B of iteration t (:func:`~agc_pipeline.training.coded_step.encoder_rng`
    for randomised schemes such as construction (7));
 3. the straggler model's draw for iteration t (seeded by (seed, t): common random numbers
    across schemes) — the survivor set 𝓕 and the PS's waiting time;
-4. decoding R at the PS, the estimate ĝ = Z (B R) (float64; identical to combining the
-   survivors' messages Z B(:, j), which ``materialize_messages`` does explicitly; divided by
-   α when ``decoder.rescale``), un-padded into the parameters' shapes, and the SGD step.
+4. decoding R at the PS and the estimate ĝ = Z (B R) — identical to combining the survivors'
+   messages Z B(:, j) — formed in one weighted backward pass
+   (``trainer.coded_gradient=weighted``, :mod:`~agc_pipeline.training.coded_gradient`) or
+   from the k partial gradients in float64 (``per_subset``; ``materialize_messages`` builds
+   the messages explicitly), divided by α when ``decoder.rescale``, and the optimizer step.
    No survivors: the update is skipped (and logged). NaN/Inf in ĝ, or a step that would
    overflow the parameters: :class:`TrainingDiverged` (the state stays the last good one).
 
@@ -24,6 +26,7 @@ the iteration then lasts until the slowest worker arrives. Models without timing
 ``delay``) have stragglers that never arrive; under ``wait_for_all`` they are taken to arrive
 after ``straggler_slowdown × compute_time`` plus their communication time.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -120,7 +120,7 @@ class Worker:
         x, y = take(self.x, index), take(self.y, index)
         b = self.coded.encoding(t)
         coefficients = worker_coefficients(b, self.k, self.m, self.j, self.held)
-        if self.engine is not None:  # one weighted backward: the message directly (eq. (1))
+        if self.engine is not None:  # one weighted backward: the message directly (Section III)
             coef = coefficients[:, :, None] / self.num_samples  # (m, h, 1)
             subset = self.local.repeat_interleave(x.shape[1])
             res = self.engine(x.reshape(-1, *x.shape[2:]), y.reshape(-1, *y.shape[2:]),
