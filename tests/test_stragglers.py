@@ -212,7 +212,7 @@ def test_delay_comm_time_scales_with_message_length() -> None:
     n, d, c = 10, 100_000, 1e-5
     first = Delay(s=2, comm_per_unit=c, seed=1)
     for it in range(10):
-        full, half = first.core.draw(it, n, d), first.core.draw(it, n, d // 2)
+        full, half = first.draw(it, n, d), first.draw(it, n, d // 2)
         assert half.iteration_time < full.iteration_time
         assert full.iteration_time - half.iteration_time == pytest.approx(c * d / 2)
         np.testing.assert_array_equal(half.survivors, full.survivors)

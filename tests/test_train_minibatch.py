@@ -138,10 +138,11 @@ def test_bad_optimizer_and_scheduler_settings_fail_in_one_line(override: str,
 def test_weighted_equals_per_subset_on_the_cnn_and_the_gpt(model: list[str]) -> None:
     """The one-pass coded gradient and the k partial gradients give the same ĝ (to 1e-5
     relative) on the residual CNN and the transformer, with minibatches and stragglers."""
-    extra = [*model, "trainer.batch_size=4", "straggler.q=0.3", "optimizer=adamw",
+    base = [o for o in FAST if not o.startswith(("dataset", "model"))]
+    extra = [*base, *model, "trainer.batch_size=4", "straggler.q=0.3", "optimizer=adamw",
              "trainer.lr=0.001"]
-    fast = _trainer(*extra)
-    ref = _trainer(*extra, "trainer.coded_gradient=per_subset")
+    fast = build_trainer(compose_config("train", extra))
+    ref = build_trainer(compose_config("train", [*extra, "trainer.coded_gradient=per_subset"]))
     for _ in range(2):
         t = fast.core.iteration
         x, y = fast.core.minibatch(t)
