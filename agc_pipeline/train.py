@@ -255,7 +255,8 @@ def _summary(runtime: Runtime, cfg: DictConfig, config: dict[str, Any], status: 
         "iterations": tot.iterations, "seconds": seconds, "train_seconds": tot.seconds,
         "virtual_time": trainer.clock.virtual_time,
         "total_bytes_to_ps": tot.bytes_to_ps, "mean_survivors": tot.survivors / done,
-        "skipped_iterations": tot.skipped, "mean_grad_error": tot.grad_error / done,
+        "skipped_iterations": tot.skipped,
+        "mean_grad_error": tot.grad_error / done if trainer.settings.grad_error else None,
         "alpha": None if trainer.alpha is None else trainer.alpha.as_dict(),
         # ‖mean(B_F R) − α F‖ / ‖F‖: what decoder.rescale's assumption misses (Section VII)
         "alpha_residual": None if trainer.alpha is None else trainer.alpha.residual,

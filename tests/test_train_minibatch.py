@@ -157,3 +157,11 @@ def test_weighted_equals_per_subset_on_the_cnn_and_the_gpt(model: list[str]) -> 
         a, c = fast.step(), ref.step()
         assert a["survivors"] == c["survivors"]
         assert a["train_loss"] == pytest.approx(c["train_loss"], rel=1e-5)
+
+
+def test_summary_has_no_grad_error_when_it_is_not_computed(tmp_path) -> None:  # noqa: ANN001
+    from agc_pipeline.train import run_training
+
+    summary = run_training(compose_config("train", [*FAST, "trainer.grad_error=false"]),
+                           tmp_path)
+    assert summary["mean_grad_error"] is None
