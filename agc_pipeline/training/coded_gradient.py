@@ -239,11 +239,7 @@ class CodedGradient:
                 else:
                     summed = delta[:, seg.start:seg.stop].sum(dim=(2, 3))  # (N, r)
                     part = w @ summed
-                width = seg.stop - seg.start
-                blocks[:, seg.dest:seg.dest + width] += part[:c]
-                if plain is not None:
-                    start = info.offset + seg.start
-                    plain[start:start + width] += part[c]
+                _write(info, seg, part, blocks, plain, c)
 
     def _linear(self, module: nn.Linear, x: torch.Tensor, delta: torch.Tensor,
                 weights: torch.Tensor, blocks: torch.Tensor, plain: torch.Tensor | None,
@@ -274,12 +270,7 @@ class CodedGradient:
                 else:
                     summed = ds[:, :, seg.start:seg.stop].sum(dim=1)  # (N, r)
                     part = w @ summed  # (cols, r)
-                dest = seg.dest
-                width = seg.stop - seg.start
-                blocks[:, dest:dest + width] += part[:c]
-                if plain is not None:
-                    start = info.offset + seg.start
-                    plain[start:start + width] += part[c]
+                _write(info, seg, part, blocks, plain, c)
 
     def _generic(self, module: nn.Module, out: torch.Tensor, delta: torch.Tensor,
                  weights: torch.Tensor, blocks: torch.Tensor, plain: torch.Tensor | None,
@@ -304,9 +295,15 @@ class CodedGradient:
                 for seg in info.segments:
                     if seg.block != u:
                         continue
-                    dest = seg.dest
-                    width = seg.stop - seg.start
-                    blocks[:, dest:dest + width] += stacked[:c, seg.start:seg.stop]
-                    if plain is not None:
-                        start = info.offset + seg.start
-                        plain[start:start + width] += stacked[c, seg.start:seg.stop]
+                    _write(info, seg, stacked[:, seg.start:seg.stop], blocks, plain, c)
+
+
+def _write(info: _Param, seg: _Segment, part: torch.Tensor, blocks: torch.Tensor,
+           plain: torch.Tensor | None, c: int) -> None:
+    """Add a segment's weighted gradients ``part`` ((c[+1], width)) at its place: outputs
+    0..c-1 at offset ``seg.dest`` of the blocks, row c (if any) into the plain gradient."""
+    width = seg.stop - seg.start
+    blocks[:, seg.dest:seg.dest + width] += part[:c]
+    if plain is not None:
+        start = info.offset + seg.start
+        plain[start:start + width] += part[c]
