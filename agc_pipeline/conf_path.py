@@ -1,5 +1,5 @@
-"""Where the Hydra configs live (``conf/`` of a source checkout, else the installed copy), the
-app each experiment preset is for, and the group listing of each app's ``--help``.
+"""Where the Hydra configs live (``agc_pipeline/conf/``, package data, so a wheel install finds
+them), the app each experiment preset is for, and the group listing of each app's ``--help``.
 
 The apps share one config tree. Each ``--help`` lists only its own app's groups (those of its
 primary config's defaults list, without the internal ``preset/...`` groups) and the
@@ -14,7 +14,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 _HERE = Path(__file__).resolve().parent
-CONFIG_DIR = _HERE.parent / "conf" if (_HERE.parent / "conf").is_dir() else _HERE / "conf"
+CONFIG_DIR = _HERE / "conf"
 
 
 def preset_app(name: str) -> str | None:

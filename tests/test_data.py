@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import agc_pipeline.data.mnist_sets as mnist_sets
+from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.data import (
     Dataset,
     cifar10,
@@ -32,7 +33,7 @@ from tests.data_fixtures import IDX_STEMS, fake_cifar10, fake_mnist, write_idx
 
 BUNDLED = Path(mnist_sets.__file__).parent / "mnist_t10k"
 CLASS_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]  # MNIST t10k
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = CONFIG_DIR
 
 
 # ------------------------------------------------------------------------------------------

@@ -17,11 +17,12 @@ from agc_pipeline.codes.designs import (
     steiner_triple_system,
     validate_bibd,
 )
+from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.errors import ConfigError
 
 PLANE_ORDERS = [2, 3, 4, 5, 7, 8, 9]
 STS_ORDERS = [v for v in range(3, 32) if v % 6 in (1, 3)]
-CONF = Path(__file__).resolve().parents[1] / "conf" / "assignment"
+CONF = CONFIG_DIR / "assignment"
 #: the authors' PG(2,9) incidence matrix of Fig. 3, shipped with the tests (tests/data/README.md)
 BIBD91 = Path(__file__).resolve().parent / "data" / "BIBD91.npy"
 

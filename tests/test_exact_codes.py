@@ -7,7 +7,6 @@ B (least squares: B R = F) and end to end on random partial gradients.
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,9 +17,10 @@ from agc_pipeline.codes.ce_frc import CommEfficientFRC, mds_coefficients, mds_no
 from agc_pipeline.codes.crc import CyclicRepetitionCode, tandon_cyclic_matrix
 from agc_pipeline.codes.frc import FractionalRepetitionCode
 from agc_pipeline.codes.repetition import cyclic, fractional, identity
+from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.errors import ConfigError
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = CONFIG_DIR
 
 FRC_CASES = [(6, 1), (6, 2), (8, 3), (10, 1), (12, 2), (12, 3)]  # (n, s), m = 1
 CRC_CASES = [(6, 1), (8, 2), (10, 3), (12, 3)]  # (n, s), m = 1

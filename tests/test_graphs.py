@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +16,10 @@ from agc_pipeline.codes.graphs import (
     srg_eigenvalues,
     srg_parameters,
 )
+from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.errors import ConfigError
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "assignment"
+CONF = CONFIG_DIR / "assignment"
 
 SRG_CASES = [
     ({"graph": "petersen"}, (10, 3, 0, 1)),

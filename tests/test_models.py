@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ from omegaconf import OmegaConf
 from torch.nn import functional as F
 from torch.nn.utils import parameters_to_vector
 
+from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.data import split_subsets, synthetic_logistic
 from agc_pipeline.errors import ConfigError
 from agc_pipeline.models import (
@@ -25,7 +25,7 @@ from agc_pipeline.models import (
     subset_gradients,
 )
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = CONFIG_DIR
 D, K, B = 12, 5, 8  # features, data subsets, samples per subset
 
 

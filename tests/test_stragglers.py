@@ -11,6 +11,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.errors import ConfigError
 from agc_pipeline.stragglers import (
     Adversarial,
@@ -25,7 +26,7 @@ from agc_pipeline.stragglers import (
     claim1_choice,
 )
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = CONFIG_DIR
 
 
 def cyclic_assignment(n: int, delta: int) -> np.ndarray:
