@@ -173,3 +173,121 @@ def test_a_module_whose_output_is_not_batch_first_is_refused() -> None:
     x = torch.randint(0, 7, (3, 5))
     with pytest.raises(ConfigError, match="Position returned shape \\(5, 4\\) for a batch of 3"):
         engine(x, x, torch.zeros(3, dtype=torch.long), np.ones((2, 1, 1)))
+
+
+# ------------------------------------------------------------------------------------------
+# the paths of the weight-gradient kernels (training/weight_gradients.py)
+
+
+@pytest.mark.parametrize("path", ["per_subset", "per_sample"])
+@pytest.mark.parametrize("layout", ["grouped", "unequal_unsorted"])
+def test_linear_paths_chunks_and_subset_layouts(monkeypatch: pytest.MonkeyPatch, path: str,
+                                                layout: str) -> None:
+    """Both nn.Linear paths, with row chunks of 1–3 rows (chunk edges inside block
+    segments, m = 3) and subsets that are unequal in size and out of order."""
+    from agc_pipeline.training import weight_gradients as wg
+
+    monkeypatch.setattr(wg, "PER_SUBSET_MIN_ROWS", 0 if path == "per_subset" else 10**9)
+    monkeypatch.setattr(wg, "CHUNK_ELEMENTS", 40)
+    monkeypatch.setattr(wg, "CHUNK_MIN_ROWS", 1)
+    torch.manual_seed(0)
+    model, data = _transformer()
+    gen = torch.Generator().manual_seed(3)
+    k, m = 4, 3
+    if layout == "grouped":
+        subset = torch.arange(k).repeat_interleave(3)
+    else:
+        subset = torch.tensor([2, 0, 3, 0, 1, 0, 2, 3, 0, 1, 1, 0])  # counts 5, 3, 2, 2
+    x, y = data(subset.numel(), gen)
+    coef = np.random.default_rng(4).normal(size=(m, k, 2))
+    ref, plain = _reference(model, x, y, subset, k, m, coef)
+    res = CodedGradient(model, m)(x, y, subset, coef, plain_weight=1.0)
+    assert float((res.blocks.double() - ref).norm() / ref.norm()) < 1e-5
+    assert float((res.plain.double() - plain).norm() / plain.norm()) < 1e-5
+
+
+def test_groups_gather_pads_short_subsets_with_zeros() -> None:
+    from agc_pipeline.training.weight_gradients import Groups
+
+    subset = torch.tensor([1, 0, 1, 3, 1])
+    groups = Groups(subset)
+    assert groups.ids.tolist() == [0, 1, 3] and groups.size == 3
+    t = torch.arange(5.0)[:, None] + 1
+    got = groups.gather(t)[..., 0]
+    assert got.tolist() == [[2, 0, 0], [1, 3, 5], [4, 0, 0]]
+    even = Groups(torch.tensor([0, 0, 2, 2]))
+    assert even.gather(t[:4]).data_ptr() == t.data_ptr()  # contiguous groups: a view
+
+
+def test_in_place_edits_of_module_outputs_switch_to_copying_taps() -> None:
+    """A model writing into a module's output (ReLU(inplace=True) after a Linear) cannot
+    be tapped as is; the engine switches to copying taps and returns the exact combination."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(36, 16), nn.ReLU(inplace=True),
+                        nn.Linear(16, 5))
+    model = _Model(net)
+    x, y = _mlp()[1](8, torch.Generator().manual_seed(0))
+    subset = torch.arange(4).repeat_interleave(2)
+    coef = np.random.default_rng(0).normal(size=(2, 4, 2))
+    ref, plain = _reference(model, x, y, subset, 4, 2, coef)
+    engine = CodedGradient(model, 2)
+    res = engine(x, y, subset, coef, plain_weight=1.0)
+    assert engine.copy_outputs
+    assert float((res.blocks.double() - ref).norm() / ref.norm()) < 1e-5
+    assert float((res.plain.double() - plain).norm() / plain.norm()) < 1e-5
+
+
+def test_a_module_called_twice_and_an_embedding_padding_row() -> None:
+    """Two calls of one Linear add up; the padding row of an Embedding gets no gradient."""
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(9, 6, padding_idx=0)
+            self.mix = nn.Linear(6, 6)
+            self.head = nn.Linear(6, 9)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.mix(torch.tanh(self.mix(self.emb(x)))))
+
+        def loss_sum(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(outputs.reshape(-1, 9), targets.reshape(-1), reduction="sum")
+
+    torch.manual_seed(0)
+    model = Twice()
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 9, (6, 5), generator=gen)
+    x[0, :2] = 0  # padding tokens
+    y = torch.randint(0, 9, (6, 5), generator=gen)
+    subset = torch.arange(3).repeat_interleave(2)
+    coef = np.random.default_rng(1).normal(size=(2, 3, 2))
+    ref, plain = _reference(model, x, y, subset, 3, 2, coef)
+    res = CodedGradient(model, 2)(x, y, subset, coef, plain_weight=1.0)
+    assert float((res.blocks.double() - ref).norm() / ref.norm()) < 1e-5
+    assert float((res.plain.double() - plain).norm() / plain.norm()) < 1e-5
+    assert torch.count_nonzero(res.plain[:6]) == 0  # row 0 of the embedding table
+
+
+def test_a_module_returning_a_tuple_is_refused_in_one_line() -> None:
+    class Pair(nn.Module):  # owns a parameter and returns two tensors
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.eye(4))
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return x @ self.weight, x
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pair, self.bias = Pair(), nn.Parameter(torch.zeros(4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.pair(x)[0] + self.bias
+
+        def loss_sum(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(outputs, targets, reduction="sum")
+
+    model = Model()
+    x, y = torch.randn(3, 4), torch.tensor([0, 1, 2])
+    with pytest.raises(ConfigError, match="Pair returned a tuple, not a tensor"):
+        CodedGradient(model, 1).check(x, y)

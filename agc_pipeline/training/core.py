@@ -40,6 +40,7 @@ from agc_pipeline.training.coded_step import (
     CodedStep,
     TrainingDiverged,
     apply_weights,
+    check_finite,
     combine,
     from_blocks,
     survivor_messages,
@@ -243,6 +244,7 @@ class CodedTraining:
         :class:`TrainingDiverged`, so a checkpoint never holds them.
         """
         if update and not self.optimizer.step(pending.gradient):
+            check_finite(pending.gradient, self.iteration)  # names NaN/Inf gradient entries
             raise TrainingDiverged(
                 f"iteration {self.iteration}: the SGD step would overflow the parameters to "
                 "NaN/Inf (diverged: lower trainer.lr)")

@@ -91,10 +91,7 @@ class SimulatedRuntime:
         if core.decoder.rescale and dec is not None:
             assert core.alpha is not None, "call estimate_alpha() before training"
             estimate = estimate / core.alpha.value
-        if exact is None:
-            norm = float(estimate.square().sum())
-            if not math.isfinite(norm):
-                check_finite(estimate, t)
+        if exact is None:  # a NaN/Inf entry is caught by the optimizer's guard (commit)
             error = None
         else:
             diff2 = float((estimate.to(exact.dtype) - exact).square().sum())

@@ -1,0 +1,328 @@
+"""Per-module weighted weight gradients for the coded-gradient engine (paper Section III).
+
+For a module with parameters θ, per-sample output signals δ_s = ∂(Σ_s ℓ_s)/∂y_s and a
+parameter segment lying in block u, the engine (:mod:`~agc_pipeline.training.coded_gradient`)
+needs, for every output column v,
+
+    G[v] = Σ_s w[u, v, s] ∇_θ ℓ_s,        w[u, v, s] = C[u, i(s), v],
+
+where i(s) is the data subset of sample s. Each function here forms G for one module type
+from the module's input and δ alone and adds it to an :class:`Accumulator` (the c coded
+blocks and, as column c, the plain gradient):
+
+* ``nn.Linear``, weight: **per subset** when a subset holds enough rows (samples × positions):
+  P_i = Σ_{s ∈ D_i} δ_s x_sᵀ as one batched product (the plain weight-gradient flops in all),
+  then G[v] = Σ_i C[u, i, v] P_i, a chunk of rows at a time so that the k' products of a
+  chunk stay in cache (extra flops ≈ cols / rows-per-subset of the weight-gradient product;
+  nothing of size k·d is formed). With fewer than ``PER_SUBSET_MIN_ROWS`` rows per subset
+  **per sample**: (w ⊙ δ)ᵀ x with every column stacked in one product (cols × the
+  weight-gradient flops);
+* ``nn.Conv2d``: one convolution backward with the weighted δ's stacked along the output
+  channels;
+* ``nn.LayerNorm`` / ``nn.GroupNorm``: per-sample sums of δ ⊙ x̂ (x̂ recomputed), weighted;
+* ``nn.Embedding``: the weighted δ rows added at their token ids;
+* anything else: a vector–Jacobian product of the module's output per (block, column).
+
+Products run in the parameters' dtype; the coefficients come from float64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["Accumulator", "Groups", "Segment", "Weighting", "module_kernel"]
+
+#: rows (samples × positions) per subset from which the per-subset product is used: with
+#: fewer, the k' small products run well below the speed of one large one (measured on CPU)
+PER_SUBSET_MIN_ROWS = 32
+#: elements of the k' per-subset products of one chunk of rows (4 MiB of float32), and the
+#: fewest rows a chunk has (narrower products run slower)
+CHUNK_ELEMENTS = 1 << 20
+CHUNK_MIN_ROWS = 64
+
+
+@dataclass(frozen=True)
+class Segment:
+    """The part ``[start, stop)`` of a parameter's flat view that lies in block ``block``;
+    it lands at offset ``dest`` of that block."""
+
+    block: int
+    start: int
+    stop: int
+    dest: int
+
+
+class Groups:
+    """The samples of a batch grouped by data subset: ``count`` groups (the subsets present,
+    ``ids``) of ``size`` samples, shorter groups padded with zero rows."""
+
+    def __init__(self, subset: torch.Tensor) -> None:
+        n = subset.numel()
+        ordered = n < 2 or bool((subset[1:] >= subset[:-1]).all())
+        if ordered:  # the usual case (minibatches are built subset by subset): no sort
+            self.ids, counts = torch.unique_consecutive(subset, return_counts=True)
+        else:
+            self.ids, counts = torch.unique(subset, sorted=True, return_counts=True)
+        self.count = int(self.ids.numel())
+        self.size = int(counts.max()) if n else 0
+        #: None: the batch is already ``count`` contiguous groups of ``size``
+        self._where: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        if not (ordered and bool((counts == self.size).all())):
+            order = torch.argsort(subset, stable=True)
+            group = torch.repeat_interleave(torch.arange(self.count, device=subset.device),
+                                            counts)
+            starts = torch.cumsum(counts, 0) - counts
+            rank = torch.arange(n, device=subset.device) - starts.repeat_interleave(counts)
+            self._where = (order, group, rank)
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """(N, …) → (count, size, …)."""
+        if self._where is None:
+            return t.reshape(self.count, self.size, *t.shape[1:])
+        order, group, rank = self._where
+        out = t.new_zeros(self.count, self.size, *t.shape[1:])
+        out[group, rank] = t[order]
+        return out
+
+
+@dataclass
+class Weighting:
+    """One call's weights: ``per_sample`` (m, cols, N) = w above, ``per_group``
+    (m, count, cols) = C[u, ids, v], both in the parameters' dtype."""
+
+    per_sample: torch.Tensor
+    per_group: torch.Tensor
+    groups: Groups
+
+    @property
+    def cols(self) -> int:
+        return int(self.per_sample.shape[1])
+
+
+
+
+class Accumulator:
+    """The engine's outputs: ``blocks`` (c, L), the c coded combinations, and ``plain`` (d,)
+    or None, the plain gradient (column c of the weights); ``offsets[id(p)]`` is parameter
+    p's offset in the flat parameter vector."""
+
+    def __init__(self, blocks: torch.Tensor, plain: torch.Tensor | None,
+                 offsets: dict[int, int]) -> None:
+        self.blocks, self.plain, self.offsets = blocks, plain, offsets
+        self.c = int(blocks.shape[0])
+
+    def add(self, p: nn.Parameter, seg: Segment, start: int, part: torch.Tensor) -> None:
+        """Add ``part`` ((cols, width): every column's gradient of p's flat entries
+        ``[start, start + width)``, inside ``seg``)."""
+        width, c = part.shape[1], self.c
+        dest = seg.dest + start - seg.start
+        self.blocks[:, dest:dest + width] += part[:c]
+        if self.plain is not None:
+            flat = self.offsets[id(p)] + start
+            self.plain[flat:flat + width] += part[c]
+
+    def add_product(self, p: nn.Parameter, seg: Segment, start: int, coef: torch.Tensor,
+                    values: torch.Tensor) -> None:
+        """:meth:`add` of ``coef @ values`` ((cols, r) @ (r, width)), written in place by
+        one matrix product per output (no temporary)."""
+        width, c = values.shape[1], self.c
+        dest = seg.dest + start - seg.start
+        if c:
+            self.blocks[:, dest:dest + width].addmm_(coef[:c], values)
+        if self.plain is not None:
+            flat = self.offsets[id(p)] + start
+            self.plain[flat:flat + width].addmv_(values.T, coef[c])
+
+Segments = Callable[[nn.Parameter], list[Segment]]
+Kernel = Callable[[nn.Module, tuple, torch.Tensor, torch.Tensor, Weighting, Segments,
+                   Accumulator], None]
+
+
+def _owned(module: nn.Module, names: Iterable[str], segments: Segments,
+           ) -> Iterable[tuple[str, nn.Parameter, list[Segment]]]:
+    for name in names:
+        p = getattr(module, name, None)
+        if isinstance(p, nn.Parameter):
+            segs = segments(p)
+            if segs:
+                yield name, p, segs
+
+
+def _sample_sums(p: nn.Parameter, segs: list[Segment], per_sample: torch.Tensor,
+                 w: Weighting, out: Accumulator) -> None:
+    """Emit ``w @ per_sample`` for parameters whose per-sample gradient is the row
+    ``per_sample[s]`` ((N, numel) — norms' and biases' sums over positions)."""
+    for seg in segs:
+        out.add_product(p, seg, seg.start, w.per_sample[seg.block],
+                        per_sample[:, seg.start:seg.stop])
+
+
+def linear(module: nn.Linear, inputs: tuple, y: torch.Tensor, delta: torch.Tensor,
+           w: Weighting, segments: Segments, out: Accumulator) -> None:
+    """``nn.Linear``: weight per subset (chunked) or per sample, bias wᵀ Σ_t δ."""
+    x = inputs[0].detach()
+    n, fan_in, fan_out = x.shape[0], module.in_features, module.out_features
+    x3, d3 = x.reshape(n, -1, fan_in), delta.reshape(n, -1, fan_out)  # (N, T, ·)
+    for name, p, segs in _owned(module, ("weight", "bias"), segments):
+        if name == "bias":
+            _sample_sums(p, segs, d3.sum(dim=1), w, out)
+        elif w.groups.size * x3.shape[1] >= PER_SUBSET_MIN_ROWS:
+            _linear_per_subset(p, x3, d3, fan_in, segs, w, out)
+        else:
+            _linear_per_sample(p, x3, d3, fan_in, segs, w, out)
+
+
+def _linear_per_subset(p: nn.Parameter, x3: torch.Tensor, d3: torch.Tensor, fan_in: int,
+                       segs: list[Segment], w: Weighting, out: Accumulator) -> None:
+    groups = w.groups
+    xg = groups.gather(x3).reshape(groups.count, -1, fan_in)  # (k', S, in)
+    # (k', out, S), a transposed view (as autograd's own δᵀ x): no copy of δ
+    dg = groups.gather(d3).reshape(groups.count, -1, d3.shape[-1]).transpose(1, 2)
+    rows = max(CHUNK_MIN_ROWS, CHUNK_ELEMENTS // (groups.count * fan_in))
+    for seg in segs:
+        coef = w.per_group[seg.block].T.contiguous()  # (cols, k')
+        r0, r1 = seg.start // fan_in, -(-seg.stop // fan_in)
+        for a in range(r0, r1, rows):
+            b = min(a + rows, r1)
+            products = torch.bmm(dg[:, a:b], xg).reshape(groups.count, -1)  # P_i, these rows
+            lo, hi = max(a * fan_in, seg.start), min(b * fan_in, seg.stop)
+            out.add_product(p, seg, lo, coef, products[:, lo - a * fan_in:hi - a * fan_in])
+
+
+def _linear_per_sample(p: nn.Parameter, x3: torch.Tensor, d3: torch.Tensor, fan_in: int,
+                       segs: list[Segment], w: Weighting, out: Accumulator) -> None:
+    x2 = x3.reshape(-1, fan_in)
+    cols = w.cols
+    for seg in segs:
+        ws = w.per_sample[seg.block]  # (cols, N)
+        r0, r1 = seg.start // fan_in, -(-seg.stop // fan_in)
+        # (N·T, cols·r)ᵀ @ (N·T, in): every column's weighted rows in one product
+        scaled = d3[:, :, None, r0:r1] * ws.T[:, None, :, None]  # (N, T, cols, r)
+        g = (scaled.reshape(-1, cols * (r1 - r0)).T @ x2).view(cols, -1)
+        lo = seg.start - r0 * fan_in
+        out.add(p, seg, seg.start, g[:, lo:lo + seg.stop - seg.start])
+
+
+def conv2d(module: nn.Conv2d, inputs: tuple, y: torch.Tensor, delta: torch.Tensor,
+           w: Weighting, segments: Segments, out: Accumulator) -> None:
+    """``nn.Conv2d`` (groups = 1, zero padding): every column's weight gradients in one
+    convolution backward, the weighted δ's stacked along the output channels; bias
+    wᵀ Σ_hw δ."""
+    x = inputs[0].detach()
+    n, cols = delta.shape[0], w.cols
+    for name, p, segs in _owned(module, ("weight", "bias"), segments):
+        if name == "bias":
+            _sample_sums(p, segs, delta.sum(dim=(2, 3)), w, out)
+            continue
+        per = p[0].numel()
+        for seg in segs:
+            ws = w.per_sample[seg.block]  # (cols, N)
+            r0, r1 = seg.start // per, -(-seg.stop // per)
+            stacked = (delta[:, None, r0:r1] * ws.T[:, :, None, None, None]).reshape(
+                n, cols * (r1 - r0), *delta.shape[2:])
+            g = torch.ops.aten.convolution_backward(
+                stacked, x, p.new_empty((cols * (r1 - r0), *p.shape[1:])), None,
+                module.stride, module.padding, module.dilation, False, [0, 0], 1,
+                [False, True, False])[1].reshape(cols, -1)
+            lo = seg.start - r0 * per
+            out.add(p, seg, seg.start, g[:, lo:lo + seg.stop - seg.start])
+
+
+def layer_norm(module: nn.LayerNorm, inputs: tuple, y: torch.Tensor, delta: torch.Tensor,
+               w: Weighting, segments: Segments, out: Accumulator) -> None:
+    """``nn.LayerNorm``: weight Σ_t δ ⊙ x̂ and bias Σ_t δ per sample, weighted."""
+    x = inputs[0].detach()
+    n, size = x.shape[0], module.weight.numel() if module.weight is not None else 0
+    shape = module.normalized_shape
+    for name, p, segs in _owned(module, ("weight", "bias"), segments):
+        d3 = delta.reshape(n, -1, p.numel())
+        if name == "weight":
+            xhat = F.layer_norm(x, shape, None, None, module.eps).reshape(n, -1, size)
+            _sample_sums(p, segs, (d3 * xhat).sum(dim=1), w, out)
+        else:
+            _sample_sums(p, segs, d3.sum(dim=1), w, out)
+
+
+def group_norm(module: nn.GroupNorm, inputs: tuple, y: torch.Tensor, delta: torch.Tensor,
+               w: Weighting, segments: Segments, out: Accumulator) -> None:
+    """``nn.GroupNorm``: weight Σ_hw δ ⊙ x̂ and bias Σ_hw δ per sample and channel, weighted."""
+    x = inputs[0].detach()
+    n, c = x.shape[0], module.num_channels
+    d3 = delta.reshape(n, c, -1)
+    for name, p, segs in _owned(module, ("weight", "bias"), segments):
+        if name == "weight":
+            xhat = F.group_norm(x, module.num_groups, None, None, module.eps).reshape(n, c, -1)
+            _sample_sums(p, segs, (d3 * xhat).sum(dim=2), w, out)
+        else:
+            _sample_sums(p, segs, d3.sum(dim=2), w, out)
+
+
+def embedding(module: nn.Embedding, inputs: tuple, y: torch.Tensor, delta: torch.Tensor,
+              w: Weighting, segments: Segments, out: Accumulator) -> None:
+    """``nn.Embedding``: each column's weighted δ rows added at their token ids (the row
+    ``padding_idx``, if any, gets none)."""
+    ids = inputs[0].reshape(inputs[0].shape[0], -1)  # (N, T)
+    n, dim = ids.shape[0], module.embedding_dim
+    d3 = delta.reshape(n, -1, dim)
+    for _, p, segs in _owned(module, ("weight",), segments):
+        for block in sorted({seg.block for seg in segs}):
+            ws = w.per_sample[block]  # (cols, N)
+            weighted = (d3[None] * ws[:, :, None, None]).reshape(w.cols, -1, dim)
+            g = p.new_zeros(w.cols, module.num_embeddings, dim)
+            g.index_add_(1, ids.reshape(-1), weighted)
+            if module.padding_idx is not None:
+                g[:, module.padding_idx] = 0
+            g = g.reshape(w.cols, -1)
+            for seg in segs:
+                if seg.block == block:
+                    out.add(p, seg, seg.start, g[:, seg.start:seg.stop])
+
+
+def generic(module: nn.Module, inputs: tuple, y: torch.Tensor, delta: torch.Tensor,
+            w: Weighting, segments: Segments, out: Accumulator) -> None:
+    """Any module: one vector–Jacobian product of its output per (block, column) its
+    parameters need, with the per-sample weights applied to δ (the graph is kept)."""
+    own = [(p, segments(p)) for p in module.parameters(recurse=False)]
+    own = [(p, segs) for p, segs in own if segs]
+    if not own:
+        return
+    params = [p for p, _ in own]
+    shape = (-1,) + (1,) * (delta.dim() - 1)
+    for u in sorted({seg.block for _, segs in own for seg in segs}):
+        grads = [torch.autograd.grad(y, params, w.per_sample[u, v].view(shape) * delta,
+                                     retain_graph=True, allow_unused=True)
+                 for v in range(w.cols)]
+        for index, (p, segs) in enumerate(own):
+            stacked = torch.stack([
+                (g[index] if g[index] is not None else torch.zeros_like(p)).reshape(-1)
+                for g in grads])  # (cols, numel)
+            for seg in segs:
+                if seg.block == u:
+                    out.add(p, seg, seg.start, stacked[:, seg.start:seg.stop])
+
+
+def module_kernel(module: nn.Module, dtype: torch.dtype) -> tuple[Kernel, bool]:
+    """The function forming ``module``'s weighted gradients, and whether it needs the
+    module's autograd graph (only :func:`generic` does)."""
+    own = list(module.parameters(recurse=False))
+    if any(p.dtype != dtype for p in own):
+        return generic, True
+    kind = type(module)
+    if kind is nn.Linear:
+        return linear, False
+    if (kind is nn.Conv2d and module.groups == 1 and module.padding_mode == "zeros"
+            and isinstance(module.padding, tuple)):
+        return conv2d, False
+    if kind is nn.LayerNorm and module.elementwise_affine:
+        return layer_norm, False
+    if kind is nn.GroupNorm and module.affine:
+        return group_norm, False
+    if (kind is nn.Embedding and module.max_norm is None and not module.scale_grad_by_freq
+            and not module.sparse):
+        return embedding, False
+    return generic, True
