@@ -59,7 +59,7 @@ DESIGNS = {
 MODELS = {
     "gpt_1m": (["dataset=text", "dataset.context=32", "model=gpt", "model.layers=4",
                 "model.width=128", "model.heads=4"], 4),
-    "gpt_10m": (["dataset=text", "dataset.context=16", "model=gpt", "model.layers=8",
+    "gpt_10m": (["dataset=text", "dataset.context=64", "model=gpt", "model.layers=8",
                  "model.width=320", "model.heads=8"], 1),
     "mlp_1m": (["model=mlp", "model.hidden=1270"], 16),
 }

@@ -52,6 +52,26 @@ def test_an_overflowing_step_changes_nothing(make: functools.partial) -> None:
         assert torch.equal(torch.as_tensor(value), torch.as_tensor(state[key]))
 
 
+@pytest.mark.parametrize("make", [
+    functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9),
+    functools.partial(torch.optim.AdamW, lr=0.1),
+])
+def test_after_an_undone_step_training_continues_as_if_it_never_happened(
+        make: functools.partial) -> None:
+    """The step buffers are reused: an overflowing first step leaves no state, and the
+    steps after an undone one are bit-identical to a run that never saw it."""
+    ours, ref = _params(), _params()
+    opt, clean = Optimizer(ours, make), Optimizer(ref, make)
+    assert not opt.step(torch.full((12,), 1e300, dtype=torch.float64))
+    assert not opt.optimizer.state
+    grads = [torch.linspace(-1, 1, 12) * (i + 1) for i in range(4)]
+    for i, g in enumerate(grads):
+        assert opt.step(g) and clean.step(g)
+        if i == 1:
+            assert not opt.step(torch.full((12,), 1e300, dtype=torch.float64))
+    assert all(torch.equal(a, b) for a, b in zip(ours, ref, strict=True))
+
+
 def test_clipping_bounds_the_global_norm() -> None:
     params = _params()
     before = torch.cat([p.detach().reshape(-1) for p in params])

@@ -173,12 +173,14 @@ class CodedGradient:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, subset: torch.Tensor,
                  coefficients: np.ndarray | torch.Tensor, plain_weight: float | None = None,
-                 ) -> CodedGradientResult:
+                 out: torch.Tensor | None = None) -> CodedGradientResult:
         """Coded combinations for the batch ``(x, y)``.
 
         ``subset``: (N,) long, the data subset i(s) of each sample; ``coefficients``: (m, k', c)
         with k' > subset.max() (C above, already scaled, e.g. by 1/N); ``plain_weight``: if
         given, also return the plain gradient ``plain_weight · Σ_s ∇ℓ_s`` (flat, length d).
+        ``out``: a (c, L) buffer to write the combinations into (zeroed first; reusing one
+        saves allocating and faulting in d fresh values per call), else a new one.
         """
         dtype = next(self.model.parameters()).dtype
         device = x.device
@@ -193,7 +195,10 @@ class CodedGradient:
         groups = Groups(subset)
         weighting = Weighting(per_sample=coef[:, subset, :].permute(0, 2, 1).to(dtype),
                               per_group=coef[:, groups.ids, :].to(dtype), groups=groups)
-        blocks = torch.zeros(c, self.length, dtype=dtype, device=device)
+        if out is not None and out.shape == (c, self.length) and out.dtype == dtype:
+            blocks = out.zero_()
+        else:
+            blocks = torch.zeros(c, self.length, dtype=dtype, device=device)
         plain = torch.zeros(self.d, dtype=dtype, device=device) if plain_weight is not None \
             else None
         n = x.shape[0]

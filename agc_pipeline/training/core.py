@@ -119,6 +119,8 @@ class CodedTraining:
         self.length = self.coded.length
         #: trainer.coded_gradient=per_subset: Z as k rows of m zero-padded blocks, float64
         self._z: torch.Tensor | None = None
+        #: the (m, L) buffer the weighted path writes ĝ into, reused every iteration
+        self._estimate_buffer: torch.Tensor | None = None
         self.engine = (CodedGradient(self.model, self.m)
                        if settings.coded_gradient == "weighted" else None)
         few = (slice(0, min(self.k, 4)), slice(0, min(self.subset_size, 2)))
@@ -221,7 +223,9 @@ class CodedTraining:
             subset = torch.arange(self.k, device=self.device).repeat_interleave(per)
             coef = np.asarray(weights).reshape(m, self.k, m) * scale
             res = self.engine(x.reshape(-1, *x.shape[2:]), y.reshape(-1, *y.shape[2:]), subset,
-                              coef, plain_weight=scale if want_exact else None)
+                              coef, plain_weight=scale if want_exact else None,
+                              out=self._estimate_buffer)
+            self._estimate_buffer = res.blocks  # ĝ is used up by commit() before the next call
             return res.blocks.reshape(-1)[:d], res.plain, res.loss
         grads, loss = partial_gradients(self.model, x, y)
         if self._z is None:

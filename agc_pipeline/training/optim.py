@@ -35,6 +35,9 @@ class Optimizer:
         self.scheduler = make_scheduler(self.optimizer) if make_scheduler else None
         self.clip_grad_norm = clip_grad_norm
         self.last_grad_norm: float | None = None
+        self._backup: list[torch.Tensor] | None = None
+        self._state_backup: dict[tuple[int, str], torch.Tensor] = {}
+        self._saved_state: dict[tuple[int, str], Any] = {}
 
     @property
     def lr(self) -> float:
@@ -57,21 +60,47 @@ class Optimizer:
         if self.clip_grad_norm is not None:
             self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(
                 self.params, self.clip_grad_norm, foreach=False))
-        saved = [p.detach().clone() for p in self.params]
-        state = copy.deepcopy(self.optimizer.state_dict())
+        self._save()
         self.optimizer.step()
         # one reduction per tensor: a NaN/Inf anywhere makes its sum non-finite
         sums = torch.stack([p.sum() for p in self.params])
         ok = bool(torch.isfinite(sums).all())
         if not ok:
-            for p, old in zip(self.params, saved, strict=True):
-                p.copy_(old)
-            self.optimizer.load_state_dict(state)
+            self._restore()
         for p in self.params:
             p.grad = None
         if ok and self.scheduler is not None:
             self.scheduler.step()
         return ok
+
+    def _save(self) -> None:
+        """Copy the parameters and the optimizer's state into buffers kept from step to step
+        (one pass over them; no allocation after the first steps)."""
+        if self._backup is None:
+            self._backup = [torch.empty_like(p) for p in self.params]
+        torch._foreach_copy_(self._backup, [p.detach() for p in self.params])
+        saved: dict[tuple[int, str], Any] = {}
+        for index, p in enumerate(self.params):
+            for key, value in self.optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor):
+                    buffer = self._state_backup.get((index, key))
+                    if buffer is None or buffer.shape != value.shape \
+                            or buffer.dtype != value.dtype:
+                        buffer = self._state_backup[(index, key)] = torch.empty_like(value)
+                    buffer.copy_(value)
+                    saved[(index, key)] = buffer
+                else:
+                    saved[(index, key)] = copy.deepcopy(value)
+        self._saved_state = saved
+
+    def _restore(self) -> None:
+        """Undo the last step: parameters and optimizer state as :meth:`_save` left them."""
+        torch._foreach_copy_([p.detach() for p in self.params], self._backup)
+        for p in self.params:
+            self.optimizer.state.pop(p, None)
+        for (index, key), value in self._saved_state.items():
+            state = self.optimizer.state[self.params[index]]
+            state[key] = value.clone() if isinstance(value, torch.Tensor) else value
 
     def state_dict(self) -> dict[str, Any]:
         """Optimizer and schedule state (momentum buffers, Adam moments, step counts)."""

@@ -39,7 +39,7 @@ __all__ = ["Accumulator", "Groups", "Segment", "Weighting", "module_kernel"]
 
 #: rows (samples × positions) per subset from which the per-subset product is used: with
 #: fewer, the k' small products run well below the speed of one large one (measured on CPU)
-PER_SUBSET_MIN_ROWS = 32
+PER_SUBSET_MIN_ROWS = 64
 #: elements of the k' per-subset products of one chunk of rows (4 MiB of float32), and the
 #: fewest rows a chunk has (narrower products run slower)
 CHUNK_ELEMENTS = 1 << 20
