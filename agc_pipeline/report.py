@@ -567,9 +567,13 @@ def write_wandb_report(out: Path, options: WandbOptions, runs: list[Run], groups
     names = sorted({w["group"] for w in logged if w.get("group")}) or [target["group"]]
     if options.group:
         names = [options.group]
+    line = {id(run): i for i, g in enumerate(groups) for run in g.runs}
+    seeds = _seed_keys(runs) if runs else set()
     train = [{**(r.summary.get("keys") or {"code": r.setup()["code"] or
                                         r.summary["scheme"]["name"]}),
-              "_metrics": {k for row in r.rows for k in row}} for r in runs]
+              "_metrics": {k for row in r.rows for k in row}, "_line": line.get(id(r)),
+              "_config": {k: json.loads(v) for k, v in r.flat_config().items()
+                          if k not in seeds and k != "status"}} for r in runs]
     time_keys = sorted({g.time_key for g in groups})
     description = (f"{len(runs)} train and {len(analysis_runs)} analyze runs of W&B group "
                    f"{', '.join(names)}, made by agc_pipeline from "

@@ -51,6 +51,9 @@ ANALYZE_COLUMNS = ("run:displayName", "config:code.value", "config:assignment.va
 X_TITLES = {"iteration": "Iteration", "virtual_time": "Virtual time",
             "wall_time": "Wall-clock time (s)", "mb_to_ps": "MB sent to the PS",
             "straggler_fraction": "Straggler fraction s/n"}
+#: what the plots are called after "vs"
+X_NAMES = {"iteration": "iteration", "virtual_time": "virtual time",
+           "wall_time": "wall-clock time", "mb_to_ps": "MB sent to the PS"}
 _IMAGE = re.compile(r"^!\[[^\]]*\]\([^)]*\)\s*$")
 
 
@@ -82,6 +85,37 @@ def run_filter(groups: list[str], job_type: str, where: dict[str, Any] | None = 
 def _varying(keys: list[dict[str, Any]], names: Iterable[str]) -> list[str]:
     return [k for k in names
             if len({json.dumps(run.get(k), sort_keys=True) for run in keys}) > 1]
+
+
+def _combinations(runs: list[dict[str, Any]], keys: list[str]) -> int:
+    return len({tuple(json.dumps(_value(r, k), sort_keys=True) for k in keys) for r in runs})
+
+
+def _value(run: dict[str, Any], key: str) -> Any:
+    """A flat key, or ``cfg.<dotted config key>`` (the run's ``"_config"``)."""
+    if key.startswith("cfg."):
+        return (run.get("_config") or {}).get(key[4:])
+    return run.get(key)
+
+
+def line_keys(runs: list[dict[str, Any]]) -> list[str]:
+    """The keys the lines of ``runs`` are grouped by: the flat keys of :data:`LINE_KEYS` that
+    tell more runs apart (in that order, each only when it adds a distinction: ``scheme``
+    is left out when ``code`` already separates the schemes), then, while runs the report
+    keeps apart (``"_line"``) still share a line, the config keys that differ between them
+    (``cfg.trainer.lr``); ``["code"]`` when nothing varies."""
+    chosen: list[str] = []
+    for key in LINE_KEYS:
+        if _combinations(runs, [*chosen, key]) > _combinations(runs, chosen):
+            chosen.append(key)
+    lines = len({r.get("_line") for r in runs})
+    extra = sorted({k for r in runs for k in r.get("_config") or {}})
+    for key in extra:
+        if _combinations(runs, chosen) >= lines:
+            break
+        if _combinations(runs, [*chosen, f"cfg.{key}"]) > _combinations(runs, chosen):
+            chosen.append(f"cfg.{key}")
+    return chosen or ["code"]
 
 
 def _layout(i: int) -> dict[str, Any]:
@@ -119,7 +153,8 @@ def findings(markdown: str) -> str:
 def train_grids(train: list[dict[str, Any]], groups: list[str], project: str,
                 entity: str | None, time_keys: list[str], yscale: str) -> list[dict[str, Any]]:
     """One H2 + panel grid per straggler setting of the train runs (``train``: each run's
-    flat keys and its metrics' names under ``"_metrics"``)."""
+    flat keys, its metrics' names under ``"_metrics"``, its report line under ``"_line"`` and
+    its flat config under ``"_config"``)."""
     split = _varying(train, PANEL_KEYS)
     settings: dict[str, dict[str, Any]] = {}
     for run in train:
@@ -128,11 +163,11 @@ def train_grids(train: list[dict[str, Any]], groups: list[str], project: str,
     blocks = []
     for where in settings.values():
         members = [r for r in train if all(r.get(k) == v for k, v in where.items())]
-        groupby = _varying(members, LINE_KEYS) or ["code"]
+        groupby = line_keys(members)
         metrics = set().union(*(r.get("_metrics", set()) for r in members))
         x_axes = ["iteration", *time_keys, "mb_to_ps"]
         panels = [loss_plot(i, x, "train_loss", groupby, yscale == "log",
-                            f"Training loss vs {X_TITLES[x].lower()}")
+                            f"Training loss vs {X_NAMES[x]}")
                   for i, x in enumerate(x_axes)]
         if "test_accuracy" in metrics:
             panels.append(loss_plot(len(panels), "iteration", "test_accuracy", groupby, False,
@@ -200,7 +235,12 @@ def build_report(spec: dict[str, Any]) -> Any:
             return [make(v) for v in value]
         return value
 
-    return make(spec["report"])
+    report = make(spec["report"])
+    for block in report.blocks:  # runsets without an entity: the report's (its default)
+        for runset in getattr(block, "runsets", None) or []:
+            if not runset.entity:
+                runset.entity = report.entity
+    return report
 
 
 def publish(spec: dict[str, Any]) -> str:

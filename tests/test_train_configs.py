@@ -118,7 +118,7 @@ def test_fig6_presets(preset: str) -> None:
 TRAIN_PRESETS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")
                        if preset_app(p.stem) == "train")
 GROUPS = ("assignment", "scheme", "code", "decoder", "dataset", "model", "straggler", "trainer",
-          "optimizer", "scheduler")
+          "optimizer", "scheduler", "debug")
 SHRINK = {"mnist": ["dataset.train_size=300", "dataset.test_size=20"],
           "synthetic_linear": ["dataset.n_samples=150"],
           "synthetic_logistic": ["dataset.n_samples=150"],
