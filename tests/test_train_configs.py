@@ -176,7 +176,7 @@ IMPOSSIBLE["text_gpt"] = {**{key: why for key, why in IMPOSSIBLE["fig6_bibd7"].i
 
 @pytest.fixture(scope="module")
 def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return fake_cifar10(tmp_path_factory.mktemp("cifar"), per_batch=100)
+    return fake_cifar10(tmp_path_factory.mktemp("cifar"), per_batch=100, n_test=50)
 
 
 def test_train_presets_are_listed() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,13 +65,28 @@ class OfflineRun:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+def finished_records(path: Path, timeout: float = 60.0) -> list[pb.Record]:
+    """The records of a run file once W&B has written its ``exit`` record (W&B's service
+    may still be writing the file for a moment after ``run.finish()`` returns)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            found = records(path)
+        except (AssertionError, ValueError, struct.error):  # a partly written file
+            found = []
+        if any(r.WhichOneof("record_type") == "exit" for r in found):
+            return found
+        assert time.monotonic() < deadline, f"{path} has no exit record after {timeout} s"
+        time.sleep(0.2)
+
+
 def read_run(folder: Path) -> OfflineRun:
     """The run in ``folder`` (an ``offline-run-*`` folder, or a folder with one below it)."""
     folder = Path(folder)
     files = sorted(folder.glob("run-*.wandb")) or sorted(folder.glob("**/run-*.wandb"))
     assert len(files) == 1, f"expected one run file under {folder}, found {files}"
     run = None
-    for record in records(files[0]):
+    for record in finished_records(files[0]):
         kind = record.WhichOneof("record_type")
         if kind == "run" and run is None:
             r = record.run
