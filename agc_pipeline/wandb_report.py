@@ -238,7 +238,7 @@ def build_report(spec: dict[str, Any]) -> Any:
     report = make(spec["report"])
     for block in report.blocks:  # runsets without an entity: the report's (its default)
         for runset in getattr(block, "runsets", None) or []:
-            if not runset.entity:
+            if not getattr(runset, "entity", None):
                 runset.entity = report.entity
     return report
 
