@@ -92,3 +92,19 @@ def test_console_scripts_run_from_any_directory_after_a_wheel_install(
     report = run(bin_dir / "agc-report", "fig3", "--out", "report", cwd=elsewhere,
                  env=env).stdout
     assert "1 analyze runs" in report and (elsewhere / "report" / "report.md").is_file()
+
+
+def test_the_fork_workflow_only_runs_ci_run_with_a_pip_cache() -> None:
+    """.ci/run stays the single source of truth: the workflow sets up Python, caches pip and
+    runs the script, nothing else."""
+    import yaml
+
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    steps = workflow["jobs"]["ci"]["steps"]
+    commands = [step["run"] for step in steps if "run" in step]
+    assert commands == ["bash .ci/run"]
+    setup = next(step for step in steps if step.get("uses", "").startswith("actions/setup-python"))
+    assert setup["with"]["cache"] == "pip" and "pyproject.toml" in setup["with"][
+        "cache-dependency-path"]
+    script = (ROOT / ".ci" / "run").read_text()
+    assert '-e ".[dev,reports]"' in script and "python -m pytest -q" in script
