@@ -169,3 +169,13 @@ def test_startup_is_not_counted_as_training(tmp_path: Path,
     assert "| start-up s | training s |" in text
     assert report["groups"][0]["startup_seconds"][0] == summary["startup_seconds"]
     assert report["groups"][0]["train_seconds"][0] == summary["train_seconds"]
+
+
+def test_shell_completion_offers_the_debug_presets() -> None:
+    """Hydra's tab completion (``eval "$(agc-train -sc install=bash)"``) knows the group."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COMP_LINE": "agc-train debug="}
+    proc = subprocess.run([sys.executable, "-m", "agc_pipeline.train", "-sc", "query=bash"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["debug=fast", "debug=profile"]
