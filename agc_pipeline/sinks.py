@@ -1,7 +1,8 @@
 """Metric sinks behind one small interface: JSONL files, stdout and Weights & Biases.
 
-W&B runs offline unless the user configures ``logger.mode=online``; ``close`` always calls
-``wandb.finish()`` (a sequential multirun would otherwise reuse the first job's run).
+W&B runs offline unless ``logger.mode=online`` (or ``WANDB_MODE``) says otherwise; ``close``
+always calls ``wandb.finish()`` (a sequential multirun would otherwise reuse the first job's
+run) and then logs where the offline run is and the ``wandb sync`` line that uploads it.
 """
 
 from __future__ import annotations
