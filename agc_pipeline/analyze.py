@@ -17,7 +17,6 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
 from agc_pipeline.analysis.engine import ErrorStudy, paper_grid
 from agc_pipeline.analysis.plot import plot_results
@@ -30,12 +29,17 @@ from agc_pipeline.build import (
 )
 from agc_pipeline.codes.stack import Stack
 from agc_pipeline.conf_path import CONFIG_DIR
+from agc_pipeline.jobs import app_job, run_group, run_name
+from agc_pipeline.progress import progress
 from agc_pipeline.provenance import record
 from agc_pipeline.sinks import make_logger_sink, write_json
 from agc_pipeline.sweeps import skip_finished_job
 from agc_pipeline.validation import require_bool, require_finite, require_int, require_int_list
 
 log = logging.getLogger("agc_pipeline.analyze")
+
+#: the x-axes of an analyze run's W&B charts (``straggler_fraction`` is the default)
+X_AXES = ("straggler_fraction", "s")
 
 
 def build_study(cfg: DictConfig) -> ErrorStudy:
@@ -70,13 +74,17 @@ def run_analysis(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     study = build_study(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
-    sink = make_logger_sink(cfg.get("logger"), out_dir, config, group=str(cfg.name),
-                            job_type="analyze")
+    keys = run_keys(study, cfg)
+    sink = make_logger_sink(cfg.get("logger"), out_dir, config,
+                            group=run_group(str(cfg.name), out_dir), job_type="analyze",
+                            name=run_name(str(cfg.name)), keys=keys,
+                            x_axes=X_AXES, step_metric="straggler_fraction")
     try:
         show = bool(cfg.analysis.get("progress", True))
-        results = study.run(progress=lambda it: tqdm(it, desc=f"analyze {cfg.name}",
-                                                     unit="draw", disable=not show))
+        results = study.run(progress=lambda it: progress(it, desc=f"analyze {cfg.name}",
+                                                         unit="draw", disable=not show))
         results["name"] = str(cfg.name)
+        results["keys"], results["wandb"] = keys, sink.describe()
         results.update(record())
         results["config"] = config
         write_json(out_dir / "results.json", results)
@@ -96,7 +104,7 @@ def run_analysis(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                               for p in results["points"]])
         if plot is not None:
             sink.image("error_vs_stragglers", plot)
-        sink.summary({"seconds": results["seconds"], "n": results["n"], "k": results["k"]})
+        sink.summary(headline(results))
         write_json(out_dir / "summary.json", _summary(results))  # last: marks completion
         log.info("wrote %s (%.1f s)", out_dir / "results.json", results["seconds"])
         return results
@@ -104,10 +112,35 @@ def run_analysis(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         sink.close()
 
 
+def run_keys(study: ErrorStudy, cfg: DictConfig) -> dict[str, Any]:
+    """The flat, groupable keys of the run's W&B config (as the train app's; ``code`` is the
+    scheme, the straggler count s varies along the run's points)."""
+    scheme = study.scheme
+    experiment = (HydraConfig.get().runtime.choices.get("experiment")
+                  if HydraConfig.initialized() else None)
+    return {"app": "analyze", "preset": experiment, "code": scheme.name, "scheme": scheme.name,
+            "assignment": scheme.assignment.kind, "n": scheme.assignment.n,
+            "k": scheme.assignment.k, "m": scheme.m, "straggler": "fixed", "s": None, "q": None,
+            "runtime": None, "model": None, "d": None, "decoder": study.decoder.name,
+            "seed": study.seed}
+
+
+def headline(results: dict[str, Any]) -> dict[str, Any]:
+    """The W&B summary of an analyze run: its size and the error at the largest s."""
+    last = max(results["points"], key=lambda p: p["s"])
+    return {"seconds": results["seconds"], "n": results["n"], "k": results["k"],
+            "m": results["m"], "points": len(results["points"]), "max_s": last["s"],
+            "max_straggler_fraction": last["straggler_fraction"],
+            "error_mean_at_max_s": last["empirical_mean"],
+            "error_max_at_max_s": last["empirical_max"],
+            "baseline_mean_at_max_s": last["baseline_mean"],
+            "upper_bound_at_max_s": last["upper_bound"]}
+
+
 def _summary(results: dict[str, Any]) -> dict[str, Any]:
     """summary.json of an analyze run: what it computed and what reproduces it."""
     keys = ("name", "seconds", "n", "k", "m", "delta", "gamma", "scheme", "assignment", "seed",
-            "versions", "provenance", "config")
+            "versions", "provenance", "keys", "wandb", "config")
     return {"app": "analyze", "status": "completed", "results": "results.json",
             "points": len(results["points"]), **{key: results.get(key) for key in keys}}
 
@@ -121,7 +154,12 @@ def _job(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     thread (:mod:`agc_pipeline.analysis.engine`)."""
     if skip_finished_job(cfg, out_dir, ("results.json",)):
         return None  # a re-run sweep: this job's complete run is already there
-    return run_analysis(cfg, out_dir)
+    with app_job(cfg, out_dir, "analyze") as job:
+        results = run_analysis(cfg, out_dir)
+        last = max(results["points"], key=lambda p: p["s"])
+        job.result = (f"mean error {last['empirical_mean']:.4f} at s={last['s']} "
+                      f"-> {out_dir}")
+        return results
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="analyze", version_base="1.3")

@@ -46,6 +46,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 import textwrap
 from collections import defaultdict
@@ -69,8 +70,10 @@ from agc_pipeline.analysis.report import (  # noqa: E402
     read_overrides,
 )
 from agc_pipeline.codes.base import paper_label  # noqa: E402
+from agc_pipeline.jobs import sweep_group  # noqa: E402
 from agc_pipeline.publish import markdown_to_html, publish_wandb  # noqa: E402
 from agc_pipeline.sinks import write_json  # noqa: E402
+from agc_pipeline.wandb_report import PublishError, panels, publish, report_spec  # noqa: E402
 
 log = logging.getLogger("agc_pipeline.report")
 
@@ -85,7 +88,7 @@ REDUNDANT_FIRST = ("assignment", "decoder", "data", "model")
 #: config keys (and their sub-keys) that cannot change a run's numbers: not part of the key
 #: replicates are grouped by (the seed, and keys that follow it, are left out separately)
 IGNORED_KEYS = ("name", "logger", "trainer.progress", "trainer.resume",
-                "trainer.checkpoint_every")
+                "trainer.checkpoint_every", "extras")
 #: the summary.json fields a train run needs to be reported
 SUMMARY_FIELDS = ("final_train_loss", "scheme", "assignment", "decoder", "straggler", "m",
                   "wait_for_all", "lr", "model", "dataset", "train_samples")
@@ -474,9 +477,13 @@ def _time(rec: dict[str, Any]) -> str:
 
 
 def table(groups: list[Group]) -> tuple[str, list[dict[str, Any]]]:
-    """Markdown table and the same numbers as a list of dicts."""
+    """Markdown table and the same numbers as a list of dicts. Time: the virtual time of
+    simulated runs (the wall-clock seconds of distributed ones); start-up s: each run's seconds
+    outside the iterations (building the run, α, the workers' start-up, the final
+    evaluation); training s: the iterations."""
     head = ("| line | code | straggler | runs | final train loss | test accuracy | α | "
-            "mean grad error | mean survivors | time (virtual / wall s) | MB to PS | seconds |")
+            "mean grad error | mean survivors | time (virtual / wall s) | MB to PS | "
+            "start-up s | training s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     records = []
     for g in groups:
@@ -485,7 +492,8 @@ def table(groups: list[Group]) -> tuple[str, list[dict[str, Any]]]:
         rec = {"label": g.label, "panel": g.panel, "setup": g.setup, "runs": len(g.runs),
                "paths": [str(r.path) for r in g.runs]}
         for key in ("final_train_loss", "test_accuracy", "mean_grad_error", "mean_survivors",
-                    "virtual_time", "wall_time", "total_bytes_to_ps", "seconds"):
+                    "virtual_time", "wall_time", "total_bytes_to_ps", "seconds",
+                    "startup_seconds", "train_seconds"):
             rec[key] = g.stats(key)
         rec["alpha"] = alpha
         records.append(rec)
@@ -496,7 +504,8 @@ def table(groups: list[Group]) -> tuple[str, list[dict[str, Any]]]:
                      f"{_fmt(rec['final_train_loss'])} | {_fmt(rec['test_accuracy'], 3)} | "
                      f"{_fmt(alpha, 3)} | {_fmt(rec['mean_grad_error'], 3)} | "
                      f"{_fmt(rec['mean_survivors'], 2)} | {_time(rec)} | "
-                     f"{_fmt(rec['total_bytes_to_ps'], 1, 1e-6)} | {_fmt(rec['seconds'], 1)} |")
+                     f"{_fmt(rec['total_bytes_to_ps'], 1, 1e-6)} | "
+                     f"{_fmt(rec['startup_seconds'], 1)} | {_fmt(rec['train_seconds'], 1)} |")
     return "\n".join(lines) + "\n", records
 
 
@@ -515,13 +524,82 @@ def _run_configs(train: list[Run], analysis: list[Any]) -> list[dict[str, Any]]:
         [r.results.get("config") or {} for r in analysis]
 
 
-def _wandb_target(configs: list[dict[str, Any]], options: WandbOptions) -> dict[str, Any]:
-    """Group and project of the report's W&B run: the options', else the first run's."""
+def _wandb_runs(train: list[Run], analysis: list[Any]) -> list[dict[str, Any]]:
+    """Where the runs were logged to W&B (summary.json / results.json ``wandb``), if they were."""
+    records = [r.summary.get("wandb") for r in train] + [r.results.get("wandb") for r in analysis]
+    return [w for w in records if isinstance(w, dict) and w.get("id")]
+
+
+def _wandb_target(configs: list[dict[str, Any]], options: WandbOptions,
+                  logged: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Group, project and entity of the report (and of its W&B run): the options', else those
+    the runs were logged with, else the first run's config's."""
     first = configs[0] if configs else {}
     logger = first.get("logger") or {}
-    return {"group": options.group or logger.get("group") or first.get("name") or "report",
-            "project": options.project or logger.get("project") or "agc_pipeline",
-            "mode": options.mode, "entity": options.entity or logger.get("entity")}
+    run = (logged or [{}])[0]
+    return {"group": options.group or run.get("group") or logger.get("group")
+            or first.get("name") or "report",
+            "project": options.project or run.get("project") or logger.get("project")
+            or "agc_pipeline",
+            "mode": options.mode,
+            "entity": options.entity or run.get("entity") or logger.get("entity")}
+
+
+def sync_command(logged: list[dict[str, Any]]) -> str | None:
+    """``wandb sync`` of the runs logged offline (a glob over the job folders of a sweep)."""
+    dirs = [Path(w["dir"]) for w in logged if w.get("mode") == "offline" and w.get("dir")]
+    if not dirs:
+        return None
+    sweeps = {d.parents[2] for d in dirs if len(d.parents) > 2 and d.parent.name == "wandb"}
+    if len(dirs) > 1 and len(sweeps) == 1:
+        return f"wandb sync {next(iter(sweeps))}/*/wandb/offline-run-*"
+    return "wandb sync " + " ".join(map(str, dirs))
+
+
+def write_wandb_report(out: Path, options: WandbOptions, runs: list[Run], groups: list[Group],
+                       analysis_runs: list[Any], markdown: str, title: str,
+                       yscale: str) -> dict[str, Any]:
+    """``wandb_report.json`` in ``out`` (:mod:`agc_pipeline.wandb_report`): a W&B report of
+    the runs' group with native panels; saved to W&B with ``options.mode == "online"``.
+    Returns where it went and what to do next (``notes``)."""
+    logged = _wandb_runs(runs, analysis_runs)
+    target = _wandb_target(_run_configs(runs, analysis_runs), options, logged)
+    names = sorted({w["group"] for w in logged if w.get("group")}) or [target["group"]]
+    if options.group:
+        names = [options.group]
+    line = {id(run): i for i, g in enumerate(groups) for run in g.runs}
+    seeds = _seed_keys(runs) if runs else set()
+    train = [{**(r.summary.get("keys") or {"code": r.setup()["code"] or
+                                        r.summary["scheme"]["name"]}),
+              "_metrics": {k for row in r.rows for k in row}, "_line": line.get(id(r)),
+              "_config": {k: json.loads(v) for k, v in r.flat_config().items()
+                          if k not in seeds and k != "status"}} for r in runs]
+    time_keys = sorted({g.time_key for g in groups})
+    description = (f"{len(runs)} train and {len(analysis_runs)} analyze runs of W&B group "
+                   f"{', '.join(names)}, made by agc_pipeline from "
+                   f"{', '.join(str(r.path.parent) for r in runs[:1] + analysis_runs[:1])}.")
+    spec = report_spec(title=title, groups=names, project=target["project"],
+                       entity=target["entity"], train=train, analysis=len(analysis_runs),
+                       markdown=markdown, time_keys=time_keys, yscale=yscale,
+                       description=description)
+    path = out / "wandb_report.json"
+    write_json(path, spec)
+    done: dict[str, Any] = {"spec": str(path), "mode": options.mode, "groups": names,
+                            "panels": len(panels(spec)), "url": None, "notes": []}
+    notes = done["notes"]
+    if not logged:
+        notes.append("the runs were not logged to W&B (logger=none): the report's panels "
+                     "will show no runs; rerun them with logger=wandb")
+    sync = sync_command(logged)
+    if options.mode == "online":
+        done["url"] = publish(spec)
+        if sync:
+            notes.append(f"runs logged offline show once uploaded: {sync}")
+    else:
+        notes.append("to publish: " + (f"upload the runs ({sync}), then " if sync else "")
+                     + "rerun with --wandb-mode online, or python -m agc_pipeline.wandb_report "
+                     f"{path} (pip install 'agc_pipeline[reports]'; wandb login)")
+    return done
 
 
 def provenance_lines(configs_and_records: list[dict[str, Any]]) -> list[str]:
@@ -539,9 +617,11 @@ def provenance_lines(configs_and_records: list[dict[str, Any]]) -> list[str]:
 
 def make_report(paths: list[Path], out: Path | None = None, title: str | None = None, *,
                 html: bool = False, wandb: WandbOptions | None = None,
-                yscale: str = "log", strict: bool = False) -> dict[str, Any]:
+                yscale: str = "log", strict: bool = False,
+                wandb_report: WandbOptions | None = None) -> dict[str, Any]:
     """Write the figures, ``report.md`` and ``report.json`` (``report.html`` with ``html``)
-    for the train and analyze runs under ``paths``; log them to W&B with ``wandb``.
+    for the train and analyze runs under ``paths``; log them to W&B with ``wandb``; write
+    (and with mode online, save) a W&B report with native panels with ``wandb_report``.
 
     Damaged input files are left out and listed in ``report["warnings"]`` (one line per
     file, naming it) and in ``report.md``; with ``strict`` they raise :class:`ReportError`.
@@ -601,16 +681,23 @@ def make_report(paths: list[Path], out: Path | None = None, title: str | None = 
               "inputs": [str(p) for p in paths]}
     write_json(out / "report.json", report)
     if wandb is not None:
-        target = _wandb_target(_run_configs(runs, analysis_runs), wandb)
+        target = _wandb_target(_run_configs(runs, analysis_runs), wandb,
+                               _wandb_runs(runs, analysis_runs))
         publish_wandb(report, figures, out, **target)
         report["wandb"] = target
+        write_json(out / "report.json", report)
+    if wandb_report is not None:
+        report["wandb_report"] = write_wandb_report(out, wandb_report, runs, groups,
+                                                    analysis_runs, markdown, heading, yscale)
         write_json(out / "report.json", report)
     return report
 
 
 class ReportCallback(Callback):
-    """Hydra callback: write the report into the sweep dir when a multirun ends (and log it to
-    W&B, in the sweep's group, when the sweep runs with ``logger=wandb``)."""
+    """Hydra callback: write the report into the sweep dir when a multirun ends. When the
+    sweep runs with ``logger=wandb``, also log it to W&B (a ``job_type=report`` run in the
+    sweep's group), write the W&B report spec ``wandb_report.json`` (saved to W&B when the
+    logger is online) and print the ``wandb sync`` line of the jobs' offline runs."""
 
     def __init__(self, title: str | None = None, html: bool = True) -> None:
         self.title = title
@@ -619,20 +706,36 @@ class ReportCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         logger = config.get("logger") or {}
-        wandb = None
+        wandb = spec = None
+        mode = logger.get("mode") or os.environ.get("WANDB_MODE") or "offline"
         if logger.get("name") == "wandb":
-            wandb = WandbOptions(group=logger.get("group") or str(config.get("name", "")),
-                                 project=logger.get("project"),
-                                 mode=logger.get("mode") or "offline",
+            group = (logger.get("group") or os.environ.get("WANDB_RUN_GROUP")
+                     or sweep_group(str(config.get("name", "")), sweep_dir))
+            wandb = WandbOptions(group=group, project=logger.get("project"), mode=mode,
                                  entity=logger.get("entity"))
+            spec = WandbOptions(group=group, project=logger.get("project"), mode="offline",
+                                entity=logger.get("entity"))
         try:
             report = make_report([sweep_dir], sweep_dir, self.title or str(config.get("name", "")),
-                                 html=self.html, wandb=wandb)
+                                 html=self.html, wandb=wandb, wandb_report=spec)
             for warning in report["warnings"]:
                 log.warning("report: %s", warning)
             log.info("report: %s", sweep_dir / "report.md")
         except Exception as exc:  # noqa: BLE001 - a report failure must not fail the sweep
             log.warning("report for %s failed: %s", sweep_dir, exc)
+            return
+        if spec is None:
+            return
+        done = report["wandb_report"]
+        log.info("W&B report spec (%d panels): %s", done["panels"], done["spec"])
+        if mode == "online":
+            try:
+                log.info("W&B report: %s",
+                         publish(json.loads(Path(done["spec"]).read_text(encoding="utf-8"))))
+            except PublishError as exc:
+                log.warning("W&B report not published: %s", exc)
+        for note in done["notes"]:
+            log.info("W&B: %s", note)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -649,17 +752,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wandb-group", default=None,
                         help="W&B group (default: the runs' group, else their name)")
     parser.add_argument("--wandb-project", default=None)
+    parser.add_argument("--wandb-entity", default=None)
     parser.add_argument("--wandb-mode", choices=("offline", "online", "disabled"),
-                        default="offline")
+                        default="offline",
+                        help="offline (default): --wandb logs offline, --wandb-report only "
+                             "writes its spec; online: uploads, and saves the report")
+    parser.add_argument("--wandb-report", action="store_true",
+                        help="write wandb_report.json, a W&B report of the runs' group with "
+                             "native panels (saved to W&B with --wandb-mode online; needs "
+                             "pip install 'agc_pipeline[reports]')")
     parser.add_argument("--strict", action="store_true",
                         help="fail (exit 2) on a damaged input file instead of warning")
     args = parser.parse_args(argv)
-    wandb = WandbOptions(args.wandb_group, args.wandb_project, args.wandb_mode) \
-        if args.wandb else None
+    options = WandbOptions(args.wandb_group, args.wandb_project, args.wandb_mode,
+                           args.wandb_entity)
     try:
-        report = make_report(args.run_dirs, args.out, args.title, html=args.html, wandb=wandb,
-                             yscale=args.yscale, strict=args.strict)
-    except (ReportError, OSError) as exc:
+        report = make_report(args.run_dirs, args.out, args.title, html=args.html,
+                             wandb=options if args.wandb else None, yscale=args.yscale,
+                             strict=args.strict,
+                             wandb_report=options if args.wandb_report else None)
+    except (ReportError, PublishError, OSError) as exc:
         print(f"agc-report: {exc}", file=sys.stderr)
         return 2
     for warning in report["warnings"]:
@@ -668,6 +780,14 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or args.run_dirs[0]
     print(f"{report['runs']} train runs in {len(report['groups'])} groups, "
           f"{report['analysis_runs']} analyze runs -> {out / 'report.md'}")
+    done = report.get("wandb_report")
+    if done is not None:
+        print(f"W&B report spec ({done['panels']} panels, group {', '.join(done['groups'])})"
+              f" -> {done['spec']}")
+        if done["url"]:
+            print(f"W&B report: {done['url']}")
+        for note in done["notes"]:
+            print(f"W&B: {note}")
     return 0
 
 

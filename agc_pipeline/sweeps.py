@@ -31,7 +31,7 @@ log = logging.getLogger("agc_pipeline.sweeps")
 
 #: config keys that do not change a run's results (dotted paths)
 IGNORED_KEYS = ("app", "trainer.progress", "analysis.progress", "trainer.skip_finished",
-                "analysis.skip_finished", "trainer.overwrite")
+                "analysis.skip_finished", "trainer.overwrite", "extras.print_config")
 #: the config sections that hold an app's sweep options (train, analyze)
 SECTIONS = ("trainer", "analysis")
 

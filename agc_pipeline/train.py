@@ -51,6 +51,7 @@ from agc_pipeline.build import (
 )
 from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.errors import ConfigError, require
+from agc_pipeline.jobs import app_job, run_group, run_name
 from agc_pipeline.provenance import record
 from agc_pipeline.sinks import JsonlSink, MultiSink, make_logger_sink, write_json
 from agc_pipeline.sweeps import limit_threads, skip_finished_job
@@ -78,7 +79,9 @@ RESUMABLE_CHANGES = ("trainer.iterations", "trainer.resume", "trainer.progress",
                      "trainer.device", "logger", "trainer.timeout_s", "trainer.startup_timeout_s",
                      "trainer.start_method", "trainer.fault", "trainer.grad_error",
                      "trainer.overwrite", "trainer.threads", "trainer.skip_finished",
-                     "trainer.min_workers", "app")
+                     "trainer.min_workers", "app", "extras")
+#: the x-axes of a train run's W&B charts (``iteration`` is every metric's default)
+X_AXES = ("iteration", "virtual_time", "wall_time", "mb_to_ps")
 #: assignment families for which E[B_F R] = α F is proven (Section VII: BIBDs, strongly
 #: regular graphs, coset graphs, circulant/cyclic assignments); decoder.rescale relies on it
 SYMMETRIC_KINDS = ("bibd", "srg", "coset", "cyclic")
@@ -165,12 +168,16 @@ def _run_locked(cfg: DictConfig, out_dir: Path, replace: bool,
         _clear_previous_run(out_dir, replace or trainer.settings.overwrite)
         trainer.estimate_alpha()
     _report_alpha(trainer)
-    logger_sink = make_logger_sink(cfg.get("logger"), out_dir, config, group=str(cfg.name),
-                                   job_type="train", name=_run_name(trainer, cfg),
-                                   resume_id=wandb_id)
+    keys = run_keys(runtime, cfg)
+    logger_sink = make_logger_sink(cfg.get("logger"), out_dir, config,
+                                   group=run_group(str(cfg.name), out_dir), job_type="train",
+                                   name=run_name(_run_name(trainer, cfg)), resume_id=wandb_id,
+                                   keys=keys, x_axes=X_AXES,
+                                   step_metric="iteration")
     sink = MultiSink([JsonlSink(metrics, append=resume), logger_sink])
-    run = getattr(logger_sink, "run", None)
-    extra = {"config": config, "wandb_id": getattr(run, "id", None)}
+    wandb_run = logger_sink.describe()
+    extra = {"config": config, "wandb_id": wandb_run and wandb_run["id"]}
+    trained = trainer.totals.seconds  # training seconds of earlier sessions (resume)
     status, error = "running", None
     try:
         fit(runtime, sink, checkpoint, extra, logged_rows)
@@ -182,9 +189,14 @@ def _run_locked(cfg: DictConfig, out_dir: Path, replace: bool,
         error = str(exc) or type(exc).__name__
         raise
     finally:
-        summary = _summary(runtime, cfg, config, status, error, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        summary = _summary(runtime, cfg, config, status, error, seconds)
+        # this invocation's seconds outside the iterations: building the run, alpha, the
+        # workers' start-up, the final evaluation (train_seconds: the iterations)
+        summary["startup_seconds"] = max(seconds - (trainer.totals.seconds - trained), 0.0)
+        summary["keys"], summary["wandb"] = keys, wandb_run
         write_json(out_dir / "summary.json", summary)
-        sink.summary({k: v for k, v in summary.items() if not isinstance(v, dict | list)})
+        sink.summary(headline(summary))
         sink.close()
     test = summary["test_accuracy"]
     log.info("final train loss %.4f, test accuracy %s, %d iterations in %.1f s -> %s",
@@ -237,6 +249,34 @@ def _report_alpha(trainer: CodedTraining) -> None:
 
 def _run_name(trainer: CodedTraining, cfg: DictConfig) -> str:
     return f"{trainer.scheme.name}-{trainer.scheme.assignment.name}-m{trainer.m}-seed{cfg.seed}"
+
+
+def run_keys(runtime: Runtime, cfg: DictConfig) -> dict[str, Any]:
+    """The flat, groupable keys of the run's W&B config: the code (the ``code=`` preset, else
+    the scheme), scheme, assignment family, n, k, m, the straggler model with its s and q,
+    runtime, model class, d, seed and preset."""
+    core = runtime.core
+    straggler = core.straggler.describe()
+    choices = _choices()
+    return {"app": "train", "preset": choices.get("experiment"),
+            "code": choices.get("code") or core.scheme.name, "scheme": core.scheme.name,
+            "assignment": core.scheme.assignment.kind, "n": core.n, "k": core.k, "m": core.m,
+            "straggler": straggler.get("name"), "s": straggler.get("s"),
+            "q": straggler.get("q"), "runtime": runtime.name,
+            "model": type(core.model).__name__, "d": core.d, "decoder": core.decoder.name,
+            "dataset": core.dataset.name, "seed": int(cfg.seed)}
+
+
+def headline(summary: dict[str, Any]) -> dict[str, Any]:
+    """The W&B summary of a train run: summary.json's scalars, α (value and standard error)
+    and ``train_loss`` = ``final_train_loss`` (not the last logged row's, measured before the
+    last update)."""
+    out = {k: v for k, v in summary.items() if not isinstance(v, dict | list)}
+    alpha = summary.get("alpha") or {}
+    out["alpha"], out["alpha_stderr"] = alpha.get("value"), alpha.get("stderr")
+    out["train_loss"] = summary["final_train_loss"]
+    out["mb_to_ps"] = summary["total_bytes_to_ps"] / 1e6
+    return out
 
 
 def _summary(runtime: Runtime, cfg: DictConfig, config: dict[str, Any], status: str,
@@ -309,7 +349,10 @@ def _job(cfg: DictConfig, out_dir: Path, multirun: bool) -> dict[str, Any] | Non
     if skip_finished_job(cfg, out_dir, ("metrics.jsonl",)):
         return None  # a re-run sweep: this job's complete run is already there
     limit_threads(cfg)
-    return run_training(cfg, out_dir, replace=multirun)
+    with app_job(cfg, out_dir, "train") as job:
+        summary = run_training(cfg, out_dir, replace=multirun)
+        job.result = f"final train loss {summary['final_train_loss']:.4f} -> {out_dir}"
+        return summary
 
 
 def main() -> None:

@@ -39,8 +39,11 @@ def overridden_groups(preset: str) -> set[str]:
 
 ANALYZE_PRESETS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")
                          if declared_app(p.stem) == "analyze")
-#: the groups whose objects the analyze app builds (logger: a sink, made when the run starts)
-GROUPS = ("assignment", "scheme", "decoder")
+#: the groups whose objects the analyze app builds (logger: a sink, made when the run starts),
+#: and debug (values of the study)
+GROUPS = ("assignment", "scheme", "decoder", "debug")
+#: what each debug option makes of the study: encoder draws (analysis.realizations)
+DEBUG_DRAWS = {"fast": 2, "profile": 5}
 #: the genuinely impossible combinations (and what they say): an exact scheme of Tandon et
 #: al. needs m = 1 (the presets use m = 2), ce_frc a fractional repetition assignment, and
 #: construction (19) (Fig. 5) n = m·k workers, which k = n assignments do not have
@@ -60,7 +63,8 @@ IMPOSSIBLE = {
 def test_analyze_presets_are_listed_and_set_only_the_tested_groups() -> None:
     assert set(ANALYZE_PRESETS) == set(IMPOSSIBLE)
     for preset in ANALYZE_PRESETS:
-        assert overridden_groups(preset) <= set(GROUPS), preset
+        assert overridden_groups(preset) <= set(GROUPS) - {"debug"}, preset
+    assert set(DEBUG_DRAWS) == set(options("debug"))
 
 
 @pytest.mark.parametrize("preset", ANALYZE_PRESETS)
@@ -87,7 +91,9 @@ def test_every_option_of_every_group_after_an_analyze_preset(preset: str) -> Non
                     unexpected.append(f"{group}={option} builds (expected {expected!r})")
                     continue
                 built = {"assignment": study.scheme.assignment.kind,
-                         "scheme": study.scheme.name, "decoder": study.decoder.name}[group]
+                         "scheme": study.scheme.name, "decoder": study.decoder.name,
+                         "debug": option if study.realizations == DEBUG_DRAWS.get(option)
+                         else f"{study.realizations} draws"}[group]
                 if built != option:
                     unexpected.append(f"{group}={option} built {built}")
     assert not unexpected, "\n".join(unexpected)
@@ -135,7 +141,9 @@ def used_groups(app: str) -> set[str]:
 def test_each_apps_help_lists_its_groups_and_presets_only() -> None:
     presets = {p.stem: declared_app(p.stem) for p in (CONFIG_DIR / "experiment").glob("*.yaml")}
     groups = {app: used_groups(app) for app in ("analyze", "train")}
-    assert groups["analyze"] == {"assignment", "scheme", "decoder", "logger", "experiment"}
+    assert groups["analyze"] == {"assignment", "scheme", "decoder", "logger", "experiment",
+                                 "debug"}
+    assert "debug" in groups["train"]
     assert {"dataset", "model", "trainer", "code"} <= groups["train"]
     for app, other in (("analyze", "train"), ("train", "analyze")):
         listed = help_groups(app)

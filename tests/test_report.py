@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from omegaconf import OmegaConf
 from agc_pipeline.analysis.plot import error_figure
 from agc_pipeline.analysis.report import comparison_figure
 from agc_pipeline.analyze import run_analysis
+from agc_pipeline.jobs import sweep_group
 from agc_pipeline.report import (
     Group,
     ReportCallback,
@@ -167,7 +169,12 @@ def test_report_callback_logs_to_wandb_when_the_sweep_does(train_runs: Path,
                                "logger": {"name": "wandb", "mode": "offline", "group": None,
                                           "project": "agc_pipeline", "entity": None}})
     ReportCallback(title="t").on_multirun_end(config)
-    assert json.loads((sweep / "report.json").read_text())["wandb"]["group"] == "swp"
+    report = json.loads((sweep / "report.json").read_text())
+    # the group of the sweep's jobs: <name>-<sweep dir's stamp> ("sweep" + a hash of its path)
+    assert report["wandb"]["group"] == sweep_group("swp", sweep)
+    assert re.fullmatch(r"swp-sweep-[0-9a-f]{6}", report["wandb"]["group"])
+    assert report["wandb_report"]["groups"] == [report["wandb"]["group"]]
+    assert (sweep / "wandb_report.json").is_file()
     images, tables = wandb_media(sweep)
     assert len(images) == 1 and len(tables) == 1 and (sweep / "report.html").is_file()
 

@@ -279,6 +279,7 @@ def test_wandb_config_carries_provenance(tmp_path: Path, monkeypatch: pytest.Mon
 
     class FakeRun:
         summary: dict = {}
+        id, project, entity, group, name, job_type = "x", "p", None, "g", None, "train"
 
         def finish(self) -> None:
             pass
@@ -290,8 +291,9 @@ def test_wandb_config_carries_provenance(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(wandb, "init", fake_init)
     from agc_pipeline.sinks import WandbSink
 
-    WandbSink(tmp_path, {"seed": 1}, project="p", group="g", job_type="train").close()
-    assert seen["config"]["seed"] == 1
+    WandbSink(tmp_path, {"seed": 1}, project="p", group="g", job_type="train",
+              keys={"code": "stack"}).close()
+    assert seen["config"]["cfg"]["seed"] == 1 and seen["config"]["code"] == "stack"
     check_record(seen["config"])
 
 

@@ -118,7 +118,7 @@ def test_fig6_presets(preset: str) -> None:
 TRAIN_PRESETS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")
                        if preset_app(p.stem) == "train")
 GROUPS = ("assignment", "scheme", "code", "decoder", "dataset", "model", "straggler", "trainer",
-          "optimizer", "scheduler")
+          "optimizer", "scheduler", "debug")
 SHRINK = {"mnist": ["dataset.train_size=300", "dataset.test_size=20"],
           "synthetic_linear": ["dataset.n_samples=150"],
           "synthetic_logistic": ["dataset.n_samples=150"],
@@ -176,7 +176,7 @@ IMPOSSIBLE["text_gpt"] = {**{key: why for key, why in IMPOSSIBLE["fig6_bibd7"].i
 
 @pytest.fixture(scope="module")
 def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return fake_cifar10(tmp_path_factory.mktemp("cifar"), per_batch=100)
+    return fake_cifar10(tmp_path_factory.mktemp("cifar"), per_batch=100, n_test=50)
 
 
 def test_train_presets_are_listed() -> None:

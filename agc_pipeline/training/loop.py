@@ -17,8 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
+from agc_pipeline.progress import progress
 from agc_pipeline.sinks import Sink
 from agc_pipeline.training.checkpoint import save_checkpoint
 from agc_pipeline.training.runtime import Runtime
@@ -51,10 +50,11 @@ def fit(runtime: Runtime, sink: Sink, checkpoint: Path, extra_state: dict[str, A
         save_checkpoint(checkpoint, {**runtime.state_dict(), "metrics_rows": rows,
                                      **extra_state})
 
-    bar = tqdm(total=s.iterations, initial=core.iteration, disable=not s.progress,
-               desc="train", unit="it", dynamic_ncols=True)
+    bar = progress(total=s.iterations, initial=core.iteration, disable=not s.progress,
+                   desc="train", unit="it")
     try:
         with runtime.session(extra_state, Path(checkpoint).parent):
+            lap[0] = time.perf_counter()  # the session's start-up (e.g. workers) is not training
             save()
             with _graceful_stop(stop):
                 while core.iteration < s.iterations:
