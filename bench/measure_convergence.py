@@ -13,8 +13,8 @@ m = 4, and the stack (11) with m = 1, at s = 0 and s = 4 uniformly random stragg
 unbiased step of Section VII). Each run records its smoothed training loss per iteration
 and its measured ē (the mean ``approx_error`` of its iterations over mk).
 
-Writes ``agc_pipeline/data/convergence/mnist_mlp.json`` (package data; the plan app's
-default ``plan.convergence``): the curves averaged over seeds, and per run the measured ē.
+Writes ``agc_pipeline/data/convergence/mnist_mlp.json`` (``--out``; package data, the plan
+app's default ``plan.convergence``): the curves averaged over seeds, and per run the measured ē.
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=10, help="images per data subset")
     parser.add_argument("--lr", type=float, default=0.5)
     parser.add_argument("--window", type=int, default=25, help="moving-average window")
+    parser.add_argument("--out", type=Path, default=OUT / "mnist_mlp.json")
     args = parser.parse_args()
     start = time.perf_counter()
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
@@ -107,9 +108,9 @@ def main() -> None:
         "curves": curves,
         "seconds": round(time.perf_counter() - start, 1),
     }
-    OUT.mkdir(parents=True, exist_ok=True)
-    write_json(OUT / "mnist_mlp.json", data)
-    print(f"wrote {OUT / 'mnist_mlp.json'} ({data['seconds']} s)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.out, data)
+    print(f"wrote {args.out} ({data['seconds']} s)")
 
 
 if __name__ == "__main__":
