@@ -165,7 +165,7 @@ def plot_plan(result: dict[str, Any], path: Path, title: str | None = None) -> P
                     ax.plot([b["n"] for b in iso],
                             [b["best_coded_isotropic"]["time_to_loss"] for b in iso],
                             color=color, ls=":", lw=1.0, alpha=0.8,
-                            label=f"best coded PS, {broadcast}, kappa = 1 (isotropic bound)")
+                            label=f"best coded PS, {broadcast}, κ = 1 (isotropic bound)")
                     for b in rows:
                         c = b["best_coded"]
                         ax.annotate(f"{c['family']} m={c['m']} s={c['s']}",
@@ -192,11 +192,13 @@ def plot_plan(result: dict[str, Any], path: Path, title: str | None = None) -> P
             if j == 0:
                 ax.set_ylabel("predicted time to the loss (s)")
             ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].legend(fontsize=7, loc="upper left")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
     cluster = result["cluster"]["name"]
+    kappa = result["convergence"]["kappa"]
     fig.suptitle(f"{title or 'Predicted time to the loss'} (cluster={cluster}, slowdown "
-                 f"{st['slowdown']:g}x)", fontsize=10)
-    fig.tight_layout()
+                 f"{st['slowdown']:g}x, κ = {kappa:.3g})", fontsize=10)
+    fig.tight_layout(rect=(0.0, 0.06, 1.0, 0.97))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -567,7 +567,7 @@ def headline(cluster: ClusterModel, best: list[dict[str, Any]], st: PlanSettings
         faster = [b for b in rows if b["best_uncoded_ps"] is not None
                   and b["best_uncoded_ps"]["time_to_loss"] < b["best_coded"]["time_to_loss"]]
         if faster:
-            text += (f"; the uncoded ignore-stragglers PS is faster still in {len(faster)} of "
-                     f"them")
+            text += (f"; the uncoded ignore-stragglers PS beats the best coded scheme in "
+                     f"{len(faster)} of the {len(rows)}")
         parts.append(text + ".")
     return " ".join(parts)

@@ -106,6 +106,9 @@ def test_packaged_curves() -> None:
     errors = sorted(p["normalised_error"] for p in conv.points)
     assert errors[0] > 0 and errors[-1] < 1
     assert 0 <= conv.fitted_kappa < 1  # aligned partial gradients: below the isotropic κ = 1
+    noisy = load_convergence(ROOT / "agc_pipeline/data/convergence/mnist_mlp_batch1.json", 0.5,
+                             None)  # 1 image per subset: more gradient noise, larger κ
+    assert conv.fitted_kappa < noisy.fitted_kappa < 1
 
 
 # ------------------------------------------------------------------------------------------
