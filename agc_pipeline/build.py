@@ -23,6 +23,7 @@ from agc_pipeline.decoding import Decoder
 from agc_pipeline.errors import ConfigError
 
 if TYPE_CHECKING:
+    from agc_pipeline.costmodel import ClusterModel
     from agc_pipeline.data import Dataset
     from agc_pipeline.models import CodedModel
     from agc_pipeline.stragglers import StragglerModel
@@ -159,6 +160,16 @@ def build_straggler(cfg: DictConfig) -> StragglerModel:
     from agc_pipeline.stragglers import StragglerModel
 
     return _build(cfg.straggler, "straggler", StragglerModel)
+
+
+def build_cluster(cfg: DictConfig) -> ClusterModel | None:
+    """The cluster model chosen by ``cluster=...`` (None for ``cluster=none`` or no group)."""
+    from agc_pipeline.costmodel import ClusterModel
+
+    node = cfg.get("cluster")
+    if node is None or node.get("name") == "none":
+        return None
+    return _build(node, "cluster", ClusterModel)
 
 
 def build_optimizer(cfg: DictConfig) -> Callable[[list], Any]:

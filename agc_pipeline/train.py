@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from agc_pipeline.build import (
     build_assignment,
+    build_cluster,
     build_dataset,
     build_decoder,
     build_model,
@@ -110,8 +111,17 @@ def build_trainer(cfg: DictConfig) -> Runtime:
     model = build_model(cfg, dataset)
     make_optimizer = build_optimizer(cfg)
     make_scheduler = build_scheduler(cfg, settings.iterations)
+    cluster = build_cluster(cfg)
+    if cluster is not None:
+        require(settings.runtime.endswith(".SimulatedRuntime"),
+                f"cluster={cluster.name} sets the simulated trainer's virtual clock; "
+                "trainer=simulated only (other runtimes measure real time): use cluster=none")
+        require(getattr(straggler, "wait_for", None) != "deadline",
+                f"cluster={cluster.name} retimes the straggler model's survivors, which "
+                "straggler.wait_for=deadline chooses by arrival time: use wait_for=first")
     core = CodedTraining(model, dataset, scheme, decoder, straggler, settings, int(cfg.seed),
-                         make_optimizer=make_optimizer, make_scheduler=make_scheduler)
+                         make_optimizer=make_optimizer, make_scheduler=make_scheduler,
+                         cluster=cluster)
     return get_class(settings.runtime)(core)
 
 

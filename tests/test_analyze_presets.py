@@ -138,23 +138,28 @@ def used_groups(app: str) -> set[str]:
     return {group for group in cfg.hydra.runtime.choices if "/" not in group}
 
 
+APPS = ("analyze", "train", "plan")
+
+
 def test_each_apps_help_lists_its_groups_and_presets_only() -> None:
     presets = {p.stem: declared_app(p.stem) for p in (CONFIG_DIR / "experiment").glob("*.yaml")}
-    groups = {app: used_groups(app) for app in ("analyze", "train")}
+    assert set(presets.values()) <= set(APPS)  # every preset declares one of the apps
+    groups = {app: used_groups(app) for app in APPS}
     assert groups["analyze"] == {"assignment", "scheme", "decoder", "logger", "experiment",
                                  "debug"}
-    assert "debug" in groups["train"]
-    assert {"dataset", "model", "trainer", "code"} <= groups["train"]
-    for app, other in (("analyze", "train"), ("train", "analyze")):
+    assert {"dataset", "model", "trainer", "code", "cluster", "debug"} <= groups["train"]
+    assert groups["plan"] == {"cluster", "experiment"}
+    for app in APPS:
         listed = help_groups(app)
         expected = {group: set(options(group)) for group in groups[app]}
         expected["experiment"] = {name for name, owner in presets.items() if owner == app}
         expected["hydra/launcher"] = set(options("hydra/launcher"))
         assert listed == expected, app
         assert not any(group.startswith("preset") for group in listed), app
-        assert not {name for name, owner in presets.items() if owner == other} & set().union(
-            *listed.values()), app
-        assert not (groups[other] - groups[app]) & set(listed), app
+        for other in set(APPS) - {app}:
+            assert not {name for name, owner in presets.items() if owner == other} & set(
+                ).union(*listed.values()), (app, other)
+            assert not (groups[other] - groups[app]) & set(listed), (app, other)
 
 
 # ------------------------------------------------------------------------------------------

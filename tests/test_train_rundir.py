@@ -243,8 +243,9 @@ def test_every_experiment_preset_declares_its_app() -> None:
     from agc_pipeline.conf_path import CONFIG_DIR
 
     apps = {p.stem: preset_app(p.stem) for p in (CONFIG_DIR / "experiment").glob("*.yaml")}
-    assert set(apps.values()) == {"train", "analyze"}, apps
+    assert set(apps.values()) == {"train", "analyze", "plan"}, apps
     assert {name for name, app in apps.items() if app == "analyze"} == {"fig3", "fig4", "fig5"}
+    assert {name for name, app in apps.items() if app == "plan"} == {"scale_study"}
 
 
 def test_train_refuses_an_analyze_preset() -> None:
@@ -257,6 +258,8 @@ def test_train_refuses_an_analyze_preset() -> None:
     ("train", ["experiment=fig3"], "fig3", "analyze"),
     ("analyze", ["experiment=fig6_bibd7"], "fig6_bibd7", "train"),
     ("analyze", ["-m", "experiment=fig4,compare_codes"], "compare_codes", "train"),
+    ("train", ["experiment=scale_study"], "scale_study", "plan"),
+    ("plan", ["experiment=fig6_bibd7"], "fig6_bibd7", "train"),
 ])
 def test_each_app_refuses_the_other_apps_presets_in_one_line(
         app: str, args: list[str], preset: str, owner: str, tmp_path: Path) -> None:

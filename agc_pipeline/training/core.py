@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from agc_pipeline.codes.base import Scheme
+from agc_pipeline.costmodel import ClusterModel
 from agc_pipeline.data import Dataset, split_subsets
 from agc_pipeline.decoding import Decoder, Decoding
 from agc_pipeline.errors import ConfigError, require
@@ -80,8 +81,12 @@ class CodedTraining:
     def __init__(self, model: CodedModel, dataset: Dataset, scheme: Scheme, decoder: Decoder,
                  straggler: StragglerModel, settings: TrainerSettings, seed: int,
                  make_optimizer: OptimizerFactory | None = None,
-                 make_scheduler: SchedulerFactory | None = None) -> None:
+                 make_scheduler: SchedulerFactory | None = None,
+                 cluster: ClusterModel | None = None) -> None:
         self.settings = settings
+        #: ``cluster=``: link and compute figures for the virtual clock (None: the straggler
+        #: model's comm_per_unit clock)
+        self.cluster = cluster
         self.device = settings.torch_device
         self.model = model.to(self.device)
         self.dataset = dataset
@@ -159,14 +164,35 @@ class CodedTraining:
 
     def draw(self, b: np.ndarray, iteration: int) -> StragglerDraw:
         """The straggler draw, replaced by "everyone, wait for the slowest" under
-        ``wait_for_all``."""
-        draw = self.straggler.draw(iteration, self.n, self.length, self.context(b))
-        if not self.settings.wait_for_all:
-            return draw
-        late = (self.settings.straggler_slowdown * self.straggler.compute_time
-                + self.straggler.comm_time(self.length))
-        finish = np.where(np.isfinite(draw.finish_times), draw.finish_times, late)
-        return StragglerDraw(np.ones(self.n, dtype=bool), finish, float(finish.max()))
+        ``wait_for_all``; with a ``cluster=`` model its times are the cluster's
+        (:meth:`_cluster_times`)."""
+        length = self.length if self.cluster is None else 0  # the cluster times messages
+        draw = self.straggler.draw(iteration, self.n, length, self.context(b))
+        if self.settings.wait_for_all:
+            late = (self.settings.straggler_slowdown * self.straggler.compute_time
+                    + self.straggler.comm_time(length))
+            finish = np.where(np.isfinite(draw.finish_times), draw.finish_times, late)
+            draw = StragglerDraw(np.ones(self.n, dtype=bool), finish, float(finish.max()))
+        return draw if self.cluster is None else self._cluster_times(draw)
+
+    def _cluster_times(self, draw: StragglerDraw) -> StragglerDraw:
+        """The clock's communication time from the cluster model
+        (:mod:`agc_pipeline.costmodel`): the PS sends the d parameters to each worker in turn
+        (unicast), worker j computes for the straggler model's time (seconds: the draw made
+        with message length 0), and the messages of ⌈d/m⌉ values queue on the PS's link.
+        The survivors stay the straggler model's; the PS waits for the last of their
+        messages (no survivor: the end of the compute window plus one message)."""
+        assert self.cluster is not None
+        nbytes = self.wire_bytes
+        starts = self.cluster.broadcast_starts(self.n, self.d * nbytes)
+        arrival = self.cluster.ps_deliveries(starts + draw.finish_times, self.length * nbytes)
+        survivors = draw.survivors
+        if survivors.any():
+            wait = float(arrival[survivors].max())
+        else:
+            wait = float(starts[-1]) + draw.iteration_time + self.cluster.transfer_time(
+                self.length * nbytes)
+        return StragglerDraw(survivors, np.where(survivors, arrival, np.inf), wait)
 
     def estimate_alpha(self) -> AlphaEstimate | None:
         """α of Section VII by Monte Carlo (``trainer.alpha_samples`` draws), or None."""

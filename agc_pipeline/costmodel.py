@@ -1,0 +1,201 @@
+"""A cluster cost model: the time of one iteration of coded SGD on a parameter server (PS) and
+of one iteration of data-parallel SGD with a ring all-reduce (DDP), from link bandwidth and
+latency, per-sample compute and per-worker slowdowns. Pure numpy.
+
+Every node (the PS and each worker) has one full-duplex link of bandwidth β (bytes/s, each
+direction) and one-way latency α (s); a transfer of S bytes alone takes ``α + S/β``.
+
+Parameter server (Sections II-III: worker j sends one vector Z B(:, j) of ⌈d/m⌉ values):
+
+1. broadcast: the PS sends the d parameters to each worker on its outgoing link.
+   ``unicast`` (what this repository's PS does): one copy after another, so worker j (in the
+   PS's sending order) starts at ``α + (j+1)·τ_b``, ``τ_b = d·b_p/β``; ``pipelined`` (a
+   chain broadcast in fine chunks, as collective libraries implement it): worker j starts at
+   ``(j+1)·α + τ_b``;
+2. compute: worker j computes for ``samples_j × flops_per_sample / worker_flops ×
+   slowdown_j`` (a load-δ coded worker processes δ/k of the global batch);
+3. upload: the messages share the PS's incoming link, first come first served: sorted by the
+   time they are ready (r_(0) ≤ r_(1) ≤ …), message i is delivered at
+   ``D_i = max(r_(i) + α, D_{i−1}) + τ_u`` with ``τ_u = ⌈d/m⌉·b_g/β``, i.e.
+   ``D_i = α + (i+1)·τ_u + max_{j ≤ i} (r_(j) − j·τ_u)`` (:func:`fifo_deliveries`);
+4. the PS waits for the first w = n − s deliveries (an order statistic), then decodes:
+   streams the w messages once from memory (``w·⌈d/m⌉·b_g`` bytes at the PS's memory
+   bandwidth) and solves the optimal decoding system of eq. (4) (``2·mk·w² + w³/3`` flops).
+
+DDP (``torch.nn.parallel.DistributedDataParallel``): every worker computes its B/n samples,
+the all-reduce waits for the slowest, and a ring all-reduce of d values takes
+``2(n−1)·α + 2(n−1)/n · d·b_g/β`` (reduce-scatter then all-gather, 2(n−1) steps of d/n
+values each); the optimizer step is local.
+
+What the model ignores (stated again in the README and in ``plan.json``): contention beyond
+the PS's link (the switch is non-blocking, workers' links are never the bottleneck of a PS
+iteration), overlap of compute and communication (DDP's bucketed all-reduce during the
+backward pass, a worker streaming its message as it computes), the optimizer step (the same
+for every scheme), messages of stragglers after the PS moved on (cancelled, they take no
+bandwidth), protocol overheads beyond the measured or published effective bandwidth, and
+memory limits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from agc_pipeline.errors import require
+from agc_pipeline.validation import require_choice, require_finite, require_int
+
+__all__ = [
+    "BROADCASTS",
+    "ClusterModel",
+    "compute_times",
+    "ddp_iteration_times",
+    "fifo_deliveries",
+    "order_statistic",
+    "ps_iteration_times",
+    "ring_allreduce_time",
+    "slowdowns",
+]
+
+#: how the PS sends the parameters to the workers (see the module docstring)
+BROADCASTS = ("unicast", "pipelined")
+
+
+@dataclass(frozen=True)
+class ClusterModel:
+    """Link and node figures of a cluster (``conf/cluster/<name>.yaml``), validated."""
+
+    name: str
+    bandwidth: float  #: bytes/s of every node's link, each direction
+    latency: float  #: one-way latency of a message, s
+    worker_flops: float  #: FLOP/s a worker sustains on its forward + backward passes
+    ps_memory_bandwidth: float  #: bytes/s at which the PS streams the messages it decodes
+    ps_flops: float  #: FLOP/s of the PS on the small decoding system
+
+    def __post_init__(self) -> None:
+        require_finite(self.bandwidth, "cluster.bandwidth", 0.0, strict_minimum=True)
+        require_finite(self.latency, "cluster.latency", 0.0)
+        require_finite(self.worker_flops, "cluster.worker_flops", 0.0, strict_minimum=True)
+        require_finite(self.ps_memory_bandwidth, "cluster.ps_memory_bandwidth", 0.0,
+                       strict_minimum=True)
+        require_finite(self.ps_flops, "cluster.ps_flops", 0.0, strict_minimum=True)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-friendly figures."""
+        return asdict(self)
+
+    def transfer_time(self, nbytes: float) -> float:
+        """One message of ``nbytes`` alone on a link: α + S/β."""
+        return self.latency + nbytes / self.bandwidth
+
+    def broadcast_starts(self, n: int, param_bytes: float,
+                         broadcast: str = "unicast") -> np.ndarray:
+        """When each of the n workers holds the new parameters (``param_bytes`` per copy), in
+        the PS's sending order; shape (n,)."""
+        require_choice(broadcast, "broadcast", BROADCASTS)
+        order = np.arange(1, n + 1, dtype=np.float64)
+        tau = param_bytes / self.bandwidth
+        if broadcast == "unicast":
+            return self.latency + order * tau
+        return order * self.latency + tau
+
+    def ps_deliveries(self, ready: np.ndarray, message_bytes: float) -> np.ndarray:
+        """Delivery times at the PS of messages ready at ``ready`` (…, n) (inf: never sent),
+        through its incoming link (:func:`fifo_deliveries`); same shape, worker order."""
+        return fifo_deliveries(ready, self.latency, message_bytes / self.bandwidth)
+
+    def decode_time(self, survivors: int, m: int, k: int, length: int,
+                    grad_bytes: float) -> float:
+        """PS decode: stream ``survivors`` messages of ``length`` values once, and solve the
+        optimal decoding system of eq. (4) (Gram matrix of B_𝓕 and its factorisation)."""
+        w = float(survivors)
+        streamed = w * length * grad_bytes / self.ps_memory_bandwidth
+        solve = (2.0 * m * k * w * w + w**3 / 3.0) / self.ps_flops
+        return streamed + solve
+
+    def ring_allreduce_time(self, n: int, values: int, bytes_per_value: float) -> float:
+        """Ring all-reduce of ``values`` values on n nodes (see :func:`ring_allreduce_time`)."""
+        return ring_allreduce_time(n, values, bytes_per_value, self.bandwidth, self.latency)
+
+
+def ring_allreduce_time(n: int, values: int, bytes_per_value: float, bandwidth: float,
+                        latency: float) -> float:
+    """2(n−1) steps of ⌈values/n⌉ values: ``2(n−1)·α + 2(n−1)/n · values·b/β`` (0 for n = 1)."""
+    require_int(n, "n", minimum=1)
+    if n == 1:
+        return 0.0
+    steps = 2 * (n - 1)
+    return steps * latency + steps / n * values * bytes_per_value / bandwidth
+
+
+def fifo_deliveries(ready: np.ndarray, latency: float, service: float) -> np.ndarray:
+    """First-come-first-served delivery of equal messages over one link.
+
+    ``ready`` (…, n): when each message is ready to leave its worker (inf: never). Message i
+    in order of readiness reaches the link after ``latency`` and occupies it for ``service``:
+    ``D_i = max(r_(i) + latency, D_{i−1}) + service``, computed in closed form as
+    ``latency + (i+1)·service + max_{j ≤ i}(r_(j) − j·service)``. Returns the delivery times
+    in the input's order (inf for messages never sent).
+    """
+    ready = np.asarray(ready, dtype=np.float64)
+    order = np.argsort(ready, axis=-1, kind="stable")
+    r = np.take_along_axis(ready, order, axis=-1)
+    steps = np.arange(r.shape[-1], dtype=np.float64)
+    with np.errstate(invalid="ignore"):  # inf − finite is inf; nothing here is NaN
+        sorted_done = latency + (steps + 1) * service + np.maximum.accumulate(
+            r - steps * service, axis=-1)
+    out = np.empty_like(sorted_done)
+    np.put_along_axis(out, order, sorted_done, axis=-1)
+    return out
+
+
+def order_statistic(times: np.ndarray, rank: int) -> np.ndarray:
+    """The ``rank``-th smallest (1-based) of ``times`` along the last axis."""
+    times = np.asarray(times, dtype=np.float64)
+    require(1 <= rank <= times.shape[-1],
+            f"order statistic rank must lie in [1, {times.shape[-1]}] (got {rank})")
+    return np.partition(times, rank - 1, axis=-1)[..., rank - 1]
+
+
+def slowdowns(rng: np.random.Generator, draws: int, n: int, p: float,
+              factor: float) -> np.ndarray:
+    """Per-worker, per-iteration slowdowns, shape (draws, n): ``factor`` with probability p,
+    else 1 (the delay model of the DDP comparison; identical for every scheme that uses the
+    same generator state)."""
+    require_finite(p, "p", 0.0, 1.0)
+    require_finite(factor, "slowdown factor", 1.0)
+    return np.where(rng.random((draws, n)) < p, float(factor), 1.0)
+
+
+def compute_times(samples: float, flops_per_sample: float, worker_flops: float,
+                  slowdown: np.ndarray) -> np.ndarray:
+    """Compute ∝ samples × per-sample cost × slowdown."""
+    return samples * flops_per_sample / worker_flops * np.asarray(slowdown, dtype=np.float64)
+
+
+def ps_iteration_times(cluster: ClusterModel, compute: np.ndarray, wait: int, d: int, m: int,
+                       k: int, grad_bytes: float, param_bytes: float,
+                       broadcast: str = "unicast", decode: bool = True) -> np.ndarray:
+    """PS iteration times (…,) for per-worker compute times ``compute`` (…, n): broadcast,
+    compute, FIFO upload of ⌈d/m⌉-value messages, the ``wait``-th delivery, decode."""
+    compute = np.asarray(compute, dtype=np.float64)
+    n = compute.shape[-1]
+    require_int(wait, "wait", minimum=1, maximum=n)
+    length = math.ceil(d / m)
+    starts = cluster.broadcast_starts(n, d * param_bytes, broadcast)
+    done = cluster.ps_deliveries(starts + compute, length * grad_bytes)
+    total = order_statistic(done, wait)
+    if decode:
+        total = total + cluster.decode_time(wait, m, k, length, grad_bytes)
+    return total
+
+
+def ddp_iteration_times(cluster: ClusterModel, compute: np.ndarray, d: int,
+                        grad_bytes: float) -> np.ndarray:
+    """DDP iteration times (…,): the slowest worker's compute, then a ring all-reduce of d
+    gradient values (no overlap of the two)."""
+    compute = np.asarray(compute, dtype=np.float64)
+    n = compute.shape[-1]
+    return compute.max(axis=-1) + cluster.ring_allreduce_time(n, d, grad_bytes)
