@@ -58,7 +58,10 @@ RTOL = {"analysis": 1e-12, "simulated": 0.0, "distributed": 1e-6}
 _SMALL_ANALYSIS = ("analysis.plot=false", "analysis.progress=false", "logger=none")
 _SMALL_TRAIN = ("seed=0", "trainer.iterations=6", "dataset.train_size=280",
                 "dataset.test_size=100", "trainer.alpha_samples=20", "trainer.eval_every=3",
-                "trainer.checkpoint_every=0", "trainer.progress=false", "logger=none")
+                "trainer.checkpoint_every=0", "trainer.progress=false", "logger=none",
+                # one thread: the float32 products' summation order then does not depend on
+                # how many threads a loaded machine lets MKL/OpenMP use (bit-identical checks)
+                "trainer.threads=1")
 
 
 def _torch_distributed_missing() -> str | None:
