@@ -140,12 +140,14 @@ class CodedGradient:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, subset: torch.Tensor,
                  coefficients: np.ndarray | torch.Tensor, plain_weight: float | None = None,
-                 ) -> CodedGradientResult:
+                 out: torch.Tensor | None = None) -> CodedGradientResult:
         """Coded combinations for the batch ``(x, y)``.
 
         ``subset``: (N,) long, the data subset i(s) of each sample; ``coefficients``: (m, k', c)
         with k' > subset.max() (C above, already scaled, e.g. by 1/N); ``plain_weight``: if
-        given, also return the plain gradient ``plain_weight · Σ_s ∇ℓ_s`` (flat, length d).
+        given, also return the plain gradient ``plain_weight · Σ_s ∇ℓ_s`` (flat, length d);
+        ``out``: a (c, L) buffer of the parameters' dtype to write the combinations into
+        (e.g. a worker's send buffer), else a new one.
         """
         params_dtype = next(self.model.parameters()).dtype
         device = x.device
@@ -175,7 +177,13 @@ class CodedGradient:
         generic = any(not (self._fast_linear(mod, params_dtype)
                            or self._fast_conv(mod, params_dtype)) for mod, _, _ in calls)
         deltas = torch.autograd.grad(loss, ys, retain_graph=generic, allow_unused=True)
-        blocks = torch.zeros(c, self.length, dtype=params_dtype, device=device)
+        if out is None:
+            blocks = torch.zeros(c, self.length, dtype=params_dtype, device=device)
+        else:
+            if out.shape != (c, self.length) or out.dtype != params_dtype:
+                raise ValueError(f"out must be ({c}, {self.length}) {params_dtype}, got "
+                                 f"{tuple(out.shape)} {out.dtype}")
+            blocks = out.zero_()
         plain = (torch.zeros(self.d, dtype=params_dtype, device=device)
                  if plain_weight is not None else None)
         n = x.shape[0]

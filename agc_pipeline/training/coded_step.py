@@ -44,6 +44,7 @@ __all__ = [
     "block_length",
     "check_finite",
     "combine",
+    "combine_into",
     "decoded_gradient",
     "encoder_rng",
     "from_blocks",
@@ -124,6 +125,16 @@ def combine(messages: torch.Tensor, r: np.ndarray | torch.Tensor, d: int) -> tor
     """
     coef = torch.as_tensor(r, dtype=torch.float64, device=messages.device)
     return from_blocks(coef.T @ messages.to(torch.float64), d)
+
+
+def combine_into(messages: torch.Tensor, r: np.ndarray, out: torch.Tensor) -> torch.Tensor:
+    """:func:`combine` without float64 copies of the messages, for the distributed PS:
+    ``out`` (m, L) = Rᵀ M for the (n × L) message matrix M (rows outside the survivors zero
+    or finite: R is zero there), in the dtype of ``out`` (the messages', e.g. float32), with
+    the coefficients R (n × m) computed in float64 and rounded once; one matrix product.
+    Returns ``out``."""
+    coef = torch.as_tensor(np.asarray(r, dtype=np.float64)).to(out.device, out.dtype)
+    return torch.mm(coef.T, messages, out=out)
 
 
 def survivor_messages(blocks: torch.Tensor, b: np.ndarray, assignment: np.ndarray,
