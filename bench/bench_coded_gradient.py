@@ -3,6 +3,7 @@
     python bench/bench_coded_gradient.py            # GPT at d ≈ 1M and ≈ 10M, k ∈ {7, 27, 91}
     python bench/bench_coded_gradient.py --quick    # d ≈ 1M only, fewer repeats
     python bench/bench_coded_gradient.py --models gpt_1m mlp_1m
+    python bench/bench_coded_gradient.py --device cuda --models gpt_10m   # on a GPU
 
 For each model and each k (the Fano plane, the (27,2,5) coset graph and PG(2,9): k = 7, 27,
 91 data subsets; construction (7), m = 2, optimal decoding, Bernoulli q = 0.25) the script
@@ -18,7 +19,9 @@ process and interleaved:
 Peak memory of each (the rise of the process's peak RSS over one step after a warm-up,
 measured in a fresh child process each, with glibc mapping and unmapping every block of
 64 KiB or more so that memory kept from the warm-up does not hide the step's own peak) is
-printed beside the times. Targets (issue 8):
+printed beside the times; with ``--device cuda`` both run on the GPU, times are taken after
+``torch.cuda.synchronize`` and memory is the rise of ``torch.cuda.max_memory_allocated``
+over one step. Targets (issue 8):
 coded ≤ 1.3× plain at every k, peak memory ≤ 2× plain. The exit status is 1 if a target is
 missed; the last line summarises the worst ratios. Quote the load (``uptime``) with it.
 """
@@ -61,17 +64,18 @@ MODELS = {
 }
 
 
-def overrides_for(model: str, k: int) -> list[str]:
+def overrides_for(model: str, k: int, device: str = "cpu") -> list[str]:
     extra, batch = MODELS[model]
-    return [*DESIGNS[k], "scheme=random_diagonal", "m=2", "straggler=bernoulli",
-            "straggler.q=0.25", "decoder=optimal", *extra, f"trainer.batch_size={batch}",
+    return [f"trainer.device={device}", *DESIGNS[k], "scheme=random_diagonal", "m=2",
+            "straggler=bernoulli", "straggler.q=0.25", "decoder=optimal", *extra,
+            f"trainer.batch_size={batch}",
             "trainer.coded_gradient=weighted", "trainer.grad_error=false",
             "trainer.alpha_samples=0", "trainer.progress=false", "trainer.lr=0.01"]
 
 
-def build(model: str, k: int):  # noqa: ANN201 - (trainer, plain step)
+def build(model: str, k: int, device: str = "cpu"):  # noqa: ANN201 - (trainer, plain step)
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides_for(model, k))
+        cfg = compose(config_name="train", overrides=overrides_for(model, k, device))
     trainer = build_trainer(cfg)
     plain_model = copy.deepcopy(trainer.core.model)
     optimizer = torch.optim.SGD(plain_model.parameters(), lr=0.01)
@@ -98,14 +102,23 @@ def _rss_kb(field: str) -> int:
     return 0
 
 
-def memory_child(model: str, k: int, which: str) -> None:
-    """In a fresh process: the rise of peak RSS over one step (after a warm-up step)."""
-    trainer, plain_step = build(model, k)
+def memory_child(model: str, k: int, which: str, device: str = "cpu") -> None:
+    """In a fresh process: the rise of peak RSS (GPU: of allocated memory) over one step
+    (after a warm-up step)."""
+    trainer, plain_step = build(model, k, device)
     step = plain_step if which == "plain" else trainer.step
     step()
     # what persists between steps is not the step's: the plain step's .grad buffers (freed by
     # its zero_grad) go now, as the coded step keeps none
     plain_step.model.zero_grad(set_to_none=True)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        print(json.dumps({"peak_mb": (torch.cuda.max_memory_allocated() - before) / 2**20}))
+        return
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
     before = _rss_kb("VmRSS:")
@@ -113,26 +126,37 @@ def memory_child(model: str, k: int, which: str) -> None:
     print(json.dumps({"peak_mb": (_rss_kb("VmHWM:") - before) / 1024}))
 
 
-def peak_mb(model: str, k: int, which: str) -> float:
+def peak_mb(model: str, k: int, which: str, device: str = "cpu") -> float:
     # every large block mmapped (and unmapped when freed), so that the peak RSS of the
     # measured step is its own and not hidden by memory the allocator kept from the warm-up
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
-    out = subprocess.run([sys.executable, __file__, "--memory-child", model, str(k), which],
+    out = subprocess.run([sys.executable, __file__, "--memory-child", model, str(k), which,
+                          "--device", device],
                          capture_output=True, text=True, check=True, timeout=900, env=env)
     return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"])
 
 
-def side_by_side(model: str, k: int, repeats: int) -> tuple[float, float, float, int]:
-    trainer, plain_step = build(model, k)
+def side_by_side(model: str, k: int, repeats: int,
+                 device: str = "cpu") -> tuple[float, float, float, int]:
+    trainer, plain_step = build(model, k, device)
+    cuda = device.startswith("cuda")
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
     for _ in range(2):  # warm-up
         plain_step()
         trainer.step()
     plain, coded = [], []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         plain_step()
+        sync()
         t1 = time.perf_counter()
         trainer.step()
+        sync()
         t2 = time.perf_counter()
         plain.append(t1 - t0)
         coded.append(t2 - t1)
@@ -145,24 +169,33 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="d ≈ 1M only, 5 repeats")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=None)
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (trainer.device)")
+    parser.add_argument("--designs", nargs="+", type=int, choices=sorted(DESIGNS), default=None,
+                        help="k values (default: all)")
     parser.add_argument("--memory-child", nargs=3, metavar=("MODEL", "K", "WHICH"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         model, k, which = args.memory_child
-        memory_child(model, int(k), which)
+        memory_child(model, int(k), which, args.device)
         return 0
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"bench_coded_gradient: --device {args.device} but CUDA is not available",
+              file=sys.stderr)
+        return 2
     models = args.models or (["gpt_1m"] if args.quick else ["gpt_1m", "gpt_10m"])
     repeats = args.repeats or (5 if args.quick else 9)
     print(f"load: {os.getloadavg()[0]:.2f} (1-min average), torch threads "
-          f"{torch.get_num_threads()}, {repeats} interleaved repeats, medians")
+          f"{torch.get_num_threads()}, device {args.device}, {repeats} interleaved repeats, "
+          "medians")
     print(f"{'model':<8} {'d':>10} {'k':>3} {'samples':>7} {'plain ms':>9} {'coded ms':>9} "
           f"{'time x':>6} {'plain MB':>8} {'coded MB':>8} {'mem x':>6}")
     worst_time = worst_memory = 0.0
     for model in models:
-        for k in DESIGNS:
-            plain, coded, d, samples = side_by_side(model, k, repeats)
-            mem_plain, mem_coded = peak_mb(model, k, "plain"), peak_mb(model, k, "coded")
+        for k in args.designs or DESIGNS:
+            plain, coded, d, samples = side_by_side(model, k, repeats, args.device)
+            mem_plain = peak_mb(model, k, "plain", args.device)
+            mem_coded = peak_mb(model, k, "coded", args.device)
             ratio, mem_ratio = coded / plain, mem_coded / max(mem_plain, 1e-9)
             worst_time, worst_memory = max(worst_time, ratio), max(worst_memory, mem_ratio)
             print(f"{model:<8} {d:>10,} {k:>3} {samples:>7} {plain * 1e3:>9.1f} "

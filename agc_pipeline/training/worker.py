@@ -132,8 +132,13 @@ class Worker:
         if self.engine is not None:  # one weighted backward: the message directly (Section III)
             coef = coefficients[:, :, None] / self.num_samples  # (m, h, 1)
             subset = self.local.repeat_interleave(x.shape[1])
+            # formed in the send buffer itself, unless that lives on another device (CUDA
+            # compute over gloo: Frame.pack then copies it to the host)
+            out = (self.frame.payload.view(1, -1)
+                   if self.frame.payload.device == self.device else None)
             res = self.engine(x.reshape(-1, *x.shape[2:]), y.reshape(-1, *y.shape[2:]),
-                              subset, coef, out=self.frame.payload.view(1, -1))
+                              subset, coef, out=out)
+            self._sync()
             done = time.perf_counter()
             return res.blocks[0], done - start, 0.0
         grads, _ = partial_gradients(self.model, x, y)
@@ -144,8 +149,14 @@ class Worker:
         encode = time.perf_counter()
         blocks = self.z.view(len(self.held), self.m, self.length)
         message = worker_message(blocks, coefficients).to(self.dtype)
+        self._sync()
         done = time.perf_counter()
         return message, encode - start, done - encode
+
+    def _sync(self) -> None:
+        """On a GPU, wait for the kernels, so that the reported compute time is real."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def delay(self, t: int) -> float | None:
         """Injected delay of iteration t in seconds (the straggler model's arrival time ×
