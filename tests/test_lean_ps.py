@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -33,7 +35,7 @@ from agc_pipeline.training.wire import (
     load_parameters,
     write_parameters,
 )
-from tests.conftest import compose_config
+from tests.conftest import ROOT, compose_config
 from tests.test_distributed import (  # noqa: F401 - watchdog: the hang guard fixture
     CODE7,
     DIST,
@@ -275,3 +277,23 @@ def test_cuda_without_a_gpu_is_one_clear_line(overrides: list[str], message: str
 def test_simulated_cuda_without_a_gpu_is_one_clear_line() -> None:
     with pytest.raises(ConfigError, match="trainer.device=cuda but CUDA is not available"):
         build_trainer(compose_config("train", [*FAST, "trainer.device=cuda"]))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_gpu_check_exits_cleanly_without_cuda(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_DIR": str(tmp_path)}
+    started = time.monotonic()
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh")], capture_output=True,
+                          text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines() == [
+        "gpu_check: no CUDA GPU here (torch.cuda.is_available() is False): nothing to check"]
+    assert time.monotonic() - started < 30
+    dry = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--dry-run"],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert dry.returncode == 0, dry.stderr
+    for name in ("simulated-gpt-10m", "simulated-cpu-vs-gpu", "coded-gradient-bench",
+                 "distributed-gloo-cuda", "distributed-gloo-bf16", "distributed-nccl"):
+        assert name in dry.stdout
+    assert "trainer.backend=nccl" in dry.stdout and "--device cuda" in dry.stdout
+    assert not list(tmp_path.glob("*/summary.json"))  # nothing ran
