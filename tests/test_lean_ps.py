@@ -5,6 +5,7 @@ PS's thread count, and the CUDA guards (no test needs a GPU)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -154,20 +155,23 @@ def test_a_worker_frame_is_header_then_payload_in_one_buffer() -> None:
         frame.pack(header, torch.zeros(5 + FRAME_SLACK + 1))
 
 
-def test_the_ps_combination_matches_float64_to_float32_rounding() -> None:
-    """ĝ = Rᵀ M in float32 from float64 R: within float32 rounding of the float64 result,
-    and rows outside the survivors (R = 0 there) do not matter."""
+@pytest.mark.parametrize("missing", [[], [2], [0, 7], [2, 5, 6], list(range(8))])
+def test_the_ps_combination_matches_float64_to_float32_rounding(missing: list[int]) -> None:
+    """ĝ = Σ_{j∈𝓕} R(j, :)ᵀ message_j in float32 from float64 R: within float32 rounding of
+    the float64 result, whatever the runs of survivors; rows outside 𝓕 are never read."""
     rng = np.random.default_rng(0)
     n, m, length = 8, 2, 20_000
     messages = torch.randn(n, length)
     r = rng.normal(size=(n, m))
-    r[[2, 5]] = 0.0  # not survivors
-    messages[2] = 1e30  # whatever a non-survivor's row holds (finite)
-    out = combine_into(messages, r, torch.empty(m, length))
     mask = np.ones(n, dtype=bool)
-    mask[[2, 5]] = False
-    ref = combine(messages[torch.as_tensor(mask)].double(), r[mask], m * length)
+    mask[missing] = False
+    messages[torch.as_tensor(~mask)] = math.nan  # whatever a non-survivor's row holds
+    out = combine_into(messages, r, mask, torch.full((m, length), math.nan))
     assert out.dtype == torch.float32
+    if not mask.any():
+        assert not out.any()
+        return
+    ref = combine(messages[torch.as_tensor(mask)].double(), r[mask], m * length)
     rel = float((out.reshape(-1).double() - ref).norm() / ref.norm())
     assert rel < 1e-6
 

@@ -353,8 +353,8 @@ class ParameterServer:
                     core.coded.target_norm2)
         dec = self.core.coded.decode(b, mask)  # the n × m system, float64
         assert self.cluster is not None and self.cluster.inbox is not None
-        with self.cluster.inbox.rows([int(j) for j in np.flatnonzero(~mask)]) as messages:
-            blocks = combine_into(messages, dec.r, self._blocks)  # R is 0 outside 𝓕
+        # rows of 𝓕 cannot change now: a survivor's next message needs the next parameters
+        blocks = combine_into(self.cluster.inbox.messages, dec.r, mask, self._blocks)
         if self.core.decoder.rescale:
             assert self.core.alpha is not None, "call estimate_alpha() before training"
             blocks.div_(self.core.alpha.value)

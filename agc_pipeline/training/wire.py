@@ -34,14 +34,12 @@ and gloo raises "Connection closed by peer" on that pair only). Sends are non-bl
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import math
 import queue
 import re
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -283,7 +281,9 @@ class Inbox:
 
     Each thread receives into its own reusable frame and copies a gradient payload of the
     right length into row j of :attr:`messages` (n × ⌈d/m⌉, on the PS's device), while the
-    PS still waits for others; the PS combines whole rows (:meth:`rows`). A thread ends
+    PS still waits for others; the PS combines the survivors' rows in place. Row j changes
+    only when worker j sends again, which, once its message of iteration t is taken, needs
+    the parameters of iteration t + 1, posted after the decode. A thread ends
     after a BYE, a malformed header, a declared payload longer than a frame holds, or a
     broken connection; the last three arrive as an :class:`Arrival` with ``error`` set.
     """
@@ -295,7 +295,6 @@ class Inbox:
         self.queue: queue.Queue[Arrival] = queue.Queue()
         #: row j: worker j's newest message of the right length (zero until it has one)
         self.messages = torch.zeros(workers, wire.length, dtype=wire.grad_dtype, device=device)
-        self._locks = [threading.Lock() for _ in range(workers)]
         self.threads = [threading.Thread(target=self._receive, args=(j,), daemon=True,
                                          name=f"agc-inbox-{j}") for j in range(workers)]
 
@@ -310,21 +309,6 @@ class Inbox:
             return self.queue.get(timeout=max(timeout, 0.0))
         except queue.Empty:
             return None
-
-    @contextlib.contextmanager
-    def rows(self, others: list[int]) -> Iterator[torch.Tensor]:
-        """The message matrix with the rows ``others`` zeroed and held (their threads wait)
-        while the PS uses it: R is zero outside the survivors, and 0 · NaN would be NaN."""
-        locks = [self._locks[j] for j in others]
-        for lock in locks:
-            lock.acquire()
-        try:
-            if others:
-                self.messages[others] = 0
-            yield self.messages
-        finally:
-            for lock in locks:
-                lock.release()
 
     def open_links(self) -> list[int]:
         """Workers whose receiving thread is still running."""
@@ -357,8 +341,7 @@ class Inbox:
                 nbytes += header.length * size
                 payload = frame[HEADER_BYTES:nbytes].view(dtype)
                 if header.length == self.wire.length:
-                    with self._locks[j]:
-                        self.messages[j].copy_(payload)
+                    self.messages[j].copy_(payload)
                     payload = self.messages[j]
                 else:  # to be rejected: keep a copy (the frame is received into again)
                     payload = payload.clone()
