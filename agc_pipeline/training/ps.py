@@ -359,7 +359,9 @@ class ParameterServer:
             assert self.core.alpha is not None, "call estimate_alpha() before training"
             blocks.div_(self.core.alpha.value)
         estimate = blocks.reshape(-1)[:self.core.d]
-        if not math.isfinite(float(estimate.sum())):  # NaN/Inf somewhere (or an overflow)
+        # the messages were checked finite, so ĝ is unless R is not (or the sum overflows,
+        # which the optimizer's step refuses): no pass over ĝ here
+        if not np.isfinite(dec.r).all():
             check_finite(estimate, self.core.iteration)
         return estimate, dec.condition_number, dec.error
 
