@@ -3,6 +3,7 @@
     python bench/bench_coded_gradient.py            # GPT at d ≈ 1M and ≈ 10M, k ∈ {7, 27, 91}
     python bench/bench_coded_gradient.py --quick    # d ≈ 1M only, fewer repeats
     python bench/bench_coded_gradient.py --models gpt_1m mlp_1m
+    python bench/bench_coded_gradient.py --device cuda --models gpt_10m   # on a GPU
 
 For each model and each k (the Fano plane, the (27,2,5) coset graph and PG(2,9): k = 7, 27,
 91 data subsets; construction (7), m = 2, optimal decoding, Bernoulli q = 0.25) the script
@@ -22,9 +23,11 @@ printed beside the times. Times are the process's CPU time per step (median of i
 pairs), with one torch thread by default (``--threads``): a worker process's setting, and a
 measure that other jobs on the machine's cores do not distort (the wall-time ratio is
 printed too; with several threads on a busy machine it mostly measures OpenMP waiting).
-Targets (issue 8): coded ≤ 1.3× plain at every k, peak memory ≤ 2× plain. The exit status
-is 1 if a target is missed; the last line summarises the worst ratios. Quote the load
-(``uptime``) with it.
+With ``--device cuda`` both run on the GPU, times are wall times taken after
+``torch.cuda.synchronize`` and memory is the rise of ``torch.cuda.max_memory_allocated``
+over one step. Targets (issue 8): coded ≤ 1.3× plain at every k, peak memory ≤ 2× plain.
+The exit status is 1 if a target is missed; the last line summarises the worst ratios.
+Quote the load (``uptime``) with it.
 """
 
 from __future__ import annotations
@@ -65,17 +68,18 @@ MODELS = {
 }
 
 
-def overrides_for(model: str, k: int) -> list[str]:
+def overrides_for(model: str, k: int, device: str = "cpu") -> list[str]:
     extra, batch = MODELS[model]
-    return [*DESIGNS[k], "scheme=random_diagonal", "m=2", "straggler=bernoulli",
-            "straggler.q=0.25", "decoder=optimal", *extra, f"trainer.batch_size={batch}",
+    return [f"trainer.device={device}", *DESIGNS[k], "scheme=random_diagonal", "m=2",
+            "straggler=bernoulli", "straggler.q=0.25", "decoder=optimal", *extra,
+            f"trainer.batch_size={batch}",
             "trainer.coded_gradient=weighted", "trainer.grad_error=false",
             "trainer.alpha_samples=0", "trainer.progress=false", "trainer.lr=0.01"]
 
 
-def build(model: str, k: int):  # noqa: ANN201 - (trainer, plain step)
+def build(model: str, k: int, device: str = "cpu"):  # noqa: ANN201 - (trainer, plain step)
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides_for(model, k))
+        cfg = compose(config_name="train", overrides=overrides_for(model, k, device))
     trainer = build_trainer(cfg)
     plain_model = copy.deepcopy(trainer.core.model)
     optimizer = torch.optim.SGD(plain_model.parameters(), lr=0.01)
@@ -102,14 +106,23 @@ def _rss_kb(field: str) -> int:
     return 0
 
 
-def memory_child(model: str, k: int, which: str) -> None:
-    """In a fresh process: the rise of peak RSS over one step (after a warm-up step)."""
-    trainer, plain_step = build(model, k)
+def memory_child(model: str, k: int, which: str, device: str = "cpu") -> None:
+    """In a fresh process: the rise of peak RSS (GPU: of allocated memory) over one step
+    (after a warm-up step)."""
+    trainer, plain_step = build(model, k, device)
     step = plain_step if which == "plain" else trainer.step
     step()
     # what persists between steps is not the step's: the plain step's .grad buffers (freed by
     # its zero_grad) go now, as the coded step keeps none
     plain_step.model.zero_grad(set_to_none=True)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        print(json.dumps({"peak_mb": (torch.cuda.max_memory_allocated() - before) / 2**20}))
+        return
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
     before = _rss_kb("VmRSS:")
@@ -117,20 +130,27 @@ def memory_child(model: str, k: int, which: str) -> None:
     print(json.dumps({"peak_mb": (_rss_kb("VmHWM:") - before) / 1024}))
 
 
-def peak_mb(model: str, k: int, which: str, threads: int) -> float:
+def peak_mb(model: str, k: int, which: str, threads: int, device: str = "cpu") -> float:
     # every large block mmapped (and unmapped when freed), so that the peak RSS of the
     # measured step is its own and not hidden by memory the allocator kept from the warm-up
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
     out = subprocess.run([sys.executable, __file__, "--memory-child", model, str(k), which,
-                          "--threads", str(threads)],
+                          "--threads", str(threads), "--device", device],
                          capture_output=True, text=True, check=True, timeout=900, env=env)
     return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"])
 
 
-def side_by_side(model: str, k: int, repeats: int) -> dict[str, float]:
+def side_by_side(model: str, k: int, repeats: int, device: str = "cpu") -> dict[str, float]:
     """Medians over ``repeats`` interleaved pairs: CPU time of the process (what a step
-    costs, not hidden by other jobs' use of the cores) and wall time of each step."""
-    trainer, plain_step = build(model, k)
+    costs, not hidden by other jobs' use of the cores; wall time after a synchronisation on
+    a GPU) and wall time of each step."""
+    trainer, plain_step = build(model, k, device)
+    cuda = device.startswith("cuda")
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
     for _ in range(2):  # warm-up
         plain_step()
         trainer.step()
@@ -138,10 +158,13 @@ def side_by_side(model: str, k: int, repeats: int) -> dict[str, float]:
                                      "coded_wall": []}
     for _ in range(repeats):
         for name, step in (("plain", plain_step), ("coded", trainer.step)):
+            sync()
             c0, w0 = time.process_time(), time.perf_counter()
             step()
-            times[name].append(time.process_time() - c0)
-            times[f"{name}_wall"].append(time.perf_counter() - w0)
+            sync()
+            wall = time.perf_counter() - w0
+            times[name].append(wall if cuda else time.process_time() - c0)
+            times[f"{name}_wall"].append(wall)
     out = {name: statistics.median(values) for name, values in times.items()}
     out.update(d=trainer.core.d, samples=trainer.core.batch_samples)
     return out
@@ -155,30 +178,38 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of both steps (default 1: one worker process's "
                              "setting, and what stays fair on a loaded machine)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (trainer.device)")
+    parser.add_argument("--designs", nargs="+", type=int, choices=sorted(DESIGNS), default=None,
+                        help="k values (default: all)")
     parser.add_argument("--memory-child", nargs=3, metavar=("MODEL", "K", "WHICH"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.memory_child:
         model, k, which = args.memory_child
-        memory_child(model, int(k), which)
+        memory_child(model, int(k), which, args.device)
         return 0
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"bench_coded_gradient: --device {args.device} but CUDA is not available",
+              file=sys.stderr)
+        return 2
     models = args.models or (["gpt_1m"] if args.quick else ["gpt_1m", "gpt_10m"])
     repeats = args.repeats or (5 if args.quick else 9)
     print(f"load: {os.getloadavg()[0]:.2f} (1-min average), torch threads "
-          f"{torch.get_num_threads()}, {repeats} interleaved repeats, medians")
-    print("time: CPU time of the process per step (median); wall x: the wall-time ratio, "
-          "which other jobs on the cores distort")
+          f"{torch.get_num_threads()}, device {args.device}, {repeats} interleaved repeats, "
+          "medians")
+    print("time: CPU time of the process per step (median; wall time on a GPU); wall x: the "
+          "wall-time ratio, which other jobs on the cores distort")
     print(f"{'model':<8} {'d':>10} {'k':>3} {'samples':>7} {'plain ms':>9} {'coded ms':>9} "
           f"{'time x':>6} {'wall x':>6} {'plain MB':>8} {'coded MB':>8} {'mem x':>6}")
     worst_time = worst_memory = 0.0
     for model in models:
-        for k in DESIGNS:
-            r = side_by_side(model, k, repeats)
+        for k in args.designs or DESIGNS:
+            r = side_by_side(model, k, repeats, args.device)
             plain, coded, d, samples = r["plain"], r["coded"], int(r["d"]), int(r["samples"])
             wall = r["coded_wall"] / r["plain_wall"]
-            mem_plain, mem_coded = (peak_mb(model, k, "plain", args.threads),
-                                  peak_mb(model, k, "coded", args.threads))
+            mem_plain = peak_mb(model, k, "plain", args.threads, args.device)
+            mem_coded = peak_mb(model, k, "coded", args.threads, args.device)
             ratio, mem_ratio = coded / plain, mem_coded / max(mem_plain, 1e-9)
             worst_time, worst_memory = max(worst_time, ratio), max(worst_memory, mem_ratio)
             print(f"{model:<8} {d:>10,} {k:>3} {samples:>7} {plain * 1e3:>9.1f} "

@@ -90,7 +90,7 @@ def modelled_ratio(args: argparse.Namespace) -> float:
     first, last = (Delay(shift=1.0, rate=1.0, s=s, seed=args.seed, comm_per_unit=0.0)
                    for s in (S, 0))
     iterations = range(args.iterations)
-    return (statistics.mean(first.core.draw(t, N, 1).iteration_time for t in iterations)
+    return (statistics.mean(first.draw(t, N, 1).iteration_time for t in iterations)
             / statistics.mean(last.draw(t, N, 1).iteration_time for t in iterations))
 
 

@@ -179,8 +179,9 @@ class CodedGradient:
         ``subset``: (N,) long, the data subset i(s) of each sample; ``coefficients``: (m, k', c)
         with k' > subset.max() (C above, already scaled, e.g. by 1/N); ``plain_weight``: if
         given, also return the plain gradient ``plain_weight · Σ_s ∇ℓ_s`` (flat, length d).
-        ``out``: a (c, L) buffer to write the combinations into (zeroed first; reusing one
-        saves allocating and faulting in d fresh values per call), else a new one.
+        ``out``: a (c, L) buffer of the parameters' dtype to write the combinations into
+        (zeroed first; e.g. a worker's send buffer, or one reused between calls so that d
+        fresh values are not allocated and faulted in each time), else a new one.
         """
         dtype = next(self.model.parameters()).dtype
         device = x.device
@@ -195,10 +196,13 @@ class CodedGradient:
         groups = Groups(subset)
         weighting = Weighting(per_sample=coef[:, subset, :].permute(0, 2, 1).to(dtype),
                               per_group=coef[:, groups.ids, :].to(dtype), groups=groups)
-        if out is not None and out.shape == (c, self.length) and out.dtype == dtype:
-            blocks = out.zero_()
-        else:
+        if out is None:
             blocks = torch.zeros(c, self.length, dtype=dtype, device=device)
+        else:
+            if out.shape != (c, self.length) or out.dtype != dtype:
+                raise ValueError(f"out must be ({c}, {self.length}) {dtype}, got "
+                                 f"{tuple(out.shape)} {out.dtype}")
+            blocks = out.zero_()
         plain = torch.zeros(self.d, dtype=dtype, device=device) if plain_weight is not None \
             else None
         n = x.shape[0]

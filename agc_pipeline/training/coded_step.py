@@ -44,6 +44,7 @@ __all__ = [
     "block_length",
     "check_finite",
     "combine",
+    "combine_into",
     "decoded_gradient",
     "encoder_rng",
     "from_blocks",
@@ -124,6 +125,29 @@ def combine(messages: torch.Tensor, r: np.ndarray | torch.Tensor, d: int) -> tor
     """
     coef = torch.as_tensor(r, dtype=torch.float64, device=messages.device)
     return from_blocks(coef.T @ messages.to(torch.float64), d)
+
+
+def combine_into(messages: torch.Tensor, r: np.ndarray, mask: np.ndarray,
+                 out: torch.Tensor) -> torch.Tensor:
+    """:func:`combine` without copies of the messages, for the distributed PS: ``out``
+    (m, L) = Σ_{j∈𝓕} R(j, :)ᵀ message_j for the (n × L) message matrix (row j: worker j's
+    message; rows outside the survivor mask are never read), in the dtype of ``out`` (the
+    messages', e.g. float32), with R (n × m) computed in float64 and rounded once. One
+    matrix product per run of consecutive survivors (views of the matrix, no gather).
+    Returns ``out``."""
+    coef = torch.as_tensor(np.asarray(r, dtype=np.float64)).to(out.device, out.dtype)
+    index = np.flatnonzero(mask)
+    if index.size == 0:
+        return out.zero_()
+    starts = np.flatnonzero(np.diff(index) != 1) + 1  # where a new run of survivors begins
+    for run, (lo, hi) in enumerate(zip(np.r_[0, starts], np.r_[starts, index.size],
+                                       strict=True)):
+        a, b = int(index[lo]), int(index[hi - 1]) + 1
+        if run == 0:
+            torch.mm(coef[a:b].T, messages[a:b], out=out)
+        else:
+            out.addmm_(coef[a:b].T, messages[a:b])
+    return out
 
 
 def survivor_messages(blocks: torch.Tensor, b: np.ndarray, assignment: np.ndarray,

@@ -52,8 +52,9 @@ from agc_pipeline.training.wire import (
     Inbox,
     Kind,
     Transport,
+    WireFormat,
     error_text,
-    params_message,
+    write_parameters,
 )
 from agc_pipeline.validation import (
     is_int,
@@ -77,6 +78,10 @@ PRELOAD = ("agc_pipeline.training.worker", "agc_pipeline.codes.designs",
            "agc_pipeline.codes.repetition", "torch.fx.experimental.symbolic_shapes")
 #: environment variable: a torchrun worker's rendezvous timeout before it has the config
 STARTUP_TIMEOUT_ENV = "AGC_STARTUP_TIMEOUT_S"
+#: ``trainer.param_dtype``: the dtype of the parameters sent to the workers
+PARAM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: parameter messages kept for reuse once every worker has them
+PARAMS_POOL = 3
 
 
 class WorkersLost(RuntimeError):
@@ -132,7 +137,8 @@ class DistributedSettings(TrainerSettings):
     timeout_s: float = 60.0  #: a worker silent this long while awaited is dead
     min_workers: int = 1  #: fewer live workers stop the run (checkpoint, exit status 4)
     startup_timeout_s: float = 300.0  #: rendezvous, configuration and first hello
-    grad_error: bool = True  #: the PS computes the true gradient (its copy of the data)
+    grad_error: bool = True  #: the PS computes the true gradient (logged rows only)
+    param_dtype: str = "float32"  #: parameters to the workers: float32 | bfloat16 | float16
     fault: Any = None  #: FaultSettings or a mapping of its fields
 
     def __post_init__(self) -> None:
@@ -163,6 +169,7 @@ class DistributedSettings(TrainerSettings):
                            strict_minimum=True)
         require_int(self.min_workers, "trainer.min_workers", minimum=1)
         require_bool(self.grad_error, "trainer.grad_error")
+        require_choice(self.param_dtype, "trainer.param_dtype", tuple(PARAM_DTYPES))
         require(self.decode_cost == 0.0 and not self.materialize_messages,
                 "trainer.decode_cost and trainer.materialize_messages are simulated-trainer "
                 "options (the distributed PS measures its decode time; workers always send)")
@@ -271,13 +278,14 @@ class Cluster:
     """
 
     def __init__(self, settings: DistributedSettings, n: int, run_dir: Path,
-                 config: dict[str, Any], d: int, dtype: torch.dtype, length: int,
+                 config: dict[str, Any], wire: WireFormat, device: torch.device,
                  events: list[dict[str, Any]]) -> None:
         self.settings = settings
         self.n = n
         self.run_dir = Path(run_dir)
         self.config = config
-        self.d, self.dtype, self.length = d, dtype, length
+        self.wire = wire
+        self.device = device  #: the PS's compute device (its message matrix lives there)
         self.peers = [_Peer() for _ in range(n)]
         self.events = events  #: shared with the PS: worker deaths are appended here
         self.procs: list[Any] = []
@@ -285,6 +293,9 @@ class Cluster:
         self.transport: Transport | None = None
         self._rendezvous: Path | None = None
         self._graveyard: list[Any] = []  #: sends to dead workers, kept alive, never waited
+        #: parameter messages posted and not yet released by every worker: id → [msg, count]
+        self._pending: dict[int, list[Any]] = {}
+        self._spare: list[torch.Tensor] = []  #: released parameter messages, for reuse
 
     # ------------------------------------------------------------------ start and stop
 
@@ -319,7 +330,7 @@ class Cluster:
         timeout = datetime.timedelta(seconds=s.startup_timeout_s)
         dist.init_process_group("gloo", init_method=init_method, rank=0, world_size=world,
                                 timeout=timeout)
-        dist.broadcast_object_list([self.config], src=0)
+        dist.broadcast_object_list([self.config, self.wire], src=0)
         who: list[Any] = [None] * world
         dist.all_gather_object(who, (os.getpid(), socket.gethostname()))
         for peer, (pid, host) in zip(self.peers, who[1:], strict=True):
@@ -327,7 +338,7 @@ class Cluster:
         cuda = s.torch_device.type == "cuda" or s.backend == "nccl"
         self.transport = Transport(s.backend, rank_device(cuda, 0), data_groups(s.backend))
         self.transport.bind()
-        self.inbox = Inbox(self.transport, self.n, self.dtype, max_length=4 * self.length + 1024)
+        self.inbox = Inbox(self.transport, self.n, self.wire, self.device)
         self.inbox.start()
         self._await_hellos(s.startup_timeout_s)
         self._forget_rendezvous()  # every rank is connected: the file is no longer read
@@ -449,10 +460,12 @@ class Cluster:
 
     # ------------------------------------------------------------------ parameters
 
-    def send_params(self, iteration: int, flat: torch.Tensor) -> int:
-        """Post the parameters of ``iteration`` to every live worker (non-blocking); return
-        the bytes posted."""
-        msg = params_message(iteration, Command.RUN, flat)
+    def send_params(self, iteration: int, params: list[torch.Tensor]) -> int:
+        """Write the parameters once into one flat message (in ``trainer.param_dtype``) and
+        post it to every live worker (non-blocking); return the bytes posted."""
+        assert self.transport is not None
+        msg = self._spare.pop() if self._spare else self.transport.empty(self.wire.params_bytes)
+        write_parameters(msg, iteration, Command.RUN, params, self.wire.param_dtype)
         sent = 0
         for j in self.live:
             if self._post(j, iteration, msg):
@@ -465,14 +478,25 @@ class Cluster:
         return arrival.time - self.peers[arrival.worker].posted
 
     def release(self, j: int, iteration: int) -> None:
-        """Worker j has answered ``iteration``: the sends up to it are complete."""
+        """Worker j has answered ``iteration``: the sends up to it are complete (a message
+        every worker has is reused)."""
         sends = self.peers[j].sends
         while sends and sends[0][0] <= iteration:
-            _, work, _ = sends.popleft()
+            _, work, msg = sends.popleft()
             work.wait(FOREVER)  # complete already: returns at once
+            entry = self._pending.get(id(msg))
+            if entry is not None:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._pending[id(msg)]
+                    if len(self._spare) < PARAMS_POOL:
+                        self._spare.append(msg)
 
     def _send_command(self, j: int, command: Command) -> None:
-        self._post(j, -1, params_message(-1, command, torch.zeros(self.d, dtype=self.dtype)))
+        assert self.transport is not None
+        msg = write_parameters(self.transport.empty(self.wire.params_bytes), -1, command, None,
+                               self.wire.param_dtype)
+        self._post(j, -1, msg)
 
     def _post(self, j: int, iteration: int, msg: torch.Tensor) -> bool:
         assert self.transport is not None
@@ -482,4 +506,6 @@ class Cluster:
             self.mark_dead(j, iteration, error_text(exc), link_broken=True)
             return False
         self.peers[j].sends.append((iteration if iteration >= 0 else 1 << 62, work, msg))
+        if iteration >= 0:
+            self._pending.setdefault(id(msg), [msg, 0])[1] += 1
         return True

@@ -2,9 +2,12 @@
 
 Each iteration t:
 
-1. post the parameters, tagged t, to every live worker (non-blocking point-to-point);
-2. while the workers compute, evaluate the metrics of the parameters (train loss and, with
-   ``trainer.grad_error``, the true gradient) on the PS's own copy of the training set — for
+1. write the parameters, tagged t, once into one flat message (in ``trainer.param_dtype``;
+   the master copy stays in the model's dtype) and post it to every live worker
+   (non-blocking point-to-point: a slow worker holds back nobody);
+2. on a logged row only (``trainer.log_every``, and the last iteration), while the workers
+   compute, evaluate the train loss of the iteration's minibatch and, with
+   ``trainer.grad_error``, its true gradient on the PS's own copy of the training set — for
    logging only: the update uses nothing but the workers' messages;
 3. draw the same B as the workers (``encoder_rng(seed, t)``) and collect messages in arrival
    order until the waiting rule is met (:class:`~agc_pipeline.training.distributed.Timing`:
@@ -12,15 +15,18 @@ Each iteration t:
    iteration are discarded (late); a wrong length or NaN/Inf is rejected (a straggler for
    this iteration); a broken link or ``timeout_s`` of silence makes a worker dead — a
    permanent straggler, logged as an event;
-4. decode R for exactly the set that arrived, ĝ = Σ_j message_j R(j, :) in float64
-   (:func:`~agc_pipeline.training.coded_step.combine`), and take the SGD step.
+4. decode R for exactly the set that arrived (the n × m system, in float64), form
+   ĝ = Σ_j message_j R(j, :) in the messages' dtype with one matrix product
+   (:func:`~agc_pipeline.training.coded_step.combine_into`; no float64 copy of d-vectors),
+   and take the SGD step.
 
 The arithmetic is the simulated trainer's (same partial gradients, encoder draws, decoder
-and SGD; messages travel in the parameters' dtype), so with the same seeds and survivor sets
-both runtimes give the same parameters to float tolerance. The class composes the shared
-:class:`~agc_pipeline.training.core.CodedTraining` (validation, α, evaluation, optimizer,
-state) and plugs into the shared loop (:mod:`~agc_pipeline.training.loop`: checkpoints,
-graceful stop); only the iteration is its own.
+and SGD; messages travel in the model's dtype), so with the same seeds and survivor sets
+both runtimes give the same parameters to float tolerance (with ``param_dtype=float32``).
+The class composes the shared :class:`~agc_pipeline.training.core.CodedTraining`
+(validation, α, evaluation, optimizer, state) and plugs into the shared loop
+(:mod:`~agc_pipeline.training.loop`: checkpoints, graceful stop); only the iteration is its
+own.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -43,17 +50,18 @@ from agc_pipeline.errors import require
 from agc_pipeline.training.coded_step import (
     TrainingDiverged,
     check_finite,
-    combine,
+    combine_into,
 )
 from agc_pipeline.training.core import CodedTraining, Totals
 from agc_pipeline.training.distributed import (
+    PARAM_DTYPES,
     Cluster,
     DistributedSettings,
     WorkersLost,
     resolve_timing,
     torchrun_env,
 )
-from agc_pipeline.training.wire import HEADER_BYTES, Arrival, Kind
+from agc_pipeline.training.wire import HEADER_BYTES, Arrival, Kind, WireFormat
 
 __all__ = ["DistributedTotals", "ParameterServer"]
 
@@ -87,6 +95,18 @@ class Collected:
     discarded: int = 0  #: bytes of late, rejected and ignored messages
 
 
+def ps_threads(threads: int, n: int) -> int:
+    """The PS's torch threads while its workers run (``trainer.threads`` null): at most the
+    cores its local workers (one thread each) leave free, at least 1. Busy-waiting OpenMP
+    threads on cores the workers hold slow every PS operation down many times over."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", n + 1)) - 1 if torchrun_env() else n
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(threads, cores - local))
+
+
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -116,11 +136,20 @@ class ParameterServer:
                 f"trainer.min_workers={settings.min_workers} but the assignment has only "
                 f"n = {n} workers")
         settings.fault.validate(n)
+        require(settings.backend != "nccl" or torchrun_env() is not None
+                or torch.cuda.device_count() >= n + 1,
+                f"trainer.backend=nccl needs one GPU per rank (n + 1 = {n + 1}); found "
+                f"{torch.cuda.device_count()}: use trainer.backend=gloo")
         self.timing = resolve_timing(settings, core.straggler, n)
         core.totals = DistributedTotals()
         self.events: list[dict[str, Any]] = []
         self.cluster: Cluster | None = None
         self._backlog: deque[Arrival] = deque()
+        self.params = list(core.model.parameters())
+        dtype = self.params[0].dtype
+        self.wire = WireFormat(core.d, core.length, dtype, PARAM_DTYPES[settings.param_dtype])
+        #: ĝ as (m, L) blocks, reused
+        self._blocks = torch.empty(core.m, core.length, dtype=dtype, device=core.device)
 
     # ------------------------------------------------------------------ the loop
 
@@ -133,8 +162,11 @@ class ParameterServer:
         require(isinstance(config, dict), "the distributed trainer needs the run's resolved "
                                           "configuration (extra_state['config'])")
         core = self.core
-        cluster = Cluster(self.settings, core.n, Path(run_dir), config, core.d,
-                          self.wire_dtype, core.length, self.events)
+        cluster = Cluster(self.settings, core.n, Path(run_dir), config, self.wire,
+                          core.device, self.events)
+        threads = torch.get_num_threads()
+        if self.settings.threads is None:
+            torch.set_num_threads(ps_threads(threads, core.n))
         with cluster:
             self.cluster = cluster
             try:
@@ -142,11 +174,12 @@ class ParameterServer:
             finally:
                 self.cluster = None
                 self._backlog.clear()
+                torch.set_num_threads(threads)
 
     @property
     def wire_dtype(self) -> torch.dtype:
-        """The dtype of the messages: the parameters'."""
-        return next(self.core.model.parameters()).dtype
+        """The dtype of the workers' messages: the model's."""
+        return self.wire.grad_dtype
 
     def step(self, evaluate: bool = False) -> dict[str, Any]:
         """Run iteration ``self.core.iteration`` on the cluster; return its metrics row."""
@@ -156,8 +189,7 @@ class ParameterServer:
         t, s = self.core.iteration, self.settings
         row: dict[str, Any] = {"iteration": t}
         start = time.perf_counter()
-        flat = torch.nn.utils.parameters_to_vector(self.core.model.parameters()).detach()
-        bytes_out = cluster.send_params(t, flat)
+        bytes_out = cluster.send_params(t, self.params)
         sent = time.perf_counter()
         if evaluate:
             row.update(self.core.evaluate())
@@ -175,7 +207,8 @@ class ParameterServer:
         error = None
         if exact is not None:
             norm2 = float(exact.square().sum())
-            error = float((estimate - exact).square().sum()) / norm2 if norm2 > 0 else math.nan
+            diff2 = float((estimate.to(exact.dtype) - exact).square().sum())
+            error = diff2 / norm2 if norm2 > 0 else math.nan
         survivors = int(mask.sum())
         if survivors and not self.core.optimizer.step(estimate):
             raise TrainingDiverged(f"iteration {t}: the SGD step would overflow the "
@@ -306,7 +339,8 @@ class ParameterServer:
         if payload is None or payload.numel() != self.core.length:
             return (f"{0 if payload is None else payload.numel()} values instead of "
                     f"⌈d/m⌉ = {self.core.length}")
-        if not bool(torch.isfinite(payload).all()):
+        # a NaN/Inf makes the sum non-finite; only then (or on overflow) scan every value
+        if not math.isfinite(float(payload.sum())) and not bool(torch.isfinite(payload).all()):
             return "NaN/Inf values"
         return None
 
@@ -315,16 +349,19 @@ class ParameterServer:
         """ĝ from exactly the messages that arrived (zero without any), cond(B_𝓕), Err."""
         if not mask.any():
             core = self.core
-            return (torch.zeros(core.d, dtype=torch.float64, device=core.device), math.inf,
+            return (torch.zeros(core.d, dtype=self.wire.grad_dtype, device=core.device), math.inf,
                     core.coded.target_norm2)
-        dec = self.core.coded.decode(b, mask)
-        payloads = [got.accepted[int(j)].payload for j in np.flatnonzero(mask)]
-        messages = torch.stack([p.to(self.core.device) for p in payloads if p is not None])
-        estimate = combine(messages, dec.r[mask], self.core.d)
+        dec = self.core.coded.decode(b, mask)  # the n × m system, float64
+        assert self.cluster is not None and self.cluster.inbox is not None
+        # rows of 𝓕 cannot change now: a survivor's next message needs the next parameters
+        blocks = combine_into(self.cluster.inbox.messages, dec.r, mask, self._blocks)
         if self.core.decoder.rescale:
             assert self.core.alpha is not None, "call estimate_alpha() before training"
-            estimate = estimate / self.core.alpha.value
-        if not math.isfinite(float(estimate.square().sum())):
+            blocks.div_(self.core.alpha.value)
+        estimate = blocks.reshape(-1)[:self.core.d]
+        # the messages were checked finite, so ĝ is unless R is not (or the sum overflows,
+        # which the optimizer's step refuses): no pass over ĝ here
+        if not np.isfinite(dec.r).all():
             check_finite(estimate, self.core.iteration)
         return estimate, dec.condition_number, dec.error
 
@@ -379,5 +416,6 @@ class ParameterServer:
                             "time_scale": timing.time_scale,
                             "straggle": self.settings.straggle,
                             "timeout_s": self.settings.timeout_s,
-                            "wire_dtype": str(self.wire_dtype).removeprefix("torch.")},
+                            "wire_dtype": str(self.wire_dtype).removeprefix("torch."),
+                            "param_dtype": self.settings.param_dtype},
         }

@@ -52,14 +52,16 @@ from agc_pipeline.training.distributed import (
 )
 from agc_pipeline.training.gradients import pack_gradients, partial_gradients
 from agc_pipeline.training.wire import (
-    TAG_HEADER,
-    TAG_PAYLOAD,
+    TAG_FRAME,
+    Frame,
     Header,
     Kind,
     Mailbox,
     PSLost,
     Transport,
+    WireFormat,
     error_text,
+    load_parameters,
 )
 
 __all__ = ["Worker", "process_main", "run_worker"]
@@ -71,7 +73,8 @@ EXIT_PS_LOST = 3
 class Worker:
     """Worker j's state: its subsets, the model, the code and the straggler model."""
 
-    def __init__(self, config: dict[str, Any], rank: int, transport: Transport) -> None:
+    def __init__(self, config: dict[str, Any], rank: int, transport: Transport,
+                 wire: WireFormat) -> None:
         cfg = OmegaConf.create(config)
         settings = build_trainer_settings(cfg)
         assert isinstance(settings, DistributedSettings)
@@ -104,6 +107,12 @@ class Worker:
         self.dtype = self.params[0].dtype
         self.coded = CodedStep(scheme, self.decoder, self.d, seed)
         self.length = self.coded.length
+        if (self.d, self.length, self.dtype) != (wire.d, wire.length, wire.grad_dtype):
+            raise RuntimeError(f"built d = {self.d}, ⌈d/m⌉ = {self.length}, {self.dtype} but "
+                               f"the PS has d = {wire.d}, ⌈d/m⌉ = {wire.length}, "
+                               f"{wire.grad_dtype}")
+        self.wire = wire
+        self.frame = Frame(transport, wire)  #: the message is formed in place, then sent
         self.engine = (CodedGradient(self.model, self.m)
                        if settings.coded_gradient == "weighted" else None)
         self.local = torch.arange(len(self.held), device=self.device)
@@ -114,7 +123,7 @@ class Worker:
     def compute(self, t: int, flat: torch.Tensor) -> tuple[torch.Tensor, float, float]:
         """``(message, compute seconds, encode seconds)`` at parameters ``flat``."""
         start = time.perf_counter()
-        torch.nn.utils.vector_to_parameters(flat.to(self.device), self.params)
+        load_parameters(flat, self.params)
         index = batch_indices(self.seed, t, self.held, self.subset_size,
                               self.settings.batch_size)
         x, y = take(self.x, index), take(self.y, index)
@@ -123,8 +132,13 @@ class Worker:
         if self.engine is not None:  # one weighted backward: the message directly (Section III)
             coef = coefficients[:, :, None] / self.num_samples  # (m, h, 1)
             subset = self.local.repeat_interleave(x.shape[1])
+            # formed in the send buffer itself, unless that lives on another device (CUDA
+            # compute over gloo: Frame.pack then copies it to the host)
+            out = (self.frame.payload.view(1, -1)
+                   if self.frame.payload.device == self.device else None)
             res = self.engine(x.reshape(-1, *x.shape[2:]), y.reshape(-1, *y.shape[2:]),
-                              subset, coef)
+                              subset, coef, out=out)
+            self._sync()
             done = time.perf_counter()
             return res.blocks[0], done - start, 0.0
         grads, _ = partial_gradients(self.model, x, y)
@@ -135,8 +149,14 @@ class Worker:
         encode = time.perf_counter()
         blocks = self.z.view(len(self.held), self.m, self.length)
         message = worker_message(blocks, coefficients).to(self.dtype)
+        self._sync()
         done = time.perf_counter()
         return message, encode - start, done - encode
+
+    def _sync(self) -> None:
+        """On a GPU, wait for the kernels, so that the reported compute time is real."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def delay(self, t: int) -> float | None:
         """Injected delay of iteration t in seconds (the straggler model's arrival time ×
@@ -158,14 +178,11 @@ class Worker:
         return self.coded.straggler_context(self.coded.encoding(t), self.matrix)
 
     def send(self, header: Header, payload: torch.Tensor | None = None) -> None:
-        """Header, then payload; raise PSLost if the PS does not take them in timeout_s."""
+        """One frame (header and payload); raise PSLost if the PS does not take it in
+        timeout_s."""
         timeout = datetime.timedelta(seconds=self.settings.timeout_s)
         try:
-            works = [self.transport.send(header.pack(), 0, TAG_HEADER)]
-            if payload is not None:
-                works.append(self.transport.send(payload, 0, TAG_PAYLOAD))
-            for work in works:
-                work.wait(timeout)
+            self.transport.send(self.frame.pack(header, payload), 0, TAG_FRAME).wait(timeout)
         except RuntimeError as exc:
             raise PSLost(f"cannot send to the PS: {error_text(exc)}") from None
 
@@ -173,7 +190,7 @@ class Worker:
 
     def serve(self) -> None:
         """HELLO, then iterations until STOP (BYE); raises PSLost when the PS is gone."""
-        mailbox = Mailbox(self.transport, self.d, self.dtype)
+        mailbox = Mailbox(self.transport, self.wire)
         mailbox.start()
         self.send(Header(-1, Kind.HELLO, extra=os.getpid()))
         last = -1
@@ -217,17 +234,18 @@ def run_worker(rank: int, world_size: int, init_method: str, startup_timeout_s: 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the PS's to handle
     dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=startup_timeout_s))
-    box: list[Any] = [None]
-    dist.broadcast_object_list(box, src=0)
+    box: list[Any] = [None, None]
+    dist.broadcast_object_list(box, src=0)  # the configuration and the wire format
     dist.all_gather_object([None] * world_size, (os.getpid(), socket.gethostname()))
     backend = box[0]["trainer"]["backend"]  # validated by the PS
     transport = Transport(backend, rank_device(backend == "nccl", rank), data_groups(backend))
     transport.bind()
     try:
-        worker = Worker(box[0], rank, transport)
+        worker = Worker(box[0], rank, transport, box[1])
     except Exception as exc:  # noqa: BLE001 - reported to the PS, details here
         print(f"agc-worker {rank - 1}: cannot start: {exc}", file=sys.stderr, flush=True)
-        transport.send(Header(-1, Kind.FAILED).pack(), 0, TAG_HEADER).wait()
+        frame = Frame(transport, box[1])
+        transport.send(frame.pack(Header(-1, Kind.FAILED), None), 0, TAG_FRAME).wait()
         os._exit(1)
     try:
         worker.serve()
