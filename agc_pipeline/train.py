@@ -317,7 +317,7 @@ def main() -> None:
     workers of ``trainer=distributed``: they skip Hydra and take the PS's configuration."""
     env = torchrun_env()
     if env is not None and env[0] > 0:
-        from agc_pipeline.training.worker import run_from_env
+        from agc_pipeline.training.launch import run_from_env
 
         raise SystemExit(run_from_env())
     refuse_foreign_presets("train")

@@ -4,7 +4,8 @@ Rank 0 is the parameter server (:mod:`~agc_pipeline.training.ps`), ranks 1..n th
 (:mod:`~agc_pipeline.training.worker`; worker j of the assignment runs as rank j + 1).
 Messages and receiving threads: :mod:`~agc_pipeline.training.wire`.
 
-Two launches, one protocol:
+Two launches, one protocol (:mod:`~agc_pipeline.training.launch`, shared with
+``trainer=ddp``):
 
 * **local** (the Hydra app alone): the PS — the app's own process — starts the n workers
   (``trainer.start_method``: ``forkserver``, which imports torch once, or ``spawn``) and
@@ -25,14 +26,9 @@ cannot be closed.
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
-import multiprocessing
-import os
-import socket
 import time
-import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +39,12 @@ import torch.distributed as dist
 
 from agc_pipeline.errors import ConfigError, require
 from agc_pipeline.stragglers import Adversarial, Bernoulli, Delay, FixedCount, StragglerModel
+from agc_pipeline.training.launch import (  # noqa: F401 - re-exported
+    STARTUP_TIMEOUT_ENV,
+    Launch,
+    rank_device,
+    torchrun_env,
+)
 from agc_pipeline.training.settings import TrainerSettings
 from agc_pipeline.training.wire import (
     FOREVER,
@@ -71,12 +73,6 @@ log = logging.getLogger("agc_pipeline.train")
 WAIT_MODES = ("first", "deadline", "all")
 #: seconds per model time unit for straggler models without a ``time_scale`` of their own
 DEFAULT_TIME_SCALE = 0.1
-#: imported once by the fork server, so that each forked worker starts in milliseconds
-#: (symbolic_shapes: torch imports it, and sympy, lazily when a model is built)
-PRELOAD = ("agc_pipeline.training.worker", "agc_pipeline.codes.designs",
-           "agc_pipeline.codes.repetition", "torch.fx.experimental.symbolic_shapes")
-#: environment variable: a torchrun worker's rendezvous timeout before it has the config
-STARTUP_TIMEOUT_ENV = "AGC_STARTUP_TIMEOUT_S"
 
 
 class WorkersLost(RuntimeError):
@@ -120,6 +116,7 @@ class DistributedSettings(TrainerSettings):
     """
 
     runtime: ClassVar[str] = "agc_pipeline.training.ps.ParameterServer"
+    rank_main: ClassVar[str] = "agc_pipeline.training.worker.serve_rank"
 
     workers: int | None = None  #: n; null = the assignment's n (must match it)
     backend: str = "gloo"  #: gloo | nccl (messages as CUDA tensors; one GPU per rank)
@@ -224,24 +221,6 @@ def resolve_timing(settings: DistributedSettings, straggler: StragglerModel, n: 
     return Timing(wait, s, deadline, float(scale))
 
 
-def torchrun_env() -> tuple[int, int] | None:
-    """``(rank, world_size)`` when launched by torchrun (or any ``env://`` launcher) with
-    more than one process, else None."""
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return None
-    world = int(os.environ["WORLD_SIZE"])
-    return (int(os.environ["RANK"]), world) if world > 1 else None
-
-
-def rank_device(cuda: bool, rank: int) -> torch.device:
-    """The device of ``rank``: its own GPU (LOCAL_RANK, or the rank, modulo the GPUs) when
-    ``cuda``, else the CPU."""
-    if not cuda:
-        return torch.device("cpu")
-    local = int(os.environ.get("LOCAL_RANK", rank))
-    return torch.device("cuda", local % torch.cuda.device_count())
-
-
 def data_groups(backend: str) -> tuple[Any, Any]:
     """The groups that carry the messages (worker → PS, PS → worker): the default gloo
     group for both, or two new NCCL groups (collectives: every rank calls this once, right
@@ -280,10 +259,11 @@ class Cluster:
         self.d, self.dtype, self.length = d, dtype, length
         self.peers = [_Peer() for _ in range(n)]
         self.events = events  #: shared with the PS: worker deaths are appended here
-        self.procs: list[Any] = []
+        self.launch = Launch(self.run_dir, n + 1, settings.start_method,
+                             settings.startup_timeout_s, config)
+        self.procs = self.launch.procs  #: worker j's process is procs[j] (local launch)
         self.inbox: Inbox | None = None
         self.transport: Transport | None = None
-        self._rendezvous: Path | None = None
         self._graveyard: list[Any] = []  #: sends to dead workers, kept alive, never waited
 
     # ------------------------------------------------------------------ start and stop
@@ -308,20 +288,11 @@ class Cluster:
             require(s.backend != "nccl" or torch.cuda.device_count() >= world,
                     f"trainer.backend=nccl needs one GPU per rank ({world}); found "
                     f"{torch.cuda.device_count()}: use trainer.backend=gloo")
-            self._rendezvous = self.run_dir / f"rendezvous-{uuid.uuid4().hex[:12]}"
-            init_method = f"file://{self._rendezvous.resolve()}"
-            self._spawn(init_method)
         else:
             require(env == (0, world), f"torchrun started {env[1]} processes but the "
                                        f"assignment has n = {self.n} workers: use "
                                        f"--nproc_per_node={world} (n + 1, rank 0 = the PS)")
-            init_method = "env://"
-        timeout = datetime.timedelta(seconds=s.startup_timeout_s)
-        dist.init_process_group("gloo", init_method=init_method, rank=0, world_size=world,
-                                timeout=timeout)
-        dist.broadcast_object_list([self.config], src=0)
-        who: list[Any] = [None] * world
-        dist.all_gather_object(who, (os.getpid(), socket.gethostname()))
+        who = self.launch.start()
         for peer, (pid, host) in zip(self.peers, who[1:], strict=True):
             peer.pid, peer.host = int(pid), str(host)
         cuda = s.torch_device.type == "cuda" or s.backend == "nccl"
@@ -330,24 +301,11 @@ class Cluster:
         self.inbox = Inbox(self.transport, self.n, self.dtype, max_length=4 * self.length + 1024)
         self.inbox.start()
         self._await_hellos(s.startup_timeout_s)
-        self._forget_rendezvous()  # every rank is connected: the file is no longer read
+        self.launch.forget_rendezvous()  # every rank is connected: the file is no longer read
         self._write_roster(who[0])
         log.info("%d workers ready in %.1f s (%s launch, %s)", self.n,
                  time.perf_counter() - started, "local" if self.procs else "torchrun",
                  s.backend)
-
-    def _spawn(self, init_method: str) -> None:
-        from agc_pipeline.training import worker
-
-        ctx = multiprocessing.get_context(self.settings.start_method)
-        if self.settings.start_method == "forkserver":
-            ctx.set_forkserver_preload(list(PRELOAD))
-        for rank in range(1, self.n + 1):
-            proc = ctx.Process(target=worker.process_main, name=f"agc-worker-{rank}",
-                               args=(rank, self.n + 1, init_method,
-                                     self.settings.startup_timeout_s), daemon=True)
-            proc.start()
-            self.procs.append(proc)
 
     def _await_hellos(self, timeout: float) -> None:
         assert self.inbox is not None
@@ -385,35 +343,13 @@ class Cluster:
                               "another host?); this process may abort at exit",
                               self.inbox.open_links())
                     return
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        for proc in self.procs:
-            proc.join(grace)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(5.0)
-        self._forget_rendezvous()
-
-    def _forget_rendezvous(self) -> None:
-        """Delete the rendezvous file of the local launch (gloo's pairs are connected once
-        every worker said HELLO; a PS killed before that leaves it, and the next run in the
-        run dir deletes it)."""
-        if self._rendezvous is not None:
-            self._rendezvous.unlink(missing_ok=True)
-            self._rendezvous = None
+        self.launch.stop(grace)
 
     def _kill(self, workers: list[int]) -> None:
         """SIGKILL workers on this host (spawned here or by a local torchrun)."""
-        host = socket.gethostname()
         for j in workers:
             peer = self.peers[j]
-            if j < len(self.procs):
-                self.procs[j].kill()
-            elif peer.pid and peer.host == host:
-                try:
-                    os.kill(peer.pid, 9)
-                except OSError:
-                    pass
+            self.launch.kill(j + 1, peer.pid, peer.host)
             log.warning("worker %d did not stop; killed it", j)
 
     # ------------------------------------------------------------------ liveness
