@@ -109,3 +109,26 @@ def test_bad_delay_parameters(kwargs: dict, message: str) -> None:
 def test_per_sample_needs_the_work() -> None:
     with pytest.raises(ConfigError, match="straggler.per_sample needs the samples"):
         Delay(s=1, per_sample=1.0).draw(0, 4, 10)
+
+
+def test_abandon_stale_drops_an_overtaken_delay(tmp_path: Path) -> None:
+    """trainer.abandon_stale=true: worker 1, slow in iteration 0 only, abandons that
+    iteration when the PS moves on (no late message: its delay does not spill into iteration
+    1, as in the simulated model); without it the message arrives late during iteration 1
+    (test_distributed.py: test_late_messages_are_discarded_by_their_tag)."""
+    trace = tmp_path / "trace.csv"
+    np.savetxt(trace, np.asarray([[1.0, 3.0, 1.0, 1.0]] + [[5.0, 5.0, 5.0, 5.0]] * 4),
+               delimiter=",")
+    cfg = ["dataset=synthetic_logistic", "dataset.n_samples=210", "dataset.dim=6",
+           "dataset.num_classes=3", "model=logistic", "trainer.iterations=5",
+           "trainer.progress=false", "trainer.alpha_samples=0", "trainer.eval_every=0",
+           "trainer.checkpoint_every=0", "assignment=fractional", "assignment.n=4",
+           "assignment.s=1", "scheme=frc", "m=1", "straggler=delay", "straggler.s=1",
+           f"straggler.trace={trace}", "straggler.comm_per_unit=0", "trainer=distributed",
+           "trainer.time_scale=0.1", "trainer.timeout_s=30", "trainer.abandon_stale=true"]
+    summary = run_training(compose_config("train", cfg), tmp_path / "run")
+    out = rows(tmp_path / "run")
+    assert out[0]["late"] == out[1]["late"] == 0  # worker 1's tag-0 message never comes
+    assert summary["late_messages"] == sum(r["late"] for r in out)  # later: ties at 0.5 s
+    assert [r["survivors"] for r in out] == [3] * 5
+    assert all(r["grad_error"] < 1e-10 for r in out)

@@ -331,10 +331,11 @@ class DdpRuntime:
             self.x, self.y = self.x.clone(), self.y.clone()
             core.x, core.y = self.x, self.y
             core.x_test, core.y_test = core.x_test[:0], core.y_test[:0]
-        device = core.device
-        self.ddp = DistributedDataParallel(
-            core.model, device_ids=[device] if self.cuda else None, process_group=group,
-            bucket_cap_mb=s.bucket_cap_mb)
+        # CUDA: rank r > 0 made its GPU current before building (serve_rank); rank 0 uses
+        # the current one (cuda:0, or LOCAL_RANK 0 under torchrun)
+        device_ids = [next(core.model.parameters()).device.index] if self.cuda else None
+        self.ddp = DistributedDataParallel(core.model, device_ids=device_ids,
+                                           process_group=group, bucket_cap_mb=s.bucket_cap_mb)
         self._settle_buckets()
 
     def _settle_buckets(self) -> None:

@@ -130,6 +130,9 @@ class DistributedSettings(TrainerSettings):
     min_workers: int = 1  #: fewer live workers stop the run (checkpoint, exit status 4)
     startup_timeout_s: float = 300.0  #: rendezvous, configuration and first hello
     grad_error: bool = True  #: the PS computes the true gradient (its copy of the data)
+    #: a worker still sleeping its injected delay when newer parameters arrive abandons the
+    #: stale iteration (each iteration starts afresh, as in the simulated delay model)
+    abandon_stale: bool = False
     fault: Any = None  #: FaultSettings or a mapping of its fields
 
     def __post_init__(self) -> None:
@@ -160,6 +163,7 @@ class DistributedSettings(TrainerSettings):
                            strict_minimum=True)
         require_int(self.min_workers, "trainer.min_workers", minimum=1)
         require_bool(self.grad_error, "trainer.grad_error")
+        require_bool(self.abandon_stale, "trainer.abandon_stale")
         require(self.decode_cost == 0.0 and not self.materialize_messages,
                 "trainer.decode_cost and trainer.materialize_messages are simulated-trainer "
                 "options (the distributed PS measures its decode time; workers always send)")

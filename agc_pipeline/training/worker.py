@@ -186,7 +186,13 @@ class Worker:
             delay = self.delay(t)
             if delay is None:
                 continue  # a straggler that never reports in this iteration
-            if not mailbox.sleep(delay):
+            if self.settings.abandon_stale:  # the delay model's iterations start afresh
+                outcome = mailbox.sleep_unless_newer(delay, t)
+                if outcome == "newer":
+                    continue  # the PS moved on: its message would be late
+                if outcome == "stopped":
+                    break
+            elif not mailbox.sleep(delay):
                 break
             self.send(Header(t, Kind.GRADIENT, message.numel(), compute, encode, delay,
                              time.perf_counter() - received), message)
