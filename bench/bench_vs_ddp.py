@@ -165,10 +165,12 @@ def part_b(args: argparse.Namespace, out: Path) -> float | None:
           f"samples) = 1 unit, load delta = delta units; slept at time_scale = "
           f"{args.time_scale:g} s per unit; the real compute (a few ms per worker) is small "
           "next to it, but the n + 1 processes share this machine's cores", flush=True)
+    schemes = {label: overrides for label, overrides in SCHEMES_B.items()
+               if label in ("DDP", CODED) or not args.short}
     results = {label: run(label, [*common, *overrides], out / "b")
-                for label, overrides in SCHEMES_B.items()}
+               for label, overrides in schemes.items()}
     modelled = {label: modelled_times(compose_train([*common, *overrides]), args.iterations)
-                for label, overrides in SCHEMES_B.items()}
+                for label, overrides in schemes.items()}
     ddp_reached = time_to_loss(results["DDP"][1], args.target_loss)
     ddp_model = None if ddp_reached is None else \
         sum(modelled["DDP"][:ddp_reached[1]]) * args.time_scale
@@ -213,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=0.5)
     parser.add_argument("--target-loss", type=float, default=0.9)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--short", action="store_true",
+                        help="(b): only DDP and (7) m=2 (e.g. with a larger --time-scale)")
     parser.add_argument("--skip-a", action="store_true")
     parser.add_argument("--skip-b", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="keep the run dirs here")
