@@ -33,6 +33,7 @@ __all__ = [
     "Delay",
     "FixedCount",
     "NoStragglers",
+    "Slowdown",
     "StragglerContext",
     "StragglerDraw",
     "StragglerModel",
@@ -447,6 +448,22 @@ class Delay(StragglerModel):
                 "wait_for": self.wait_for, "s": self.s, "deadline": self.deadline,
                 "trace": self.trace_path, "time_scale": self.time_scale, "p": self.p,
                 "r": self.r, "per_sample": self.per_sample}
+
+
+class Slowdown(Delay):
+    """:class:`Delay` with the defaults of the time-to-accuracy comparison
+    (``straggler=slowdown``): compute ∝ the samples processed (``per_sample``), r = 10× slower
+    with probability p = 0.1, no exponential part, no modelled communication."""
+
+    name: ClassVar[str] = "slowdown"
+
+    def __init__(self, per_sample: float | None = 0.01, p: float = 0.1, r: float = 10.0,
+                 shift: float = 1.0, rate: float | None = None, comm_per_unit: float = 0.0,
+                 wait_for: str = "first", s: int | None = 1, deadline: float | None = None,
+                 trace: str | None = None, time_scale: float = 1.0, seed: int = 0) -> None:
+        super().__init__(shift=shift, rate=rate, comm_per_unit=comm_per_unit,
+                         wait_for=wait_for, s=s, deadline=deadline, trace=trace,
+                         time_scale=time_scale, seed=seed, p=p, r=r, per_sample=per_sample)
 
 
 @dataclass
