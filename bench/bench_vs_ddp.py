@@ -1,6 +1,6 @@
 """Coded SGD against what users run today — PyTorch DDP — side by side, in one invocation.
 
-    nice -n 10 python bench/bench_vs_ddp.py            # ~4-5 min on a 2-core CPU
+    nice -n 10 python bench/bench_vs_ddp.py            # ~3-4 min on a 2-core CPU
     python bench/bench_vs_ddp.py --skip-a --time-scale 0.1
 
 Every run goes through the train app's ``run_training`` (this process is rank 0: DDP's
