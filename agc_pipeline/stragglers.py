@@ -7,8 +7,9 @@ common random numbers, so two schemes run with the same seed see the same stragg
 in every iteration, whatever their message lengths (the survivors of :class:`Bernoulli`,
 :class:`FixedCount` and ``Delay(wait_for="first")`` never depend on the message length).
 
-Timing: a worker computes for ``compute_time`` (default 1 time unit; :class:`Delay` draws it)
-and then sends a message of ``message_length`` scalars (d/m for a code with reduction factor
+Timing: a worker computes for ``compute_time`` (default 1 time unit; :class:`Delay` draws it,
+optionally in proportion to the samples the worker processes, with random slow workers) and
+then sends a message of ``message_length`` scalars (d/m for a code with reduction factor
 m) taking ``comm_per_unit · message_length``. Stragglers have arrival time ``inf``. Models
 other than :class:`Delay` model a fixed time window: the PS waits ``compute_time + comm``.
 :class:`VirtualClock` adds the waiting times (and a PS decode cost) into a simulated clock.
@@ -32,14 +33,19 @@ __all__ = [
     "Delay",
     "FixedCount",
     "NoStragglers",
+    "Slowdown",
     "StragglerContext",
     "StragglerDraw",
     "StragglerModel",
     "VirtualClock",
+    "worker_samples",
 ]
 
 #: third entry of every straggler RNG seed, separating these draws from other seeded streams
 STREAM_TAG = 0x57A6
+#: fourth entry of the seed of Delay's slow-worker draws (a stream of its own, so that the
+#: shifted-exponential draws do not change when straggler.p is set)
+SLOW_TAG = 0x510
 
 
 @dataclass
@@ -63,6 +69,15 @@ class StragglerContext:
     assignment: np.ndarray  #: the k×n 0/1 assignment matrix A
     m: int  #: communication reduction factor
     error_fn: Callable[[np.ndarray], float] | None = None  #: Err_𝓕(B) for a survivor mask
+    #: samples each worker processes in the iteration, shape (n,) (:func:`worker_samples`);
+    #: ``Delay(per_sample=…)`` scales its compute times by them
+    work: np.ndarray | None = None
+
+
+def worker_samples(assignment: np.ndarray, samples_per_subset: int) -> np.ndarray:
+    """Samples each worker processes per iteration: its load (the subsets it holds, the
+    column sums of the k×n assignment A) × the samples taken from each subset."""
+    return np.asarray(assignment).sum(axis=0).astype(np.float64) * int(samples_per_subset)
 
 
 def _nonneg_int(value: Any, name: str) -> int:
@@ -301,35 +316,50 @@ def _load_trace(trace: str) -> np.ndarray:
 
 
 class Delay(StragglerModel):
-    """Random compute delays; the PS waits for the first n−s messages or until a deadline.
+    """Random compute times; the PS waits for the first n−s messages or until a deadline.
 
-    Worker j computes for ``shift + Exponential(rate)`` (the shifted-exponential model of
-    the gradient-coding literature, e.g. ErasureHead) — or for the time in column j of row
-    ``iteration mod rows`` of ``trace`` (CSV/NPY, iterations × workers, ≥ n columns, the first
-    n used; ``shift``/``rate`` are then unused). Its message arrives at
-    ``compute + comm_per_unit · message_length``.
+    Worker j's compute time in iteration t is
+
+        c_{j,t} = L_j · f_{j,t} · (r if worker j is slow in iteration t, else 1)
+
+    * f_{j,t} = ``shift + Exponential(rate)`` (the shifted-exponential model of the
+      gradient-coding literature, e.g. ErasureHead; ``rate: null`` drops the exponential
+      part, f = shift) — or the value in column j of row ``t mod rows`` of ``trace`` (CSV/NPY,
+      iterations × workers, ≥ n columns, the first n used; ``shift``/``rate`` are then unused);
+    * a worker is slow with probability ``p``, independently per worker and iteration, and
+      then ``r`` times slower (the straggler model of the time-to-accuracy comparison);
+    * L_j = ``per_sample`` × the samples worker j processes in the iteration (its load δ_j
+      subsets × the samples per subset, :attr:`StragglerContext.work`), so a load-δ coded
+      worker pays δ× the compute of an uncoded one; ``per_sample: null`` makes L_j = 1 (the
+      compute time does not depend on the load).
+
+    Every draw is a function of (seed, t) only — the same for every scheme and runtime.
+    A message arrives at ``c_{j,t} + comm_per_unit · message_length``.
 
     ``wait_for="first"``: the PS takes the first n−s arrivals (ties by worker index) and waits
     until the (n−s)-th; ``deadline`` is ignored. ``wait_for="deadline"``: survivors are the
     workers arrived by ``deadline``; the PS waits until the deadline or the last arrival,
     whichever is first; ``s`` is ignored. Shorter messages (larger m) thus shorten the wait,
-    and under a deadline let more workers through.
+    and under a deadline let more workers through. (``trainer.wait_for_all`` waits for all.)
 
-    ``time_scale`` (seconds per time unit) is stored for the distributed runtime, whose
+    ``time_scale`` (seconds per time unit) is stored for the multi-process runtimes, whose
     workers really sleep; the simulation itself does not use it.
     """
 
     name: ClassVar[str] = "delay"
     wait_modes: ClassVar[tuple[str, ...]] = ("first", "deadline")
 
-    def __init__(self, shift: float = 1.0, rate: float = 1.0, comm_per_unit: float = 1e-6,
-                 wait_for: str = "first", s: int | None = None, deadline: float | None = None,
-                 trace: str | None = None, time_scale: float = 1.0, seed: int = 0) -> None:
+    def __init__(self, shift: float = 1.0, rate: float | None = 1.0,
+                 comm_per_unit: float = 1e-6, wait_for: str = "first", s: int | None = None,
+                 deadline: float | None = None, trace: str | None = None,
+                 time_scale: float = 1.0, seed: int = 0, p: float = 0.0, r: float = 1.0,
+                 per_sample: float | None = None) -> None:
         self.shift = _nonneg_float(shift, "shift")
         super().__init__(seed, compute_time=self.shift, comm_per_unit=comm_per_unit)
-        require(isinstance(rate, int | float | np.number) and np.isfinite(rate) and rate > 0,
-                f"straggler.rate must be > 0 (got {rate!r})")
-        self.rate = float(rate)
+        require(rate is None or (isinstance(rate, int | float | np.number)
+                                 and np.isfinite(rate) and rate > 0),
+                f"straggler.rate must be > 0 or null (no exponential part) (got {rate!r})")
+        self.rate = None if rate is None else float(rate)
         require(wait_for in self.wait_modes,
                 f"straggler.wait_for must be one of {', '.join(self.wait_modes)} "
                 f"(got {wait_for!r})")
@@ -351,19 +381,51 @@ class Delay(StragglerModel):
         require(isinstance(time_scale, int | float | np.number) and time_scale >= 0,
                 f"straggler.time_scale must be ≥ 0 (got {time_scale!r})")
         self.time_scale = float(time_scale)
+        require(isinstance(p, int | float | np.number) and 0.0 <= p <= 1.0,
+                f"straggler.p (probability that a worker is slow) must lie in [0, 1] "
+                f"(got {p!r})")
+        self.p = float(p)
+        require(isinstance(r, int | float | np.number) and np.isfinite(r) and r >= 1.0,
+                f"straggler.r (slow-down factor of a slow worker) must be a finite number "
+                f"≥ 1 (got {r!r})")
+        self.r = float(r)
+        require(per_sample is None or (isinstance(per_sample, int | float | np.number)
+                                       and np.isfinite(per_sample) and per_sample > 0),
+                f"straggler.per_sample (time units per sample) must be > 0 or null "
+                f"(got {per_sample!r})")
+        self.per_sample = None if per_sample is None else float(per_sample)
 
-    def compute_times(self, iteration: int, n: int) -> np.ndarray:
-        """Per-worker compute times for ``iteration``, shape (n,)."""
+    def slowdowns(self, iteration: int, n: int) -> np.ndarray:
+        """Per-worker slow-down factors of ``iteration``: r with probability p, else 1."""
+        if self.p == 0.0:
+            return np.ones(n)
+        slow = np.random.default_rng([self.seed, iteration, STREAM_TAG, SLOW_TAG]).random(n)
+        return np.where(slow < self.p, self.r, 1.0)
+
+    def compute_times(self, iteration: int, n: int,
+                      work: np.ndarray | None = None) -> np.ndarray:
+        """Per-worker compute times c_{j,t} for ``iteration``, shape (n,); ``work``: the
+        samples each worker processes (required with ``per_sample``)."""
         if self.trace is not None:
             require(self.trace.shape[1] >= n,
                     f"straggler.trace has {self.trace.shape[1]} worker columns, need n = {n}")
-            return self.trace[iteration % self.trace.shape[0], :n].copy()
-        return self.shift + self.rng(iteration).exponential(1.0 / self.rate, size=n)
+            base = self.trace[iteration % self.trace.shape[0], :n].copy()
+        elif self.rate is None:
+            base = np.full(n, self.shift)
+        else:
+            base = self.shift + self.rng(iteration).exponential(1.0 / self.rate, size=n)
+        if self.per_sample is not None:
+            require(work is not None and np.shape(work) == (n,),
+                    "straggler.per_sample needs the samples each worker processes (the "
+                    "trainers pass them); use per_sample=null outside training")
+            base = base * (self.per_sample * np.asarray(work, dtype=np.float64))
+        return base * self.slowdowns(iteration, n)
 
     def draw(self, iteration: int, n: int, message_length: int,
              context: StragglerContext | None = None) -> StragglerDraw:
         _check_draw_args(iteration, n, message_length)
-        finish = self.compute_times(iteration, n) + self.comm_time(message_length)
+        work = None if context is None else context.work
+        finish = self.compute_times(iteration, n, work) + self.comm_time(message_length)
         if self.wait_for == "first":
             assert self.s is not None
             _check_s(self.s, n)
@@ -384,7 +446,24 @@ class Delay(StragglerModel):
         params = {k: v for k, v in super().describe().items() if k != "compute_time"}
         return {**params, "shift": self.shift, "rate": self.rate,
                 "wait_for": self.wait_for, "s": self.s, "deadline": self.deadline,
-                "trace": self.trace_path, "time_scale": self.time_scale}
+                "trace": self.trace_path, "time_scale": self.time_scale, "p": self.p,
+                "r": self.r, "per_sample": self.per_sample}
+
+
+class Slowdown(Delay):
+    """:class:`Delay` with the defaults of the time-to-accuracy comparison
+    (``straggler=slowdown``): compute ∝ the samples processed (``per_sample``), r = 10× slower
+    with probability p = 0.1, no exponential part, no modelled communication."""
+
+    name: ClassVar[str] = "slowdown"
+
+    def __init__(self, per_sample: float | None = 0.01, p: float = 0.1, r: float = 10.0,
+                 shift: float = 1.0, rate: float | None = None, comm_per_unit: float = 0.0,
+                 wait_for: str = "first", s: int | None = 1, deadline: float | None = None,
+                 trace: str | None = None, time_scale: float = 1.0, seed: int = 0) -> None:
+        super().__init__(shift=shift, rate=rate, comm_per_unit=comm_per_unit,
+                         wait_for=wait_for, s=s, deadline=deadline, trace=trace,
+                         time_scale=time_scale, seed=seed, p=p, r=r, per_sample=per_sample)
 
 
 @dataclass

@@ -1,9 +1,11 @@
 """The ``train`` app: coded SGD on a simulated cluster (paper Sections VII–VIII, Fig. 6) or on real
-processes (``trainer=distributed``: a parameter server and n workers on torch.distributed).
+processes (``trainer=distributed``: a parameter server and n workers on torch.distributed),
+and the uncoded DDP baseline (``trainer=ddp``: DistributedDataParallel over n processes).
 
     python -m agc_pipeline.train experiment=fig6_bibd7            # one run
     python -m agc_pipeline.train trainer=distributed              # PS + n worker processes
     torchrun --standalone --nproc_per_node=8 -m agc_pipeline.train trainer=distributed
+    python -m agc_pipeline.train trainer=ddp code=uncoded_wait    # DDP over n processes
     python -m agc_pipeline.train -m experiment=fig6_bibd7         # Fig. 6: schemes × seeds
     python -m agc_pipeline.train -m experiment=compare_codes      # baselines × q × seeds
     python -m agc_pipeline.train trainer.resume=true hydra.run.dir=<interrupted run dir>
@@ -14,10 +16,10 @@ default). A run locks its run dir (a second run into it refuses) and refuses a r
 already holds a run unless ``trainer.resume=true`` (continue it) or ``trainer.overwrite=true``
 (replace it); a re-run multirun replaces only its unfinished jobs. Exit status: 2 for an
 impossible configuration, 3 when training diverges (NaN/Inf gradient), 4 when fewer than
-``trainer.min_workers`` distributed workers are alive, 130 when interrupted (SIGINT/SIGTERM
-stop at the end of the iteration); a checkpoint is saved in the last three cases. In a
-multirun a diverged job (or one that lost its workers) is reported and the sweep goes on (its
-summary.json says ``"status": "diverged"`` or ``"workers_lost"``).
+``trainer.min_workers`` distributed workers are alive (``trainer=ddp``: any lost rank), 130
+when interrupted (SIGINT/SIGTERM stop at the end of the iteration); a checkpoint is saved in
+the last three cases. In a multirun a diverged job (or one that lost its workers) is reported
+and the sweep goes on (its summary.json says ``"status": "diverged"`` or ``"workers_lost"``).
 """
 
 from __future__ import annotations
@@ -367,10 +369,11 @@ def _job(cfg: DictConfig, out_dir: Path, multirun: bool) -> dict[str, Any] | Non
 
 def main() -> None:
     """Console-script entry point (``agc-train``). Under torchrun, ranks > 0 are the
-    workers of ``trainer=distributed``: they skip Hydra and take the PS's configuration."""
+    ranks of ``trainer=distributed`` or ``trainer=ddp``: they skip Hydra and take rank 0's
+    configuration."""
     env = torchrun_env()
     if env is not None and env[0] > 0:
-        from agc_pipeline.training.worker import run_from_env
+        from agc_pipeline.training.launch import run_from_env
 
         raise SystemExit(run_from_env())
     refuse_foreign_presets("train")

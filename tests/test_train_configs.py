@@ -172,6 +172,9 @@ IMPOSSIBLE["cifar10_resnet"] = {**IMPOSSIBLE["mnist_cnn"],
 del IMPOSSIBLE["cifar10_resnet"][("dataset", "cifar10")]  # the preset passes dataset.root
 IMPOSSIBLE["text_gpt"] = {**{key: why for key, why in IMPOSSIBLE["fig6_bibd7"].items()
                              if key not in TASKS and key not in CODE_ONLY}, **ON_TEXT}
+#: every preset trains a coded scheme: trainer=ddp (uncoded data parallelism) refuses it
+for _table in IMPOSSIBLE.values():
+    _table[("trainer", "ddp")] = "trainer=ddp is plain data-parallel SGD"
 
 
 @pytest.fixture(scope="module")

@@ -17,5 +17,8 @@
   parameter server), :mod:`~agc_pipeline.training.distributed` (settings, launch,
   processes, liveness), :mod:`~agc_pipeline.training.worker` and
   :mod:`~agc_pipeline.training.wire` (messages and receiving threads);
+  ``trainer=ddp``: :mod:`~agc_pipeline.training.ddp` (DistributedDataParallel, the uncoded
+  baseline); :mod:`~agc_pipeline.training.launch` — process start and rendezvous shared by
+  the multi-process runtimes;
 * :mod:`~agc_pipeline.training.checkpoint` — checkpoints, run-dir locks and resumable metrics.
 """

@@ -235,9 +235,11 @@ class CodedStep:
         """R (n×m) for survivor mask ``mask``, its error ‖BR − F‖²_F and cond(B_𝓕)."""
         return self.decoder.decode(b, self.target, mask)
 
-    def straggler_context(self, b: np.ndarray, assignment: np.ndarray) -> StragglerContext:
-        """What adversarial straggler models look at: A, m and Err_𝓕(B) for this B (the
-        batched evaluator is built on first use only)."""
+    def straggler_context(self, b: np.ndarray, assignment: np.ndarray,
+                          work: np.ndarray | None = None) -> StragglerContext:
+        """What straggler models look at: A, m and Err_𝓕(B) for this B (adversarial models;
+        the batched evaluator is built on first use only) and the samples each worker
+        processes (``work``, for load-proportional delays)."""
         cache: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
 
         def error_fn(mask: np.ndarray) -> float:
@@ -245,7 +247,7 @@ class CodedStep:
                 cache["errors"] = self.decoder.evaluator(b, self.target)
             return float(cache["errors"](np.asarray(mask, dtype=bool)[None])[0])
 
-        return StragglerContext(assignment, self.m, error_fn)
+        return StragglerContext(assignment, self.m, error_fn, work)
 
     def weights(self, b: np.ndarray, r: np.ndarray) -> np.ndarray:
         """B R (mk×m): ĝ = Z (B R)."""

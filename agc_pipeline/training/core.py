@@ -32,7 +32,13 @@ from agc_pipeline.data import Dataset, split_subsets
 from agc_pipeline.decoding import Decoder, Decoding
 from agc_pipeline.errors import ConfigError, require
 from agc_pipeline.models import CodedModel
-from agc_pipeline.stragglers import StragglerContext, StragglerDraw, StragglerModel, VirtualClock
+from agc_pipeline.stragglers import (
+    StragglerContext,
+    StragglerDraw,
+    StragglerModel,
+    VirtualClock,
+    worker_samples,
+)
 from agc_pipeline.training.batches import batch_indices, take
 from agc_pipeline.training.coded_gradient import CodedGradient
 from agc_pipeline.training.coded_step import (
@@ -143,6 +149,8 @@ class CodedTraining:
         if self.engine is not None:  # the model contract, on a few samples
             self.engine.check(x_few, y_few)
         self.assignment_matrix = a.matrix
+        #: samples each worker processes per iteration (load-proportional delay models)
+        self.work = worker_samples(a.matrix, batch or self.subset_size)
         if make_optimizer is None:  # optimizer=sgd's defaults
             make_optimizer = functools.partial(torch.optim.SGD, lr=settings.lr)
         self.optimizer = Optimizer(list(model.parameters()), make_optimizer, make_scheduler,
@@ -159,8 +167,9 @@ class CodedTraining:
     # ---------------------------------------------------------------------------- pieces
 
     def context(self, b: np.ndarray) -> StragglerContext:
-        """Adversarial models may evaluate Err_𝓕(B) of this iteration's B (built lazily)."""
-        return self.coded.straggler_context(b, self.assignment_matrix)
+        """Adversarial models may evaluate Err_𝓕(B) of this iteration's B (built lazily);
+        delay models see the samples each worker processes."""
+        return self.coded.straggler_context(b, self.assignment_matrix, self.work)
 
     def draw(self, b: np.ndarray, iteration: int) -> StragglerDraw:
         """The straggler draw, replaced by "everyone, wait for the slowest" under

@@ -4,7 +4,8 @@ Rank 0 is the parameter server (:mod:`~agc_pipeline.training.ps`), ranks 1..n th
 (:mod:`~agc_pipeline.training.worker`; worker j of the assignment runs as rank j + 1).
 Messages and receiving threads: :mod:`~agc_pipeline.training.wire`.
 
-Two launches, one protocol:
+Two launches, one protocol (:mod:`~agc_pipeline.training.launch`, shared with
+``trainer=ddp``):
 
 * **local** (the Hydra app alone): the PS — the app's own process — starts the n workers
   (``trainer.start_method``: ``forkserver``, which imports torch once, or ``spawn``) and
@@ -25,14 +26,9 @@ cannot be closed.
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
-import multiprocessing
-import os
-import socket
 import time
-import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +39,12 @@ import torch.distributed as dist
 
 from agc_pipeline.errors import ConfigError, require
 from agc_pipeline.stragglers import Adversarial, Bernoulli, Delay, FixedCount, StragglerModel
+from agc_pipeline.training.launch import (  # noqa: F401 - re-exported
+    STARTUP_TIMEOUT_ENV,
+    Launch,
+    rank_device,
+    torchrun_env,
+)
 from agc_pipeline.training.settings import TrainerSettings
 from agc_pipeline.training.wire import (
     FOREVER,
@@ -76,8 +78,6 @@ DEFAULT_TIME_SCALE = 0.1
 #: (symbolic_shapes: torch imports it, and sympy, lazily when a model is built)
 PRELOAD = ("agc_pipeline.training.worker", "agc_pipeline.codes.designs",
            "agc_pipeline.codes.repetition", "torch.fx.experimental.symbolic_shapes")
-#: environment variable: a torchrun worker's rendezvous timeout before it has the config
-STARTUP_TIMEOUT_ENV = "AGC_STARTUP_TIMEOUT_S"
 #: ``trainer.param_dtype``: the dtype of the parameters sent to the workers
 PARAM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: parameter messages kept for reuse once every worker has them
@@ -125,6 +125,7 @@ class DistributedSettings(TrainerSettings):
     """
 
     runtime: ClassVar[str] = "agc_pipeline.training.ps.ParameterServer"
+    rank_main: ClassVar[str] = "agc_pipeline.training.worker.serve_rank"
 
     workers: int | None = None  #: n; null = the assignment's n (must match it)
     backend: str = "gloo"  #: gloo | nccl (messages as CUDA tensors; one GPU per rank)
@@ -139,6 +140,9 @@ class DistributedSettings(TrainerSettings):
     startup_timeout_s: float = 300.0  #: rendezvous, configuration and first hello
     grad_error: bool = True  #: the PS computes the true gradient (logged rows only)
     param_dtype: str = "float32"  #: parameters to the workers: float32 | bfloat16 | float16
+    #: a worker still sleeping its injected delay when newer parameters arrive abandons the
+    #: stale iteration (each iteration starts afresh, as in the simulated delay model)
+    abandon_stale: bool = False
     fault: Any = None  #: FaultSettings or a mapping of its fields
 
     def __post_init__(self) -> None:
@@ -170,6 +174,7 @@ class DistributedSettings(TrainerSettings):
         require_int(self.min_workers, "trainer.min_workers", minimum=1)
         require_bool(self.grad_error, "trainer.grad_error")
         require_choice(self.param_dtype, "trainer.param_dtype", tuple(PARAM_DTYPES))
+        require_bool(self.abandon_stale, "trainer.abandon_stale")
         require(self.decode_cost == 0.0 and not self.materialize_messages,
                 "trainer.decode_cost and trainer.materialize_messages are simulated-trainer "
                 "options (the distributed PS measures its decode time; workers always send)")
@@ -231,24 +236,6 @@ def resolve_timing(settings: DistributedSettings, straggler: StragglerModel, n: 
     return Timing(wait, s, deadline, float(scale))
 
 
-def torchrun_env() -> tuple[int, int] | None:
-    """``(rank, world_size)`` when launched by torchrun (or any ``env://`` launcher) with
-    more than one process, else None."""
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return None
-    world = int(os.environ["WORLD_SIZE"])
-    return (int(os.environ["RANK"]), world) if world > 1 else None
-
-
-def rank_device(cuda: bool, rank: int) -> torch.device:
-    """The device of ``rank``: its own GPU (LOCAL_RANK, or the rank, modulo the GPUs) when
-    ``cuda``, else the CPU."""
-    if not cuda:
-        return torch.device("cpu")
-    local = int(os.environ.get("LOCAL_RANK", rank))
-    return torch.device("cuda", local % torch.cuda.device_count())
-
-
 def data_groups(backend: str) -> tuple[Any, Any]:
     """The groups that carry the messages (worker → PS, PS → worker): the default gloo
     group for both, or two new NCCL groups (collectives: every rank calls this once, right
@@ -288,10 +275,11 @@ class Cluster:
         self.device = device  #: the PS's compute device (its message matrix lives there)
         self.peers = [_Peer() for _ in range(n)]
         self.events = events  #: shared with the PS: worker deaths are appended here
-        self.procs: list[Any] = []
+        self.launch = Launch(self.run_dir, n + 1, settings.start_method,
+                             settings.startup_timeout_s, config, wire)
+        self.procs = self.launch.procs  #: worker j's process is procs[j] (local launch)
         self.inbox: Inbox | None = None
         self.transport: Transport | None = None
-        self._rendezvous: Path | None = None
         self._graveyard: list[Any] = []  #: sends to dead workers, kept alive, never waited
         #: parameter messages posted and not yet released by every worker: id → [msg, count]
         self._pending: dict[int, list[Any]] = {}
@@ -319,20 +307,11 @@ class Cluster:
             require(s.backend != "nccl" or torch.cuda.device_count() >= world,
                     f"trainer.backend=nccl needs one GPU per rank ({world}); found "
                     f"{torch.cuda.device_count()}: use trainer.backend=gloo")
-            self._rendezvous = self.run_dir / f"rendezvous-{uuid.uuid4().hex[:12]}"
-            init_method = f"file://{self._rendezvous.resolve()}"
-            self._spawn(init_method)
         else:
             require(env == (0, world), f"torchrun started {env[1]} processes but the "
                                        f"assignment has n = {self.n} workers: use "
                                        f"--nproc_per_node={world} (n + 1, rank 0 = the PS)")
-            init_method = "env://"
-        timeout = datetime.timedelta(seconds=s.startup_timeout_s)
-        dist.init_process_group("gloo", init_method=init_method, rank=0, world_size=world,
-                                timeout=timeout)
-        dist.broadcast_object_list([self.config, self.wire], src=0)
-        who: list[Any] = [None] * world
-        dist.all_gather_object(who, (os.getpid(), socket.gethostname()))
+        who = self.launch.start()
         for peer, (pid, host) in zip(self.peers, who[1:], strict=True):
             peer.pid, peer.host = int(pid), str(host)
         cuda = s.torch_device.type == "cuda" or s.backend == "nccl"
@@ -341,24 +320,11 @@ class Cluster:
         self.inbox = Inbox(self.transport, self.n, self.wire, self.device)
         self.inbox.start()
         self._await_hellos(s.startup_timeout_s)
-        self._forget_rendezvous()  # every rank is connected: the file is no longer read
+        self.launch.forget_rendezvous()  # every rank is connected: the file is no longer read
         self._write_roster(who[0])
         log.info("%d workers ready in %.1f s (%s launch, %s)", self.n,
                  time.perf_counter() - started, "local" if self.procs else "torchrun",
                  s.backend)
-
-    def _spawn(self, init_method: str) -> None:
-        from agc_pipeline.training import worker
-
-        ctx = multiprocessing.get_context(self.settings.start_method)
-        if self.settings.start_method == "forkserver":
-            ctx.set_forkserver_preload(list(PRELOAD))
-        for rank in range(1, self.n + 1):
-            proc = ctx.Process(target=worker.process_main, name=f"agc-worker-{rank}",
-                               args=(rank, self.n + 1, init_method,
-                                     self.settings.startup_timeout_s), daemon=True)
-            proc.start()
-            self.procs.append(proc)
 
     def _await_hellos(self, timeout: float) -> None:
         assert self.inbox is not None
@@ -396,35 +362,13 @@ class Cluster:
                               "another host?); this process may abort at exit",
                               self.inbox.open_links())
                     return
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        for proc in self.procs:
-            proc.join(grace)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(5.0)
-        self._forget_rendezvous()
-
-    def _forget_rendezvous(self) -> None:
-        """Delete the rendezvous file of the local launch (gloo's pairs are connected once
-        every worker said HELLO; a PS killed before that leaves it, and the next run in the
-        run dir deletes it)."""
-        if self._rendezvous is not None:
-            self._rendezvous.unlink(missing_ok=True)
-            self._rendezvous = None
+        self.launch.stop(grace)
 
     def _kill(self, workers: list[int]) -> None:
         """SIGKILL workers on this host (spawned here or by a local torchrun)."""
-        host = socket.gethostname()
         for j in workers:
             peer = self.peers[j]
-            if j < len(self.procs):
-                self.procs[j].kill()
-            elif peer.pid and peer.host == host:
-                try:
-                    os.kill(peer.pid, 9)
-                except OSError:
-                    pass
+            self.launch.kill(j + 1, peer.pid, peer.host)
             log.warning("worker %d did not stop; killed it", j)
 
     # ------------------------------------------------------------------ liveness

@@ -23,6 +23,9 @@ class TrainerSettings:
     """
 
     runtime: ClassVar[str] = ""  #: dotted path of the runtime class (set by each subclass)
+    #: multi-process runtimes: dotted path of ``f(config, rank, world_size) -> exit status``,
+    #: what a rank > 0 runs once it has joined (:mod:`~agc_pipeline.training.launch`)
+    rank_main: ClassVar[str] = ""
 
     iterations: int = 300  #: SGD iterations
     lr: float = 0.1  #: learning rate η

@@ -437,3 +437,14 @@ class Mailbox:
             interrupted = self._cond.wait_for(lambda: self._stopped or self._error is not None,
                                               max(seconds, 0.0))
         return not interrupted
+
+    def sleep_unless_newer(self, seconds: float, after: int) -> str:
+        """Sleep ``seconds`` unless parameters newer than iteration ``after`` arrive first:
+        ``"slept"``, ``"newer"`` (the PS has moved on) or ``"stopped"`` (STOP, or the PS
+        is lost)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._stopped or self._error is not None or (
+                self._latest is not None and self._latest[0] > after), max(seconds, 0.0))
+            if self._stopped or self._error is not None:
+                return "stopped"
+            return "newer" if self._latest is not None and self._latest[0] > after else "slept"

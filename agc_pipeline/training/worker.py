@@ -1,6 +1,7 @@
 """A worker of ``trainer=distributed`` (rank j + 1 runs worker j of the assignment).
 
-It joins the process group, receives the PS's configuration, builds the same code, data
+It joins the process group and receives the PS's configuration
+(:mod:`~agc_pipeline.training.launch`), builds the same code, data
 split, model and straggler model, keeps only the data subsets it holds, says HELLO, then
 serves: newest parameters in, partial gradients of its subsets, encode ``Z B(:, j)`` with
 the B of that iteration (drawn from the shared seed), sleep the straggler model's delay,
@@ -13,8 +14,6 @@ from __future__ import annotations
 import datetime
 import math
 import os
-import signal
-import socket
 import sys
 import time
 from typing import Any
@@ -33,7 +32,7 @@ from agc_pipeline.build import (
     build_trainer_settings,
 )
 from agc_pipeline.data import split_subsets
-from agc_pipeline.stragglers import Delay, StragglerContext
+from agc_pipeline.stragglers import Delay, StragglerContext, worker_samples
 from agc_pipeline.training.batches import batch_indices, take
 from agc_pipeline.training.coded_gradient import CodedGradient
 from agc_pipeline.training.coded_step import (
@@ -43,7 +42,6 @@ from agc_pipeline.training.coded_step import (
     worker_message,
 )
 from agc_pipeline.training.distributed import (
-    STARTUP_TIMEOUT_ENV,
     DistributedSettings,
     data_groups,
     ps_silence_limit,
@@ -64,7 +62,7 @@ from agc_pipeline.training.wire import (
     load_parameters,
 )
 
-__all__ = ["Worker", "process_main", "run_worker"]
+__all__ = ["Worker", "serve_rank"]
 
 #: exit status of a worker that lost its parameter server
 EXIT_PS_LOST = 3
@@ -101,6 +99,8 @@ class Worker:
         self.seed = seed
         #: N of g_i = ∇loss_sum(D_i)/N: all samples of the iteration, over the k subsets
         self.num_samples = self.k * (settings.batch_size or self.subset_size)
+        #: samples every worker processes per iteration (load-proportional delays)
+        self.work = worker_samples(self.matrix, settings.batch_size or self.subset_size)
         del dataset
         self.params = list(self.model.parameters())
         self.d = sum(p.numel() for p in self.params)
@@ -164,7 +164,7 @@ class Worker:
         model, scale = self.straggler, self.timing.time_scale
         comm = model.comm_time(self.length)
         if isinstance(model, Delay):
-            arrival = float(model.compute_times(t, self.n)[self.j]) + comm
+            arrival = float(model.compute_times(t, self.n, self.work)[self.j]) + comm
             return arrival * scale if math.isfinite(arrival) else None
         draw = model.draw(t, self.n, self.length, self._context(t))
         if draw.survivors[self.j]:
@@ -175,7 +175,7 @@ class Worker:
 
     def _context(self, t: int) -> StragglerContext:
         """What adversarial models look at: A, m and Err_𝓕(B) of this iteration's B."""
-        return self.coded.straggler_context(self.coded.encoding(t), self.matrix)
+        return self.coded.straggler_context(self.coded.encoding(t), self.matrix, self.work)
 
     def send(self, header: Header, payload: torch.Tensor | None = None) -> None:
         """One frame (header and payload); raise PSLost if the PS does not take it in
@@ -203,7 +203,13 @@ class Worker:
             delay = self.delay(t)
             if delay is None:
                 continue  # a straggler that never reports in this iteration
-            if not mailbox.sleep(delay):
+            if self.settings.abandon_stale:  # the delay model's iterations start afresh
+                outcome = mailbox.sleep_unless_newer(delay, t)
+                if outcome == "newer":
+                    continue  # the PS moved on: its message would be late
+                if outcome == "stopped":
+                    break
+            elif not mailbox.sleep(delay):
                 break
             self.send(Header(t, Kind.GRADIENT, message.numel(), compute, encode, delay,
                              time.perf_counter() - received), message)
@@ -227,24 +233,19 @@ class Worker:
         return bad
 
 
-def run_worker(rank: int, world_size: int, init_method: str, startup_timeout_s: float) -> int:
-    """Join the group as ``rank``, build from the PS's configuration and serve. Returns the
-    exit status (0 after the PS's STOP); exits the process at once when the PS is lost."""
-    torch.set_num_threads(1)  # n + 1 processes share the machine's cores
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the PS's to handle
-    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size,
-                            timeout=datetime.timedelta(seconds=startup_timeout_s))
-    box: list[Any] = [None, None]
-    dist.broadcast_object_list(box, src=0)  # the configuration and the wire format
-    dist.all_gather_object([None] * world_size, (os.getpid(), socket.gethostname()))
-    backend = box[0]["trainer"]["backend"]  # validated by the PS
+def serve_rank(config: dict[str, Any], rank: int, world_size: int, wire: WireFormat) -> int:
+    """Rank ``rank`` of ``trainer=distributed`` (joined by
+    :func:`~agc_pipeline.training.launch.rank_main`): build from the PS's configuration and
+    serve. Returns the exit status (0 after the PS's STOP); exits the process at once when the
+    PS is lost."""
+    backend = config["trainer"]["backend"]  # validated by the PS
     transport = Transport(backend, rank_device(backend == "nccl", rank), data_groups(backend))
     transport.bind()
     try:
-        worker = Worker(box[0], rank, transport, box[1])
+        worker = Worker(config, rank, transport, wire)
     except Exception as exc:  # noqa: BLE001 - reported to the PS, details here
         print(f"agc-worker {rank - 1}: cannot start: {exc}", file=sys.stderr, flush=True)
-        frame = Frame(transport, box[1])
+        frame = Frame(transport, wire)
         transport.send(frame.pack(Header(-1, Kind.FAILED), None), 0, TAG_FRAME).wait()
         os._exit(1)
     try:
@@ -254,19 +255,3 @@ def run_worker(rank: int, world_size: int, init_method: str, startup_timeout_s: 
         os._exit(EXIT_PS_LOST)  # a receiving thread may still be blocked: no clean exit
     dist.destroy_process_group()
     return 0
-
-
-def process_main(rank: int, world_size: int, init_method: str,
-                 startup_timeout_s: float) -> None:
-    """Target of the processes the PS starts itself (the local launch)."""
-    status = run_worker(rank, world_size, init_method, startup_timeout_s)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
-
-
-def run_from_env() -> int:
-    """A torchrun rank > 0: join via ``env://`` (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``)."""
-    timeout = float(os.environ.get(STARTUP_TIMEOUT_ENV, "300"))
-    return run_worker(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), "env://",
-                      timeout)

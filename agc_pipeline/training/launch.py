@@ -1,0 +1,185 @@
+"""Starting and joining the processes of the multi-process runtimes (``trainer=distributed``,
+``trainer=ddp``) on ``torch.distributed``.
+
+Two launches, one protocol:
+
+* **local** (the Hydra app alone): the app's process is rank 0; it starts ranks
+  1..world−1 (``trainer.start_method``: ``forkserver``, which imports torch once, or
+  ``spawn``) and rendezvouses with them through a ``file://`` store in the run dir, so that
+  parallel sweep jobs never clash;
+* **torchrun** (``RANK``/``WORLD_SIZE`` in the environment): rank 0 runs the Hydra app; the
+  other ranks skip Hydra (no run dir, no files, no W&B) and join (:func:`run_from_env`).
+
+Either way every rank joins the default gloo process group, rank 0 broadcasts its resolved
+configuration and all ranks exchange (pid, host). A rank > 0 then reads the runtime's
+settings class from ``trainer._target_`` and runs its ``rank_main`` (a dotted path, see
+:class:`~agc_pipeline.training.settings.TrainerSettings`): the function that serves it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from hydra.utils import get_class, get_method
+
+__all__ = ["Launch", "process_main", "rank_device", "rank_main", "run_from_env",
+           "torchrun_env"]
+
+#: imported once by the fork server, so that each forked rank starts in milliseconds
+#: (symbolic_shapes: torch imports it, and sympy, lazily when a model is built)
+PRELOAD = ("agc_pipeline.training.worker", "agc_pipeline.training.ddp", "agc_pipeline.train",
+           "agc_pipeline.codes.designs", "agc_pipeline.codes.repetition",
+           "torch.fx.experimental.symbolic_shapes")
+#: environment variable: a torchrun rank's rendezvous timeout before it has the config
+STARTUP_TIMEOUT_ENV = "AGC_STARTUP_TIMEOUT_S"
+
+
+def torchrun_env() -> tuple[int, int] | None:
+    """``(rank, world_size)`` when launched by torchrun (or any ``env://`` launcher) with
+    more than one process, else None."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    world = int(os.environ["WORLD_SIZE"])
+    return (int(os.environ["RANK"]), world) if world > 1 else None
+
+
+def rank_device(cuda: bool, rank: int) -> torch.device:
+    """The device of ``rank``: its own GPU (LOCAL_RANK, or the rank, modulo the GPUs) when
+    ``cuda``, else the CPU."""
+    if not cuda:
+        return torch.device("cpu")
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    return torch.device("cuda", local % torch.cuda.device_count())
+
+
+class Launch:
+    """Rank 0's side of a launch: the rendezvous file, the processes it started (none under
+    torchrun) and the default process group. The caller checks a torchrun world size."""
+
+    def __init__(self, run_dir: Path, world: int, start_method: str,
+                 startup_timeout_s: float, config: dict[str, Any], extra: Any = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.world = world
+        self.start_method = start_method
+        self.startup_timeout_s = startup_timeout_s
+        self.config = config
+        self.extra = extra  #: sent with the configuration (the PS's wire format), or None
+        self.procs: list[Any] = []  #: rank r is procs[r − 1] (local launch)
+        self._rendezvous: Path | None = None
+
+    @property
+    def kind(self) -> str:
+        """``local`` or ``torchrun``."""
+        return "local" if torchrun_env() is None else "torchrun"
+
+    def start(self) -> list[tuple[int, str]]:
+        """Start (local launch) or await the other ranks, join the default gloo group and
+        broadcast the configuration; return every rank's (pid, host)."""
+        if torchrun_env() is None:
+            self._rendezvous = self.run_dir / f"rendezvous-{uuid.uuid4().hex[:12]}"
+            init_method = f"file://{self._rendezvous.resolve()}"
+            self._spawn(init_method)
+        else:
+            init_method = "env://"
+        timeout = datetime.timedelta(seconds=self.startup_timeout_s)
+        dist.init_process_group("gloo", init_method=init_method, rank=0,
+                                world_size=self.world, timeout=timeout)
+        dist.broadcast_object_list([self.config, self.extra], src=0)
+        who: list[Any] = [None] * self.world
+        dist.all_gather_object(who, (os.getpid(), socket.gethostname()))
+        return [(int(pid), str(host)) for pid, host in who]
+
+    def _spawn(self, init_method: str) -> None:
+        ctx = multiprocessing.get_context(self.start_method)
+        if self.start_method == "forkserver":
+            ctx.set_forkserver_preload(list(PRELOAD))
+        for rank in range(1, self.world):
+            proc = ctx.Process(target=process_main, name=f"agc-rank-{rank}",
+                               args=(rank, self.world, init_method, self.startup_timeout_s),
+                               daemon=True)
+            proc.start()
+            self.procs.append(proc)
+
+    def forget_rendezvous(self) -> None:
+        """Delete the rendezvous file of the local launch (no longer read once every rank is
+        connected; a rank 0 killed before that leaves it, and the next run in the run dir
+        deletes it)."""
+        if self._rendezvous is not None:
+            self._rendezvous.unlink(missing_ok=True)
+            self._rendezvous = None
+
+    def stop(self, grace: float) -> None:
+        """Destroy the process group, reap the processes started here (kill those still
+        running after ``grace`` seconds) and delete the rendezvous file."""
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        self.reap(grace)
+        self.forget_rendezvous()
+
+    def reap(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for the processes started here; kill the others."""
+        for proc in self.procs:
+            proc.join(grace)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5.0)
+
+    def kill(self, rank: int, pid: int = 0, host: str = "") -> None:
+        """SIGKILL ``rank``: a process started here, or ``pid`` when it runs on this host
+        (a local torchrun)."""
+        if 1 <= rank <= len(self.procs):
+            self.procs[rank - 1].kill()
+        elif pid and host == socket.gethostname():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def join(rank: int, world_size: int, init_method: str,
+         startup_timeout_s: float) -> tuple[dict[str, Any], Any]:
+    """A rank > 0: join the default gloo group as ``rank`` and return rank 0's
+    configuration and the extra object sent with it."""
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=startup_timeout_s))
+    box: list[Any] = [None, None]
+    dist.broadcast_object_list(box, src=0)
+    dist.all_gather_object([None] * world_size, (os.getpid(), socket.gethostname()))
+    return box[0], box[1]
+
+
+def rank_main(rank: int, world_size: int, init_method: str, startup_timeout_s: float) -> int:
+    """Join as ``rank`` and run the runtime's ``rank_main``; return the exit status."""
+    torch.set_num_threads(1)  # the ranks share the machine's cores
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is rank 0's to handle
+    config, extra = join(rank, world_size, init_method, startup_timeout_s)
+    settings_class = get_class(config["trainer"]["_target_"])
+    serve = get_method(settings_class.rank_main)
+    if extra is None:
+        return int(serve(config, rank, world_size))
+    return int(serve(config, rank, world_size, extra))
+
+
+def process_main(rank: int, world_size: int, init_method: str,
+                 startup_timeout_s: float) -> None:
+    """Target of the processes rank 0 starts itself (the local launch)."""
+    status = rank_main(rank, world_size, init_method, startup_timeout_s)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def run_from_env() -> int:
+    """A torchrun rank > 0: join via ``env://`` (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``)."""
+    timeout = float(os.environ.get(STARTUP_TIMEOUT_ENV, "300"))
+    return rank_main(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), "env://", timeout)

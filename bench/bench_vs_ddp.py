@@ -1,0 +1,237 @@
+"""Coded SGD against what users run today — PyTorch DDP — side by side, in one invocation.
+
+    nice -n 10 python bench/bench_vs_ddp.py            # ~3-4 min on a 2-core CPU
+    python bench/bench_vs_ddp.py --skip-a --time-scale 0.1
+
+Every run goes through the train app's ``run_training`` (this process is rank 0: DDP's
+rank 0, or the parameter server) with worker processes on this machine (gloo, CPU):
+
+(a) **no injected delays**, d ≈ 1M (the MLP 784-1270-10, 1,010,040 parameters), n = 8, a
+    few samples per worker: the time per iteration of DDP (ring all-reduce, 2(n−1)/n · d · 4
+    bytes per rank) and of the coded parameter server with construction (7), m = 2 (the PS
+    sends the d parameters to every worker and receives ⌈d/2⌉ from each): median over the
+    iterations after the first few, and the PS's decode share of an iteration.
+(b) **time to a fixed training loss under stragglers**: MNIST (n·200 images), the paper's MLP
+    (d = 101,770), n = 8, the delay model ``straggler=slowdown`` — worker j computes
+    per_sample × (samples it processes) × (r = 10 with probability p = 0.1, else 1) time
+    units, drawn from (seed, iteration), the same for every scheme; per_sample = 1/200 makes
+    an uncoded (DDP) worker's compute 1 unit, a load-δ coded worker's δ units — slept by the
+    workers at ``--time-scale`` seconds per unit. The real compute is kept small (a few ms
+    per worker) so that the modelled (slept) time dominates, although the n + 1 processes
+    share this machine's cores. Schemes: DDP, uncoded wait-for-all PS, exact FRC (load 4,
+    the PS waits for the first n − 3), construction (7) with m = 2 (cyclic, load 2) and m = 4
+    (cyclic, load 4), the PS waiting for the first n − 2, optimal decoding divided by α.
+    The PS's workers run with ``trainer.abandon_stale=true``: a worker still sleeping when the
+    PS has moved on drops that iteration, so every iteration starts afresh as in the delay
+    model (otherwise a slow worker's 10× delay spills into the following iterations).
+
+Prints the delay model's parameters, bytes per iteration next to the times, the load
+(``uptime``) before and after, and as its last line
+``vs DDP: iteration <(a): coded PS / DDP>, time-to-loss speed-up <(b): DDP / (7) m=2>``.
+Targets (issue 9): (a) ≤ 1.5, (b) ≥ 1.5; the numbers are this machine's, not a cluster's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+
+from agc_pipeline.conf_path import CONFIG_DIR
+from agc_pipeline.train import build_trainer, run_training
+
+N = 8
+PER_WORKER = 200  #: MNIST images per data subset in (b)
+ITERATION_TARGET, SPEEDUP_TARGET = 1.5, 1.5
+DDP = ["trainer=ddp", "code=uncoded_wait", f"assignment.n={N}"]
+PS = ["trainer=distributed", "trainer.grad_error=false", "trainer.abandon_stale=true"]
+CODE7_M2 = [*PS, "assignment=cyclic", f"assignment.n={N}", "assignment.s=0", "m=2",
+            "scheme=random_diagonal", "decoder.rescale=true", "trainer.alpha_samples=300"]
+SCHEMES_B: dict[str, list[str]] = {
+    "DDP": DDP,
+    "uncoded PS, wait for all": [*PS, "code=uncoded_wait", f"assignment.n={N}"],
+    "exact FRC, load 4, n-3": [*PS, "assignment=fractional", f"assignment.n={N}",
+                               "assignment.s=3", "m=1", "scheme=frc", "straggler.s=3"],
+    "(7) m=2, load 2, n-2": [*CODE7_M2, "straggler.s=2"],
+    "(7) m=4, load 4, n-2": [*PS, "assignment=cyclic", f"assignment.n={N}", "assignment.s=0",
+                             "m=4", "scheme=random_diagonal", "decoder.rescale=true",
+                             "trainer.alpha_samples=300", "straggler.s=2"],
+}
+CODED = "(7) m=2, load 2, n-2"
+
+
+def compose_train(overrides: list[str]):  # noqa: ANN201 - DictConfig
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} ({os.cpu_count()} cores)"
+
+
+def run(label: str, overrides: list[str], out: Path) -> tuple[dict[str, Any], list[dict]]:
+    """One run through the train app's ``run_training``; (summary, metrics rows)."""
+    run_dir = out / "".join(c if c.isalnum() else "_" for c in label)
+    started = time.perf_counter()
+    summary = run_training(compose_train(overrides), run_dir)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    print(f"  {label:26s} {len(rows)} iterations, {time.perf_counter() - started:5.1f} s end "
+          f"to end, final loss {summary['final_train_loss']:.4f}", flush=True)
+    return summary, rows
+
+
+def settled(rows: list[dict], key: str = "iteration_time", skip: int = 3) -> float:
+    """Median of ``key`` over the iterations after the first ``skip`` (warm-up)."""
+    return statistics.median(r[key] for r in rows[skip:] or rows)
+
+
+def bytes_per_iteration(summary: dict[str, Any], rows: list[dict]) -> str:
+    """The busiest link's traffic per iteration: per rank for DDP, in/out at the PS."""
+    if summary["runtime"] == "ddp":
+        return f"{summary['ddp']['bytes_per_rank_per_iteration'] / 1e6:.2f} MB per rank"
+    into = statistics.mean(r["bytes_received"] for r in rows) / 1e6
+    out = statistics.mean(r["bytes_from_ps"] for r in rows) / 1e6
+    return f"PS in {into:.2f} + out {out:.2f} MB"
+
+
+def modelled_times(cfg: Any, iterations: int) -> list[float]:
+    """The delay model's iteration times (time units) of the run ``cfg``: the draw the
+    runtime's workers sleep, and how long the PS (or DDP) waits for it — built without
+    starting any process."""
+    core = build_trainer(cfg).core
+    return [float(core.draw(core.coded.encoding(t), t).iteration_time)
+            for t in range(iterations)]
+
+
+def time_to_loss(rows: list[dict], target: float) -> tuple[float, int] | None:
+    """(seconds, iteration) when the parameters first have train_loss ≤ target: the wall
+    time of the iterations before (the row's loss is measured before its update)."""
+    for r in rows:
+        if r["train_loss"] is not None and r["train_loss"] <= target:
+            return r["wall_time"] - r["iteration_time"], r["iteration"]
+    return None
+
+
+def part_a(args: argparse.Namespace, out: Path) -> float:
+    """(a): iteration times without injected delays at d ≈ 1M; returns coded PS / DDP."""
+    common = ["dataset=mnist", f"dataset.train_size={N * args.a_samples}",
+              "dataset.test_size=10", "model=mlp", f"model.hidden={args.hidden}",
+              "straggler=none", "trainer.time_scale=0", f"trainer.iterations={args.a_iterations}",
+              "trainer.lr=0.1", "trainer.progress=false", "trainer.eval_every=0",
+              "trainer.checkpoint_every=0", f"seed={args.seed}"]
+    print(f"\n(a) no injected delays: MLP 784-{args.hidden}-10, n = {N}, {args.a_samples} "
+          f"samples per worker, {args.a_iterations} iterations (median after the first 3)",
+          flush=True)
+    ddp, ddp_rows = run("DDP", [*common, *DDP], out / "a")
+    coded, coded_rows = run("(7) m=2 PS", [*common, *CODE7_M2,
+                                           "decoder.rescale=false", "trainer.alpha_samples=0"],
+                            out / "a")
+    t_ddp, t_ps = settled(ddp_rows), settled(coded_rows)
+    decode = settled(coded_rows, "decode_time")
+    print(f"  d = {ddp['parameters']:,}")
+    print(f"  {'scheme':12s} {'s/iter':>7s} {'vs DDP':>7s}  bytes per iteration")
+    print(f"  {'DDP':12s} {t_ddp:7.3f} {1.0:7.2f}  {bytes_per_iteration(ddp, ddp_rows)}")
+    print(f"  {'(7) m=2 PS':12s} {t_ps:7.3f} {t_ps / t_ddp:7.2f}  "
+          f"{bytes_per_iteration(coded, coded_rows)}")
+    print(f"  PS decode: median {1e3 * decode:.1f} ms = {100 * decode / t_ps:.1f}% of an "
+          f"iteration (target < 5%); coded PS iteration / DDP's = {t_ps / t_ddp:.2f} (target "
+          f"≤ {ITERATION_TARGET}: {'met' if t_ps / t_ddp <= ITERATION_TARGET else 'NOT met'})")
+    return t_ps / t_ddp
+
+
+def part_b(args: argparse.Namespace, out: Path) -> float | None:
+    """(b): time to the loss target under the delay model; returns DDP / (7) m=2."""
+    delay = ["straggler=slowdown", f"straggler.p={args.p}", f"straggler.r={args.r}",
+             f"straggler.per_sample={1 / PER_WORKER}", "straggler.comm_per_unit=0"]
+    common = ["dataset=mnist", f"dataset.train_size={N * PER_WORKER}", "dataset.test_size=200",
+              "model=paper_mlp", *delay, f"trainer.time_scale={args.time_scale}",
+              f"trainer.iterations={args.iterations}", f"trainer.lr={args.lr}",
+              "trainer.progress=false", "trainer.eval_every=0", "trainer.checkpoint_every=0",
+              f"seed={args.seed}"]
+    print(f"\n(b) time to train loss {args.target_loss} under stragglers: MNIST "
+          f"{N * PER_WORKER} images, paper MLP, n = {N}, lr {args.lr}, {args.iterations} "
+          "iterations\n  delay model (straggler=slowdown, the same draws for every scheme): "
+          f"worker compute = per_sample {1 / PER_WORKER:g} x samples processed x (r = {args.r:g}"
+          f" with probability p = {args.p:g}, else 1) time units; an uncoded worker (200 "
+          f"samples) = 1 unit, load delta = delta units; slept at time_scale = "
+          f"{args.time_scale:g} s per unit; the real compute (a few ms per worker) is small "
+          "next to it, but the n + 1 processes share this machine's cores", flush=True)
+    schemes = {label: overrides for label, overrides in SCHEMES_B.items()
+               if label in ("DDP", CODED) or not args.short}
+    results = {label: run(label, [*common, *overrides], out / "b")
+               for label, overrides in schemes.items()}
+    modelled = {label: modelled_times(compose_train([*common, *overrides]), args.iterations)
+                for label, overrides in schemes.items()}
+    ddp_reached = time_to_loss(results["DDP"][1], args.target_loss)
+    ddp_model = None if ddp_reached is None else \
+        sum(modelled["DDP"][:ddp_reached[1]]) * args.time_scale
+    print(f"\n  {'':26s} {'measured':^33s}  {'modelled (slept) only':^24s}")
+    print(f"  {'scheme':26s} {'s/iter':>7s} {'to loss':>8s} {'iters':>5s} {'speed-up':>9s}  "
+          f"{'s/iter':>7s} {'to loss':>7s} {'speed-up':>8s}  bytes per iteration")
+    for label, (summary, rows) in results.items():
+        reached = time_to_loss(rows, args.target_loss)
+        model = [u * args.time_scale for u in modelled[label]]
+        seconds = f"{reached[0]:8.1f}" if reached else f"{'-':>8s}"
+        speedup = (f"{ddp_reached[0] / reached[0]:8.2f}x" if reached and ddp_reached
+                   else f"{'-':>9s}")
+        model_loss = None if reached is None else sum(model[:reached[1]])
+        model_speedup = (f"{ddp_model / model_loss:7.2f}x" if model_loss and ddp_model
+                         else f"{'-':>8s}")
+        print(f"  {label:26s} {summary['mean_iteration_time']:7.3f} {seconds} "
+              f"{reached[1] if reached else '-':>5} {speedup}  {statistics.mean(model):7.3f} "
+              f"{'-' if model_loss is None else f'{model_loss:7.1f}':>7s} {model_speedup}  "
+              f"{bytes_per_iteration(summary, rows)}")
+    print("  (speed-up: DDP's time to the loss / the scheme's. modelled: the delay model's "
+          "time alone — the PS's (n − s)-th\n  arrival, or the slowest of the n workers — "
+          "over the same iterations: what the simulated trainer's clock shows; the measured\n"
+          "  time adds the real compute, the messages and the PS's decode and logging on "
+          "this machine's shared cores)")
+    coded = time_to_loss(results[CODED][1], args.target_loss)
+    if ddp_reached is None or coded is None:
+        print(f"  the loss target {args.target_loss} was not reached by "
+              f"{'DDP' if ddp_reached is None else CODED}: raise --iterations")
+        return None
+    return ddp_reached[0] / coded[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hidden", type=int, default=1270, help="(a): MLP hidden units")
+    parser.add_argument("--a-samples", type=int, default=16, help="(a): samples per worker")
+    parser.add_argument("--a-iterations", type=int, default=12)
+    parser.add_argument("--iterations", type=int, default=42, help="(b): SGD iterations")
+    parser.add_argument("--time-scale", type=float, default=0.1, help="(b): s per unit")
+    parser.add_argument("--p", type=float, default=0.1)
+    parser.add_argument("--r", type=float, default=10.0)
+    parser.add_argument("--lr", type=float, default=0.5)
+    parser.add_argument("--target-loss", type=float, default=0.9)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--short", action="store_true",
+                        help="(b): only DDP and (7) m=2 (e.g. with a larger --time-scale)")
+    parser.add_argument("--skip-a", action="store_true")
+    parser.add_argument("--skip-b", action="store_true")
+    parser.add_argument("--out", type=Path, default=None, help="keep the run dirs here")
+    args = parser.parse_args(argv)
+    out = args.out or Path(tempfile.mkdtemp(prefix="bench_vs_ddp_"))
+    started = time.perf_counter()
+    print(f"bench_vs_ddp: gloo on this machine's CPU, n = {N}; {load()}", flush=True)
+    ratio = None if args.skip_a else part_a(args, out)
+    speedup = None if args.skip_b else part_b(args, out)
+    print(f"\n{time.perf_counter() - started:.0f} s in all; {load()}; run dirs: {out}")
+    iteration = "n/a" if ratio is None else f"{ratio:.2f}"
+    faster = "n/a" if speedup is None else f"{speedup:.2f}"
+    print(f"vs DDP: iteration {iteration}, time-to-loss speed-up {faster}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
