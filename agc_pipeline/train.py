@@ -287,7 +287,8 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
     alpha = summary.get("alpha") or {}
     out["alpha"], out["alpha_stderr"] = alpha.get("value"), alpha.get("stderr")
     out["train_loss"] = summary["final_train_loss"]
-    out["mb_to_ps"] = summary["total_bytes_to_ps"] / 1e6
+    sent = summary.get("total_bytes_to_ps")  # None for trainer=ddp (no PS)
+    out["mb_to_ps"] = None if sent is None else sent / 1e6
     return out
 
 

@@ -234,3 +234,13 @@ def test_bad_settings(replace: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         build_trainer(compose_config("train", [*base, *replace]))
 
+
+
+def test_headline_of_a_run_without_a_ps() -> None:
+    """trainer=ddp has no PS (total_bytes_to_ps is None): the run's headline must not crash
+    at the very end of the run (it did, after all the training)."""
+    from agc_pipeline.train import headline
+
+    out = headline({"final_train_loss": 0.5, "total_bytes_to_ps": None, "alpha": None})
+    assert out["mb_to_ps"] is None and out["train_loss"] == 0.5
+    assert headline({"final_train_loss": 0.5, "total_bytes_to_ps": 2e6})["mb_to_ps"] == 2.0
