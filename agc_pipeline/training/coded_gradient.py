@@ -123,7 +123,7 @@ class CodedGradient:
         #: True once the model turned out to modify a module's output in place: the taps
         #: then return copies (the tap of a returned-as-is tensor forbids in-place edits)
         self.copy_outputs = False
-        self._kernels: dict[tuple[int, torch.dtype], tuple[Kernel, bool]] = {}
+        self._kernels: dict[tuple[int, torch.dtype], Kernel] = {}
 
     def _segments(self, offset: int, size: int) -> list[Segment]:
         out, pos = [], 0
@@ -135,7 +135,7 @@ class CodedGradient:
             pos += take
         return out
 
-    def _kernel(self, module: nn.Module, dtype: torch.dtype) -> tuple[Kernel, bool]:
+    def _kernel(self, module: nn.Module, dtype: torch.dtype) -> Kernel:
         key = (id(module), dtype)
         if key not in self._kernels:
             self._kernels[key] = module_kernel(module, dtype)
@@ -240,7 +240,7 @@ class CodedGradient:
                     f"trainer.coded_gradient=weighted: module {type(module).__name__} returned "
                     f"a {type(out).__name__}, not a tensor (see the model contract), or use "
                     "trainer.coded_gradient=per_subset")
-            kernel, _ = self._kernel(module, dtype)
+            kernel = self._kernel(module, dtype)
             record = [inputs, out]
 
             def on_delta(delta: torch.Tensor) -> None:

@@ -125,13 +125,7 @@ class DdpSettings(TrainerSettings):
         require(self.decode_cost == 0.0 and not self.materialize_messages,
                 "trainer.decode_cost and trainer.materialize_messages are simulated-trainer "
                 "options (trainer=ddp decodes nothing)")
-        fault = self.fault if self.fault is not None else {}
-        if not isinstance(fault, FaultSettings):
-            try:
-                fault = FaultSettings(**dict(fault))
-            except TypeError as exc:
-                raise ConfigError(f"trainer.fault: {exc}") from None
-        fault.validate()
+        fault = FaultSettings.from_config(self.fault)
         require(fault.bad_message_worker is None,
                 "trainer.fault.bad_message_worker does not apply to trainer=ddp (no messages "
                 "to corrupt: DDP all-reduces)")

@@ -99,6 +99,18 @@ class FaultSettings:
     bad_message: str = "nan"  #: ... nan | inf | size (one element too many) ...
     bad_message_at: int = 0  #: ... in this iteration
 
+    @classmethod
+    def from_config(cls, value: Any) -> FaultSettings:
+        """``trainer.fault`` (a mapping, None or a FaultSettings) as validated settings."""
+        fault = value if value is not None else {}
+        if not isinstance(fault, FaultSettings):
+            try:
+                fault = cls(**dict(fault))
+            except TypeError as exc:
+                raise ConfigError(f"trainer.fault: {exc}") from None
+        fault.validate()
+        return fault
+
     def validate(self, n: int | None = None) -> None:
         """Raise ConfigError for impossible values (worker indices against ``n`` if given)."""
         for name in ("kill_worker", "bad_message_worker"):
@@ -178,14 +190,7 @@ class DistributedSettings(TrainerSettings):
         require(self.decode_cost == 0.0 and not self.materialize_messages,
                 "trainer.decode_cost and trainer.materialize_messages are simulated-trainer "
                 "options (the distributed PS measures its decode time; workers always send)")
-        fault = self.fault if self.fault is not None else {}
-        if not isinstance(fault, FaultSettings):
-            try:
-                fault = FaultSettings(**dict(fault))
-            except TypeError as exc:
-                raise ConfigError(f"trainer.fault: {exc}") from None
-        fault.validate()
-        self.fault = fault
+        self.fault = FaultSettings.from_config(self.fault)
 
 
 @dataclass(frozen=True)

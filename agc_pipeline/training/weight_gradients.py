@@ -306,23 +306,23 @@ def generic(module: nn.Module, inputs: tuple, y: torch.Tensor, delta: torch.Tens
                     out.add(p, seg, seg.start, stacked[:, seg.start:seg.stop])
 
 
-def module_kernel(module: nn.Module, dtype: torch.dtype) -> tuple[Kernel, bool]:
-    """The function forming ``module``'s weighted gradients, and whether it needs the
-    module's autograd graph (only :func:`generic` does)."""
+def module_kernel(module: nn.Module, dtype: torch.dtype) -> Kernel:
+    """The function forming ``module``'s weighted gradients (:func:`generic` for any module
+    without a fast path, and for parameters of another dtype)."""
     own = list(module.parameters(recurse=False))
     if any(p.dtype != dtype for p in own):
-        return generic, True
+        return generic
     kind = type(module)
     if kind is nn.Linear:
-        return linear, False
+        return linear
     if (kind is nn.Conv2d and module.groups == 1 and module.padding_mode == "zeros"
             and isinstance(module.padding, tuple)):
-        return conv2d, False
+        return conv2d
     if kind is nn.LayerNorm and module.elementwise_affine:
-        return layer_norm, False
+        return layer_norm
     if kind is nn.GroupNorm and module.affine:
-        return group_norm, False
+        return group_norm
     if (kind is nn.Embedding and module.max_norm is None and not module.scale_grad_by_freq
             and not module.sparse):
-        return embedding, False
-    return generic, True
+        return embedding
+    return generic
