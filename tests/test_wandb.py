@@ -16,7 +16,7 @@ from agc_pipeline.analyze import run_analysis
 from agc_pipeline.sinks import make_logger_sink
 from agc_pipeline.train import run_training
 from tests.conftest import ROOT, compose_config
-from tests.wandb_files import offline_runs, read_run
+from tests.wandb_files import offline_runs, read_run, records
 
 TINY = ["dataset=synthetic_logistic", "dataset.n_samples=140", "dataset.dim=5",
         "model=logistic", "trainer.iterations=4", "trainer.alpha_samples=20",
@@ -130,6 +130,16 @@ def test_analyze_points_are_charted_against_the_straggler_fraction(tmp_path: Pat
     assert run.summary["max_s"] == 3 and run.summary["upper_bound_at_max_s"] == last[
         "upper_bound"]
     assert results["wandb"]["id"] == run.id
+    # regression: a run file read while W&B still writes it (cut inside a record) gave a
+    # protobuf DecodeError instead of the records so far, so read_run did not wait (CI flake)
+    (path,) = (tmp_path / "run").glob("**/run-*.wandb")
+    data, full = path.read_bytes(), records(path)
+    for cut in range(8, len(data), max(1, len(data) // 97)):
+        part = tmp_path / "part.wandb"
+        part.write_bytes(data[:cut])
+        got = records(part)
+        assert [r.SerializeToString() for r in got] == [
+            r.SerializeToString() for r in full[:len(got)]]
 
 
 class FakeRun:

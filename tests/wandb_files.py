@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from google.protobuf.message import DecodeError
 from wandb.proto import wandb_internal_pb2 as pb
 
 BLOCK = 32768
@@ -35,6 +36,8 @@ def records(path: Path) -> list[pb.Record]:
         if kind == 0 and length == 0:  # zero padding to the block's end
             pos += left
             continue
+        if pos + HEADER + length > len(data):  # a record still being written
+            break
         piece += data[pos + HEADER:pos + HEADER + length]
         pos += HEADER + length
         if kind in (FULL, LAST):
@@ -72,7 +75,7 @@ def finished_records(path: Path, timeout: float = 60.0) -> list[pb.Record]:
     while True:
         try:
             found = records(path)
-        except (AssertionError, ValueError, struct.error):  # a partly written file
+        except (AssertionError, ValueError, struct.error, DecodeError):  # a partly written file
             found = []
         if any(r.WhichOneof("record_type") == "exit" for r in found):
             return found
