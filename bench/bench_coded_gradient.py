@@ -26,6 +26,8 @@ printed too; with several threads on a busy machine it mostly measures OpenMP wa
 With ``--device cuda`` both run on the GPU, times are wall times taken after
 ``torch.cuda.synchronize`` and memory is the rise of ``torch.cuda.max_memory_allocated``
 over one step. Targets (issue 8): coded ≤ 1.3× plain at every k, peak memory ≤ 2× plain.
+Unless ``--allocator default``, glibc's malloc keeps freed memory in the timing process
+(:func:`keep_freed_memory`), for both steps alike.
 The exit status is 1 if a target is missed; the last line summarises the worst ratios.
 Quote the load (``uptime``) with it.
 """
@@ -170,6 +172,24 @@ def side_by_side(model: str, k: int, repeats: int, device: str = "cpu") -> dict[
     return out
 
 
+def keep_freed_memory() -> str:
+    """Let glibc's malloc keep freed memory for reuse (no mmap per large block, no trimming),
+    for both steps of the timing process. With its defaults, blocks of tens of MiB (the
+    activations at k·b samples) are mapped and unmapped each step, and either step's
+    page-fault (system) time varied by 0–0.8 s between identical steps of gpt_10m at k = 91;
+    a long-running trainer under jemalloc/tcmalloc, or these settings, pays it once."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+        if libc.mallopt(m_mmap_max, 0) != 1 or libc.mallopt(m_trim_threshold, 2**31 - 1) != 1:
+            return "glibc defaults (mallopt refused)"
+    except OSError:
+        return "the platform's defaults (no glibc)"
+    return "glibc keeps freed memory (M_MMAP_MAX=0, M_TRIM_THRESHOLD=2 GiB), both steps"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="d ≈ 1M only, 5 repeats")
@@ -181,6 +201,9 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (trainer.device)")
     parser.add_argument("--designs", nargs="+", type=int, choices=sorted(DESIGNS), default=None,
                         help="k values (default: all)")
+    parser.add_argument("--allocator", choices=("keep", "default"), default="keep",
+                        help="keep (default): glibc keeps freed memory for reuse in the timing "
+                             "process (both steps); default: glibc's own settings")
     parser.add_argument("--memory-child", nargs=3, metavar=("MODEL", "K", "WHICH"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -193,11 +216,13 @@ def main() -> int:
         print(f"bench_coded_gradient: --device {args.device} but CUDA is not available",
               file=sys.stderr)
         return 2
+    allocator = keep_freed_memory() if args.allocator == "keep" else "glibc defaults"
     models = args.models or (["gpt_1m"] if args.quick else ["gpt_1m", "gpt_10m"])
     repeats = args.repeats or (5 if args.quick else 9)
     print(f"load: {os.getloadavg()[0]:.2f} (1-min average), torch threads "
           f"{torch.get_num_threads()}, device {args.device}, {repeats} interleaved repeats, "
           "medians")
+    print(f"allocator: {allocator}")
     print("time: CPU time of the process per step (median; wall time on a GPU); wall x: the "
           "wall-time ratio, which other jobs on the cores distort")
     print(f"{'model':<8} {'d':>10} {'k':>3} {'samples':>7} {'plain ms':>9} {'coded ms':>9} "

@@ -179,17 +179,24 @@ def test_a_module_whose_output_is_not_batch_first_is_refused() -> None:
 # the paths of the weight-gradient kernels (training/weight_gradients.py)
 
 
-@pytest.mark.parametrize("path", ["per_subset", "per_sample"])
+#: per-subset tiles (TILE_ELEMENTS, TILE_ROWS) at fan-in 8 and 4 subsets: 1 subset × 1 row,
+#: 2 subsets × 2 rows, and all subsets with all rows
+TILES = {"per_subset_1x1": (8, 1), "per_subset_2x2": (40, 2), "per_subset_all": (10**6, 2)}
+
+
+@pytest.mark.parametrize("path", [*TILES, "per_sample"])
 @pytest.mark.parametrize("layout", ["grouped", "unequal_unsorted"])
-def test_linear_paths_chunks_and_subset_layouts(monkeypatch: pytest.MonkeyPatch, path: str,
-                                                layout: str) -> None:
-    """Both nn.Linear paths, with row chunks of 1–3 rows (chunk edges inside block
-    segments, m = 3) and subsets that are unequal in size and out of order."""
+def test_linear_paths_tiles_and_subset_layouts(monkeypatch: pytest.MonkeyPatch, path: str,
+                                               layout: str) -> None:
+    """Both nn.Linear paths; per subset with tiles of 1–2 subsets × 1–2 rows (tile edges
+    inside block segments, m = 3, one scratch buffer reused by every tile) and with one tile;
+    subsets unequal in size and out of order."""
     from agc_pipeline.training import weight_gradients as wg
 
-    monkeypatch.setattr(wg, "PER_SUBSET_MIN_ROWS", 0 if path == "per_subset" else 10**9)
-    monkeypatch.setattr(wg, "CHUNK_ELEMENTS", 40)
-    monkeypatch.setattr(wg, "CHUNK_MIN_ROWS", 1)
+    monkeypatch.setattr(wg, "PER_SUBSET_MIN_ROWS", 10**9 if path == "per_sample" else 0)
+    elements, rows = TILES.get(path, (wg.TILE_ELEMENTS, wg.TILE_ROWS))
+    monkeypatch.setattr(wg, "TILE_ELEMENTS", elements)
+    monkeypatch.setattr(wg, "TILE_ROWS", rows)
     torch.manual_seed(0)
     model, data = _transformer()
     gen = torch.Generator().manual_seed(3)

@@ -52,6 +52,7 @@ from agc_pipeline.training.weight_gradients import (
     Accumulator,
     Groups,
     Kernel,
+    Scratch,
     Segment,
     Weighting,
     module_kernel,
@@ -124,6 +125,7 @@ class CodedGradient:
         #: then return copies (the tap of a returned-as-is tensor forbids in-place edits)
         self.copy_outputs = False
         self._kernels: dict[tuple[int, torch.dtype], Kernel] = {}
+        self._scratch = Scratch()  # the kernels' work buffer, kept between calls
 
     def _segments(self, offset: int, size: int) -> list[Segment]:
         out, pos = [], 0
@@ -207,7 +209,7 @@ class CodedGradient:
             else None
         n = x.shape[0]
 
-        acc = Accumulator(blocks, plain, self._offsets)
+        acc = Accumulator(blocks, plain, self._offsets, self._scratch)
 
         def run(module: nn.Module, kernel: Kernel, inputs: tuple, out: torch.Tensor,
                 delta: torch.Tensor) -> None:

@@ -12,9 +12,10 @@ blocks and, as column c, the plain gradient):
 
 * ``nn.Linear``, weight: **per subset** when a subset holds enough rows (samples × positions):
   P_i = Σ_{s ∈ D_i} δ_s x_sᵀ as one batched product (the plain weight-gradient flops in all),
-  then G[v] = Σ_i C[u, i, v] P_i, a chunk of rows at a time so that the k' products of a
-  chunk stay in cache (extra flops ≈ cols / rows-per-subset of the weight-gradient product;
-  nothing of size k·d is formed). With fewer than ``PER_SUBSET_MIN_ROWS`` rows per subset
+  then G[v] = Σ_i C[u, i, v] P_i, a tile (some subsets × some rows) at a time in a reused
+  scratch buffer so that the products stay in cache and no memory is allocated per tile
+  (extra flops ≈ cols / rows-per-subset of the weight-gradient product; nothing of size
+  k·d is formed). With fewer than ``PER_SUBSET_MIN_ROWS`` rows per subset
   **per sample**: (w ⊙ δ)ᵀ x with every column stacked in one product (cols × the
   weight-gradient flops);
 * ``nn.Conv2d``: one convolution backward with the weighted δ's stacked along the output
@@ -35,15 +36,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Accumulator", "Groups", "Segment", "Weighting", "module_kernel"]
+__all__ = ["Accumulator", "Groups", "Scratch", "Segment", "Weighting", "module_kernel"]
 
 #: rows (samples × positions) per subset from which the per-subset product is used: with
 #: fewer, the k' small products run well below the speed of one large one (measured on CPU)
 PER_SUBSET_MIN_ROWS = 64
-#: elements of the k' per-subset products of one chunk of rows (4 MiB of float32), and the
-#: fewest rows a chunk has (narrower products run slower)
-CHUNK_ELEMENTS = 1 << 20
-CHUNK_MIN_ROWS = 64
+#: elements of one tile of per-subset products (8 MiB of float32: g subsets × R rows of the
+#: weight, written into a reused scratch buffer and combined while still in cache), and the
+#: rows R of a tile when not all subsets fit (narrower products run slower); measured on CPU
+TILE_ELEMENTS = 1 << 21
+TILE_ROWS = 128
 
 
 @dataclass(frozen=True)
@@ -106,15 +108,37 @@ class Weighting:
 
 
 
+class Scratch:
+    """A work buffer reused by every kernel call (and across steps): fresh multi-MiB
+    temporaries per tile cost page faults that were a fifth of a coded step on CPU."""
+
+    def __init__(self) -> None:
+        self._buf: torch.Tensor | None = None
+
+    def take(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """An uninitialised tensor of ``shape`` with ``like``'s dtype and device (valid until
+        the next call)."""
+        n = 1
+        for size in shape:
+            n *= int(size)
+        buf = self._buf
+        if buf is None or buf.numel() < n or buf.dtype != like.dtype or \
+                buf.device != like.device:
+            buf = self._buf = torch.empty(max(n, TILE_ELEMENTS), dtype=like.dtype,
+                                          device=like.device)
+        return buf[:n].view(shape)
+
+
 class Accumulator:
     """The engine's outputs: ``blocks`` (c, L), the c coded combinations, and ``plain`` (d,)
     or None, the plain gradient (column c of the weights); ``offsets[id(p)]`` is parameter
-    p's offset in the flat parameter vector."""
+    p's offset in the flat parameter vector; ``scratch``, the kernels' work buffer."""
 
     def __init__(self, blocks: torch.Tensor, plain: torch.Tensor | None,
-                 offsets: dict[int, int]) -> None:
+                 offsets: dict[int, int], scratch: Scratch | None = None) -> None:
         self.blocks, self.plain, self.offsets = blocks, plain, offsets
         self.c = int(blocks.shape[0])
+        self.scratch = scratch if scratch is not None else Scratch()
 
     def add(self, p: nn.Parameter, seg: Segment, start: int, part: torch.Tensor) -> None:
         """Add ``part`` ((cols, width): every column's gradient of p's flat entries
@@ -180,18 +204,26 @@ def linear(module: nn.Linear, inputs: tuple, y: torch.Tensor, delta: torch.Tenso
 def _linear_per_subset(p: nn.Parameter, x3: torch.Tensor, d3: torch.Tensor, fan_in: int,
                        segs: list[Segment], w: Weighting, out: Accumulator) -> None:
     groups = w.groups
-    xg = groups.gather(x3).reshape(groups.count, -1, fan_in)  # (k', S, in)
+    count = groups.count
+    xg = groups.gather(x3).reshape(count, -1, fan_in)  # (k', S, in)
     # (k', out, S), a transposed view (as autograd's own δᵀ x): no copy of δ
-    dg = groups.gather(d3).reshape(groups.count, -1, d3.shape[-1]).transpose(1, 2)
-    rows = max(CHUNK_MIN_ROWS, CHUNK_ELEMENTS // (groups.count * fan_in))
+    dg = groups.gather(d3).reshape(count, -1, d3.shape[-1]).transpose(1, 2)
+    # a tile: g subsets × R rows of the weight (all subsets and more rows if they fit)
+    g = max(1, min(count, TILE_ELEMENTS // (TILE_ROWS * fan_in)))
+    rows = max(TILE_ROWS, TILE_ELEMENTS // (count * fan_in)) if g == count else TILE_ROWS
     for seg in segs:
         coef = w.per_group[seg.block].T.contiguous()  # (cols, k')
         r0, r1 = seg.start // fan_in, -(-seg.stop // fan_in)
-        for a in range(r0, r1, rows):
-            b = min(a + rows, r1)
-            products = torch.bmm(dg[:, a:b], xg).reshape(groups.count, -1)  # P_i, these rows
-            lo, hi = max(a * fan_in, seg.start), min(b * fan_in, seg.stop)
-            out.add_product(p, seg, lo, coef, products[:, lo - a * fan_in:hi - a * fan_in])
+        for i0 in range(0, count, g):
+            i1 = min(i0 + g, count)
+            for a in range(r0, r1, rows):
+                b = min(a + rows, r1)
+                products = out.scratch.take((i1 - i0, b - a, fan_in), xg)
+                torch.bmm(dg[i0:i1, a:b], xg[i0:i1], out=products)  # P_i, these rows
+                flat = products.view(i1 - i0, -1)
+                lo, hi = max(a * fan_in, seg.start), min(b * fan_in, seg.stop)
+                out.add_product(p, seg, lo, coef[:, i0:i1],
+                                flat[:, lo - a * fan_in:hi - a * fan_in])
 
 
 def _linear_per_sample(p: nn.Parameter, x3: torch.Tensor, d3: torch.Tensor, fan_in: int,
