@@ -43,9 +43,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
 from agc_pipeline.conf_path import CONFIG_DIR
+from agc_pipeline.costmodel import compute_times, ddp_iteration_times, ps_iteration_times
 from agc_pipeline.train import build_trainer, run_training
 
 N = 8
@@ -103,13 +106,33 @@ def bytes_per_iteration(summary: dict[str, Any], rows: list[dict]) -> str:
     return f"PS in {into:.2f} + out {out:.2f} MB"
 
 
-def modelled_times(cfg: Any, iterations: int) -> list[float]:
-    """The delay model's iteration times (time units) of the run ``cfg``: the draw the
-    runtime's workers sleep, and how long the PS (or DDP) waits for it — built without
-    starting any process."""
-    core = build_trainer(cfg).core
-    return [float(core.draw(core.coded.encoding(t), t).iteration_time)
-            for t in range(iterations)]
+def modelled_times(cfg: Any, iterations: int, time_scale: float,
+                   ) -> tuple[list[float], list[float]]:
+    """The run ``cfg``'s iteration times, built without starting any process: the delay
+    model's alone (time units: the draw the runtime's workers sleep, and how long the PS, or
+    DDP, waits for it), and the cost model's prediction in seconds (``cluster=loopback``:
+    those sleeps as compute, then the PS's broadcast, FIFO uploads of ⌈d/m⌉ values and decode,
+    or DDP's ring all-reduce; costmodel.py)."""
+    trainer = build_trainer(cfg)
+    core, ddp = trainer.core, cfg.trainer.get("name") == "ddp"
+    cluster = instantiate(compose_cluster("loopback"))
+    modelled, predicted = [], []
+    for t in range(iterations):
+        draw = core.draw(core.coded.encoding(t), t)
+        modelled.append(float(draw.iteration_time))
+        compute = np.asarray(draw.finish_times, dtype=np.float64) * time_scale
+        if ddp:
+            predicted.append(float(ddp_iteration_times(cluster, compute, core.d, 4.0)))
+        else:
+            wait = int(np.asarray(draw.survivors).sum())
+            predicted.append(float(ps_iteration_times(cluster, compute, wait, core.d, core.m,
+                                                      core.k, 4.0, 4.0)))
+    return modelled, predicted
+
+
+def compose_cluster(name: str):  # noqa: ANN201 - DictConfig
+    with initialize_config_dir(config_dir=str(CONFIG_DIR / "cluster"), version_base="1.3"):
+        return compose(config_name=name)
 
 
 def time_to_loss(rows: list[dict], target: float) -> tuple[float, int] | None:
@@ -145,6 +168,22 @@ def part_a(args: argparse.Namespace, out: Path) -> float:
     print(f"  PS decode: median {1e3 * decode:.1f} ms = {100 * decode / t_ps:.1f}% of an "
           f"iteration (target < 5%); coded PS iteration / DDP's = {t_ps / t_ddp:.2f} (target "
           f"≤ {ITERATION_TARGET}: {'met' if t_ps / t_ddp <= ITERATION_TARGET else 'NOT met'})")
+    # the cost model (cluster=loopback): compute 6·d flops per sample at worker_flops (the
+    # coded workers: load 2, twice the samples), then the ring, or the PS's traffic and decode
+    cluster = instantiate(compose_cluster("loopback"))
+    d = int(ddp["parameters"])
+    ones = np.ones(N)
+    predicted = {
+        "DDP": (float(ddp_iteration_times(cluster, compute_times(
+            args.a_samples, 6.0 * d, cluster.worker_flops, ones), d, 4.0)), t_ddp),
+        "(7) m=2 PS": (float(ps_iteration_times(cluster, compute_times(
+            2 * args.a_samples, 6.0 * d, cluster.worker_flops, ones), N, d, 2, N, 4.0,
+            4.0)), t_ps)}
+    print("  cost model (cluster=loopback) against the measured median iteration time:")
+    for label, (guess, measured) in predicted.items():
+        print(f"  {label:12s} predicted {guess:6.3f} s, measured {measured:6.3f} s: "
+              f"{100 * (guess / measured - 1):+5.1f}% (target within ±25%; the model does not "
+              f"know that the {N + 1} processes share {os.cpu_count()} cores)")
     return t_ps / t_ddp
 
 
@@ -169,8 +208,10 @@ def part_b(args: argparse.Namespace, out: Path) -> float | None:
                if label in ("DDP", CODED) or not args.short}
     results = {label: run(label, [*common, *overrides], out / "b")
                for label, overrides in schemes.items()}
-    modelled = {label: modelled_times(compose_train([*common, *overrides]), args.iterations)
-                for label, overrides in schemes.items()}
+    both = {label: modelled_times(compose_train([*common, *overrides]), args.iterations,
+                                  args.time_scale)
+            for label, overrides in schemes.items()}
+    modelled = {label: pair[0] for label, pair in both.items()}
     ddp_reached = time_to_loss(results["DDP"][1], args.target_loss)
     ddp_model = None if ddp_reached is None else \
         sum(modelled["DDP"][:ddp_reached[1]]) * args.time_scale
@@ -195,6 +236,12 @@ def part_b(args: argparse.Namespace, out: Path) -> float | None:
           "over the same iterations: what the simulated trainer's clock shows; the measured\n"
           "  time adds the real compute, the messages and the PS's decode and logging on "
           "this machine's shared cores)")
+    print("\n  cost model (cluster=loopback) against the measured mean iteration time:")
+    for label, (summary, _) in results.items():
+        predicted = statistics.mean(both[label][1])
+        measured = summary["mean_iteration_time"]
+        print(f"  {label:26s} predicted {predicted:6.3f} s, measured {measured:6.3f} s: "
+              f"{100 * (predicted / measured - 1):+5.1f}% (target within ±25%)")
     coded = time_to_loss(results[CODED][1], args.target_loss)
     if ddp_reached is None or coded is None:
         print(f"  the loss target {args.target_loss} was not reached by "
