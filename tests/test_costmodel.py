@@ -256,3 +256,42 @@ def test_cluster_needs_the_simulated_trainer_and_first_n_minus_s() -> None:
         build_trainer(compose_config("train", [*SMALL, "cluster=ib_100g", "straggler=delay",
                                                "straggler.wait_for=deadline",
                                                "straggler.deadline=2.0"]))
+
+
+# ------------------------------------------------------------------------------------------
+# calibration: the prediction bench/bench_vs_ddp.py prints, held for a small configuration
+
+
+def test_the_loopback_prediction_of_bench_vs_ddp_holds_for_slept_delays(tmp_path) -> None:
+    """DDP and the uncoded PS with n = 3 on this machine, straggler=slowdown slept at 0.1 s
+    per unit (0.3–1.3 s per iteration): the mean iteration time that cluster=loopback
+    predicts (bench_vs_ddp.modelled_times) lies within 25 % of the measured one."""
+    import importlib.util
+    import json
+
+    from agc_pipeline.train import run_training
+    from tests.conftest import ROOT, compose_config
+
+    spec = importlib.util.spec_from_file_location("bench_vs_ddp",
+                                                  ROOT / "bench" / "bench_vs_ddp.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    scale, iterations = 0.1, 4
+    base = ["dataset=synthetic_logistic", "dataset.n_samples=240", "dataset.dim=8",
+            "dataset.num_classes=3", "model=mlp", "model.hidden=16",
+            f"trainer.iterations={iterations}", "trainer.progress=false",
+            "trainer.eval_every=0", "trainer.checkpoint_every=0", "trainer.lr=0.5",
+            "code=uncoded_wait", "assignment.n=3", "straggler=slowdown", "straggler.p=0.3",
+            "straggler.r=4", "straggler.per_sample=0.05", "straggler.comm_per_unit=0",
+            "trainer.alpha_samples=0", f"trainer.time_scale={scale}", "trainer.timeout_s=60"]
+    for name, runtime in (("ddp", ["trainer=ddp"]),
+                          ("ps", ["trainer=distributed", "trainer.grad_error=false"])):
+        cfg = compose_config("train", [*base, *runtime])
+        run_training(cfg, tmp_path / name)
+        rows = [json.loads(line) for line in
+                (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        measured = sum(r["iteration_time"] for r in rows) / len(rows)
+        _, predicted = bench.modelled_times(cfg, iterations, scale)
+        predicted_mean = sum(predicted) / len(predicted)
+        assert predicted_mean > 0.2
+        assert abs(predicted_mean / measured - 1) <= 0.25, (name, predicted_mean, measured)
