@@ -62,7 +62,7 @@ from agc_pipeline.training.batches import batch_indices, take
 from agc_pipeline.training.coded_step import TrainingDiverged, held_subsets
 from agc_pipeline.training.core import CodedTraining, Totals
 from agc_pipeline.training.distributed import DEFAULT_TIME_SCALE, FaultSettings, WorkersLost
-from agc_pipeline.training.launch import Launch, rank_device, torchrun_env
+from agc_pipeline.training.launch import Launch, rank_device, require_world, torchrun_env
 from agc_pipeline.training.settings import TrainerSettings
 from agc_pipeline.training.wire import error_text
 from agc_pipeline.validation import is_int, require_choice, require_finite, require_int
@@ -217,14 +217,8 @@ class DdpRuntime:
         require(isinstance(config, dict), "trainer=ddp needs the run's resolved configuration "
                                           "(extra_state['config'])")
         s, n = self.settings, self.n
-        env = torchrun_env()
-        if env is None:
-            require(s.backend != "nccl" or torch.cuda.device_count() >= n,
-                    f"trainer.backend=nccl needs one GPU per rank ({n}); found "
-                    f"{torch.cuda.device_count()}: use trainer.backend=gloo")
-        else:
-            require(env == (0, n), f"torchrun started {env[1]} processes but trainer=ddp runs "
-                                   f"one rank per worker, n = {n}: use --nproc_per_node={n}")
+        require_world(s.backend, n, f"trainer=ddp runs one rank per worker, n = {n}: use "
+                                    f"--nproc_per_node={n}")
         started = time.perf_counter()
         launch = Launch(Path(run_dir), n, s.start_method, s.startup_timeout_s, config)
         threads = torch.get_num_threads()

@@ -43,6 +43,7 @@ from agc_pipeline.training.launch import (  # noqa: F401 - re-exported
     STARTUP_TIMEOUT_ENV,
     Launch,
     rank_device,
+    require_world,
     torchrun_env,
 )
 from agc_pipeline.training.settings import TrainerSettings
@@ -307,15 +308,8 @@ class Cluster:
         started = time.perf_counter()
         s = self.settings
         world = self.n + 1
-        env = torchrun_env()
-        if env is None:
-            require(s.backend != "nccl" or torch.cuda.device_count() >= world,
-                    f"trainer.backend=nccl needs one GPU per rank ({world}); found "
-                    f"{torch.cuda.device_count()}: use trainer.backend=gloo")
-        else:
-            require(env == (0, world), f"torchrun started {env[1]} processes but the "
-                                       f"assignment has n = {self.n} workers: use "
-                                       f"--nproc_per_node={world} (n + 1, rank 0 = the PS)")
+        require_world(s.backend, world, f"the assignment has n = {self.n} workers: use "
+                                        f"--nproc_per_node={world} (n + 1, rank 0 = the PS)")
         who = self.launch.start()
         for peer, (pid, host) in zip(self.peers, who[1:], strict=True):
             peer.pid, peer.host = int(pid), str(host)

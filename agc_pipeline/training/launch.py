@@ -32,8 +32,10 @@ import torch
 import torch.distributed as dist
 from hydra.utils import get_class, get_method
 
-__all__ = ["Launch", "process_main", "rank_device", "rank_main", "run_from_env",
-           "torchrun_env"]
+from agc_pipeline.errors import require
+
+__all__ = ["Launch", "process_main", "rank_device", "rank_main", "require_world",
+           "run_from_env", "torchrun_env"]
 
 #: imported once by the fork server, so that each forked rank starts in milliseconds
 #: (symbolic_shapes: torch imports it, and sympy, lazily when a model is built)
@@ -51,6 +53,19 @@ def torchrun_env() -> tuple[int, int] | None:
         return None
     world = int(os.environ["WORLD_SIZE"])
     return (int(os.environ["RANK"]), world) if world > 1 else None
+
+
+def require_world(backend: str, world: int, torchrun_rule: str) -> None:
+    """Check at start that ``world`` ranks can run: NCCL needs a GPU per rank when the app
+    starts them itself; under torchrun, this process must be rank 0 of exactly ``world``
+    (``torchrun_rule``: what the processes are and the ``--nproc_per_node`` to use)."""
+    env = torchrun_env()
+    if env is None:
+        require(backend != "nccl" or torch.cuda.device_count() >= world,
+                f"trainer.backend=nccl needs one GPU per rank ({world}); found "
+                f"{torch.cuda.device_count()}: use trainer.backend=gloo")
+    else:
+        require(env == (0, world), f"torchrun started {env[1]} processes but {torchrun_rule}")
 
 
 def rank_device(cuda: bool, rank: int) -> torch.device:
