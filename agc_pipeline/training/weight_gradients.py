@@ -29,6 +29,7 @@ Products run in the parameters' dtype; the coefficients come from float64.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -118,9 +119,7 @@ class Scratch:
     def take(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         """An uninitialised tensor of ``shape`` with ``like``'s dtype and device (valid until
         the next call)."""
-        n = 1
-        for size in shape:
-            n *= int(size)
+        n = math.prod(shape)
         buf = self._buf
         if buf is None or buf.numel() < n or buf.dtype != like.dtype or \
                 buf.device != like.device:
@@ -135,10 +134,9 @@ class Accumulator:
     p's offset in the flat parameter vector; ``scratch``, the kernels' work buffer."""
 
     def __init__(self, blocks: torch.Tensor, plain: torch.Tensor | None,
-                 offsets: dict[int, int], scratch: Scratch | None = None) -> None:
-        self.blocks, self.plain, self.offsets = blocks, plain, offsets
+                 offsets: dict[int, int], scratch: Scratch) -> None:
+        self.blocks, self.plain, self.offsets, self.scratch = blocks, plain, offsets, scratch
         self.c = int(blocks.shape[0])
-        self.scratch = scratch if scratch is not None else Scratch()
 
     def add(self, p: nn.Parameter, seg: Segment, start: int, part: torch.Tensor) -> None:
         """Add ``part`` ((cols, width): every column's gradient of p's flat entries
