@@ -1,6 +1,6 @@
 """Coded SGD against what users run today — PyTorch DDP — side by side, in one invocation.
 
-    nice -n 10 python bench/bench_vs_ddp.py            # ~3-4 min on a 2-core CPU
+    python bench/bench_vs_ddp.py                       # about 2 min on a 2-core CPU
     python bench/bench_vs_ddp.py --skip-a --time-scale 0.1
 
 Every run goes through the train app's ``run_training`` (this process is rank 0: DDP's
@@ -24,6 +24,11 @@ rank 0, or the parameter server) with worker processes on this machine (gloo, CP
     The PS's workers run with ``trainer.abandon_stale=true``: a worker still sleeping when the
     PS has moved on drops that iteration, so every iteration starts afresh as in the delay
     model (otherwise a slow worker's 10× delay spills into the following iterations).
+
+Both parts also print the cost model's predicted iteration time (``cluster=loopback``,
+costmodel.py) next to the measured one for every scheme (issue 12's calibration, target
+within 25 %): in (b) the slept delays as compute; in (a) 6·d flops per sample at the
+cluster's worker_flops (the model has no term for the n + 1 processes sharing the cores).
 
 Prints the delay model's parameters, bytes per iteration next to the times, the load
 (``uptime``) before and after, and as its last line
