@@ -27,13 +27,30 @@ the all-reduce waits for the slowest, and a ring all-reduce of d values takes
 ``2(n−1)·α + 2(n−1)/n · d·b_g/β`` (reduce-scatter then all-gather, 2(n−1) steps of d/n
 values each); the optimizer step is local.
 
+Compute of a node (:meth:`ClusterModel.worker_compute`): ``(d·t_p + samples ×
+flops_per_sample / worker_flops) × slowdown``, where ``t_p`` (``step_time_per_parameter``)
+is the fixed work per parameter of an iteration (gradient buffers, flattening, the update:
+the intercept of a plain step's time against its batch size). The PS adds its own ``d·t_p``
+(the update) after decoding.
+
+A shared host (``shared_cores`` = c, ``cluster=loopback``: the PS and the workers, or the
+DDP ranks, are processes on one machine): an iteration also cannot take less than the CPU
+work of all processes divided by c (:func:`ps_cpu_work`, :func:`ddp_cpu_work`): every
+node's compute, the PS's decode and update, and for each transfer of S bytes ``2·S·c_b``
+(the kernel copies it at both ends; ``transfer_cpu_per_byte`` = c_b) plus ``c_m`` per
+message (``message_cpu``: wake-ups and system calls). The iteration time is the larger of
+that bound and the critical path above. With ``shared_cores`` unset (a real cluster: a
+processor per node) nothing of this applies.
+
 What the model ignores (stated again in the README and in ``plan.json``): contention beyond
 the PS's link (the switch is non-blocking, workers' links are never the bottleneck of a PS
 iteration), overlap of compute and communication (DDP's bucketed all-reduce during the
 backward pass, a worker streaming its message as it computes), the optimizer step (the same
 for every scheme), messages of stragglers after the PS moved on (cancelled, they take no
 bandwidth), protocol overheads beyond the measured or published effective bandwidth, and
-memory limits.
+memory limits. On a shared host the CPU-work bound assumes the scheduler keeps every core
+busy (perfect packing) and counts the messages of the algorithm (DDP's buckets and its
+logged-loss all-reduce are not modelled).
 """
 
 from __future__ import annotations
@@ -51,9 +68,11 @@ __all__ = [
     "BROADCASTS",
     "ClusterModel",
     "compute_times",
+    "ddp_cpu_work",
     "ddp_iteration_times",
     "fifo_deliveries",
     "order_statistic",
+    "ps_cpu_work",
     "ps_iteration_times",
     "ring_allreduce_time",
     "slowdowns",
@@ -73,6 +92,14 @@ class ClusterModel:
     worker_flops: float  #: FLOP/s a worker sustains on its forward + backward passes
     ps_memory_bandwidth: float  #: bytes/s at which the PS streams the messages it decodes
     ps_flops: float  #: FLOP/s of the PS on the small decoding system
+    #: seconds per parameter of a node's fixed per-iteration work (buffers, the update)
+    step_time_per_parameter: float = 0.0
+    #: all nodes are processes on one host with this many cores (None: a processor per node)
+    shared_cores: int | None = None
+    #: core-seconds per byte at each end of a transfer (counted on a shared host)
+    transfer_cpu_per_byte: float = 0.0
+    #: core-seconds per message, both ends together (counted on a shared host)
+    message_cpu: float = 0.0
 
     def __post_init__(self) -> None:
         require_finite(self.bandwidth, "cluster.bandwidth", 0.0, strict_minimum=True)
@@ -81,6 +108,11 @@ class ClusterModel:
         require_finite(self.ps_memory_bandwidth, "cluster.ps_memory_bandwidth", 0.0,
                        strict_minimum=True)
         require_finite(self.ps_flops, "cluster.ps_flops", 0.0, strict_minimum=True)
+        require_finite(self.step_time_per_parameter, "cluster.step_time_per_parameter", 0.0)
+        if self.shared_cores is not None:
+            require_int(self.shared_cores, "cluster.shared_cores", minimum=1)
+        require_finite(self.transfer_cpu_per_byte, "cluster.transfer_cpu_per_byte", 0.0)
+        require_finite(self.message_cpu, "cluster.message_cpu", 0.0)
 
     def describe(self) -> dict[str, Any]:
         """JSON-friendly figures."""
@@ -89,6 +121,25 @@ class ClusterModel:
     def transfer_time(self, nbytes: float) -> float:
         """One message of ``nbytes`` alone on a link: α + S/β."""
         return self.latency + nbytes / self.bandwidth
+
+    def worker_compute(self, samples: float, flops_per_sample: float, d: int,
+                       slowdown: np.ndarray | float = 1.0) -> np.ndarray:
+        """A node's compute: ``(d·t_p + samples × flops_per_sample / worker_flops) ×
+        slowdown`` (the fixed per-parameter work, then the samples)."""
+        return (d * self.step_time_per_parameter
+                + samples * flops_per_sample / self.worker_flops) \
+            * np.asarray(slowdown, dtype=np.float64)
+
+    def transfer_cpu(self, nbytes: float, messages: float) -> float:
+        """CPU of transfers on a shared host: ``2·nbytes·c_b + messages·c_m``."""
+        return 2.0 * nbytes * self.transfer_cpu_per_byte + messages * self.message_cpu
+
+    def shared_host_bound(self, cpu_work: np.ndarray | float) -> np.ndarray | float:
+        """The least iteration time the CPU work allows on a shared host: ``work / c``
+        (0 with a processor per node)."""
+        if self.shared_cores is None:
+            return np.zeros_like(np.asarray(cpu_work, dtype=np.float64))
+        return np.asarray(cpu_work, dtype=np.float64) / self.shared_cores
 
     def broadcast_starts(self, n: int, param_bytes: float,
                          broadcast: str = "unicast") -> np.ndarray:
@@ -175,27 +226,67 @@ def compute_times(samples: float, flops_per_sample: float, worker_flops: float,
     return samples * flops_per_sample / worker_flops * np.asarray(slowdown, dtype=np.float64)
 
 
+def ps_cpu_work(cluster: ClusterModel, cpu: np.ndarray, wait: int, d: int, m: int, k: int,
+                grad_bytes: float, param_bytes: float) -> np.ndarray:
+    """CPU seconds (…,) of a PS iteration on a shared host, all processes together: the n
+    workers' compute ``cpu`` (…, n) (every worker computes and sends, late or not), the
+    PS's decode of ``wait`` messages and its update (d·t_p), and the transfers: n copies of
+    the d parameters out and n messages of ⌈d/m⌉ values in, 2n messages."""
+    cpu = np.asarray(cpu, dtype=np.float64)
+    n = cpu.shape[-1]
+    length = math.ceil(d / m)
+    ps = cluster.decode_time(wait, m, k, length, grad_bytes) + d * cluster.step_time_per_parameter
+    traffic = cluster.transfer_cpu(n * d * param_bytes + n * length * grad_bytes, 2 * n)
+    return cpu.sum(axis=-1) + ps + traffic
+
+
+def ddp_cpu_work(cluster: ClusterModel, cpu: np.ndarray, d: int,
+                 grad_bytes: float) -> np.ndarray:
+    """CPU seconds (…,) of a DDP iteration on a shared host: the n ranks' compute ``cpu``
+    (…, n) and the ring: every rank sends 2(n−1) messages of ⌈d/n⌉ values."""
+    cpu = np.asarray(cpu, dtype=np.float64)
+    n = cpu.shape[-1]
+    if n == 1:
+        return cpu.sum(axis=-1)
+    steps = 2 * (n - 1)
+    traffic = cluster.transfer_cpu(n * steps / n * d * grad_bytes, n * steps)
+    return cpu.sum(axis=-1) + traffic
+
+
 def ps_iteration_times(cluster: ClusterModel, compute: np.ndarray, wait: int, d: int, m: int,
                        k: int, grad_bytes: float, param_bytes: float,
-                       broadcast: str = "unicast", decode: bool = True) -> np.ndarray:
+                       broadcast: str = "unicast", decode: bool = True,
+                       cpu: np.ndarray | None = None) -> np.ndarray:
     """PS iteration times (…,) for per-worker compute times ``compute`` (…, n): broadcast,
-    compute, FIFO upload of ⌈d/m⌉-value messages, the ``wait``-th delivery, decode."""
+    compute, FIFO upload of ⌈d/m⌉-value messages, the ``wait``-th delivery, decode and the
+    PS's update (d·t_p); on a shared host at least :func:`ps_cpu_work` / c, where ``cpu``
+    (…, n) is the part of ``compute`` that uses a core (default: all of it; a slept delay
+    does not)."""
     compute = np.asarray(compute, dtype=np.float64)
     n = compute.shape[-1]
     require_int(wait, "wait", minimum=1, maximum=n)
     length = math.ceil(d / m)
     starts = cluster.broadcast_starts(n, d * param_bytes, broadcast)
     done = cluster.ps_deliveries(starts + compute, length * grad_bytes)
-    total = order_statistic(done, wait)
+    total = order_statistic(done, wait) + d * cluster.step_time_per_parameter
     if decode:
         total = total + cluster.decode_time(wait, m, k, length, grad_bytes)
+    if cluster.shared_cores is not None:
+        work = ps_cpu_work(cluster, compute if cpu is None else cpu, wait, d, m, k,
+                           grad_bytes, param_bytes)
+        total = np.maximum(total, cluster.shared_host_bound(work))
     return total
 
 
 def ddp_iteration_times(cluster: ClusterModel, compute: np.ndarray, d: int,
-                        grad_bytes: float) -> np.ndarray:
+                        grad_bytes: float, cpu: np.ndarray | None = None) -> np.ndarray:
     """DDP iteration times (…,): the slowest worker's compute, then a ring all-reduce of d
-    gradient values (no overlap of the two)."""
+    gradient values (no overlap of the two); on a shared host at least
+    :func:`ddp_cpu_work` / c (``cpu`` as for :func:`ps_iteration_times`)."""
     compute = np.asarray(compute, dtype=np.float64)
     n = compute.shape[-1]
-    return compute.max(axis=-1) + cluster.ring_allreduce_time(n, d, grad_bytes)
+    total = compute.max(axis=-1) + cluster.ring_allreduce_time(n, d, grad_bytes)
+    if cluster.shared_cores is not None:
+        work = ddp_cpu_work(cluster, compute if cpu is None else cpu, d, grad_bytes)
+        total = np.maximum(total, cluster.shared_host_bound(work))
+    return total

@@ -53,8 +53,8 @@ from agc_pipeline.codes.repetition import fractional, identity
 from agc_pipeline.codes.stack import Stack
 from agc_pipeline.costmodel import (
     ClusterModel,
-    compute_times,
     ddp_iteration_times,
+    ps_cpu_work,
     slowdowns,
 )
 from agc_pipeline.errors import ConfigError, require
@@ -94,8 +94,12 @@ ASSUMPTIONS = (
     "compute is proportional to the samples a worker processes (a coded worker holding delta of "
     "k subsets processes delta/k of the global batch, as the one-pass coded gradient costs a "
     "plain step over them) times flops_per_sample x d / worker_flops; memory limits ignored",
-    "the optimizer step (the same for every scheme) and protocol overheads beyond the link's "
+    "a node's fixed work per iteration is d x step_time_per_parameter (0 for the published "
+    "clusters: the optimizer step is then ignored); protocol overheads beyond the link's "
     "effective bandwidth are ignored",
+    "shared_cores (cluster=loopback only: every process on one host): an iteration takes at "
+    "least the CPU work of all processes (compute, decode, 2 x bytes x transfer_cpu_per_byte "
+    "+ messages x message_cpu) over the cores, with perfect packing",
     "iterations to the loss scale as 1 + kappa e/(1-e) with kappa measured on a small model "
     "(MNIST, the paper's MLP) and the same global batch for every scheme and every n; the "
     "iteration count I0 itself comes from that small model: only ratios transfer",
@@ -410,8 +414,8 @@ def run_plan(cluster: ClusterModel, settings: PlanSettings, convergence: Converg
             slow = slowdowns(rng, st.draws, n, p, st.slowdown)
             for d in st.d:
                 flops = st.flops_per_sample * d
-                ddp_compute = compute_times(st.samples_per_iteration / n, flops,
-                                            cluster.worker_flops, slow)
+                ddp_compute = cluster.worker_compute(st.samples_per_iteration / n, flops, d,
+                                                     slow)
                 t_ddp = _mean(ddp_iteration_times(cluster, ddp_compute, d, st.grad_bytes))
                 rows.append({"n": n, "d": d, "p": p, "scheme": "ddp", "family": "ddp",
                              "coded": False, "m": 1, "s": 0, "broadcast": None,
@@ -446,8 +450,8 @@ def _best_s(cluster: ClusterModel, st: PlanSettings, code: Code, err: dict[int, 
     """The row of ``code`` at (d, broadcast): its s minimising the time to the loss."""
     n, m, k = code.n, code.m, code.scheme.k
     length = math.ceil(d / m)
-    compute = compute_times(code.load * st.samples_per_iteration, st.flops_per_sample * d,
-                            cluster.worker_flops, slow)
+    compute = cluster.worker_compute(code.load * st.samples_per_iteration,
+                                     st.flops_per_sample * d, d, slow)
     starts = cluster.broadcast_starts(n, d * st.param_bytes, broadcast)
     done = np.sort(cluster.ps_deliveries(starts + compute, length * st.grad_bytes), axis=1)
     i0 = convergence.iterations_exact
@@ -455,7 +459,11 @@ def _best_s(cluster: ClusterModel, st: PlanSettings, code: Code, err: dict[int, 
     iso: tuple[float, int] = (math.inf, 0)
     for s in code.s_values:
         w = n - s
-        t = _mean(done[:, w - 1]) + cluster.decode_time(w, m, k, length, st.grad_bytes)
+        t = _mean(np.maximum(
+            done[:, w - 1] + cluster.decode_time(w, m, k, length, st.grad_bytes)
+            + d * cluster.step_time_per_parameter,
+            cluster.shared_host_bound(ps_cpu_work(cluster, compute, w, d, m, k, st.grad_bytes,
+                                                  st.param_bytes))))
         factor = convergence.factor(err[s])
         total = i0 * factor * t
         iso = min(iso, (i0 * convergence.factor(err[s], 1.0) * t, s))
