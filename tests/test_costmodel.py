@@ -13,9 +13,11 @@ from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.costmodel import (
     ClusterModel,
     compute_times,
+    ddp_cpu_work,
     ddp_iteration_times,
     fifo_deliveries,
     order_statistic,
+    ps_cpu_work,
     ps_iteration_times,
     ring_allreduce_time,
     slowdowns,
@@ -121,6 +123,68 @@ def test_ddp_iteration_is_the_slowest_worker_plus_the_ring() -> None:
                                [3.0 + ring, 1.0 + ring])
 
 
+# ------------------------------------------------------------------------------------------
+# a node's fixed work per parameter and the shared host (cluster=loopback)
+
+
+def _host(**kw: float) -> ClusterModel:
+    """TOY's links (10 B/s, α = 0.5 s) on one host of 2 cores."""
+    return ClusterModel(**{**TOY.describe(), "name": "host", "shared_cores": 2, **kw})
+
+
+def test_worker_compute_adds_the_fixed_work_per_parameter() -> None:
+    cluster = ClusterModel(**{**TOY.describe(), "worker_flops": 2.0,
+                              "step_time_per_parameter": 0.01})
+    # d = 100: 1 s fixed, then 10 samples × 6 flops / 2 FLOP/s = 30 s; × slowdown 1, 2
+    np.testing.assert_allclose(cluster.worker_compute(10, 6, 100, np.array([1.0, 2.0])),
+                               [31.0, 62.0])
+    # the PS's own update (d·t_p = 10·0.1 = 1 s) follows the wait: TOY's 16 s case + 1 s
+    slow_ps = ClusterModel(**{**TOY.describe(), "step_time_per_parameter": 0.1})
+    assert ps_iteration_times(slow_ps, np.ones(3), 3, 10, 2, 3, 4, 4) == pytest.approx(17.0)
+    assert TOY.worker_compute(10, 6, 100) == pytest.approx(60.0)  # t_p = 0: samples only
+
+
+def test_ps_cpu_work_and_the_shared_host_bound_hand_case() -> None:
+    """TOY's n = 3, d = 10, m = 2 case (critical path 16 s) on 2 shared cores with
+    c_b = 0.25 core-s per byte at each end and c_m = 1 core-s per message: 3 copies of 40 B
+    out and 3 messages of 20 B in = 180 B, 2·180·0.25 + 6·1 = 96 core-s of traffic."""
+    host = _host(transfer_cpu_per_byte=0.25, message_cpu=1.0)
+    one = np.ones(3)
+    assert ps_cpu_work(host, one, 3, 10, 2, 3, 4, 4) == pytest.approx(3.0 + 96.0)
+    assert ps_iteration_times(host, one, 3, 10, 2, 3, 4, 4) == pytest.approx(99.0 / 2)
+    # a slept delay takes no core: compute 1 s on the path, cpu 0 in the work
+    assert ps_iteration_times(host, one, 3, 10, 2, 3, 4, 4, cpu=np.zeros(3)) == \
+        pytest.approx(96.0 / 2)
+    # cheap transfers: the work (3 + 2·180·0.01 = 6.6 core-s) / 2 < 16 s: the path decides
+    cheap = _host(transfer_cpu_per_byte=0.01)
+    assert ps_iteration_times(cheap, one, 3, 10, 2, 3, 4, 4) == pytest.approx(16.0)
+    # a processor per node (shared_cores unset): the same figures change nothing
+    apart = ClusterModel(**{**host.describe(), "shared_cores": None})
+    assert ps_iteration_times(apart, one, 3, 10, 2, 3, 4, 4) == pytest.approx(16.0)
+    assert apart.shared_host_bound(123.0) == 0.0
+    # the PS's decode and update are work too (d·t_p = 10·0.5 = 5 core-s)
+    busy_ps = _host(transfer_cpu_per_byte=0.25, message_cpu=1.0, step_time_per_parameter=0.5)
+    assert ps_cpu_work(busy_ps, one, 3, 10, 2, 3, 4, 4) == pytest.approx(3.0 + 5.0 + 96.0)
+
+
+def test_ddp_cpu_work_and_the_shared_host_bound_hand_case() -> None:
+    """n = 4, d = 1000 float32 values: each rank sends 2(n−1) = 6 chunks of 250 values
+    (6000 B), 24000 B in all, 24 messages; c_b = 0.25, c_m = 1: 2·24000·0.25 + 24 = 12024
+    core-s of traffic; compute 1, 3, 2, 0.5 s. Path: 3 s + the ring's 603 s."""
+    host = _host(transfer_cpu_per_byte=0.25, message_cpu=1.0)
+    compute = np.array([1.0, 3.0, 2.0, 0.5])
+    assert ddp_cpu_work(host, compute, 1000, 4) == pytest.approx(6.5 + 12024.0)
+    assert ddp_iteration_times(host, compute, 1000, 4) == pytest.approx((6.5 + 12024.0) / 2)
+    cheap = _host(transfer_cpu_per_byte=1e-6)
+    assert ddp_iteration_times(cheap, compute, 1000, 4) == pytest.approx(3.0 + 603.0)
+    # one rank: no ring, no traffic, only its compute
+    assert ddp_cpu_work(host, np.array([[2.0]]), 1000, 4) == pytest.approx([2.0])
+    # batched over draws, the bound per draw
+    both = np.stack([compute, 2 * compute])
+    np.testing.assert_allclose(ddp_iteration_times(host, both, 1000, 4),
+                               [(6.5 + 12024) / 2, (13 + 12024) / 2])
+
+
 def test_order_statistics_and_compute() -> None:
     times = np.array([[3.0, 1.0, 2.0, np.inf], [0.0, 0.0, 5.0, 1.0]])
     np.testing.assert_array_equal(order_statistic(times, 1), [1.0, 0.0])
@@ -181,6 +245,14 @@ def test_cluster_figures_are_validated_in_one_line() -> None:
         build_cluster(compose_config("train", ["cluster=ib_100g", "cluster.bandwidth=0"]))
     with pytest.raises(ConfigError, match=r"^cluster\.latency must be a finite number"):
         build_cluster(compose_config("train", ["cluster=ib_100g", "cluster.latency=x"]))
+    with pytest.raises(ConfigError, match=r"^cluster\.shared_cores must be a positive integer"):
+        build_cluster(compose_config("train", ["cluster=loopback", "cluster.shared_cores=0"]))
+    with pytest.raises(ConfigError, match=r"^cluster\.transfer_cpu_per_byte must be"):
+        build_cluster(compose_config("train", ["cluster=loopback",
+                                               "cluster.transfer_cpu_per_byte=-1"]))
+    with pytest.raises(ConfigError, match=r"^cluster\.step_time_per_parameter must be"):
+        build_cluster(compose_config("train", ["cluster=ib_100g",
+                                               "cluster.step_time_per_parameter=nan"]))
 
 
 @pytest.mark.parametrize("option", sorted(p.stem for p in (CONFIG_DIR / "cluster").glob("*.yaml")))

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from agc_pipeline.build import build_cluster
+from agc_pipeline.costmodel import ps_iteration_times
 from agc_pipeline.errors import ConfigError
 from agc_pipeline.plan import build_plan
 from agc_pipeline.planner import (
@@ -151,6 +152,38 @@ def test_plan_rows_match_hand_computations() -> None:
     assert rows[(0.2, "ddp", None)]["iteration_time"] > 5 * compute  # P(a slow one) ≈ 97 %
     assert result["assumptions"] == list(ASSUMPTIONS) and "ring all-reduce" in result["method"]
     assert set(result["designs"]["16"]) == {"uncoded_wait", "affine_rd"}
+
+
+def test_plan_on_a_shared_host_takes_the_cpu_work_bound() -> None:
+    """cluster=loopback (every process on 2 cores): with no stragglers and 16 samples per
+    worker at d = 1M, the CPU work of all the processes over the cores exceeds the critical
+    path, for DDP and for the uncoded PS alike; written out by hand here."""
+    cluster = build_cluster(compose_config("plan", ["cluster=loopback"]))
+    assert cluster is not None and cluster.shared_cores == 2
+    n, d = 16, 1_000_000
+    conv = Convergence("x", 1.0, 100, kappa=0.0, fitted_kappa=0.0)
+    result = run_plan(cluster, _settings(p=[0.0], families=["uncoded_wait"],
+                                         broadcast=["unicast"], samples_per_iteration=n * 16),
+                      conv)
+    rows = {r["scheme"]: r for r in result["results"]}
+    compute = d * cluster.step_time_per_parameter + 16 * 6 * d / cluster.worker_flops
+    cb, cm = cluster.transfer_cpu_per_byte, cluster.message_cpu
+    # DDP: n ranks' compute; each rank sends 2(n−1) chunks of d/n float32 values
+    ddp_work = n * compute + 2 * (n * 2 * (n - 1) / n * 4 * d) * cb + n * 2 * (n - 1) * cm
+    ddp_path = compute + 2 * (n - 1) * cluster.latency + 2 * (n - 1) / n * 4 * d / \
+        cluster.bandwidth
+    assert ddp_work / 2 > ddp_path
+    assert rows["ddp"]["iteration_time"] == pytest.approx(ddp_work / 2, rel=1e-12)
+    # the PS: n workers' compute, decode + update, n 16-bit copies out, n 4-byte messages in
+    ps_work = (n * compute + cluster.decode_time(n, 1, n, d, 4)
+               + d * cluster.step_time_per_parameter
+               + 2 * (n * 2 * d + n * 4 * d) * cb + 2 * n * cm)
+    row = rows["uncoded_wait m=1"]
+    assert row["iteration_time"] == pytest.approx(ps_work / 2, rel=1e-12)
+    # the planner's PS path equals the cost model's function (which the benchmark uses)
+    assert row["iteration_time"] == pytest.approx(float(ps_iteration_times(
+        cluster, np.full(n, compute), n, d, 1, n, 4, 2)), rel=1e-12)
+    assert any("shared_cores" in a for a in result["assumptions"])
 
 
 # ------------------------------------------------------------------------------------------
