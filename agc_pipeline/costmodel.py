@@ -25,7 +25,8 @@ Parameter server (Sections II-III: worker j sends one vector Z B(:, j) of ⌈d/m
 DDP (``torch.nn.parallel.DistributedDataParallel``): every worker computes its B/n samples,
 the all-reduce waits for the slowest, and a ring all-reduce of d values takes
 ``2(n−1)·α + 2(n−1)/n · d·b_g/β`` (reduce-scatter then all-gather, 2(n−1) steps of d/n
-values each); the optimizer step is local.
+values each; DDP's gradient buckets and a logged loss are further all-reduces, each paying
+the latency term again); the optimizer step is local.
 
 Compute of a node (:meth:`ClusterModel.worker_compute`): ``(d·t_p + samples ×
 flops_per_sample / worker_flops) × slowdown``, where ``t_p`` (``step_time_per_parameter``)
@@ -49,8 +50,8 @@ backward pass, a worker streaming its message as it computes), the optimizer ste
 for every scheme), messages of stragglers after the PS moved on (cancelled, they take no
 bandwidth), protocol overheads beyond the measured or published effective bandwidth, and
 memory limits. On a shared host the CPU-work bound assumes the scheduler keeps every core
-busy (perfect packing) and counts the messages of the algorithm (DDP's buckets and its
-logged-loss all-reduce are not modelled).
+busy (perfect packing) and counts the messages of the algorithms (DDP's all-reduces as
+the caller counts them: its buckets and a logged loss).
 """
 
 from __future__ import annotations
@@ -166,19 +167,24 @@ class ClusterModel:
         solve = (2.0 * m * k * w * w + w**3 / 3.0) / self.ps_flops
         return streamed + solve
 
-    def ring_allreduce_time(self, n: int, values: int, bytes_per_value: float) -> float:
+    def ring_allreduce_time(self, n: int, values: int, bytes_per_value: float,
+                            allreduces: int = 1) -> float:
         """Ring all-reduce of ``values`` values on n nodes (see :func:`ring_allreduce_time`)."""
-        return ring_allreduce_time(n, values, bytes_per_value, self.bandwidth, self.latency)
+        return ring_allreduce_time(n, values, bytes_per_value, self.bandwidth, self.latency,
+                                   allreduces)
 
 
 def ring_allreduce_time(n: int, values: int, bytes_per_value: float, bandwidth: float,
-                        latency: float) -> float:
-    """2(n−1) steps of ⌈values/n⌉ values: ``2(n−1)·α + 2(n−1)/n · values·b/β`` (0 for n = 1)."""
+                        latency: float, allreduces: int = 1) -> float:
+    """2(n−1) steps of ⌈values/n⌉ values: ``2(n−1)·α + 2(n−1)/n · values·b/β`` (0 for n = 1).
+    The values split into ``allreduces`` all-reduces (DDP's gradient buckets, a logged loss)
+    pay the latency term once each: ``allreduces·2(n−1)·α``."""
     require_int(n, "n", minimum=1)
+    require_int(allreduces, "allreduces", minimum=1)
     if n == 1:
         return 0.0
     steps = 2 * (n - 1)
-    return steps * latency + steps / n * values * bytes_per_value / bandwidth
+    return allreduces * steps * latency + steps / n * values * bytes_per_value / bandwidth
 
 
 def fifo_deliveries(ready: np.ndarray, latency: float, service: float) -> np.ndarray:
@@ -240,16 +246,17 @@ def ps_cpu_work(cluster: ClusterModel, cpu: np.ndarray, wait: int, d: int, m: in
     return cpu.sum(axis=-1) + ps + traffic
 
 
-def ddp_cpu_work(cluster: ClusterModel, cpu: np.ndarray, d: int,
-                 grad_bytes: float) -> np.ndarray:
+def ddp_cpu_work(cluster: ClusterModel, cpu: np.ndarray, d: int, grad_bytes: float,
+                 allreduces: int = 1) -> np.ndarray:
     """CPU seconds (…,) of a DDP iteration on a shared host: the n ranks' compute ``cpu``
-    (…, n) and the ring: every rank sends 2(n−1) messages of ⌈d/n⌉ values."""
+    (…, n) and the ring: every rank sends 2(n−1)/n·d values in 2(n−1) messages per
+    all-reduce (``allreduces`` of them: DDP's buckets, a logged loss)."""
     cpu = np.asarray(cpu, dtype=np.float64)
     n = cpu.shape[-1]
     if n == 1:
         return cpu.sum(axis=-1)
     steps = 2 * (n - 1)
-    traffic = cluster.transfer_cpu(n * steps / n * d * grad_bytes, n * steps)
+    traffic = cluster.transfer_cpu(n * steps / n * d * grad_bytes, allreduces * n * steps)
     return cpu.sum(axis=-1) + traffic
 
 
@@ -279,14 +286,16 @@ def ps_iteration_times(cluster: ClusterModel, compute: np.ndarray, wait: int, d:
 
 
 def ddp_iteration_times(cluster: ClusterModel, compute: np.ndarray, d: int,
-                        grad_bytes: float, cpu: np.ndarray | None = None) -> np.ndarray:
+                        grad_bytes: float, cpu: np.ndarray | None = None,
+                        allreduces: int = 1) -> np.ndarray:
     """DDP iteration times (…,): the slowest worker's compute, then a ring all-reduce of d
-    gradient values (no overlap of the two); on a shared host at least
-    :func:`ddp_cpu_work` / c (``cpu`` as for :func:`ps_iteration_times`)."""
+    gradient values in ``allreduces`` parts (no overlap with the compute); on a shared host
+    at least :func:`ddp_cpu_work` / c (``cpu`` as for :func:`ps_iteration_times`)."""
     compute = np.asarray(compute, dtype=np.float64)
     n = compute.shape[-1]
-    total = compute.max(axis=-1) + cluster.ring_allreduce_time(n, d, grad_bytes)
+    total = compute.max(axis=-1) + cluster.ring_allreduce_time(n, d, grad_bytes, allreduces)
     if cluster.shared_cores is not None:
-        work = ddp_cpu_work(cluster, compute if cpu is None else cpu, d, grad_bytes)
+        work = ddp_cpu_work(cluster, compute if cpu is None else cpu, d, grad_bytes,
+                            allreduces)
         total = np.maximum(total, cluster.shared_host_bound(work))
     return total

@@ -2,6 +2,7 @@
 
     python bench/bench_vs_ddp.py                       # about 2 min on a 2-core CPU
     python bench/bench_vs_ddp.py --skip-a --time-scale 0.1
+    python bench/bench_vs_ddp.py --calibrate           # also cluster=loopback measured now
 
 Every run goes through the train app's ``run_training`` (this process is rank 0: DDP's
 rank 0, or the parameter server) with worker processes on this machine (gloo, CPU):
@@ -27,8 +28,11 @@ rank 0, or the parameter server) with worker processes on this machine (gloo, CP
 
 Both parts also print the cost model's predicted iteration time (``cluster=loopback``,
 costmodel.py) next to the measured one for every scheme (issue 12's calibration, target
-within 25 %): in (b) the slept delays as compute; in (a) 6·d flops per sample at the
-cluster's worker_flops (the model has no term for the n + 1 processes sharing the cores).
+within 25 %): in (b) the slept delays plus a worker's real compute; in (a) a worker's fixed
+work per parameter plus 6·d flops per sample. Both take the shared host into account: an
+iteration lasts at least the CPU work of all n + 1 processes (compute, decode, the kernel's
+copies of every byte at both ends, a cost per message) over the cores; (a) also prints the
+critical path alone (a core per process), which is what a cluster would see.
 
 Prints the delay model's parameters, bytes per iteration next to the times, the load
 (``uptime``) before and after, and as its last line
@@ -54,7 +58,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from agc_pipeline.conf_path import CONFIG_DIR
-from agc_pipeline.costmodel import ddp_iteration_times, ps_iteration_times
+from agc_pipeline.costmodel import ClusterModel, ddp_iteration_times, ps_iteration_times
 from agc_pipeline.train import build_trainer, run_training
 
 N = 8
@@ -113,15 +117,19 @@ def bytes_per_iteration(summary: dict[str, Any], rows: list[dict]) -> str:
 
 
 def modelled_times(cfg: Any, iterations: int, time_scale: float,
+                   cluster: ClusterModel | None = None, allreduces: int | None = None,
                    ) -> tuple[list[float], list[float]]:
     """The run ``cfg``'s iteration times, built without starting any process: the delay
     model's alone (time units: the draw the runtime's workers sleep, and how long the PS, or
     DDP, waits for it), and the cost model's prediction in seconds (``cluster=loopback``:
-    those sleeps as compute, then the PS's broadcast, FIFO uploads of ⌈d/m⌉ values and decode,
-    or DDP's ring all-reduce; costmodel.py)."""
+    those sleeps plus the real compute, then the PS's broadcast, FIFO uploads of ⌈d/m⌉ values,
+    decode and update, or DDP's ring all-reduce, and at least the CPU work over the shared
+    cores; costmodel.py). ``cluster``: default ``cluster=loopback``; ``allreduces``: DDP's
+    per iteration (default :func:`ddp_allreduces` with one bucket)."""
     trainer = build_trainer(cfg)
     core, ddp = trainer.core, cfg.trainer.get("name") == "ddp"
-    cluster = instantiate(compose_cluster("loopback"))
+    cluster = cluster or loopback()
+    allreduces = allreduces or ddp_allreduces(cfg, None)
     # the real compute of a worker (its samples: a DDP rank its subset, a coded worker its
     # load), on a core, next to the slept delay, which uses none
     cpu = cluster.worker_compute(np.asarray(core.work, dtype=np.float64), 6.0 * core.d, core.d)
@@ -131,7 +139,8 @@ def modelled_times(cfg: Any, iterations: int, time_scale: float,
         modelled.append(float(draw.iteration_time))
         compute = np.asarray(draw.finish_times, dtype=np.float64) * time_scale + cpu
         if ddp:
-            predicted.append(float(ddp_iteration_times(cluster, compute, core.d, 4.0, cpu=cpu)))
+            predicted.append(float(ddp_iteration_times(cluster, compute, core.d, 4.0, cpu=cpu,
+                                                       allreduces=allreduces)))
         else:
             wait = int(np.asarray(draw.survivors).sum())
             predicted.append(float(ps_iteration_times(cluster, compute, wait, core.d, core.m,
@@ -139,9 +148,35 @@ def modelled_times(cfg: Any, iterations: int, time_scale: float,
     return modelled, predicted
 
 
-def compose_cluster(name: str):  # noqa: ANN201 - DictConfig
+def loopback() -> ClusterModel:
+    """``cluster=loopback`` as configured (its figures were measured on the date it states)."""
     with initialize_config_dir(config_dir=str(CONFIG_DIR / "cluster"), version_base="1.3"):
-        return compose(config_name=name)
+        return instantiate(compose(config_name="loopback"))
+
+
+def measured_loopback() -> ClusterModel:
+    """``cluster=loopback``'s figures measured now by bench_loopback.py (about 25 s): the
+    same machine state as the runs that follow."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import bench_loopback as calibrate
+
+    latency, bandwidth, _ = calibrate.measure_links(20, 64)
+    flops, per_parameter, _ = calibrate.measure_step(20)
+    shared = calibrate.measure_shared_host(N, 20)
+    return replace(loopback(), name="loopback, measured now", latency=latency,
+                   bandwidth=bandwidth, worker_flops=flops,
+                   ps_memory_bandwidth=calibrate.measure_ps_memory_bandwidth(20),
+                   step_time_per_parameter=per_parameter,
+                   shared_cores=len(os.sched_getaffinity(0)),
+                   transfer_cpu_per_byte=shared["transfer_cpu_per_byte"],
+                   message_cpu=shared["message_cpu"])
+
+
+def ddp_allreduces(cfg: Any, summary: dict[str, Any] | None) -> int:
+    """DDP's all-reduces per iteration: its gradient buckets (the run's summary; 1 without
+    one) and, when every iteration is logged, the training loss's."""
+    buckets = ((summary or {}).get("ddp") or {}).get("buckets") or 1
+    return int(buckets) + (1 if int(cfg.trainer.get("log_every", 0)) == 1 else 0)
 
 
 def time_to_loss(rows: list[dict], target: float) -> tuple[float, int] | None:
@@ -153,7 +188,7 @@ def time_to_loss(rows: list[dict], target: float) -> tuple[float, int] | None:
     return None
 
 
-def part_a(args: argparse.Namespace, out: Path) -> float:
+def part_a(args: argparse.Namespace, out: Path, clusters: list[ClusterModel]) -> float:
     """(a): iteration times without injected delays at d ≈ 1M; returns coded PS / DDP."""
     common = ["dataset=mnist", f"dataset.train_size={N * args.a_samples}",
               "dataset.test_size=10", "model=mlp", f"model.hidden={args.hidden}",
@@ -180,27 +215,31 @@ def part_a(args: argparse.Namespace, out: Path) -> float:
     # the cost model (cluster=loopback): a worker's fixed work per parameter and 6·d flops
     # per sample (the coded workers: load 2, twice the samples); the ring, or the PS's traffic,
     # decode and update; and at least the CPU work of all the processes over the shared cores
-    cluster = instantiate(compose_cluster("loopback"))
     d = int(ddp["parameters"])
+    allreduces = ddp_allreduces(compose_train([*common, *DDP]), ddp)
     ones = np.ones(N)
-    ddp_compute = cluster.worker_compute(args.a_samples, 6.0 * d, d, ones)
-    ps_compute = cluster.worker_compute(2 * args.a_samples, 6.0 * d, d, ones)
-    predicted = {
-        "DDP": (ddp_iteration_times(cluster, ddp_compute, d, 4.0), t_ddp,
-                ddp_iteration_times(replace(cluster, shared_cores=None), ddp_compute, d, 4.0)),
-        "(7) m=2 PS": (ps_iteration_times(cluster, ps_compute, N, d, 2, N, 4.0, 4.0), t_ps,
-                       ps_iteration_times(replace(cluster, shared_cores=None), ps_compute, N,
-                                          d, 2, N, 4.0, 4.0))}
-    print(f"  cost model (cluster=loopback: the {N + 1} processes share "
-          f"{cluster.shared_cores} cores) against the measured median iteration time:")
-    for label, (guess, measured, path) in predicted.items():
-        print(f"  {label:12s} predicted {float(guess):6.3f} s, measured {measured:6.3f} s: "
-              f"{100 * (float(guess) / measured - 1):+5.1f}% (target within ±25%; the critical "
-              f"path alone, a core per process: {float(path):.3f} s)")
+    for cluster in clusters:
+        ddp_compute = cluster.worker_compute(args.a_samples, 6.0 * d, d, ones)
+        ps_compute = cluster.worker_compute(2 * args.a_samples, 6.0 * d, d, ones)
+        apart = replace(cluster, shared_cores=None)
+        predicted = {
+            "DDP": (ddp_iteration_times(cluster, ddp_compute, d, 4.0, allreduces=allreduces),
+                    t_ddp, ddp_iteration_times(apart, ddp_compute, d, 4.0,
+                                               allreduces=allreduces)),
+            "(7) m=2 PS": (ps_iteration_times(cluster, ps_compute, N, d, 2, N, 4.0, 4.0), t_ps,
+                           ps_iteration_times(apart, ps_compute, N, d, 2, N, 4.0, 4.0))}
+        print(f"  cost model ({cluster.name}: the {N + 1} processes share "
+              f"{cluster.shared_cores} cores; DDP {allreduces} all-reduces per iteration) "
+              "against the measured median iteration time:")
+        for label, (guess, measured, path) in predicted.items():
+            print(f"  {label:12s} predicted {float(guess):6.3f} s, measured {measured:6.3f} s: "
+                  f"{100 * (float(guess) / measured - 1):+5.1f}% (target within ±25%; the "
+                  f"critical path alone, a core per process: {float(path):.3f} s)")
     return t_ps / t_ddp
 
 
-def part_b(args: argparse.Namespace, out: Path) -> float | None:
+def part_b(args: argparse.Namespace, out: Path,
+           clusters: list[ClusterModel]) -> float | None:
     """(b): time to the loss target under the delay model; returns DDP / (7) m=2."""
     delay = ["straggler=slowdown", f"straggler.p={args.p}", f"straggler.r={args.r}",
              f"straggler.per_sample={1 / PER_WORKER}", "straggler.comm_per_unit=0"]
@@ -221,9 +260,10 @@ def part_b(args: argparse.Namespace, out: Path) -> float | None:
                if label in ("DDP", CODED) or not args.short}
     results = {label: run(label, [*common, *overrides], out / "b")
                for label, overrides in schemes.items()}
-    both = {label: modelled_times(compose_train([*common, *overrides]), args.iterations,
-                                  args.time_scale)
-            for label, overrides in schemes.items()}
+    cfgs = {label: compose_train([*common, *overrides]) for label, overrides in schemes.items()}
+    allreduces = ddp_allreduces(cfgs["DDP"], results["DDP"][0])
+    both = {label: modelled_times(cfg, args.iterations, args.time_scale, clusters[0],
+                                  allreduces) for label, cfg in cfgs.items()}
     modelled = {label: pair[0] for label, pair in both.items()}
     ddp_reached = time_to_loss(results["DDP"][1], args.target_loss)
     ddp_model = None if ddp_reached is None else \
@@ -249,12 +289,16 @@ def part_b(args: argparse.Namespace, out: Path) -> float | None:
           "over the same iterations: what the simulated trainer's clock shows; the measured\n"
           "  time adds the real compute, the messages and the PS's decode and logging on "
           "this machine's shared cores)")
-    print("\n  cost model (cluster=loopback) against the measured mean iteration time:")
-    for label, (summary, _) in results.items():
-        predicted = statistics.mean(both[label][1])
-        measured = summary["mean_iteration_time"]
-        print(f"  {label:26s} predicted {predicted:6.3f} s, measured {measured:6.3f} s: "
-              f"{100 * (predicted / measured - 1):+5.1f}% (target within ±25%)")
+    for cluster in clusters:
+        print(f"\n  cost model ({cluster.name}) against the measured mean iteration time:")
+        for label, (summary, _) in results.items():
+            predicted = statistics.mean(
+                both[label][1] if cluster is clusters[0] else
+                modelled_times(cfgs[label], args.iterations, args.time_scale, cluster,
+                               allreduces)[1])
+            measured = summary["mean_iteration_time"]
+            print(f"  {label:26s} predicted {predicted:6.3f} s, measured {measured:6.3f} s: "
+                  f"{100 * (predicted / measured - 1):+5.1f}% (target within ±25%)")
     coded = time_to_loss(results[CODED][1], args.target_loss)
     if ddp_reached is None or coded is None:
         print(f"  the loss target {args.target_loss} was not reached by "
@@ -280,12 +324,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-a", action="store_true")
     parser.add_argument("--skip-b", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="keep the run dirs here")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="also predict with cluster=loopback's figures measured now "
+                             "(bench_loopback.py, about 25 s more)")
     args = parser.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_vs_ddp_"))
     started = time.perf_counter()
     print(f"bench_vs_ddp: gloo on this machine's CPU, n = {N}; {load()}", flush=True)
-    ratio = None if args.skip_a else part_a(args, out)
-    speedup = None if args.skip_b else part_b(args, out)
+    clusters = [loopback()]
+    if args.calibrate:
+        print("calibrating cluster=loopback now (bench_loopback.py) ...", flush=True)
+        clusters.append(measured_loopback())
+        now = clusters[-1]
+        print(f"  measured now: latency {now.latency * 1e6:.0f} us, bandwidth "
+              f"{now.bandwidth / 1e9:.2f} GB/s, {now.worker_flops / 1e9:.0f} GFLOP/s + "
+              f"{now.step_time_per_parameter * 1e9:.1f} ns per parameter, "
+              f"{now.transfer_cpu_per_byte * 1e9:.3f} CPU ns per byte, "
+              f"{now.message_cpu * 1e6:.1f} CPU us per message", flush=True)
+    ratio = None if args.skip_a else part_a(args, out, clusters)
+    speedup = None if args.skip_b else part_b(args, out, clusters)
     print(f"\n{time.perf_counter() - started:.0f} s in all; {load()}; run dirs: {out}")
     iteration = "n/a" if ratio is None else f"{ratio:.2f}"
     faster = "n/a" if speedup is None else f"{speedup:.2f}"

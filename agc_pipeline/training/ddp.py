@@ -185,6 +185,8 @@ class DdpRuntime:
                 f"assignment={a.kind}, scheme={scheme.name}, m={core.m}, "
                 f"wait_for_all={str(settings.wait_for_all).lower()}")
         n = self.n = core.n
+        #: DDP's gradient buckets after its rebuild (read after the first iteration)
+        self.buckets: int | None = None
         require(settings.min_workers in (None, n),
                 f"trainer.min_workers={settings.min_workers}: trainer=ddp needs all n = {n} "
                 "ranks (DDP cannot continue without one; a lost rank stops the run with a "
@@ -271,6 +273,8 @@ class DdpRuntime:
         except RuntimeError as exc:
             raise WorkersLost(self._lost(t, exc)) from None
         end = time.perf_counter()
+        if self.buckets is None:
+            self.buckets = self._bucket_count()
         tot = core.totals
         assert isinstance(tot, DdpTotals)
         tot.iterations, tot.survivors = t + 1, tot.survivors + self.n
@@ -336,6 +340,15 @@ class DdpRuntime:
         (model.loss_sum(out, self.y[0, :1]) * 0.0).backward()
         for p in model.parameters():
             p.grad = None
+
+    def _bucket_count(self) -> int | None:
+        """How many all-reduces DDP splits the gradients into (its logging data; None where
+        this PyTorch does not report it)."""
+        try:
+            sizes = str(self.ddp._get_ddp_logging_data()["bucket_sizes"])  # type: ignore[union-attr]
+        except (AttributeError, KeyError, RuntimeError):
+            return None
+        return len([part for part in sizes.split(",") if part.strip()]) or None
 
     def modelled_times(self, t: int) -> np.ndarray:
         """Every worker's modelled compute (+ communication) time of iteration t in time
@@ -416,7 +429,7 @@ class DdpRuntime:
             "ddp": {"workers": self.n, "backend": self.settings.backend,
                     "launch": "torchrun" if torchrun_env() else "local",
                     "time_scale": self.time_scale, "timeout_s": self.settings.timeout_s,
-                    "bucket_cap_mb": self.settings.bucket_cap_mb,
+                    "bucket_cap_mb": self.settings.bucket_cap_mb, "buckets": self.buckets,
                     "bytes_per_rank_per_iteration": self.bytes_per_iteration},
         }
 
