@@ -46,12 +46,13 @@ processor per node) nothing of this applies.
 What the model ignores (stated again in the README and in ``plan.json``): contention beyond
 the PS's link (the switch is non-blocking, workers' links are never the bottleneck of a PS
 iteration), overlap of compute and communication (DDP's bucketed all-reduce during the
-backward pass, a worker streaming its message as it computes), the optimizer step (the same
-for every scheme), messages of stragglers after the PS moved on (cancelled, they take no
-bandwidth), protocol overheads beyond the measured or published effective bandwidth, and
-memory limits. On a shared host the CPU-work bound assumes the scheduler keeps every core
-busy (perfect packing) and counts the messages of the algorithms (DDP's all-reduces as
-the caller counts them: its buckets and a logged loss).
+backward pass, a worker streaming its message as it computes), the optimizer step where
+``step_time_per_parameter`` is 0 (the published clusters), messages of stragglers after
+the PS moved on (cancelled, they take no bandwidth), protocol overheads beyond the
+measured or published effective bandwidth, and memory limits. On a shared host the
+CPU-work bound assumes the scheduler keeps every core busy (perfect packing) and counts
+the messages of the algorithms (DDP's all-reduces as the caller counts them: its buckets
+and a logged loss).
 """
 
 from __future__ import annotations
@@ -127,9 +128,9 @@ class ClusterModel:
                        slowdown: np.ndarray | float = 1.0) -> np.ndarray:
         """A node's compute: ``(d·t_p + samples × flops_per_sample / worker_flops) ×
         slowdown`` (the fixed per-parameter work, then the samples)."""
-        return (d * self.step_time_per_parameter
-                + samples * flops_per_sample / self.worker_flops) \
-            * np.asarray(slowdown, dtype=np.float64)
+        slow = np.asarray(slowdown, dtype=np.float64)
+        return d * self.step_time_per_parameter * slow + compute_times(
+            samples, flops_per_sample, self.worker_flops, slow)
 
     def transfer_cpu(self, nbytes: float, messages: float) -> float:
         """CPU of transfers on a shared host: ``2·nbytes·c_b + messages·c_m``."""
