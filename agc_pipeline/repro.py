@@ -20,8 +20,14 @@ A run that stops for any other reason (e.g. the app refuses the check's config) 
 Bit-identical means: on x86-64 CPUs with AVX2, with this module's pinned environment
 (:data:`PINNED_ENV`: one thread everywhere, MKL's conditional numerical reproducibility and
 torch/OpenBLAS/oneDNN kernels pinned to AVX2), for the library versions recorded in the
-goldens. Other CPUs, or other torch/numpy versions, may differ in the last bits: regenerate
-with ``--update`` after checking that the differences are rounding, and commit the goldens.
+goldens. Other CPUs, or other torch/numpy versions, may differ in the last bits (MKL, for
+one, dispatches by CPU vendor whatever the pinning). A golden file therefore holds the main
+numbers (``metrics``, recorded on the CPU named in ``cpu``) and, under ``cpus``, the numbers
+of further CPUs (:func:`cpu_fingerprint`); a check compares with this CPU's own entry when
+there is one, else with the main numbers, and is bit-identical either way. After checking
+that the differences are rounding: ``--update`` rewrites the main numbers (and drops the
+other CPUs' entries, which must then be recorded again on those CPUs), ``--add-cpu`` records
+this CPU's entry and keeps the rest. Commit the goldens.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import argparse
 import json
 import math
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -282,19 +289,51 @@ def run_case(case: Case, run_dir: Path, extra: Sequence[str] = ()) -> subprocess
                           timeout=900, check=False)
 
 
+def cpu_fingerprint() -> str:
+    """The CPU whose kernels the last bits depend on: vendor, family, model and model name of
+    the first processor in ``/proc/cpuinfo`` (elsewhere :func:`platform.processor`)."""
+    keys = ("vendor_id", "cpu family", "model", "model name")
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if not line.strip() and fields:
+                break  # the first processor is enough
+            key, _, value = line.partition(":")
+            if key.strip() in keys:
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    if not fields:
+        return platform.processor() or platform.machine() or "unknown CPU"
+    return (f"{fields.get('vendor_id', '?')} family {fields.get('cpu family', '?')} model "
+            f"{fields.get('model', '?')} ({fields.get('model name', '?')})")
+
+
+def reference(golden: dict[str, Any], cpu: str) -> tuple[dict[str, list[Any]], str]:
+    """The golden numbers to compare with on ``cpu`` and where they were recorded: this CPU's
+    own entry under ``cpus`` when there is one, else the main ``metrics``."""
+    own = golden.get("cpus", {}).get(cpu)
+    if own is not None:
+        return own["metrics"], f"this CPU's entry ({cpu})"
+    origin = golden.get("cpu", "a CPU not recorded")
+    return golden["metrics"], f"the main numbers (recorded on {origin})"
+
+
 def golden_path(golden_dir: Path, case: Case) -> Path:
     """``<golden_dir>/<case>.json``."""
     return Path(golden_dir) / f"{case.name}.json"
 
 
 def check(case: Case, golden_dir: Path, work: Path, update: bool = False,
-          extra: Sequence[str] = ()) -> Outcome:
-    """Run one case and compare it with (or, with ``update``, write) its golden file."""
+          extra: Sequence[str] = (), add_cpu: bool = False) -> Outcome:
+    """Run one case and compare it with (or, with ``update``, write; with ``add_cpu``, add
+    this CPU's entry to) its golden file."""
     reason = case.unavailable()
     if reason is not None:
         return Outcome(case, "skip", f"{case.requires} is missing on this machine: {reason}")
     path = golden_path(golden_dir, case)
     golden = None
+    cpu = cpu_fingerprint()
     if not update:
         if not path.is_file():
             return Outcome(case, "fail", f"no golden file {path}: create it with `python -m "
@@ -319,20 +358,32 @@ def check(case: Case, golden_dir: Path, work: Path, update: bool = False,
                           "app": case.app, "overrides": list(case.overrides),
                           "kind": case.kind, "tolerance": RTOL[case.kind],
                           "versions": library_versions(), "environment": PINNED_ENV,
-                          "metrics": metrics})
+                          "cpu": cpu, "metrics": metrics})
         return Outcome(case, "updated", str(path), seconds=seconds)
     assert golden is not None
-    diffs = compare(metrics, golden["metrics"], case.kind)
+    if add_cpu:
+        golden.setdefault("cpus", {})[cpu] = {"versions": library_versions(),
+                                              "metrics": metrics}
+        write_json(path, golden)
+        return Outcome(case, "updated", f"{path}: added the entry of {cpu}", seconds=seconds)
+    expected, where = reference(golden, cpu)
+    diffs = compare(metrics, expected, case.kind)
     count = sum(len(v) for v in metrics.values())
     note = f" with extra overrides {' '.join(extra)}" if extra else ""
     if diffs:
+        note += f"; compared with {where}"
+        if cpu not in golden.get("cpus", {}) and golden.get("cpu") != cpu:
+            note += (f"; this CPU ({cpu}) has no entry of its own: if the differences are "
+                     f"rounding, add one with `agc-repro --add-cpu --only {case.name}`")
         changed = [f"{k} {v} (golden: {golden.get('versions', {}).get(k)})"
                    for k, v in library_versions().items()
                    if golden.get("versions", {}).get(k) != v]
         note += f"; library versions changed: {', '.join(changed)}" if changed else ""
         return Outcome(case, "fail", f"{len(diffs)} of {count} values differ from {path}{note}",
                        diffs, seconds)
-    return Outcome(case, "pass", f"{count} values match ({case.kind}){note}", seconds=seconds)
+    own = ", this CPU's entry" if cpu in golden.get("cpus", {}) else ""
+    return Outcome(case, "pass", f"{count} values match ({case.kind}{own}){note}",
+                   seconds=seconds)
 
 
 def select_cases(names: Sequence[str] = ()) -> list[Case]:
@@ -346,7 +397,7 @@ def select_cases(names: Sequence[str] = ()) -> list[Case]:
 
 def run_checks(names: Sequence[str] = (), golden_dir: Path = GOLDEN_DIR, update: bool = False,
                extra: Sequence[str] = (), keep: Path | None = None,
-               echo: bool = True) -> list[Outcome]:
+               echo: bool = True, add_cpu: bool = False) -> list[Outcome]:
     """Run the selected cases (all by default); print each outcome when ``echo``."""
     cases = select_cases(names)
     work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="agc-repro-"))
@@ -354,7 +405,7 @@ def run_checks(names: Sequence[str] = (), golden_dir: Path = GOLDEN_DIR, update:
     outcomes = []
     try:
         for case in cases:
-            outcome = check(case, golden_dir, work, update, extra)
+            outcome = check(case, golden_dir, work, update, extra, add_cpu)
             outcomes.append(outcome)
             if echo:
                 for line in outcome.lines():
@@ -370,7 +421,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="agc-repro", description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", default=[], metavar="NAME",
                         help="run only this check (repeatable)")
-    parser.add_argument("--update", action="store_true", help="rewrite the golden files")
+    parser.add_argument("--update", action="store_true",
+                        help="rewrite the golden files (their main numbers, from this CPU)")
+    parser.add_argument("--add-cpu", action="store_true",
+                        help="add this CPU's numbers to the golden files, keeping the rest")
     parser.add_argument("--list", action="store_true", help="list the checks and exit")
     parser.add_argument("--golden-dir", type=Path, default=GOLDEN_DIR)
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
@@ -381,8 +435,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="exit 0 when a check is skipped because its runtime (e.g. "
                              "torch.distributed) is missing; by default a skip fails the run")
     args = parser.parse_args(argv)
-    if args.update and args.override:
-        parser.error("--update writes the goldens of the canonical configs: no --override")
+    if (args.update or args.add_cpu) and args.override:
+        parser.error("--update and --add-cpu write the goldens of the canonical configs: no "
+                     "--override")
+    if args.update and args.add_cpu:
+        parser.error("--update rewrites the main numbers, --add-cpu adds this CPU's: one of "
+                     "the two")
     if args.list:
         for case in CASES:
             state = "" if case.available() else f"  [{case.requires} missing: skipped]"
@@ -395,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
             if problem is not None:
                 raise ValueError(problem)
         outcomes = run_checks(args.only, args.golden_dir, args.update, args.override,
-                              args.keep)
+                              args.keep, add_cpu=args.add_cpu)
     except ValueError as exc:
         print(f"agc-repro: {exc}", file=sys.stderr)
         return 2

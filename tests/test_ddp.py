@@ -93,6 +93,8 @@ def test_ddp_losses_equal_the_simulated_uncoded_wait_run(model: str, batch: int 
     assert summary["total_bytes_per_rank"] == 5 * ring_allreduce_bytes(N, d)
     assert ddp[-1]["wall_time"] == pytest.approx(sum(r["iteration_time"] for r in ddp))
     assert summary["ddp"]["launch"] == "local" and summary["virtual_time"] is None
+    # the gradients of this small model fit one bucket of 25 MB: one all-reduce of d values
+    assert summary["ddp"]["buckets"] == 1
 
 
 def test_the_same_delays_in_every_runtime(tmp_path: Path) -> None:

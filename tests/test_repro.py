@@ -9,7 +9,17 @@ from pathlib import Path
 import pytest
 
 from agc_pipeline import repro
-from agc_pipeline.repro import CASES, GOLDEN_DIR, Case, check, compare, main, run_checks
+from agc_pipeline.repro import (
+    CASES,
+    GOLDEN_DIR,
+    Case,
+    check,
+    compare,
+    cpu_fingerprint,
+    main,
+    reference,
+    run_checks,
+)
 
 
 def _torch_distributed_here() -> bool:
@@ -135,3 +145,51 @@ def test_the_pinned_environment_sets_no_dead_switch() -> None:
         "*.py") if path.name != "repro.py")
     dead = [key for key in repro.PINNED_ENV if key.startswith("AGC_") and key not in sources]
     assert not dead, dead
+
+
+def test_a_cpu_of_its_own_is_compared_with_its_own_entry(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str],
+                                                         ) -> None:
+    """MKL's last bits depend on the CPU: a golden file may hold further CPUs' numbers under
+    ``cpus``; this CPU's entry, when present, is the reference (bit-identical), and the
+    main numbers are not looked at."""
+    shutil.copytree(GOLDEN_DIR, tmp_path, dirs_exist_ok=True)
+    path = tmp_path / "fig6_simulated_small.json"
+    golden = json.loads(path.read_text())
+    cpu = cpu_fingerprint()
+    right, _ = reference(golden, cpu)
+    golden["cpus"] = {cpu: {"metrics": json.loads(json.dumps(right))},
+                      "Other vendor family 1 model 1 (x)": {"metrics": {}}}
+    golden["metrics"]["train_loss"][1] *= 1 + 1e-9  # the main numbers wrong for this CPU
+    path.write_text(json.dumps(golden))
+    assert main(["--only", "fig6_simulated_small", "--golden-dir", str(tmp_path)]) == 0
+    assert "this CPU's entry" in capsys.readouterr().out
+    golden["cpus"][cpu]["metrics"]["train_loss"][1] *= 1 + 1e-9  # now its own entry is off
+    path.write_text(json.dumps(golden))
+    assert main(["--only", "fig6_simulated_small", "--golden-dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "compared with this CPU's entry" in out and "train_loss[it=1]" in out
+
+
+def test_reference_and_add_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    golden = {"cpu": "A", "metrics": {"x": [1.0]}, "cpus": {"B": {"metrics": {"x": [2.0]}}}}
+    assert reference(golden, "B") == ({"x": [2.0]}, "this CPU's entry (B)")
+    assert reference(golden, "C") == ({"x": [1.0]}, "the main numbers (recorded on A)")
+    assert reference({"metrics": {}}, "C")[1] == "the main numbers (recorded on a CPU not " \
+        "recorded)"
+    assert cpu_fingerprint() and cpu_fingerprint() == cpu_fingerprint()
+    # --add-cpu records this CPU's numbers and keeps the main ones
+    shutil.copytree(GOLDEN_DIR, tmp_path, dirs_exist_ok=True)
+    path = tmp_path / "fig3_small.json"
+    before = json.loads(path.read_text())
+    assert main(["--add-cpu", "--only", "fig3_small", "--golden-dir", str(tmp_path)]) == 0
+    after = json.loads(path.read_text())
+    assert after["metrics"] == before["metrics"]
+    assert set(after["cpus"]) == {cpu_fingerprint()}
+    assert compare(after["cpus"][cpu_fingerprint()]["metrics"], before["metrics"],
+                   "analysis") == []
+    assert "added the entry of" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:
+        main(["--add-cpu", "--update"])
+    assert stop.value.code == 2
+    assert "one of the two" in capsys.readouterr().err
