@@ -1,7 +1,8 @@
 """Calibrate ``cluster=loopback``: gloo point-to-point latency and bandwidth between two
-processes on this machine, a worker's training FLOP/s and the PS's memory bandwidth.
+processes on this machine, a worker's training FLOP/s and fixed work per parameter, the PS's
+memory bandwidth, and the CPU that transfers cost when all the processes share the cores.
 
-    python bench/bench_loopback.py            # ~30 s; prints the figures and a YAML block
+    python bench/bench_loopback.py            # ~25 s; prints the figures and a YAML block
     python bench/bench_loopback.py --repeats 50 --max-mb 64
 
 Latency α: half the 10th percentile of the round trips of a 4-byte ping-pong. Bandwidth β:
