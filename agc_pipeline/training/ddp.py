@@ -185,7 +185,7 @@ class DdpRuntime:
                 f"assignment={a.kind}, scheme={scheme.name}, m={core.m}, "
                 f"wait_for_all={str(settings.wait_for_all).lower()}")
         n = self.n = core.n
-        #: DDP's gradient buckets after its rebuild (read after the first iteration)
+        #: DDP's gradient buckets after its rebuild (read when the session ends)
         self.buckets: int | None = None
         require(settings.min_workers in (None, n),
                 f"trainer.min_workers={settings.min_workers}: trainer=ddp needs all n = {n} "
@@ -255,6 +255,8 @@ class DdpRuntime:
         if not completed and dist.is_initialized():
             dist.destroy_process_group()
         launch.stop(grace)
+        if self.ddp is not None:  # read once, off the iterations' path
+            self.buckets = self._bucket_count()
         self.ddp = self.control = self.launch = None
 
     def step(self, evaluate: bool = False) -> dict[str, Any]:
@@ -273,8 +275,6 @@ class DdpRuntime:
         except RuntimeError as exc:
             raise WorkersLost(self._lost(t, exc)) from None
         end = time.perf_counter()
-        if self.buckets is None:
-            self.buckets = self._bucket_count()
         tot = core.totals
         assert isinstance(tot, DdpTotals)
         tot.iterations, tot.survivors = t + 1, tot.survivors + self.n
