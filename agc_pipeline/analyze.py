@@ -29,11 +29,11 @@ from agc_pipeline.build import (
 )
 from agc_pipeline.codes.stack import Stack
 from agc_pipeline.conf_path import CONFIG_DIR
-from agc_pipeline.jobs import app_job, run_group, run_name
-from agc_pipeline.progress import progress
-from agc_pipeline.provenance import record
-from agc_pipeline.sinks import make_logger_sink, write_json
-from agc_pipeline.sweeps import skip_finished_job
+from agc_pipeline.reporting.jobs import app_job, run_group, run_name
+from agc_pipeline.reporting.progress import progress
+from agc_pipeline.reporting.provenance import record
+from agc_pipeline.reporting.sinks import make_logger_sink, write_json
+from agc_pipeline.reporting.sweeps import skip_finished_job
 from agc_pipeline.validation import require_bool, require_finite, require_int, require_int_list
 
 log = logging.getLogger("agc_pipeline.analyze")

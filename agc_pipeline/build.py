@@ -18,15 +18,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from agc_pipeline.codes.assignment import Assignment
 from agc_pipeline.codes.base import Scheme
+from agc_pipeline.coding.decoding import Decoder
 from agc_pipeline.conf_path import preset_app
-from agc_pipeline.decoding import Decoder
 from agc_pipeline.errors import ConfigError
 
 if TYPE_CHECKING:
-    from agc_pipeline.costmodel import ClusterModel
+    from agc_pipeline.cluster.costmodel import ClusterModel
+    from agc_pipeline.coding.stragglers import StragglerModel
     from agc_pipeline.data import Dataset
     from agc_pipeline.models import CodedModel
-    from agc_pipeline.stragglers import StragglerModel
 
 
 def _instantiate(node: DictConfig, what: str, **kwargs: Any) -> Any:
@@ -157,14 +157,14 @@ def build_model(cfg: DictConfig, dataset: Dataset) -> CodedModel:
 
 def build_straggler(cfg: DictConfig) -> StragglerModel:
     """The straggler model chosen by ``straggler=...``."""
-    from agc_pipeline.stragglers import StragglerModel
+    from agc_pipeline.coding.stragglers import StragglerModel
 
     return _build(cfg.straggler, "straggler", StragglerModel)
 
 
 def build_cluster(cfg: DictConfig) -> ClusterModel | None:
     """The cluster model chosen by ``cluster=...`` (None for ``cluster=none`` or no group)."""
-    from agc_pipeline.costmodel import ClusterModel
+    from agc_pipeline.cluster.costmodel import ClusterModel
 
     node = cfg.get("cluster")
     if node is None or node.get("name") == "none":

@@ -1,4 +1,4 @@
-"""Where the Hydra configs live (``agc_pipeline/conf/``, package data, so a wheel install finds
+"""Where the Hydra configs live (``conf/``, package data, so a wheel install finds
 them), the app each experiment preset is for, and the group listing of each app's ``--help``.
 
 The apps share one config tree. Each ``--help`` lists only its own app's groups (those of its
@@ -14,7 +14,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 _HERE = Path(__file__).resolve().parent
-CONFIG_DIR = _HERE / "conf"
+#: ``agc_pipeline/conf`` in a wheel install, else the checkout's top-level ``conf/``
+CONFIG_DIR = _HERE / "conf" if (_HERE / "conf").is_dir() else _HERE.parent / "conf"
 
 
 def preset_app(name: str) -> str | None:

@@ -1,5 +1,5 @@
 """The ``plan`` app: the cluster cost model without training. Predicted time to a fixed loss
-for DDP and for coded schemes on a modelled cluster (method: :mod:`agc_pipeline.planner`).
+for DDP and for coded schemes on a modelled cluster (method: :mod:`agc_pipeline.cluster.planner`).
 
     python -m agc_pipeline.plan experiment=scale_study      # n × d × m × p, ~1 min
     python -m agc_pipeline.plan cluster=ethernet_10g plan.n=[16,64] plan.d=[1000000]
@@ -22,17 +22,17 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from agc_pipeline.build import build_cluster, refuse_foreign_presets, require_app, run_app
-from agc_pipeline.conf_path import CONFIG_DIR
-from agc_pipeline.costmodel import BROADCASTS, ClusterModel
-from agc_pipeline.errors import require
-from agc_pipeline.planner import (
+from agc_pipeline.cluster.costmodel import BROADCASTS, ClusterModel
+from agc_pipeline.cluster.planner import (
     FAMILIES,
     PlanSettings,
     load_convergence,
     run_plan,
 )
-from agc_pipeline.provenance import record
-from agc_pipeline.sinks import write_json
+from agc_pipeline.conf_path import CONFIG_DIR
+from agc_pipeline.errors import require
+from agc_pipeline.reporting.provenance import record
+from agc_pipeline.reporting.sinks import write_json
 from agc_pipeline.validation import (
     require_bool,
     require_choice,

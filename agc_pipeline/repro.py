@@ -48,8 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from agc_pipeline.conf_path import CONFIG_DIR
-from agc_pipeline.provenance import REPO_ROOT, library_versions
-from agc_pipeline.sinks import write_json
+from agc_pipeline.reporting.provenance import REPO_ROOT, library_versions
+from agc_pipeline.reporting.sinks import write_json
 
 GOLDEN_DIR = REPO_ROOT / "tests" / "golden"
 #: environment of every check's process: deterministic kernels and thread counts

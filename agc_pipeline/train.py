@@ -54,10 +54,10 @@ from agc_pipeline.build import (
 )
 from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.errors import ConfigError, require
-from agc_pipeline.jobs import app_job, run_group, run_name
-from agc_pipeline.provenance import record
-from agc_pipeline.sinks import JsonlSink, MultiSink, make_logger_sink, write_json
-from agc_pipeline.sweeps import limit_threads, skip_finished_job
+from agc_pipeline.reporting.jobs import app_job, run_group, run_name
+from agc_pipeline.reporting.provenance import record
+from agc_pipeline.reporting.sinks import JsonlSink, MultiSink, make_logger_sink, write_json
+from agc_pipeline.reporting.sweeps import limit_threads, skip_finished_job
 from agc_pipeline.training.checkpoint import (
     CHECKPOINT_NAME,
     RUN_FILES,

@@ -29,8 +29,8 @@ from hydra import compose, initialize_config_dir
 
 from agc_pipeline.analysis.engine import ErrorStudy, encoder_rng
 from agc_pipeline.analyze import build_study
+from agc_pipeline.coding.decoding import SurvivorSets, one_blas_thread
 from agc_pipeline.conf_path import CONFIG_DIR
-from agc_pipeline.decoding import SurvivorSets, one_blas_thread
 
 
 def authors_method(b: np.ndarray, f: np.ndarray, masks: np.ndarray) -> np.ndarray:

@@ -35,8 +35,8 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
+from agc_pipeline.coding.stragglers import Delay
 from agc_pipeline.conf_path import CONFIG_DIR
-from agc_pipeline.stragglers import Delay
 from agc_pipeline.train import run_training
 
 N, S = 16, 3

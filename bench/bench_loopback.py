@@ -25,7 +25,7 @@ values to each of the others and receives half as many from each), and
 transfer_cpu_per_byte is the least-squares fit of both large patterns' CPU, their messages'
 taken off, against twice their bytes (both ends copy). The fit is printed next to each.
 
-Copy the printed numbers into ``agc_pipeline/conf/cluster/loopback.yaml`` with the date and
+Copy the printed numbers into ``conf/cluster/loopback.yaml`` with the date and
 the ``uptime`` load: every figure depends on how busy the two cores are.
 """
 

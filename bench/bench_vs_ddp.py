@@ -57,8 +57,8 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from agc_pipeline.cluster.costmodel import ClusterModel, ddp_iteration_times, ps_iteration_times
 from agc_pipeline.conf_path import CONFIG_DIR
-from agc_pipeline.costmodel import ClusterModel, ddp_iteration_times, ps_iteration_times
 from agc_pipeline.train import build_trainer, run_training
 
 N = 8

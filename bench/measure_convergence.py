@@ -30,7 +30,7 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 
 from agc_pipeline.conf_path import CONFIG_DIR
-from agc_pipeline.sinks import write_json
+from agc_pipeline.reporting.sinks import write_json
 from agc_pipeline.train import run_training
 
 OUT = Path(__file__).resolve().parents[1] / "agc_pipeline" / "data" / "convergence"

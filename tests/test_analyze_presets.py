@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from agc_pipeline.analyze import build_study
 from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.errors import ConfigError
-from agc_pipeline.sweeps import app_option, skip_finished_job
+from agc_pipeline.reporting.sweeps import app_option, skip_finished_job
 from tests.conftest import ROOT, compose_config
 
 

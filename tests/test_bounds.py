@@ -7,14 +7,14 @@ import itertools
 import numpy as np
 import pytest
 
-from agc_pipeline import bounds
 from agc_pipeline.analysis.engine import straggler_masks
 from agc_pipeline.codes.designs import bibd
 from agc_pipeline.codes.graphs import biregular, coset, srg
 from agc_pipeline.codes.hadamard_nullspace import HadamardNullspace
 from agc_pipeline.codes.random_diagonal import RandomDiagonal
 from agc_pipeline.codes.stack import Stack
-from agc_pipeline.decoding import optimal_errors
+from agc_pipeline.coding import bounds
+from agc_pipeline.coding.decoding import optimal_errors
 
 
 def monte_carlo_mean(scheme: RandomDiagonal, masks: np.ndarray, draws: int, seed: int = 0

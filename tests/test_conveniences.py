@@ -17,7 +17,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from agc_pipeline.conf_path import CONFIG_DIR, preset_app
-from agc_pipeline.progress import LineProgress
+from agc_pipeline.reporting.progress import LineProgress
 from agc_pipeline.train import run_training
 from agc_pipeline.training.simulated import SimulatedRuntime
 from tests.conftest import ROOT, compose_config

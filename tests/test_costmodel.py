@@ -1,4 +1,4 @@
-"""The cluster cost model (agc_pipeline/costmodel.py) against hand-computed cases, its
+"""The cluster cost model (agc_pipeline/cluster/costmodel.py) against hand-computed cases, its
 monotonicity, and the simulated trainer's virtual clock under ``cluster=``."""
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from agc_pipeline.build import build_cluster
-from agc_pipeline.conf_path import CONFIG_DIR
-from agc_pipeline.costmodel import (
+from agc_pipeline.cluster.costmodel import (
     ClusterModel,
     compute_times,
     ddp_cpu_work,
@@ -22,6 +21,7 @@ from agc_pipeline.costmodel import (
     ring_allreduce_time,
     slowdowns,
 )
+from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.errors import ConfigError
 from agc_pipeline.train import build_trainer
 from tests.conftest import compose_config

@@ -10,7 +10,7 @@ from agc_pipeline.analysis.engine import ErrorStudy, straggler_masks
 from agc_pipeline.codes.base import target_matrix
 from agc_pipeline.codes.designs import bibd
 from agc_pipeline.codes.random_diagonal import RandomDiagonal
-from agc_pipeline.decoding import (
+from agc_pipeline.coding.decoding import (
     FixedDecoder,
     OptimalDecoder,
     PrincipalQuadraticForms,
@@ -120,7 +120,7 @@ def test_condition_number_reported(rng: np.random.Generator) -> None:
 
 
 def test_complement_path_matches_lstsq_on_ill_conditioned_b(rng: np.random.Generator) -> None:
-    from agc_pipeline.decoding import ComplementErrors
+    from agc_pipeline.coding.decoding import ComplementErrors
 
     # square B with cond ≈ 1e4: the Gram path is skipped, the complement path is used
     u, _ = np.linalg.qr(rng.standard_normal((20, 20)))

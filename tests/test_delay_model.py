@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agc_pipeline.coding.stragglers import Delay, StragglerContext, worker_samples
 from agc_pipeline.errors import ConfigError
-from agc_pipeline.stragglers import Delay, StragglerContext, worker_samples
 from agc_pipeline.train import build_trainer, run_training
 from tests.conftest import compose_config
 

@@ -54,8 +54,8 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_wheel_holds_the_configs_and_data(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
-    configs = {p.relative_to(ROOT).as_posix() for p in (ROOT / "agc_pipeline" / "conf").rglob(
-        "*.yaml")}
+    configs = {"agc_pipeline/" + p.relative_to(ROOT).as_posix()
+               for p in (ROOT / "conf").rglob("*.yaml")}
     assert configs <= names, sorted(configs - names)[:5]
     assert "agc_pipeline/data/mnist_t10k/t10k-images-idx3-ubyte.gz" in names
     assert not any(name.startswith("tests/") for name in names)
@@ -108,3 +108,17 @@ def test_the_fork_workflow_only_runs_ci_run_with_a_pip_cache() -> None:
         "cache-dependency-path"]
     script = (ROOT / ".ci" / "run").read_text()
     assert '-e ".[dev,reports]"' in script and "python -m pytest -q" in script
+
+
+def test_pyproject_lists_every_subpackage() -> None:
+    """pyproject.toml lists the packages explicitly (so that the top-level conf/ can ship as
+    agc_pipeline/conf): a new subpackage missing from the list would be missing from wheels."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"])
+    tree = {".".join(p.parent.relative_to(ROOT).parts)
+            for p in (ROOT / "agc_pipeline").rglob("__init__.py")}
+    assert tree | {"agc_pipeline.conf"} == listed
+    assert not [p for p in (ROOT / "agc_pipeline").rglob("*.py")
+                if ".".join(p.parent.relative_to(ROOT).parts) not in tree]

@@ -13,10 +13,8 @@ import numpy as np
 import pytest
 
 from agc_pipeline.build import build_cluster
-from agc_pipeline.costmodel import ps_iteration_times
-from agc_pipeline.errors import ConfigError
-from agc_pipeline.plan import build_plan
-from agc_pipeline.planner import (
+from agc_pipeline.cluster.costmodel import ps_iteration_times
+from agc_pipeline.cluster.planner import (
     ASSUMPTIONS,
     Convergence,
     PlanSettings,
@@ -25,6 +23,8 @@ from agc_pipeline.planner import (
     load_convergence,
     run_plan,
 )
+from agc_pipeline.errors import ConfigError
+from agc_pipeline.plan import build_plan
 from tests.conftest import ROOT, compose_config
 
 FRACTIONS = [0.0, 0.25]

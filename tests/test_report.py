@@ -12,21 +12,14 @@ import pytest
 from omegaconf import OmegaConf
 
 from agc_pipeline.analysis.plot import error_figure
-from agc_pipeline.analysis.report import comparison_figure
 from agc_pipeline.analyze import run_analysis
-from agc_pipeline.jobs import sweep_group
-from agc_pipeline.report import (
-    Group,
-    ReportCallback,
-    ReportError,
-    Run,
-    WandbOptions,
-    find_runs,
-    group_runs,
-    loss_figure,
-    main,
-    make_report,
-)
+from agc_pipeline.report import ReportCallback, main, make_report
+from agc_pipeline.reporting.analysis_runs import comparison_figure
+from agc_pipeline.reporting.figures import loss_figure
+from agc_pipeline.reporting.groups import Group, group_runs
+from agc_pipeline.reporting.jobs import sweep_group
+from agc_pipeline.reporting.runs import ReportError, Run, find_runs
+from agc_pipeline.reporting.wandb_runs import WandbOptions
 from agc_pipeline.train import run_training
 from tests.conftest import compose_config
 

@@ -11,7 +11,7 @@ from agc_pipeline.codes.graphs import biregular, coset
 from agc_pipeline.codes.hadamard_nullspace import HadamardNullspace, pm1_null_vector
 from agc_pipeline.codes.random_diagonal import RandomDiagonal
 from agc_pipeline.codes.stack import Stack
-from agc_pipeline.decoding import optimal_errors
+from agc_pipeline.coding.decoding import optimal_errors
 from agc_pipeline.errors import ConfigError
 
 

@@ -11,9 +11,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from agc_pipeline.conf_path import CONFIG_DIR
-from agc_pipeline.errors import ConfigError
-from agc_pipeline.stragglers import (
+from agc_pipeline.coding.stragglers import (
     Adversarial,
     Bernoulli,
     Delay,
@@ -25,6 +23,8 @@ from agc_pipeline.stragglers import (
     VirtualClock,
     claim1_choice,
 )
+from agc_pipeline.conf_path import CONFIG_DIR
+from agc_pipeline.errors import ConfigError
 
 CONF = CONFIG_DIR
 

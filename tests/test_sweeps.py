@@ -16,10 +16,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from agc_pipeline import provenance
 from agc_pipeline.analyze import run_analysis
 from agc_pipeline.conf_path import CONFIG_DIR
-from agc_pipeline.sweeps import finished_run, limit_threads
+from agc_pipeline.reporting import provenance
+from agc_pipeline.reporting.sweeps import finished_run, limit_threads
 from agc_pipeline.train import build_trainer, run_training
 from tests.conftest import ROOT, compose_config
 from tests.data_fixtures import fake_cifar10
@@ -201,7 +201,7 @@ def test_a_corrupt_summary_is_named_and_its_job_runs_again(
         content: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "summary.json").write_text(content, encoding="latin-1")
     (tmp_path / "metrics.jsonl").write_text("{}\n")
-    with caplog.at_level("WARNING", logger="agc_pipeline.sweeps"):
+    with caplog.at_level("WARNING", logger="agc_pipeline.reporting.sweeps"):
         assert finished_run(tmp_path, {"seed": 0}, ("metrics.jsonl",)) is None
     (record,) = caplog.records
     assert str(tmp_path / "summary.json") in record.getMessage()
@@ -289,7 +289,7 @@ def test_wandb_config_carries_provenance(tmp_path: Path, monkeypatch: pytest.Mon
         return FakeRun()
 
     monkeypatch.setattr(wandb, "init", fake_init)
-    from agc_pipeline.sinks import WandbSink
+    from agc_pipeline.reporting.sinks import WandbSink
 
     WandbSink(tmp_path, {"seed": 1}, project="p", group="g", job_type="train",
               keys={"code": "stack"}).close()

@@ -19,10 +19,10 @@ from agc_pipeline.codes.hadamard_nullspace import HadamardNullspace
 from agc_pipeline.codes.random_diagonal import RandomDiagonal
 from agc_pipeline.codes.repetition import cyclic, fractional, identity
 from agc_pipeline.codes.stack import Stack
+from agc_pipeline.coding.decoding import FixedDecoder, OptimalDecoder
+from agc_pipeline.coding.stragglers import Bernoulli
 from agc_pipeline.data import split_subsets, synthetic_logistic
-from agc_pipeline.decoding import FixedDecoder, OptimalDecoder
 from agc_pipeline.models import LogisticRegression, PaperMLP, subset_gradients
-from agc_pipeline.stragglers import Bernoulli
 from agc_pipeline.training.coded_step import (
     CodedStep,
     block_length,

@@ -15,11 +15,11 @@ from agc_pipeline.build import (
     build_trainer_settings,
     preset_app,
 )
+from agc_pipeline.coding.stragglers import StragglerModel
 from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.data import Dataset
 from agc_pipeline.errors import ConfigError
 from agc_pipeline.models import CodedModel
-from agc_pipeline.stragglers import StragglerModel
 from agc_pipeline.train import build_trainer
 from agc_pipeline.training.settings import TrainerSettings
 from tests.conftest import compose_config

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from agc_pipeline.coding.stragglers import NoStragglers, StragglerDraw
 from agc_pipeline.errors import ConfigError
-from agc_pipeline.sinks import Sink
-from agc_pipeline.stragglers import NoStragglers, StragglerDraw
+from agc_pipeline.reporting.sinks import Sink
 from agc_pipeline.train import build_trainer, run_training
 from agc_pipeline.training.checkpoint import RunDirBusy, load_checkpoint, run_dir_lock
 from agc_pipeline.training.simulated import SimulatedRuntime

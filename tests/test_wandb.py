@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from agc_pipeline.analyze import run_analysis
-from agc_pipeline.sinks import make_logger_sink
+from agc_pipeline.reporting.sinks import make_logger_sink
 from agc_pipeline.train import run_training
 from tests.conftest import ROOT, compose_config
 from tests.wandb_files import offline_runs, read_run, records
@@ -85,7 +85,7 @@ def test_sweep_jobs_share_a_group_are_named_by_their_overrides_and_chart_by_iter
 
 
 def test_a_new_sweep_of_the_same_preset_gets_its_own_group(tmp_path: Path) -> None:
-    from agc_pipeline.jobs import sweep_group
+    from agc_pipeline.reporting.jobs import sweep_group
 
     first, second = (sweep_group("fig6_bibd7", tmp_path / stamp) for stamp in
                      ("2026-01-02_03-04-05", "2026-01-02_03-09-00"))

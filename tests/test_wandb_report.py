@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from agc_pipeline.analyze import run_analysis
-from agc_pipeline.report import WandbOptions, main, make_report
+from agc_pipeline.report import main, make_report
+from agc_pipeline.reporting.wandb_report import build_report, panels
+from agc_pipeline.reporting.wandb_runs import WandbOptions
 from agc_pipeline.train import run_training
-from agc_pipeline.wandb_report import build_report, panels
 from tests.conftest import compose_config
 
 FAST = ["dataset=synthetic_logistic", "dataset.n_samples=140", "dataset.dim=5",

@@ -7,8 +7,8 @@ numbers), together with the per-set bounds the scheme exposes (e.g. Lemma 1, eq.
 closed-form bounds (eqs. 10, 12, 17) and the lower bound (21).
 
 Speed: one Gram matrix BᵀB per encoder draw, shared by every s; each survivor set is a
-principal submatrix (see :class:`agc_pipeline.decoding.PrincipalQuadraticForms`). The whole
-study runs with BLAS on one thread (:func:`agc_pipeline.decoding.one_blas_thread`): its
+principal submatrix (see :class:`agc_pipeline.coding.decoding.PrincipalQuadraticForms`). The whole
+study runs with BLAS on one thread (:func:`agc_pipeline.coding.decoding.one_blas_thread`): its
 matrices are small, and BLAS threads made it 2.6–2.9× slower.
 """
 
@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from agc_pipeline.bounds import lower_bound
 from agc_pipeline.codes.base import Scheme
-from agc_pipeline.decoding import Decoder, OptimalDecoder, SurvivorSets, one_blas_thread
+from agc_pipeline.coding.bounds import lower_bound
+from agc_pipeline.coding.decoding import Decoder, OptimalDecoder, SurvivorSets, one_blas_thread
 from agc_pipeline.errors import require
 
 ENCODER_STREAM = 0xE4C0

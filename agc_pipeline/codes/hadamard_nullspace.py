@@ -19,9 +19,9 @@ import numpy as np
 from scipy.linalg import null_space
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from agc_pipeline.bounds import hadamard_bound
 from agc_pipeline.codes.assignment import Assignment
 from agc_pipeline.codes.base import Scheme
+from agc_pipeline.coding.bounds import hadamard_bound
 from agc_pipeline.errors import ConfigError, require
 
 VARIANTS = ("pm1", "gaussian")

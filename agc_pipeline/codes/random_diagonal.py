@@ -6,9 +6,9 @@ import logging
 
 import numpy as np
 
-from agc_pipeline import bounds
 from agc_pipeline.codes.assignment import Assignment
 from agc_pipeline.codes.base import Scheme
+from agc_pipeline.coding import bounds
 from agc_pipeline.errors import require
 from agc_pipeline.validation import require_finite
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from agc_pipeline.bounds import bibd_stack_error
 from agc_pipeline.codes.base import Scheme
+from agc_pipeline.coding.bounds import bibd_stack_error
 
 
 class Stack(Scheme):

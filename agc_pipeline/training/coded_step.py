@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from agc_pipeline.codes.base import Scheme
-from agc_pipeline.decoding import Decoder, Decoding
-from agc_pipeline.stragglers import StragglerContext
+from agc_pipeline.coding.decoding import Decoder, Decoding
+from agc_pipeline.coding.stragglers import StragglerContext
 
 __all__ = [
     "ALPHA_ITERATION_OFFSET",

@@ -26,19 +26,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from agc_pipeline.cluster.costmodel import ClusterModel
 from agc_pipeline.codes.base import Scheme
-from agc_pipeline.costmodel import ClusterModel
-from agc_pipeline.data import Dataset, split_subsets
-from agc_pipeline.decoding import Decoder, Decoding
-from agc_pipeline.errors import ConfigError, require
-from agc_pipeline.models import CodedModel
-from agc_pipeline.stragglers import (
+from agc_pipeline.coding.decoding import Decoder, Decoding
+from agc_pipeline.coding.stragglers import (
     StragglerContext,
     StragglerDraw,
     StragglerModel,
     VirtualClock,
     worker_samples,
 )
+from agc_pipeline.data import Dataset, split_subsets
+from agc_pipeline.errors import ConfigError, require
+from agc_pipeline.models import CodedModel
 from agc_pipeline.training.batches import batch_indices, take
 from agc_pipeline.training.coded_gradient import CodedGradient
 from agc_pipeline.training.coded_step import (
@@ -186,8 +186,8 @@ class CodedTraining:
 
     def _cluster_times(self, draw: StragglerDraw) -> StragglerDraw:
         """The clock's communication time from the cluster model
-        (:mod:`agc_pipeline.costmodel`): the PS sends the d parameters to each worker in turn
-        (unicast), worker j computes for the straggler model's time (seconds: the draw made
+        (:mod:`agc_pipeline.cluster.costmodel`): the PS sends the d parameters to each worker in
+        turn (unicast), worker j computes for the straggler model's time (seconds: the draw made
         with message length 0), and the messages of ⌈d/m⌉ values queue on the PS's link.
         The survivors stay the straggler model's; the PS waits for the last of their
         messages (no survivor: the end of the compute window plus one message)."""

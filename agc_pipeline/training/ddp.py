@@ -56,8 +56,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
+from agc_pipeline.coding.stragglers import Delay
 from agc_pipeline.errors import ConfigError, require
-from agc_pipeline.stragglers import Delay
 from agc_pipeline.training.batches import batch_indices, take
 from agc_pipeline.training.coded_step import TrainingDiverged, held_subsets
 from agc_pipeline.training.core import CodedTraining, Totals

@@ -37,8 +37,8 @@ from typing import Any, ClassVar
 import torch
 import torch.distributed as dist
 
+from agc_pipeline.coding.stragglers import Adversarial, Bernoulli, Delay, FixedCount, StragglerModel
 from agc_pipeline.errors import ConfigError, require
-from agc_pipeline.stragglers import Adversarial, Bernoulli, Delay, FixedCount, StragglerModel
 from agc_pipeline.training.launch import (  # noqa: F401 - re-exported
     STARTUP_TIMEOUT_ENV,
     Launch,

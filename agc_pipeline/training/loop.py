@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from agc_pipeline.progress import progress
-from agc_pipeline.sinks import Sink
+from agc_pipeline.reporting.progress import progress
+from agc_pipeline.reporting.sinks import Sink
 from agc_pipeline.training.checkpoint import save_checkpoint
 from agc_pipeline.training.runtime import Runtime
 

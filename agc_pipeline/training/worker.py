@@ -31,8 +31,8 @@ from agc_pipeline.build import (
     build_straggler,
     build_trainer_settings,
 )
+from agc_pipeline.coding.stragglers import Delay, StragglerContext, worker_samples
 from agc_pipeline.data import split_subsets
-from agc_pipeline.stragglers import Delay, StragglerContext, worker_samples
 from agc_pipeline.training.batches import batch_indices, take
 from agc_pipeline.training.coded_gradient import CodedGradient
 from agc_pipeline.training.coded_step import (

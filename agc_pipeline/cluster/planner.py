@@ -1,0 +1,582 @@
+"""The planner behind ``agc-plan``: predicted time to a fixed loss for DDP and coded schemes
+on a modelled cluster (pure numpy; the app is :mod:`agc_pipeline.plan`).
+
+Method. time to the loss = iterations to the loss × expected iteration time.
+
+* Expected iteration time: Monte Carlo over per-worker, per-iteration slowdowns (a worker is
+  ``slowdown``× slower with probability p; the same draws for every scheme) through the cost
+  model of :mod:`agc_pipeline.cluster.costmodel`: DDP waits for the slowest worker and all-reduces
+  d values over a ring; the PS broadcasts, each worker computes its δ/k share of the global
+  batch, the messages of ⌈d/m⌉ values queue on the PS's link, the PS takes the first n − s
+  and decodes.
+* Iterations to the loss of a scheme with normalised decoding error ē = E[Err_𝓕(B)]/(mk)
+  (eq. 3, survivor sets of size n − s uniformly at random): ``I_0 · (1 + κ·ē/(1 − ē))``.
+  With optimal decoding B R is the projection of F on the span of B_𝓕, so
+  ``tr Fᵀ E[B R] = mk − E[Err]`` and α = 1 − ē whenever E[B R] = α F (Section VII); the
+  step divided by α is unbiased, and if the partial-gradient blocks were orthogonal with
+  equal norms its relative variance would be ``E‖BR‖²/(α² mk) − 1 = ē/(1 − ē)``, costing a
+  factor 1 + ē/(1 − ē) in iterations at a tuned step size (κ = 1, the isotropic bound).
+  Real partial gradients are strongly aligned, so κ is measured: fitted by least squares to
+  the iterations to the same loss of measured runs at several ē
+  (``bench/measure_convergence.py``; packaged: MNIST, the paper's MLP, AG(2,4)). I_0, the
+  exact gradient's iterations to the loss, is read from the same curves: time-to-loss
+  ratios between schemes do not depend on it.
+* ē at large n: the repository's constructions (codes/) and its Monte Carlo error engine
+  (:class:`~agc_pipeline.analysis.engine.ErrorStudy`, optimal decoding), with the paper's
+  closed-form bound next to it where one exists (eqs. 10, 12, 17). Exact codes (FRC, the
+  communication-efficient FRC) have ē = 0 at their design s.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agc_pipeline.analysis.engine import ErrorStudy
+from agc_pipeline.cluster.costmodel import (
+    ClusterModel,
+    ddp_iteration_times,
+    ps_cpu_work,
+    slowdowns,
+)
+from agc_pipeline.codes.assignment import Assignment
+from agc_pipeline.codes.base import Scheme
+from agc_pipeline.codes.ce_frc import CommEfficientFRC
+from agc_pipeline.codes.designs import bibd
+from agc_pipeline.codes.frc import FractionalRepetitionCode
+from agc_pipeline.codes.galois import is_prime_power
+from agc_pipeline.codes.graphs import coset, srg
+from agc_pipeline.codes.random_diagonal import RandomDiagonal
+from agc_pipeline.codes.repetition import fractional, identity
+from agc_pipeline.codes.stack import Stack
+from agc_pipeline.errors import ConfigError, require
+
+__all__ = ["ASSUMPTIONS", "FAMILIES", "METHOD", "Code", "Convergence", "PlanSettings",
+           "family_codes", "load_convergence", "run_plan"]
+
+#: third entry of the slowdown RNG seed
+SLOW_STREAM = 0x91A7
+#: coset graph (k, m, δ) used for construction (7): δ = 3, ε = 0.1 (Proposition 1 needs
+#: ε > 0; k = n/m is a power of two for n ∈ {16, 64, 256}, and 2 ∤ 3)
+COSET_DELTA, COSET_EPSILON = 3, 0.1
+
+METHOD = (
+    "time to the loss = iterations to the loss x expected iteration time. Iteration time: "
+    "Monte Carlo over per-worker per-iteration slowdowns (factor r with probability p, the "
+    "same draws for every scheme) through the cost model (agc_pipeline/cluster/costmodel.py): "
+    "DDP = "
+    "slowest worker's compute + ring all-reduce 2(n-1)a + 2(n-1)/n d b/B; PS = broadcast + "
+    "compute of the worker's delta/k share of the global batch + FIFO upload of ceil(d/m)-value "
+    "messages on the PS link + the (n-s)-th delivery + decode. Iterations: I0 (1 + kappa "
+    "e/(1-e)) with e = E[Err_F(B)]/(mk) the normalised decoding error of optimal decoding at "
+    "n-s random survivors (Monte Carlo with the repository's codes), derived from alpha = 1 - e "
+    "(Section VII) and the relative variance e/(1-e) of the alpha-rescaled step for orthogonal "
+    "equal-norm partial gradients (kappa = 1); kappa fitted to measured convergence curves at "
+    "several e (bench/measure_convergence.py). Each scheme's s is the one minimising its time "
+    "to the loss.")
+
+ASSUMPTIONS = (
+    "links: every node has one full-duplex link of the cluster's bandwidth and latency; the "
+    "switch is non-blocking: no contention beyond the PS's own link",
+    "no overlap of compute and communication (DDP's bucketed all-reduce during the backward "
+    "pass is not modelled, nor a worker streaming its message as it computes)",
+    "the PS decodes after the (n-s)-th message; late messages are dropped at once and take no "
+    "bandwidth; a slowed worker abandons its iteration when the next one starts",
+    "the PS randomises its broadcast order per iteration, so the straggler set is a uniformly "
+    "random set of s workers (the decoding error is evaluated on such sets)",
+    "compute is proportional to the samples a worker processes (a coded worker holding delta of "
+    "k subsets processes delta/k of the global batch, as the one-pass coded gradient costs a "
+    "plain step over them) times flops_per_sample x d / worker_flops; memory limits ignored",
+    "a node's fixed work per iteration is d x step_time_per_parameter (0 for the published "
+    "clusters: the optimizer step is then ignored); protocol overheads beyond the link's "
+    "effective bandwidth are ignored",
+    "shared_cores (cluster=loopback only: every process on one host): an iteration takes at "
+    "least the CPU work of all processes (compute, decode, 2 x bytes x transfer_cpu_per_byte "
+    "+ messages x message_cpu) over the cores, with perfect packing",
+    "iterations to the loss scale as 1 + kappa e/(1-e) with kappa measured on a small model "
+    "(MNIST, the paper's MLP) and the same global batch for every scheme and every n; the "
+    "iteration count I0 itself comes from that small model: only ratios transfer",
+    "one PS (no sharded parameter servers); the unicast broadcast is what this repository's PS "
+    "does, the pipelined (chain) broadcast is modelled but not implemented here",
+)
+
+
+# ------------------------------------------------------------------------------------------
+# convergence: iterations to a fixed loss as a function of the normalised decoding error
+
+
+@dataclass
+class Convergence:
+    """Iterations to the target loss: ``iterations_exact · (1 + kappa·ē/(1 − ē))``."""
+
+    source: str
+    target_loss: float
+    iterations_exact: int
+    kappa: float  #: the κ used
+    fitted_kappa: float  #: least-squares κ of the measured runs
+    points: list[dict[str, Any]] = field(default_factory=list)
+
+    def factor(self, error: float, kappa: float | None = None) -> float:
+        """Iterations relative to the exact gradient's at normalised error ``error``."""
+        if error >= 1.0:
+            return math.inf
+        kappa = self.kappa if kappa is None else kappa
+        return 1.0 + kappa * max(error, 0.0) / (1.0 - error)
+
+    def describe(self) -> dict[str, Any]:
+        return {"source": self.source, "target_loss": self.target_loss,
+                "iterations_exact": self.iterations_exact, "kappa": self.kappa,
+                "fitted_kappa": self.fitted_kappa, "points": self.points}
+
+
+def _first_hit(loss: np.ndarray, target: float) -> int | None:
+    hit = np.flatnonzero(loss <= target)
+    return int(hit[0]) + 1 if hit.size else None
+
+
+def fit_kappa(points: list[dict[str, Any]]) -> float:
+    """Least squares through the origin of ``ratio − 1`` on ``ē/(1 − ē)`` (clipped at 0)."""
+    v = np.array([p["normalised_error"] / (1 - p["normalised_error"]) for p in points])
+    r = np.array([p["ratio"] - 1.0 for p in points])
+    if v.size == 0 or float(v @ v) == 0.0:
+        return 0.0
+    return max(float(v @ r / (v @ v)), 0.0)
+
+
+def load_convergence(path: str | Path | None, target_fraction: float,
+                     kappa: float | None) -> Convergence:
+    """Read measured curves (``bench/measure_convergence.py``'s JSON; None: the packaged
+    MNIST curves), fix the target loss at the exact curve's loss at ``target_fraction`` of its
+    run and fit κ (used unless ``kappa`` is given)."""
+    if path is None:
+        ref = resources.files("agc_pipeline") / "data" / "convergence" / "mnist_mlp.json"
+        text, source = ref.read_text(), "agc_pipeline/data/convergence/mnist_mlp.json"
+    else:
+        file = Path(path).expanduser()
+        require(file.is_file(), f"plan.convergence: no such file {str(file)!r}")
+        text, source = file.read_text(), str(file)
+    try:
+        data = json.loads(text)
+        curves = data["curves"]
+        exact = np.asarray(curves[data["exact"]]["loss"], dtype=np.float64)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"plan.convergence {source}: not a convergence-curves file "
+                          f"({type(exc).__name__}: {exc})") from None
+    require(exact.size >= 2, f"plan.convergence {source}: the exact curve needs ≥ 2 points")
+    at = max(1, int(round(target_fraction * exact.size)))
+    target = float(exact[at - 1])
+    base = _first_hit(exact, target)
+    assert base is not None
+    points = []
+    for label, curve in curves.items():
+        if label == data["exact"]:
+            continue
+        loss = np.asarray(curve["loss"], dtype=np.float64)
+        hit = _first_hit(loss, target)
+        points.append({"label": label, "normalised_error": float(curve["normalised_error"]),
+                       "iterations": hit if hit is not None else int(loss.size),
+                       "censored": hit is None,
+                       "ratio": (hit if hit is not None else loss.size) / base})
+    fitted = fit_kappa(points)
+    return Convergence(source=source, target_loss=target, iterations_exact=base,
+                       kappa=fitted if kappa is None else float(kappa), fitted_kappa=fitted,
+                       points=points)
+
+
+# ------------------------------------------------------------------------------------------
+# code families at a given n (the repository's constructions)
+
+
+@dataclass
+class Code:
+    """One code at one n: the scheme, the straggler counts it may wait past, and whether it
+    is coded (False: the uncoded PS baselines) and exact (ē = 0 at its s)."""
+
+    family: str
+    construction: str
+    scheme: Scheme
+    s_values: list[int]
+    coded: bool
+    exact: bool
+
+    @property
+    def n(self) -> int:
+        return self.scheme.n
+
+    @property
+    def m(self) -> int:
+        return self.scheme.m
+
+    @property
+    def load(self) -> float:
+        """The largest share of the global batch a worker processes: δ/k."""
+        a = self.scheme.assignment
+        return float(a.loads.max()) / a.k
+
+
+def _square_root(n: int) -> int | None:
+    q = math.isqrt(n)
+    return q if q * q == n else None
+
+
+def _grid(n: int, fractions: list[float], positive: bool = False) -> list[int]:
+    values = sorted({int(round(f * n)) for f in fractions})
+    return [s for s in values if s < n and (s > 0 or not positive)]
+
+
+def _affine(n: int) -> tuple[Assignment | None, str]:
+    q = _square_root(n)
+    if q is None or is_prime_power(q) is None:
+        return None, f"AG(2,q) has n = q² points for a prime power q; {n} is not such a q²"
+    a = bibd("affine_plane", q=q)
+    return a, f"AG(2,{q}) BIBD, workers = points (k = {a.k} lines, load {q + 1})"
+
+
+def _projective(n: int) -> tuple[Assignment | None, str]:
+    q = next((q for q in range(2, math.isqrt(n) + 1) if q * q + q + 1 == n), None)
+    if q is None or is_prime_power(q) is None:
+        return None, (f"PG(2,q) has n = q² + q + 1 points for a prime power q; no q gives "
+                      f"n = {n}")
+    a = bibd("projective_plane", q=q)
+    return a, f"PG(2,{q}) BIBD (load {q + 1})"
+
+
+def _lattice(n: int) -> tuple[Assignment | None, str]:
+    a_side = _square_root(n)
+    if a_side is None or a_side < 3:
+        return None, f"the lattice graph K_a □ K_a has n = a² (a ≥ 3); {n} is not such an a²"
+    a = srg("lattice", a=a_side)
+    return a, f"lattice SRG K_{a_side} □ K_{a_side} ({n}, {2 * (a_side - 1)}, {a_side - 2}, 2)"
+
+
+def family_codes(family: str, n: int, m: int, s_fractions: list[float],
+                 ) -> tuple[list[Code], str | None]:
+    """The codes of ``family`` at n workers with reduction m (their s candidates from
+    ``s_fractions``), or ``([], why)`` when the family has no design there (``why`` None: the
+    family simply has no member with this m, e.g. FRC with m > 1)."""
+    grid = _grid(n, s_fractions)
+    top = max(grid) if grid else 0
+    if family in ("uncoded_wait", "uncoded_ignore"):
+        if m != 1:
+            return [], None
+        a = identity(n)
+        if family == "uncoded_wait":
+            return [Code(family, "A = I, wait for all", Stack(a, 1), [0], False, True)], None
+        positive = [s for s in grid if s > 0]
+        return [Code(family, "A = I, first n - s", Stack(a, 1), positive, False, False)], None
+    if family in ("frc", "ce_frc"):
+        if (family == "frc") != (m == 1):
+            return [], None
+        codes = []
+        for s in range(1, top + 1):
+            if n % (s + m) or s + m > n:
+                continue
+            a = fractional(n, s, m)
+            scheme = (FractionalRepetitionCode(a, 1) if family == "frc"
+                      else CommEfficientFRC(a, m))
+            codes.append(Code(family, f"fractional repetition, groups of {s + m}", scheme, [s],
+                              True, True))
+        return codes, (None if codes else f"no s ≤ {top} with s + m dividing n = {n}")
+    if family == "coset_rd":
+        if n % m:
+            return [], f"the coset graph has n = m·k; m = {m} does not divide n = {n}"
+        k = n // m
+        try:
+            a = coset(k, m, COSET_DELTA)
+        except ConfigError as exc:
+            return [], str(exc)
+        label = f"coset graph (k={k}, m={m}, δ={COSET_DELTA}), construction (7) ε={COSET_EPSILON}"
+        return [Code(family, label, RandomDiagonal(a, m, COSET_EPSILON), grid, True, False)], None
+    builders: dict[str, Callable[[int], tuple[Assignment | None, str]]] = {
+        "affine_rd": _affine, "affine_stack": _affine, "lattice_rd": _lattice,
+        "projective_rd": _projective}
+    require(family in builders, f"plan.families: unknown family {family!r} (choose from "
+                                f"{', '.join(FAMILIES)})")
+    a, text = builders[family](n)
+    if a is None:
+        return [], text
+    if family == "affine_stack":
+        return [Code(family, f"{text}, stack (11)", Stack(a, m), grid, True, False)], None
+    return [Code(family, f"{text}, construction (7) ε=0", RandomDiagonal(a, m, 0.0), grid,
+                 True, False)], None
+
+
+#: the families the planner knows, with a one-line description
+FAMILIES = {
+    "uncoded_wait": "uncoded PS, A = I, waits for all n (m = 1)",
+    "uncoded_ignore": "uncoded PS, A = I, takes the first n - s (m = 1)",
+    "frc": "Tandon et al.'s exact fractional repetition code (m = 1)",
+    "ce_frc": "communication-efficient exact FRC (m > 1)",
+    "affine_rd": "construction (7), eps = 0, on the affine plane AG(2, sqrt n)",
+    "affine_stack": "stack baseline (11) on the affine plane AG(2, sqrt n)",
+    "lattice_rd": "construction (7), eps = 0, on the lattice SRG K_a x K_a, n = a^2",
+    "coset_rd": "construction (7), eps = 0.1, on the coset graph (n/m, m, 3)",
+    "projective_rd": "construction (7), eps = 0, on the projective plane PG(2, q)",
+}
+
+
+def code_errors(code: Code, realizations: int, sets: int, seed: int,
+                ) -> tuple[dict[int, float], dict[int, float | None]]:
+    """Normalised mean decoding error ē(s) = E[Err_𝓕(B)]/(mk) per s (Monte Carlo, optimal
+    decoding) and the normalised closed-form bound where the paper gives one."""
+    if code.family in ("uncoded_wait", "uncoded_ignore"):
+        # A = I, optimal decoding: Err = s exactly (the s missing subsets)
+        return {s: s / code.n for s in code.s_values}, {s: None for s in code.s_values}
+    draws = 1 if code.scheme.name == "stack" or code.exact else realizations
+    study = ErrorStudy(scheme=code.scheme, s_values=code.s_values, realizations=draws,
+                       straggler_sets=sets, seed=seed)
+    results = study.run()
+    mk = code.m * code.scheme.k
+    errors = {int(p["s"]): max(float(p["empirical_mean"]), 0.0) / mk for p in results["points"]}
+    bounds = {int(p["s"]): (None if p["upper_bound"] is None else float(p["upper_bound"]) / mk)
+              for p in results["points"]}
+    return errors, bounds
+
+
+# ------------------------------------------------------------------------------------------
+# the study
+
+
+@dataclass
+class PlanSettings:
+    """The ``plan`` section of the config (validated by the app)."""
+
+    n: list[int]
+    d: list[int]
+    m: list[int]
+    p: list[float]
+    slowdown: float
+    samples_per_iteration: float
+    flops_per_sample: float
+    grad_bytes: float
+    param_bytes: float
+    broadcast: list[str]
+    families: list[str]
+    s_fractions: list[float]
+    draws: int
+    error_realizations: int
+    error_sets: int
+    seed: int = 0
+
+
+def _mean(x: np.ndarray) -> float:
+    return float(np.mean(x))
+
+
+def run_plan(cluster: ClusterModel, settings: PlanSettings, convergence: Convergence,
+             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Evaluate every scheme at every (n, d, p); return the ``plan.json`` content."""
+    start = time.perf_counter()
+    st = settings
+    designs: dict[str, dict[str, Any]] = {}
+    errors: list[dict[str, Any]] = []
+    codes: dict[int, list[tuple[Code, dict[int, float]]]] = {}
+    for n in st.n:
+        codes[n] = []
+        designs[str(n)] = {}
+        for family in st.families:
+            entry: dict[str, Any] = {"description": FAMILIES[family], "available": False,
+                                     "codes": []}
+            reasons = []
+            for m in st.m:
+                found, why = family_codes(family, n, m, st.s_fractions)
+                if why is not None:
+                    reasons.append(f"m={m}: {why}")
+                for code in found:
+                    if progress is not None:
+                        progress(f"n={n} {family} m={m} {code.construction}")
+                    err, bound = code_errors(code, st.error_realizations, st.error_sets,
+                                             st.seed)
+                    codes[n].append((code, err))
+                    entry["available"] = True
+                    entry["codes"].append({"m": m, "construction": code.construction,
+                                           "k": code.scheme.k, "load": code.load,
+                                           "s": code.s_values})
+                    errors += [{"n": n, "family": family, "m": m, "s": s,
+                                "construction": code.construction,
+                                "normalised_error": err[s], "normalised_bound": bound[s]}
+                               for s in code.s_values]
+            if reasons:
+                entry["not_available"] = reasons
+            designs[str(n)][family] = entry
+    rows: list[dict[str, Any]] = []
+    i0 = convergence.iterations_exact
+    for n in st.n:
+        for p in st.p:
+            rng = np.random.default_rng([st.seed, n, int(round(p * 1e6)), SLOW_STREAM])
+            slow = slowdowns(rng, st.draws, n, p, st.slowdown)
+            for d in st.d:
+                flops = st.flops_per_sample * d
+                ddp_compute = cluster.worker_compute(st.samples_per_iteration / n, flops, d,
+                                                     slow)
+                t_ddp = _mean(ddp_iteration_times(cluster, ddp_compute, d, st.grad_bytes))
+                rows.append({"n": n, "d": d, "p": p, "scheme": "ddp", "family": "ddp",
+                             "coded": False, "m": 1, "s": 0, "broadcast": None,
+                             "normalised_error": 0.0, "iterations_factor": 1.0,
+                             "iteration_time": t_ddp, "time_to_loss": i0 * t_ddp,
+                             "time_to_loss_isotropic": i0 * t_ddp, "s_isotropic": 0})
+                for code, err in codes[n]:
+                    for broadcast in st.broadcast:
+                        rows.append(_best_s(cluster, st, code, err, slow, d, broadcast,
+                                            convergence, p))
+    best = _best(rows, st)
+    crossovers = _crossovers(best, st)
+    return {
+        "cluster": cluster.describe(),
+        "settings": {**st.__dict__},
+        "method": METHOD,
+        "assumptions": list(ASSUMPTIONS),
+        "convergence": convergence.describe(),
+        "designs": designs,
+        "errors": errors,
+        "results": rows,
+        "best": best,
+        "crossovers": crossovers,
+        "headline": headline(cluster, best, st, convergence.kappa),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _best_s(cluster: ClusterModel, st: PlanSettings, code: Code, err: dict[int, float],
+            slow: np.ndarray, d: int, broadcast: str, convergence: Convergence,
+            p: float) -> dict[str, Any]:
+    """The row of ``code`` at (d, broadcast): its s minimising the time to the loss."""
+    n, m, k = code.n, code.m, code.scheme.k
+    length = math.ceil(d / m)
+    compute = cluster.worker_compute(code.load * st.samples_per_iteration,
+                                     st.flops_per_sample * d, d, slow)
+    starts = cluster.broadcast_starts(n, d * st.param_bytes, broadcast)
+    done = np.sort(cluster.ps_deliveries(starts + compute, length * st.grad_bytes), axis=1)
+    i0 = convergence.iterations_exact
+    best: dict[str, Any] | None = None
+    iso: tuple[float, int] = (math.inf, 0)
+    for s in code.s_values:
+        w = n - s
+        t = _mean(np.maximum(
+            done[:, w - 1] + cluster.decode_time(w, m, k, length, st.grad_bytes)
+            + d * cluster.step_time_per_parameter,
+            cluster.shared_host_bound(ps_cpu_work(cluster, compute, w, d, m, k, st.grad_bytes,
+                                                  st.param_bytes))))
+        factor = convergence.factor(err[s])
+        total = i0 * factor * t
+        iso = min(iso, (i0 * convergence.factor(err[s], 1.0) * t, s))
+        if best is None or total < best["time_to_loss"]:
+            best = {"n": n, "d": d, "p": p, "scheme": f"{code.family} m={m}",
+                    "family": code.family, "coded": code.coded, "m": m, "s": s,
+                    "broadcast": broadcast, "construction": code.construction,
+                    "load": code.load, "normalised_error": err[s],
+                    "iterations_factor": factor, "iteration_time": t, "time_to_loss": total}
+    assert best is not None
+    best["time_to_loss_isotropic"], best["s_isotropic"] = iso
+    return best
+
+
+def _best(rows: list[dict[str, Any]], st: PlanSettings) -> list[dict[str, Any]]:
+    """Per (n, d, p, broadcast): DDP, the best coded scheme and the best uncoded PS."""
+    out = []
+    for n in st.n:
+        for d in st.d:
+            for p in st.p:
+                here = [r for r in rows if (r["n"], r["d"], r["p"]) == (n, d, p)]
+                ddp = next(r for r in here if r["family"] == "ddp")
+                for broadcast in st.broadcast:
+                    ps = [r for r in here if r["broadcast"] == broadcast]
+                    coded = min((r for r in ps if r["coded"]), default=None,
+                                key=lambda r: r["time_to_loss"])
+                    uncoded = min((r for r in ps if not r["coded"]), default=None,
+                                  key=lambda r: r["time_to_loss"])
+                    iso = min((r for r in ps if r["coded"]), default=None,
+                              key=lambda r: r["time_to_loss_isotropic"])
+                    out.append({
+                        "n": n, "d": d, "p": p, "broadcast": broadcast,
+                        "ddp_time_to_loss": ddp["time_to_loss"],
+                        "ddp_iteration_time": ddp["iteration_time"],
+                        "best_coded": _brief(coded), "best_uncoded_ps": _brief(uncoded),
+                        "speedup_vs_ddp": (ddp["time_to_loss"] / coded["time_to_loss"]
+                                           if coded else None),
+                        "best_coded_isotropic": None if iso is None else {
+                            "scheme": iso["scheme"], "s": iso["s_isotropic"],
+                            "time_to_loss": iso["time_to_loss_isotropic"]},
+                        "speedup_vs_ddp_isotropic": (
+                            ddp["time_to_loss"] / iso["time_to_loss_isotropic"]
+                            if iso else None),
+                    })
+    return out
+
+
+def _brief(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    keys = ("scheme", "family", "m", "s", "construction", "load", "normalised_error",
+            "iterations_factor", "iteration_time", "time_to_loss")
+    return {key: row.get(key) for key in keys}
+
+
+def _crossovers(best: list[dict[str, Any]], st: PlanSettings) -> list[dict[str, Any]]:
+    """Per (d, p, broadcast): where the best coded scheme's time to the loss crosses DDP's
+    as n grows (log-linear interpolation of the ratio between grid points)."""
+    out = []
+    for d in st.d:
+        for p in st.p:
+            for broadcast in st.broadcast:
+                pts = sorted((b["n"], b["speedup_vs_ddp"]) for b in best
+                             if (b["d"], b["p"], b["broadcast"]) == (d, p, broadcast)
+                             and b["speedup_vs_ddp"] is not None)
+                cross = []
+                for (n0, r0), (n1, r1) in zip(pts, pts[1:], strict=False):
+                    l0, l1 = math.log(r0), math.log(r1)
+                    if l0 * l1 < 0:
+                        x = math.log2(n0) + (math.log2(n1) - math.log2(n0)) * l0 / (l0 - l1)
+                        cross.append({"n": 2.0**x, "between": [n0, n1],
+                                      "coded_wins": "below" if l0 > 0 else "above"})
+                wins = [n for n, r in pts if r > 1]
+                out.append({"d": d, "p": p, "broadcast": broadcast, "crossovers": cross,
+                            "coded_wins_at_n": wins,
+                            "speedups": {str(n): r for n, r in pts}})
+    return out
+
+
+def _fmt_d(d: int) -> str:
+    for value, unit in ((10**9, "B"), (10**6, "M"), (10**3, "k")):
+        if d >= value and d % value == 0:
+            return f"{d // value}{unit}"
+    return str(d)
+
+
+def headline(cluster: ClusterModel, best: list[dict[str, Any]], st: PlanSettings,
+             kappa: float) -> str:
+    """One paragraph: where the best coded scheme beats DDP, and by how much."""
+    parts = [f"cluster={cluster.name}, slowdown {st.slowdown:g}x, kappa = {kappa:.3g}:"]
+    for broadcast in st.broadcast:
+        rows = [b for b in best if b["broadcast"] == broadcast and b["speedup_vs_ddp"]]
+        if not rows:
+            continue
+        wins = [b for b in rows if b["speedup_vs_ddp"] > 1]
+        top = max(rows, key=lambda b: b["speedup_vs_ddp"])
+        low = min(rows, key=lambda b: b["speedup_vs_ddp"])
+        text = (f"{broadcast} broadcast: the best coded scheme beats DDP in {len(wins)} of "
+                f"{len(rows)} (n, d, p) settings")
+        if wins:
+            where = sorted({(b["p"], b["n"]) for b in wins})
+            text += " (p, n) ∈ {" + ", ".join(f"({p:g}, {n})" for p, n in where) + "}"
+        text += (f"; best {top['speedup_vs_ddp']:.2f}x ({top['best_coded']['scheme']} s="
+                 f"{top['best_coded']['s']} at n={top['n']}, d={_fmt_d(top['d'])}, "
+                 f"p={top['p']:g}), worst {low['speedup_vs_ddp']:.2f}x (n={low['n']}, "
+                 f"d={_fmt_d(low['d'])}, p={low['p']:g})")
+        iso = [b for b in rows if (b["speedup_vs_ddp_isotropic"] or 0) > 1]
+        text += f"; with kappa = 1 (isotropic bound) in {len(iso)} of {len(rows)}"
+        faster = [b for b in rows if b["best_uncoded_ps"] is not None
+                  and b["best_uncoded_ps"]["time_to_loss"] < b["best_coded"]["time_to_loss"]]
+        if faster:
+            text += (f"; the uncoded ignore-stragglers PS beats the best coded scheme in "
+                     f"{len(faster)} of the {len(rows)}")
+        parts.append(text + ".")
+    return " ".join(parts)

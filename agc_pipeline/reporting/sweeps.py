@@ -1,0 +1,130 @@
+"""Sweep helpers shared by the apps: skip finished jobs, one torch thread per parallel job.
+
+Re-running a multirun into the same sweep dir (``hydra.sweep.dir=<dir>``) after an
+interruption redoes only the unfinished jobs: a job is skipped when its run dir holds a
+``summary.json`` with ``"status": "completed"`` (and, for training, every iteration done),
+its output files, and a resolved config equal to the new job's (keys in
+:data:`IGNORED_KEYS` aside). Hydra rewrites ``.hydra/config.yaml`` before the job starts, so
+the comparison uses the config saved in ``summary.json``. The other jobs run again in their
+directories, replacing what is there. ``trainer.skip_finished=false`` (or
+``analysis.skip_finished=false``) reruns every job; ``trainer.threads`` pins each training
+job's torch threads (the analyze app does not use torch, and runs BLAS on one thread).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from agc_pipeline.reporting.sinks import to_jsonable
+from agc_pipeline.validation import require_bool, require_int
+
+log = logging.getLogger("agc_pipeline.reporting.sweeps")
+
+#: config keys that do not change a run's results (dotted paths)
+IGNORED_KEYS = ("app", "trainer.progress", "analysis.progress", "trainer.skip_finished",
+                "analysis.skip_finished", "trainer.overwrite", "extras.print_config")
+#: the config sections that hold an app's sweep options (train, analyze)
+SECTIONS = ("trainer", "analysis")
+
+
+def app_option(cfg: DictConfig, key: str, default: Any) -> tuple[str, Any]:
+    """``(dotted name, value)`` of the app's option ``key`` (``trainer.<key>`` or
+    ``analysis.<key>``), ``default`` where the config has none."""
+    for section in SECTIONS:
+        node = cfg.get(section)
+        if isinstance(node, DictConfig) and key in node:
+            return f"{section}.{key}", node[key]
+    return key, default
+
+
+def _normalized(config: Any) -> Any:
+    """The config as it reads back from JSON, without :data:`IGNORED_KEYS`."""
+    data = json.loads(json.dumps(to_jsonable(config)))
+    for dotted in IGNORED_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = data
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return data
+
+
+def finished_run(run_dir: Path, config: dict[str, Any], outputs: tuple[str, ...]) -> str | None:
+    """Why ``run_dir`` already holds a complete run of ``config`` (None when it does not)."""
+    summary_path = Path(run_dir) / "summary.json"
+    if not summary_path.exists():
+        return None
+    try:
+        summary = json.loads(summary_path.read_text())
+    except (OSError, ValueError) as exc:
+        summary = exc
+    if not isinstance(summary, dict):
+        reason = (f"{type(summary).__name__}" if isinstance(summary, Exception)
+                  else "not a JSON object")
+        log.warning("%s is unreadable (%s): running its job again", summary_path, reason)
+        return None
+    if summary.get("status") != "completed" or "config" not in summary:
+        return None
+    if any(not (Path(run_dir) / name).is_file() for name in outputs):
+        return None
+    wanted = (config.get("trainer") or {}).get("iterations")
+    if wanted is not None and summary.get("iterations", -1) < wanted:
+        return None
+    if _normalized(summary["config"]) != _normalized(config):
+        return None
+    return f"{summary_path} says completed with the same config"
+
+
+def skip_finished_job(cfg: DictConfig, run_dir: Path, outputs: tuple[str, ...]) -> bool:
+    """In a multirun: True (and one log line) when ``run_dir`` already holds this job's
+    complete run. Always False for single runs or with ``trainer.skip_finished=false``."""
+    name, enabled = app_option(cfg, "skip_finished", True)
+    if not require_bool(enabled, name):
+        return False
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return False
+    reason = finished_run(run_dir, OmegaConf.to_container(cfg, resolve=True), outputs)
+    if reason is None:
+        return False
+    log.info("skipping job %s (%s): %s; delete its summary.json to run it again",
+             HydraConfig.get().job.num, run_dir, reason)
+    return True
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
+def limit_threads(cfg: DictConfig | None = None) -> int | None:
+    """Set torch's intra-op threads for this job and return the number (None: unchanged).
+
+    ``trainer.threads`` of ``cfg`` wins; otherwise, under the joblib
+    launcher (``hydra/launcher=local``), ``max(1, cores // n_jobs)`` so that parallel jobs do
+    not oversubscribe the cores. torch is only touched when the app has imported it.
+    """
+    name, threads = app_option(cfg, "threads", None) if cfg is not None else ("", None)
+    if threads is not None:
+        threads = require_int(threads, name, minimum=1)
+    elif HydraConfig.initialized():
+        launcher = HydraConfig.get().launcher
+        if "joblib" in str(launcher.get("_target_", "")).lower():
+            n_jobs = int(launcher.get("n_jobs") or 1)
+            cores = _cores()
+            threads = 1 if n_jobs < 0 else max(1, cores // max(n_jobs, 1))
+    torch = sys.modules.get("torch")
+    if threads is not None and torch is not None:
+        torch.set_num_threads(threads)
+    return threads
