@@ -34,9 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -45,9 +43,16 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from agc_pipeline.conf_path import CONFIG_DIR
+from agc_pipeline.reporting.goldens import (
+    RTOL,
+    Difference,
+    compare,
+    cpu_fingerprint,
+    points_metrics,
+    reference,
+)
 from agc_pipeline.reporting.provenance import REPO_ROOT, library_versions
 from agc_pipeline.reporting.sinks import write_json
 
@@ -59,8 +64,6 @@ PINNED_ENV = {
     "ONEDNN_MAX_CPU_ISA": "AVX2", "CUDA_VISIBLE_DEVICES": "", "PYTHONHASHSEED": "0",
     "WANDB_MODE": "disabled",
 }
-#: tolerance kinds: analysis (relative to the curve's scale), exact, distributed
-RTOL = {"analysis": 1e-12, "simulated": 0.0, "distributed": 1e-6}
 
 _SMALL_ANALYSIS = ("analysis.plot=false", "analysis.progress=false", "logger=none")
 _SMALL_TRAIN = ("seed=0", "trainer.iterations=6", "dataset.train_size=280",
@@ -157,28 +160,10 @@ CASES: tuple[Case, ...] = (
 # ------------------------------------------------------------------------------- metrics
 
 
-def _points_metrics(results: dict[str, Any]) -> dict[str, list[float | None]]:
-    """Every number of the points of ``results.json``, as metric -> list over s."""
-    out: dict[str, list[float | None]] = {"s": [p["s"] for p in results["points"]]}
-
-    def add(prefix: str, values: dict[str, Any], index: int, total: int) -> None:
-        for key, value in values.items():
-            name = f"{prefix}{key}"
-            if isinstance(value, dict):
-                add(f"{name}.", value, index, total)
-            elif isinstance(value, int | float | type(None)) and not isinstance(value, bool):
-                out.setdefault(name, [None] * total)[index] = value
-
-    points = results["points"]
-    for i, point in enumerate(points):
-        add("", {k: v for k, v in point.items() if k != "s"}, i, len(points))
-    return out
-
-
 def collect_metrics(case: Case, run_dir: Path) -> dict[str, list[float | None]]:
     """The numbers a case is compared on, read from its run dir."""
     if case.app == "analyze":
-        return _points_metrics(json.loads((run_dir / "results.json").read_text()))
+        return points_metrics(json.loads((run_dir / "results.json").read_text()))
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((run_dir / "summary.json").read_text())
     metrics: dict[str, list[float | None]] = {
@@ -191,70 +176,6 @@ def collect_metrics(case: Case, run_dir: Path) -> dict[str, list[float | None]]:
         metrics["grad_error"] = [r.get("grad_error") for r in rows]
         metrics["virtual_time"] = [r.get("virtual_time") for r in rows]
     return metrics
-
-
-# ------------------------------------------------------------------------------- compare
-
-
-@dataclass
-class Difference:
-    """One metric value outside its tolerance."""
-
-    metric: str
-    got: Any
-    expected: Any
-    detail: str
-
-    def __str__(self) -> str:
-        return f"{self.metric}: got {self.got!r}, golden {self.expected!r} ({self.detail})"
-
-
-def _label(metric: str, index: int, axis: list[Any] | None, axis_name: str,
-           size: int) -> str:
-    if axis is not None and len(axis) == size:
-        return f"{metric}[{axis_name}={axis[index]}]"
-    return f"{metric}[{index}]"
-
-
-def compare(got: dict[str, list[Any]], golden: dict[str, list[Any]],
-            kind: str) -> list[Difference]:
-    """Differences between ``got`` and ``golden`` metrics under ``kind``'s tolerance."""
-    rtol = RTOL[kind]
-    axis_name = "s" if "s" in golden else "it"
-    axis = golden.get("s", golden.get("iteration"))
-    diffs: list[Difference] = []
-    for metric in sorted(set(golden) | set(got)):
-        if metric not in got or metric not in golden:
-            where = "the run" if metric not in got else "the golden file"
-            diffs.append(Difference(metric, got.get(metric), golden.get(metric),
-                                    f"missing from {where}"))
-            continue
-        a, b = got[metric], golden[metric]
-        if len(a) != len(b):
-            diffs.append(Difference(metric, f"{len(a)} values", f"{len(b)} values",
-                                    "different number of values"))
-            continue
-        finite = [abs(v) for v in b if isinstance(v, int | float) and math.isfinite(v)]
-        scale = max(finite, default=0.0)
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            if x == y:
-                continue
-            label = _label(metric, i, axis, axis_name, len(b))
-            if x is None or y is None:
-                diffs.append(Difference(label, x, y, "one value is missing"))
-                continue
-            diff = abs(x - y)
-            rel = diff / abs(y) if y else math.inf
-            if kind == "simulated":
-                ok, rule = False, "must be bit-identical"
-            elif kind == "analysis":
-                ok, rule = diff <= rtol * max(abs(y), scale), f"tolerance {rtol:g} relative"
-            else:
-                ok, rule = diff <= rtol * max(abs(y), 1.0), f"tolerance {rtol:g}"
-            if not ok:
-                diffs.append(Difference(label, x, y,
-                                        f"difference {diff:.3g}, relative {rel:.3g}; {rule}"))
-    return diffs
 
 
 # ------------------------------------------------------------------------------- running
@@ -287,36 +208,6 @@ def run_case(case: Case, run_dir: Path, extra: Sequence[str] = ()) -> subprocess
                f"hydra.run.dir={run_dir}"]
     return subprocess.run(command, cwd=run_dir.parent, env=env, capture_output=True, text=True,
                           timeout=900, check=False)
-
-
-def cpu_fingerprint() -> str:
-    """The CPU whose kernels the last bits depend on: vendor, family, model and model name of
-    the first processor in ``/proc/cpuinfo`` (elsewhere :func:`platform.processor`)."""
-    keys = ("vendor_id", "cpu family", "model", "model name")
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if not line.strip() and fields:
-                break  # the first processor is enough
-            key, _, value = line.partition(":")
-            if key.strip() in keys:
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    if not fields:
-        return platform.processor() or platform.machine() or "unknown CPU"
-    return (f"{fields.get('vendor_id', '?')} family {fields.get('cpu family', '?')} model "
-            f"{fields.get('model', '?')} ({fields.get('model name', '?')})")
-
-
-def reference(golden: dict[str, Any], cpu: str) -> tuple[dict[str, list[Any]], str]:
-    """The golden numbers to compare with on ``cpu`` and where they were recorded: this CPU's
-    own entry under ``cpus`` when there is one, else the main ``metrics``."""
-    own = golden.get("cpus", {}).get(cpu)
-    if own is not None:
-        return own["metrics"], f"this CPU's entry ({cpu})"
-    origin = golden.get("cpu", "a CPU not recorded")
-    return golden["metrics"], f"the main numbers (recorded on {origin})"
 
 
 def golden_path(golden_dir: Path, case: Case) -> Path:
