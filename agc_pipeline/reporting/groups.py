@@ -6,7 +6,6 @@ panels."""
 from __future__ import annotations
 
 import json
-import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -17,8 +16,6 @@ matplotlib.use("Agg")
 
 from agc_pipeline.reporting.runs import Run  # noqa: E402
 
-log = logging.getLogger("agc_pipeline.report")
-
 #: the set-up fields lines are labelled by (``panel`` fields split the figure into panels)
 LINE_FIELDS = ("code", "scheme", "epsilon", "assignment", "m", "decoder", "wait", "lr",
                "model", "data")
@@ -27,14 +24,6 @@ PANEL_FIELDS = ("straggler",)
 CODE_FIELDS = ("scheme", "epsilon", "assignment", "m", "decoder", "wait")
 #: label fields dropped, in this order, when the remaining ones still tell the lines apart
 REDUNDANT_FIRST = ("assignment", "decoder", "data", "model")
-#: config keys (and their sub-keys) that cannot change a run's numbers: not part of the key
-#: replicates are grouped by (the seed, and keys that follow it, are left out separately)
-IGNORED_KEYS = ("name", "logger", "trainer.progress", "trainer.resume",
-                "trainer.checkpoint_every", "extras")
-#: the summary.json fields a train run needs to be reported
-SUMMARY_FIELDS = ("final_train_loss", "scheme", "assignment", "decoder", "straggler", "m",
-                  "wait_for_all", "lr", "model", "dataset", "train_samples")
-
 
 
 @dataclass

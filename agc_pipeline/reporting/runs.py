@@ -5,7 +5,6 @@ is named in one warning and left out."""
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,16 +20,6 @@ from agc_pipeline.reporting.analysis_runs import (  # noqa: E402
     read_overrides,
 )
 
-log = logging.getLogger("agc_pipeline.report")
-
-#: the set-up fields lines are labelled by (``panel`` fields split the figure into panels)
-LINE_FIELDS = ("code", "scheme", "epsilon", "assignment", "m", "decoder", "wait", "lr",
-               "model", "data")
-PANEL_FIELDS = ("straggler",)
-#: fields a ``code=`` preset (conf/code/) fixes: not repeated in labels when code varies
-CODE_FIELDS = ("scheme", "epsilon", "assignment", "m", "decoder", "wait")
-#: label fields dropped, in this order, when the remaining ones still tell the lines apart
-REDUNDANT_FIRST = ("assignment", "decoder", "data", "model")
 #: config keys (and their sub-keys) that cannot change a run's numbers: not part of the key
 #: replicates are grouped by (the seed, and keys that follow it, are left out separately)
 IGNORED_KEYS = ("name", "logger", "trainer.progress", "trainer.resume",
@@ -38,7 +27,6 @@ IGNORED_KEYS = ("name", "logger", "trainer.progress", "trainer.resume",
 #: the summary.json fields a train run needs to be reported
 SUMMARY_FIELDS = ("final_train_loss", "scheme", "assignment", "decoder", "straggler", "m",
                   "wait_for_all", "lr", "model", "dataset", "train_samples")
-
 
 
 class ReportError(ValueError):
