@@ -179,3 +179,19 @@ def test_shell_completion_offers_the_debug_presets() -> None:
                           env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["debug=fast", "debug=profile"]
+
+
+def test_progress_written_to_a_file_is_whole_lines(tmp_path: Path) -> None:
+    """stderr redirected to a log file (not a terminal): no carriage-return frames, one line
+    per tenth of the work (issue 20: a bar wrote hundreds of frames into the file)."""
+    log_file = tmp_path / "train.log"
+    with log_file.open("w") as err:
+        proc = subprocess.run([sys.executable, "-m", "agc_pipeline.train", "debug=fast",
+                               "trainer.iterations=40", "trainer.progress=true",
+                               f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, stderr=err,
+                              stdout=subprocess.PIPE, text=True, timeout=300)
+    text = log_file.read_text()
+    assert proc.returncode == 0, text[-2000:]
+    assert "\r" not in text and "it/s" not in text
+    lines = [line for line in text.splitlines() if line.startswith("train ")]
+    assert [line.split()[1] for line in lines] == [f"{4 * i}/40" for i in range(1, 11)], lines

@@ -4,7 +4,10 @@ Jobs of a parallel sweep (``hydra/launcher=local``) share one terminal: their tq
 overwrite each other. There :func:`use_lines` (called by
 :mod:`agc_pipeline.reporting.jobs`) switches
 every later :func:`progress` to :class:`LineProgress`, which prints one complete line, led by
-the job's label, at each quarter of the work; nothing is redrawn.
+the job's label, at each quarter of the work; nothing is redrawn. When stderr is not a terminal
+(a log file, a pipe, CI), a bar's carriage-return frames would fill the file: there
+:func:`progress` prints :data:`FILE_PARTS` whole lines to stderr instead (one every 10 % of the
+work).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from tqdm import tqdm
 
 __all__ = ["LineProgress", "emit", "progress", "use_lines"]
 
+#: lines a progress display writes when stderr is not a terminal (one every 10 % of the work)
+FILE_PARTS = 10
 #: the job label of line mode (None: tqdm bars)
 _LABEL: list[str | None] = [None]
 
@@ -84,10 +89,20 @@ class LineProgress:
 def progress(iterable: Iterable[Any] | None = None, *, total: int | None = None,
              initial: int = 0, desc: str = "", unit: str = "it",
              disable: bool = False) -> Any:
-    """A tqdm bar, or a :class:`LineProgress` after :func:`use_lines` (nothing when
-    ``disable``)."""
+    """A tqdm bar on a terminal; a :class:`LineProgress` after :func:`use_lines`, or on stderr
+    when stderr is not a terminal (nothing when ``disable``)."""
     if _LABEL[0] is not None and not disable:
         return LineProgress(iterable, total=total, initial=initial, desc=desc, unit=unit,
                             label=_LABEL[0])
+    if not disable and not _is_terminal(sys.stderr):
+        return LineProgress(iterable, total=total, initial=initial, desc=desc, unit=unit,
+                            stream=sys.stderr, parts=FILE_PARTS)
     return tqdm(iterable, total=total, initial=initial, desc=desc, unit=unit, disable=disable,
                 dynamic_ncols=True)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a replaced or closed stream
+        return False
