@@ -56,7 +56,11 @@ from agc_pipeline.reporting.goldens import (
 from agc_pipeline.reporting.provenance import REPO_ROOT, library_versions
 from agc_pipeline.reporting.sinks import write_json
 
-GOLDEN_DIR = REPO_ROOT / "tests" / "golden"
+#: the golden files: ``agc_pipeline/golden`` in a wheel install, else the checkout's
+#: ``tests/golden`` (their one source; pyproject.toml ships them in the wheel)
+GOLDEN_DIR = (Path(__file__).resolve().parent / "golden"
+              if (Path(__file__).resolve().parent / "golden").is_dir()
+              else REPO_ROOT / "tests" / "golden")
 #: environment of every check's process: deterministic kernels and thread counts
 PINNED_ENV = {
     "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",

@@ -58,6 +58,8 @@ def test_the_wheel_holds_the_configs_and_data(wheel: Path) -> None:
                for p in (ROOT / "conf").rglob("*.yaml")}
     assert configs <= names, sorted(configs - names)[:5]
     assert "agc_pipeline/data/mnist_t10k/t10k-images-idx3-ubyte.gz" in names
+    goldens = {f"agc_pipeline/golden/{p.name}" for p in (ROOT / "tests" / "golden").glob("*.json")}
+    assert goldens and goldens <= names
     assert not any(name.startswith("tests/") for name in names)
 
 
@@ -92,6 +94,9 @@ def test_console_scripts_run_from_any_directory_after_a_wheel_install(
     report = run(bin_dir / "agc-report", "fig3", "--out", "report", cwd=elsewhere,
                  env=env).stdout
     assert "1 analyze runs" in report and (elsewhere / "report" / "report.md").is_file()
+    # the golden files ship in the wheel (issue 20: agc-repro looked for <repo>/tests/golden)
+    repro = run(bin_dir / "agc-repro", "--only", "fig3_small", cwd=elsewhere, env=env).stdout
+    assert "PASS    fig3_small" in repro, repro
 
 
 def test_the_fork_workflow_only_runs_ci_run_with_a_pip_cache() -> None:
@@ -119,6 +124,6 @@ def test_pyproject_lists_every_subpackage() -> None:
         "packages"])
     tree = {".".join(p.parent.relative_to(ROOT).parts)
             for p in (ROOT / "agc_pipeline").rglob("__init__.py")}
-    assert tree | {"agc_pipeline.conf"} == listed
+    assert tree | {"agc_pipeline.conf", "agc_pipeline.golden"} == listed
     assert not [p for p in (ROOT / "agc_pipeline").rglob("*.py")
                 if ".".join(p.parent.relative_to(ROOT).parts) not in tree]
