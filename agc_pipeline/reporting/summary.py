@@ -68,6 +68,7 @@ class Alpha:
     samples: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """summary.json's ``alpha`` object."""
         return {"value": self.value, "stderr": self.stderr, "residual": self.residual,
                 "samples": self.samples}
 
@@ -152,10 +153,6 @@ class RunSummary:
     def wall_time(self) -> float | None:
         """Wall-clock seconds of the iterations (None for the simulated runtime)."""
         return self.runtime_fields.get("wall_time")
-
-    @property
-    def alpha_value(self) -> float | None:
-        return None if self.alpha is None else self.alpha.value
 
     @property
     def setup_seed(self) -> Any:
