@@ -22,7 +22,7 @@ from agc_pipeline.reporting.summary import (
 from agc_pipeline.reporting.sweeps import finished_run
 from agc_pipeline.reporting.wandb_runs import WandbOptions, logged_runs, run_configs
 from agc_pipeline.repro import CASES, collect_metrics
-from agc_pipeline.train import headline, run_training
+from agc_pipeline.train import build_trainer, headline, run_training
 from tests.conftest import ROOT, compose_config
 
 #: a train run's summary.json written before the schema (tests/data/README.md)
@@ -76,6 +76,15 @@ def test_older_files_lack_optional_fields_and_the_runtime_tells_the_clock() -> N
     assert RunSummary.from_dict(required).clock == "virtual"
 
 
+@pytest.mark.parametrize(("trainer", "clock"), [
+    (["trainer=simulated"], "virtual"), (["trainer=distributed"], "wall"),
+    (["trainer=ddp", "code=uncoded_wait"], "wall")])
+def test_each_runtime_names_its_clock(trainer: list[str], clock: str) -> None:
+    """Built, not started: summary_extra() says which time the run measures."""
+    runtime = build_trainer(compose_config("train", [*FAST, *trainer]))
+    assert runtime.summary_extra()["clock"] == clock
+
+
 @pytest.mark.parametrize(("drop", "named"), [("final_train_loss", "final_train_loss"),
                                              ("scheme", "scheme"),
                                              ("decoder.rescale", "decoder.rescale")])
@@ -106,6 +115,8 @@ def test_wrong_types_and_newer_schemas_are_refused(tmp_path: Path) -> None:
         RunSummary.from_dict(old_data() | {"m": True}, tmp_path)
     with pytest.raises(ReportError, match="clock is 'sundial'"):
         RunSummary.from_dict(old_data() | {"clock": "sundial"}, tmp_path)
+    with pytest.raises(ReportError, match="schema is '1'"):
+        RunSummary.from_dict(old_data() | {"schema": "1"}, tmp_path)
     with pytest.raises(ReportError, match="schema 99 is newer"):
         RunSummary.from_dict(old_data() | {"schema": 99}, tmp_path)
     with pytest.raises(ReportError, match="not a JSON object"):
@@ -158,8 +169,25 @@ def test_none_valued_fields_pass_every_reader(tmp_path: Path) -> None:
     assert metrics["final_train_loss"] == [summary.final_train_loss]
 
 
+def test_alpha_from_one_draw_has_no_standard_error(tmp_path: Path) -> None:
+    """One α draw: stderr is inf, written as null; the summary reads and reports."""
+    alpha = {"value": 0.7, "stderr": None, "residual": 0.1, "samples": 1}
+    summary = RunSummary.from_dict(old_data() | {"alpha": alpha}, tmp_path)
+    assert summary.alpha is not None and summary.alpha.stderr is None
+    assert headline(summary)["alpha"] == 0.7 and headline(summary)["alpha_stderr"] is None
+    with pytest.raises(ReportError, match="summary field alpha is 0.7"):
+        RunSummary.from_dict(old_data() | {"alpha": 0.7}, tmp_path)
+
+
 def test_a_diverged_run_s_null_loss_reads(tmp_path: Path) -> None:
     """A non-finite final loss is written as null: the summary still reads and reports."""
     data = old_data() | {"final_train_loss": None, "status": "diverged"}
     summary = RunSummary.from_dict(data, tmp_path)
     assert summary.final_train_loss is None and headline(summary)["train_loss"] is None
+    run = tmp_path / "diverged"
+    run.mkdir()
+    summary.write(run / "summary.json")
+    (run / "metrics.jsonl").write_text('{"iteration": 0, "train_loss": 3.0}\n')
+    report = make_report([run], tmp_path / "out")
+    (record,) = report["groups"]
+    assert record["final_train_loss"] is None and record["not_completed"] == 1

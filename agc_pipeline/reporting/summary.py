@@ -58,10 +58,11 @@ class ReportError(ValueError):
 
 @dataclass(frozen=True)
 class Alpha:
-    """The Monte Carlo estimate of α (Section VII): ``E[B_F R] ≈ value · F``."""
+    """The Monte Carlo estimate of α (Section VII): ``E[B_F R] ≈ value · F``. Like every
+    measured number, None where it was not finite (one draw: no standard error)."""
 
-    value: float
-    stderr: float
+    value: float | None
+    stderr: float | None
     #: ‖mean(B_F R) − α F‖ / ‖F‖ (None in files written before it was measured)
     residual: float | None = None
     #: the number of draws (None in files written before it was recorded)
@@ -194,7 +195,10 @@ class RunSummary:
             raise ReportError(f"{source}: not the summary of a train run (no "
                               f"{', '.join(missing)})")
         schema = data.get("schema", 0)
-        if not isinstance(schema, int) or schema > SCHEMA_VERSION:
+        if not isinstance(schema, int) or isinstance(schema, bool) or schema < 0:
+            raise ReportError(f"{source}: summary field schema is {schema!r}, not a "
+                              "non-negative int")
+        if schema > SCHEMA_VERSION:
             raise ReportError(f"{source}: summary schema {schema!r} is newer than this "
                               f"agc_pipeline reads ({SCHEMA_VERSION}); update agc_pipeline")
         values = {k: v for k, v in data.items() if k in _FIELDS}
@@ -275,8 +279,9 @@ def _check_types(summary: RunSummary, source: str | Path) -> None:
 
 
 def _alpha(data: Any, source: str | Path) -> Alpha:
-    if not isinstance(data, dict) or not all(
-            isinstance(data.get(k), _NUMBER) for k in ("value", "stderr")):
+    keys = ("value", "stderr", "residual", "samples")
+    if not isinstance(data, dict) or "value" not in data or not all(
+            data.get(k) is None or isinstance(data[k], _NUMBER) for k in keys):
         raise ReportError(f"{source}: summary field alpha is {data!r}, not an object with "
-                          "numbers value and stderr")
-    return Alpha(data["value"], data["stderr"], data.get("residual"), data.get("samples"))
+                          f"numbers (or null) {', '.join(keys)}")
+    return Alpha(*(data.get(k) for k in keys))
