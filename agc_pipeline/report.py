@@ -145,7 +145,8 @@ def make_report(paths: list[Path], out: Path | None = None, title: str | None = 
         figures += analysis_figures
         text += [section]
     text += ["## Reproducibility", "",
-             *provenance_lines([r.summary for r in runs] + [r.results for r in analysis_runs]),
+             *provenance_lines([r.summary.to_dict() for r in runs]
+                               + [r.results for r in analysis_runs]),
              ""]
     markdown = "\n".join(text)
     (out / "report.md").write_text(markdown, encoding="utf-8")

@@ -55,6 +55,7 @@ from agc_pipeline.reporting.goldens import (
 )
 from agc_pipeline.reporting.provenance import REPO_ROOT, library_versions
 from agc_pipeline.reporting.sinks import write_json
+from agc_pipeline.reporting.summary import RunSummary
 
 #: the golden files: ``agc_pipeline/golden`` in a wheel install, else the checkout's
 #: ``tests/golden`` (their one source; pyproject.toml ships them in the wheel)
@@ -169,12 +170,12 @@ def collect_metrics(case: Case, run_dir: Path) -> dict[str, list[float | None]]:
     if case.app == "analyze":
         return points_metrics(json.loads((run_dir / "results.json").read_text()))
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = RunSummary.read(run_dir / "summary.json")
     metrics: dict[str, list[float | None]] = {
         "iteration": [r["iteration"] for r in rows],
         "train_loss": [r["train_loss"] for r in rows],
-        "final_train_loss": [summary["final_train_loss"]],
-        "test_accuracy": [summary.get("test_accuracy")],
+        "final_train_loss": [summary.final_train_loss],
+        "test_accuracy": [summary.test_accuracy],
     }
     if case.kind == "simulated":  # the simulated runtime's full record is deterministic too
         metrics["grad_error"] = [r.get("grad_error") for r in rows]

@@ -24,7 +24,6 @@ and the sweep goes on (its summary.json says ``"status": "diverged"`` or ``"work
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -56,7 +55,8 @@ from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.errors import ConfigError, require
 from agc_pipeline.reporting.jobs import app_job, run_group, run_name
 from agc_pipeline.reporting.provenance import record
-from agc_pipeline.reporting.sinks import JsonlSink, MultiSink, make_logger_sink, write_json
+from agc_pipeline.reporting.sinks import JsonlSink, MultiSink, make_logger_sink
+from agc_pipeline.reporting.summary import Alpha, RunSummary
 from agc_pipeline.reporting.sweeps import limit_threads, skip_finished_job
 from agc_pipeline.training.checkpoint import (
     CHECKPOINT_NAME,
@@ -205,16 +205,16 @@ def _run_locked(cfg: DictConfig, out_dir: Path, replace: bool,
         summary = _summary(runtime, cfg, config, status, error, seconds)
         # this invocation's seconds outside the iterations: building the run, alpha, the
         # workers' start-up, the final evaluation (train_seconds: the iterations)
-        summary["startup_seconds"] = max(seconds - (trainer.totals.seconds - trained), 0.0)
-        summary["keys"], summary["wandb"] = keys, wandb_run
-        write_json(out_dir / "summary.json", summary)
+        summary.startup_seconds = max(seconds - (trainer.totals.seconds - trained), 0.0)
+        summary.keys, summary.wandb = keys, wandb_run
+        summary.write(out_dir / "summary.json")
         sink.summary(headline(summary))
         sink.close()
-    test = summary["test_accuracy"]
+    test = summary.test_accuracy
     log.info("final train loss %.4f, test accuracy %s, %d iterations in %.1f s -> %s",
-             summary["final_train_loss"], "n/a" if test is None else f"{test:.4f}",
-             summary["iterations"], summary["seconds"], out_dir)
-    return summary
+             summary.final_train_loss, "n/a" if test is None else f"{test:.4f}",
+             summary.iterations, summary.seconds, out_dir)
+    return summary.to_dict()
 
 
 def _clear_previous_run(out_dir: Path, replace: bool) -> None:
@@ -234,10 +234,10 @@ def _clear_previous_run(out_dir: Path, replace: bool) -> None:
 
 def _describe_run(out_dir: Path, found: list[str]) -> str:
     try:
-        summary = json.loads((out_dir / "summary.json").read_text())
-        return f"{summary['status']} after {summary['iterations']} iterations"
-    except (OSError, ValueError, KeyError, TypeError):
+        summary = RunSummary.read(out_dir / "summary.json")
+    except ValueError:
         return ", ".join(found)
+    return f"{summary.status} after {summary.iterations} iterations"
 
 
 def _report_alpha(trainer: CodedTraining) -> None:
@@ -279,53 +279,54 @@ def run_keys(runtime: Runtime, cfg: DictConfig) -> dict[str, Any]:
             "dataset": core.dataset.name, "seed": int(cfg.seed)}
 
 
-def headline(summary: dict[str, Any]) -> dict[str, Any]:
+def headline(summary: RunSummary) -> dict[str, Any]:
     """The W&B summary of a train run: summary.json's scalars, α (value and standard error)
     and ``train_loss`` = ``final_train_loss`` (not the last logged row's, measured before the
     last update)."""
-    out = {k: v for k, v in summary.items() if not isinstance(v, dict | list)}
-    alpha = summary.get("alpha") or {}
-    out["alpha"], out["alpha_stderr"] = alpha.get("value"), alpha.get("stderr")
-    out["train_loss"] = summary["final_train_loss"]
-    sent = summary.get("total_bytes_to_ps")  # None for trainer=ddp (no PS)
+    out = {k: v for k, v in summary.to_dict().items() if not isinstance(v, dict | list)}
+    alpha = summary.alpha
+    out["alpha"] = None if alpha is None else alpha.value
+    out["alpha_stderr"] = None if alpha is None else alpha.stderr
+    out["train_loss"] = summary.final_train_loss
+    sent = summary.total_bytes_to_ps  # None for trainer=ddp (no PS)
     out["mb_to_ps"] = None if sent is None else sent / 1e6
     return out
 
 
 def _summary(runtime: Runtime, cfg: DictConfig, config: dict[str, Any], status: str,
-             error: str | None, seconds: float) -> dict[str, Any]:
+             error: str | None, seconds: float) -> RunSummary:
     """summary.json: results, code description and reproducibility information."""
     trainer = runtime.core
     tot = trainer.totals
     done = max(tot.iterations, 1)
     final = trainer.evaluate()
-    return {
-        "name": str(cfg.name), "status": status, "error": error,
-        "final_train_loss": trainer.train_loss(),
-        "test_accuracy": final.get("test_accuracy"), "test_mse": final.get("test_mse"),
-        "test_loss": final["test_loss"],
+    alpha = trainer.alpha
+    return RunSummary(
+        name=str(cfg.name), status=status, error=error,
+        final_train_loss=trainer.train_loss(),
+        test_accuracy=final.get("test_accuracy"), test_mse=final.get("test_mse"),
+        test_loss=final["test_loss"],
         # seconds: this invocation, end to end; train_seconds: training, all sessions
-        "iterations": tot.iterations, "seconds": seconds, "train_seconds": tot.seconds,
-        "virtual_time": trainer.clock.virtual_time,
-        "total_bytes_to_ps": tot.bytes_to_ps, "mean_survivors": tot.survivors / done,
-        "skipped_iterations": tot.skipped,
-        "mean_grad_error": tot.grad_error / done if trainer.settings.grad_error else None,
-        "alpha": None if trainer.alpha is None else trainer.alpha.as_dict(),
+        iterations=tot.iterations, seconds=seconds, train_seconds=tot.seconds,
+        virtual_time=trainer.clock.virtual_time,
+        total_bytes_to_ps=tot.bytes_to_ps, mean_survivors=tot.survivors / done,
+        skipped_iterations=tot.skipped,
+        mean_grad_error=tot.grad_error / done if trainer.settings.grad_error else None,
+        alpha=None if alpha is None else Alpha(**alpha.as_dict()),
         # ‖mean(B_F R) − α F‖ / ‖F‖: what decoder.rescale's assumption misses (Section VII)
-        "alpha_residual": None if trainer.alpha is None else trainer.alpha.residual,
-        "rescaled": trainer.decoder.rescale,
-        "scheme": trainer.scheme.describe(), "assignment": trainer.scheme.assignment.summary(),
-        "decoder": {"name": trainer.decoder.name, "rescale": trainer.decoder.rescale},
-        "straggler": trainer.straggler.describe(), "m": trainer.m,
-        "wait_for_all": trainer.settings.wait_for_all, "lr": trainer.settings.lr,
-        "model": type(trainer.model).__name__, "parameters": trainer.d,
-        "message_length": trainer.length, "dataset": trainer.dataset.name,
-        "train_samples": trainer.num_samples, "seed": int(cfg.seed),
-        **runtime.summary_extra(),  # the runtime's name and measured fields
-        "choices": _choices(),
+        alpha_residual=None if alpha is None else alpha.residual,
+        rescaled=trainer.decoder.rescale,
+        scheme=trainer.scheme.describe(), assignment=trainer.scheme.assignment.summary(),
+        decoder={"name": trainer.decoder.name, "rescale": trainer.decoder.rescale},
+        straggler=trainer.straggler.describe(), m=trainer.m,
+        wait_for_all=trainer.settings.wait_for_all, lr=trainer.settings.lr,
+        model=type(trainer.model).__name__, parameters=trainer.d,
+        message_length=trainer.length, dataset=trainer.dataset.name,
+        train_samples=trainer.num_samples, seed=int(cfg.seed),
+        choices=_choices(),
         **record(),  # versions (torch, numpy, hydra, wandb, ...) and provenance (git, host)
-        "config": config,
-    }
+        config=config,
+    ).with_runtime(runtime.summary_extra())  # the runtime's name, clock and measured fields
 
 
 def _choices() -> dict[str, Any]:

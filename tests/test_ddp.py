@@ -241,8 +241,12 @@ def test_bad_settings(replace: list[str], message: str) -> None:
 def test_headline_of_a_run_without_a_ps() -> None:
     """trainer=ddp has no PS (total_bytes_to_ps is None): the run's headline must not crash
     at the very end of the run (it did, after all the training)."""
+    from agc_pipeline.reporting.summary import RunSummary
     from agc_pipeline.train import headline
 
-    out = headline({"final_train_loss": 0.5, "total_bytes_to_ps": None, "alpha": None})
-    assert out["mb_to_ps"] is None and out["train_loss"] == 0.5
-    assert headline({"final_train_loss": 0.5, "total_bytes_to_ps": 2e6})["mb_to_ps"] == 2.0
+    base = json.loads((ROOT / "tests" / "data" / "summary_pre_schema.json").read_text())
+    ddp = base | {"final_train_loss": 0.5, "total_bytes_to_ps": None, "alpha": None}
+    out = headline(RunSummary.from_dict(ddp))
+    assert out["mb_to_ps"] is None and out["train_loss"] == 0.5 and out["alpha"] is None
+    sent = RunSummary.from_dict(base | {"final_train_loss": 0.5, "total_bytes_to_ps": 2e6})
+    assert headline(sent)["mb_to_ps"] == 2.0

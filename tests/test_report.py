@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from agc_pipeline.reporting.figures import loss_figure
 from agc_pipeline.reporting.groups import Group, group_runs
 from agc_pipeline.reporting.jobs import sweep_group
 from agc_pipeline.reporting.runs import ReportError, Run, find_runs
+from agc_pipeline.reporting.summary import RunSummary
 from agc_pipeline.reporting.wandb_runs import WandbOptions
 from agc_pipeline.train import run_training
 from tests.conftest import compose_config
@@ -88,21 +90,26 @@ def test_curves_average_over_seeds_and_bytes_count_earlier_iterations(train_runs
 
 def test_distributed_runs_are_plotted_against_wall_time(train_runs: Path) -> None:
     run = find_runs([train_runs / "0"]).train[0]
-    # a runtime that measures time (summary.json "runtime"), rows with a virtual clock too:
-    # wall_time at the end of each 0.5 s iteration; the loss is taken at its start
+    # a runtime that measures time (summary.json "clock": "wall"), rows with a virtual clock
+    # too: wall_time at the end of each 0.5 s iteration; the loss is taken at its start
     rows = [r | {"wall_time": 0.5 * (r["iteration"] + 1), "iteration_time": 0.5}
             for r in run.rows]
-    group = Group(run.setup(), [Run(run.path, run.summary | {"runtime": "distributed"}, rows)])
+    group = Group(run.setup(), [Run(run.path, replace(run.summary, clock="wall"), rows)])
     assert group.time_key == "wall_time"
     times, _, _ = group.curve("train_loss", "time")
     assert times.tolist() == [0.0, 0.5, 1.0, 1.5]
+    # a file written before "clock": the runtime's name tells it
+    old = run.summary.to_dict() | {"runtime": "distributed"}
+    del old["clock"], old["schema"]
+    group = Group(run.setup(), [Run(run.path, RunSummary.from_dict(old), rows)])
+    assert group.time_key == "wall_time"
 
 
 def test_labels_drop_fields_the_others_already_tell_apart(train_runs: Path) -> None:
     runs = find_runs([train_runs]).train
     for run in runs:  # pretend the assignment's name encodes m, as fractional_n12_s{4-m}_m{m}
-        m = 1 if run.summary["scheme"]["name"] == "stack" else 2
-        run.summary = run.summary | {"m": m, "assignment": {"name": f"frac_m{m}"}}
+        m = 1 if run.summary.scheme["name"] == "stack" else 2
+        run.summary = replace(run.summary, m=m, assignment={"name": f"frac_m{m}"})
     assert {g.label for g in group_runs(runs)} == {f"{SEVEN}, m=2", f"{STACK}, m=1"}
 
 
@@ -210,10 +217,11 @@ def test_seed_keys_and_fixed_seeds(train_runs: Path) -> None:
     """model.seed follows the seed (``${seed}``); a fixed seed that differs splits groups."""
     runs = find_runs([train_runs]).train
     assert len(group_runs(runs)) == 2
-    stack = [r for r in runs if r.summary["scheme"]["name"] == "stack"]
-    config = stack[1].summary["config"]
+    stack = [r for r in runs if r.summary.scheme["name"] == "stack"]
+    config = stack[1].summary.config
+    assert config is not None
     changed = config | {"straggler": config["straggler"] | {"q": 0.5}}
-    stack[1].summary = stack[1].summary | {"config": changed}
+    stack[1].summary = replace(stack[1].summary, config=changed)
     labels = sorted(g.label for g in group_runs(stack))
     assert labels == [f"{STACK}, straggler.q=0.25", f"{STACK}, straggler.q=0.5"]
 

@@ -24,6 +24,9 @@ from agc_pipeline.train import build_trainer, run_training
 from tests.conftest import ROOT, compose_config
 from tests.data_fixtures import fake_cifar10
 
+#: a train run's summary.json as written before the schema (tests/data/README.md)
+OLD_SUMMARY = ROOT / "tests" / "data" / "summary_pre_schema.json"
+
 SWEEP_PRESETS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")
                        if "sweeper:" in p.read_text())
 #: expected number of jobs of each sweep preset (the Cartesian product of its params)
@@ -179,7 +182,8 @@ def test_rerun_analyze_sweep_under_joblib_skips_finished_jobs(tmp_path: Path) ->
 def test_finished_run_needs_complete_status_outputs_iterations_and_same_config(
         tmp_path: Path) -> None:
     config = {"seed": 0, "trainer": {"iterations": 3, "progress": False}}
-    summary = {"status": "completed", "iterations": 3, "config": config}
+    summary = json.loads(OLD_SUMMARY.read_text()) | {"status": "completed", "iterations": 3,
+                                                      "config": config}
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     (tmp_path / "metrics.jsonl").write_text("{}\n")
     outputs = ("metrics.jsonl",)
@@ -194,6 +198,19 @@ def test_finished_run_needs_complete_status_outputs_iterations_and_same_config(
     assert not finished_run(tmp_path, config, outputs)
     (tmp_path / "summary.json").write_text("{not json")
     assert not finished_run(tmp_path, config, outputs)
+
+
+def test_a_summary_without_a_required_field_is_named_and_its_job_runs_again(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = {"seed": 0}
+    summary = {"status": "completed", "iterations": 3, "config": config}  # no results
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    with caplog.at_level("WARNING", logger="agc_pipeline.reporting.sweeps"):
+        assert finished_run(tmp_path, config, ("metrics.jsonl",)) is None
+    (record,) = caplog.records
+    assert str(tmp_path / "summary.json") in record.getMessage()
+    assert "no final_train_loss" in record.getMessage()
 
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]", "\"completed\"", "\x00\xff"])

@@ -88,7 +88,8 @@ def table(groups: list[Group]) -> tuple[str, list[dict[str, Any]]]:
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     records = []
     for g in groups:
-        alphas = [r.summary["alpha"]["value"] for r in g.runs if r.summary.get("alpha")]
+        alphas = [a.value for a in (r.summary.alpha for r in g.runs)
+                  if a is not None and a.value is not None]
         alpha = (float(np.mean(alphas)), float(np.std(alphas))) if alphas else None
         rec = {"label": g.label, "panel": g.panel, "setup": g.setup, "runs": len(g.runs),
                "paths": [str(r.path) for r in g.runs]}
@@ -98,7 +99,7 @@ def table(groups: list[Group]) -> tuple[str, list[dict[str, Any]]]:
             rec[key] = g.stats(key)
         rec["alpha"] = alpha
         records.append(rec)
-        bad = sum(r.summary.get("status", "completed") != "completed" for r in g.runs)
+        bad = sum((r.summary.status or "completed") != "completed" for r in g.runs)
         rec["not_completed"] = bad
         count = f"{len(g.runs)}" + (f" ({bad} not completed)" if bad else "")
         lines.append(f"| {g.label} | {details(g.setup)} | {g.panel} | {count} | "

@@ -41,14 +41,12 @@ class Group:
 
     @property
     def time_key(self) -> str:
-        """``wall_time`` for distributed runs (or rows without a virtual clock), else
-        ``virtual_time``."""
+        """``wall_time`` for runs whose clock is the wall clock (summary ``clock``; distributed
+        runtimes), or rows without a virtual clock; else ``virtual_time``."""
         rows = [r for run in self.runs for r in run.rows]
         has_wall = any(r.get("wall_time") is not None for r in rows)
         has_virtual = any(r.get("virtual_time") is not None for r in rows)
-        # runtimes that measure real time (summary.json "runtime"; the simulated one says
-        # "simulated" and keeps a virtual clock)
-        measured = any(run.summary.get("runtime") not in (None, "simulated") for run in self.runs)
+        measured = any(run.summary.clock == "wall" for run in self.runs)
         return "wall_time" if has_wall and (measured or not has_virtual) else "virtual_time"
 
     def series(self, run: Run, key: str) -> dict[int, float]:
@@ -87,8 +85,9 @@ class Group:
         return where, vals.mean(axis=0), vals.std(axis=0)
 
     def stats(self, key: str) -> tuple[float, float] | None:
-        """Mean and std over runs of a numeric summary field (None when absent)."""
-        values = [r.summary.get(key) for r in self.runs]
+        """Mean and std over runs of the numeric :class:`RunSummary` attribute ``key`` (None
+        when no run has a number there)."""
+        values = [getattr(r.summary, key) for r in self.runs]
         values = [float(v) for v in values if isinstance(v, int | float)]
         if not values:
             return None

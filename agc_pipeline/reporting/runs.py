@@ -19,60 +19,53 @@ from agc_pipeline.reporting.analysis_runs import (  # noqa: E402
     label_analysis_runs,
     read_overrides,
 )
+from agc_pipeline.reporting.summary import ReportError, RunSummary  # noqa: E402
 
 #: config keys (and their sub-keys) that cannot change a run's numbers: not part of the key
 #: replicates are grouped by (the seed, and keys that follow it, are left out separately)
 IGNORED_KEYS = ("name", "logger", "trainer.progress", "trainer.resume",
                 "trainer.checkpoint_every", "extras")
-#: the summary.json fields a train run needs to be reported
-SUMMARY_FIELDS = ("final_train_loss", "scheme", "assignment", "decoder", "straggler", "m",
-                  "wait_for_all", "lr", "model", "dataset", "train_samples")
-
-
-class ReportError(ValueError):
-    """The report cannot be made (no runs, damaged inputs under ``strict``, a bad ``--out``)."""
-
 
 @dataclass
 class Run:
     """One train run: its directory, ``summary.json`` and ``metrics.jsonl`` rows."""
 
     path: Path
-    summary: dict[str, Any]
+    summary: RunSummary
     rows: list[dict[str, Any]]
 
     @property
     def seed(self) -> Any:
         """The run's seed (None when its summary records none)."""
-        return self.summary.get("seed", (self.summary.get("config") or {}).get("seed"))
+        return self.summary.setup_seed
 
     def flat_config(self) -> dict[str, str]:
         """The resolved config as ``dotted.key -> JSON value``, without :data:`IGNORED_KEYS`;
         the set-up fields when the summary holds no config, and always the run's status."""
-        config = self.summary.get("config")
+        config = self.summary.config
         flat = (flatten(config) if isinstance(config, dict) else
                 {f"setup.{k}": json.dumps(v) for k, v in self.setup().items()})
         flat = {k: v for k, v in flat.items()
                 if not any(k == i or k.startswith(f"{i}.") for i in IGNORED_KEYS)}
-        flat["status"] = json.dumps(self.summary.get("status", "completed"))
+        flat["status"] = json.dumps(self.summary.status or "completed")
         return flat
 
     def setup(self) -> dict[str, str]:
         """The fields runs are grouped by (everything but the seed), as short strings."""
         s = self.summary
-        scheme = s["scheme"]
-        straggler = s["straggler"]
+        scheme = s.scheme
+        straggler = s.straggler
         params = [f"{k}={straggler[k]:g}" if isinstance(straggler[k], float) else
                   f"{k}={straggler[k]}" for k in ("q", "s", "wait_for", "deadline")
                   if straggler.get(k) is not None]
-        decoder = s["decoder"]["name"] + (" ÷α" if s["decoder"]["rescale"] else "")
-        code = (s.get("choices") or {}).get("code") or ""
+        decoder = s.decoder["name"] + (" ÷α" if s.decoder["rescale"] else "")
+        code = (s.choices or {}).get("code") or ""
         epsilon = f"ε = {scheme['epsilon']:g}" if scheme.get("epsilon") else ""
         return {"code": code, "scheme": paper_label(scheme["name"], scheme.get("variant")),
-                "epsilon": epsilon, "assignment": s["assignment"]["name"], "m": f"m={s['m']}",
-                "decoder": decoder, "wait": "wait-for-all" if s["wait_for_all"] else "",
-                "lr": f"lr={s['lr']:g}", "model": s["model"],
-                "data": f"{s['dataset']} N={s['train_samples']}",
+                "epsilon": epsilon, "assignment": s.assignment["name"], "m": f"m={s.m}",
+                "decoder": decoder, "wait": "wait-for-all" if s.wait_for_all else "",
+                "lr": f"lr={s.lr:g}", "model": s.model,
+                "data": f"{s.dataset} N={s.train_samples}",
                 "straggler": " ".join([straggler["name"], *params])}
 
 
@@ -187,13 +180,13 @@ def find_runs(paths: list[Path]) -> Found:
         if summary.get("app") == "analyze":
             found.problems.append(f"{summary_file}: an analyze run without its results.json")
             continue
-        missing = [k for k in SUMMARY_FIELDS if k not in summary]
-        if missing:
-            found.problems.append(f"{summary_file}: not the summary of a train run (no "
-                                  f"{', '.join(missing)})")
+        try:
+            typed = RunSummary.from_dict(summary, summary_file)
+        except ReportError as exc:
+            found.problems.append(str(exc))
             continue
-        found.train.append(Run(path, summary, _read_metrics(path / "metrics.jsonl",
-                                                            found.problems)))
+        found.train.append(Run(path, typed, _read_metrics(path / "metrics.jsonl",
+                                                          found.problems)))
     label_analysis_runs(found.analysis)
     return found
 

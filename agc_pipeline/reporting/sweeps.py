@@ -25,6 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from agc_pipeline.reporting.sinks import to_jsonable
+from agc_pipeline.reporting.summary import ReportError, RunSummary
 from agc_pipeline.validation import require_bool, require_int
 
 log = logging.getLogger("agc_pipeline.reporting.sweeps")
@@ -60,27 +61,34 @@ def _normalized(config: Any) -> Any:
 
 
 def finished_run(run_dir: Path, config: dict[str, Any], outputs: tuple[str, ...]) -> str | None:
-    """Why ``run_dir`` already holds a complete run of ``config`` (None when it does not)."""
+    """Why ``run_dir`` already holds a complete run of ``config`` (None when it does not).
+    A train run's summary is read as a :class:`RunSummary`; one that does not read is named
+    in a warning and its job runs again."""
     summary_path = Path(run_dir) / "summary.json"
     if not summary_path.exists():
         return None
     try:
-        summary = json.loads(summary_path.read_text())
-    except (OSError, ValueError) as exc:
-        summary = exc
-    if not isinstance(summary, dict):
-        reason = (f"{type(summary).__name__}" if isinstance(summary, Exception)
-                  else "not a JSON object")
-        log.warning("%s is unreadable (%s): running its job again", summary_path, reason)
+        data = json.loads(summary_path.read_text())
+        if isinstance(data, dict) and data.get("app") == "analyze":
+            status, iterations, saved = data.get("status"), None, data.get("config")
+        else:
+            summary = RunSummary.from_dict(data, summary_path)
+            status, iterations, saved = summary.status, summary.iterations, summary.config
+    except ReportError as exc:  # names the file and what is wrong
+        log.warning("%s: running its job again", exc)
         return None
-    if summary.get("status") != "completed" or "config" not in summary:
+    except (OSError, ValueError) as exc:
+        log.warning("%s is unreadable (%s): running its job again", summary_path,
+                    type(exc).__name__)
+        return None
+    if status != "completed" or saved is None:
         return None
     if any(not (Path(run_dir) / name).is_file() for name in outputs):
         return None
     wanted = (config.get("trainer") or {}).get("iterations")
-    if wanted is not None and summary.get("iterations", -1) < wanted:
+    if wanted is not None and (iterations is None or iterations < wanted):
         return None
-    if _normalized(summary["config"]) != _normalized(config):
+    if _normalized(saved) != _normalized(config):
         return None
     return f"{summary_path} says completed with the same config"
 

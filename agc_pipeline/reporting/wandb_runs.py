@@ -29,13 +29,13 @@ class WandbOptions:
 
 
 def run_configs(train: list[Run], analysis: list[Any]) -> list[dict[str, Any]]:
-    return [r.summary.get("config") or {} for r in train] + \
+    return [r.summary.config or {} for r in train] + \
         [r.results.get("config") or {} for r in analysis]
 
 
 def logged_runs(train: list[Run], analysis: list[Any]) -> list[dict[str, Any]]:
     """Where the runs were logged to W&B (summary.json / results.json ``wandb``), if they were."""
-    records = [r.summary.get("wandb") for r in train] + [r.results.get("wandb") for r in analysis]
+    records = [r.summary.wandb for r in train] + [r.results.get("wandb") for r in analysis]
     return [w for w in records if isinstance(w, dict) and w.get("id")]
 
 
@@ -78,8 +78,7 @@ def write_wandb_report(out: Path, options: WandbOptions, runs: list[Run], groups
         names = [options.group]
     line = {id(run): i for i, g in enumerate(groups) for run in g.runs}
     seeds = seed_keys(runs) if runs else set()
-    train = [{**(r.summary.get("keys") or {"code": r.setup()["code"] or
-                                        r.summary["scheme"]["name"]}),
+    train = [{**(r.summary.keys or {"code": r.setup()["code"] or r.summary.scheme["name"]}),
               "_metrics": {k for row in r.rows for k in row}, "_line": line.get(id(r)),
               "_config": {k: json.loads(v) for k, v in r.flat_config().items()
                           if k not in seeds and k != "status"}} for r in runs]

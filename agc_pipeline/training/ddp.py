@@ -423,7 +423,7 @@ class DdpRuntime:
         assert isinstance(tot, DdpTotals)
         done = max(tot.iterations, 1)
         return {
-            "runtime": self.name, "virtual_time": None, "wall_time": tot.wall_time,
+            "runtime": self.name, "clock": "wall", "virtual_time": None, "wall_time": tot.wall_time,
             "mean_iteration_time": tot.wall_time / done, "total_bytes_to_ps": None,
             "total_bytes_per_rank": tot.bytes_per_rank, "mean_sleep_time": tot.sleep_time / done,
             "ddp": {"workers": self.n, "backend": self.settings.backend,

@@ -125,4 +125,4 @@ class SimulatedRuntime:
 
     def summary_extra(self) -> dict[str, Any]:
         """summary.json fields of the simulated runtime."""
-        return {"runtime": self.name}
+        return {"runtime": self.name, "clock": "virtual"}
