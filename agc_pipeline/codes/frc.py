@@ -18,12 +18,11 @@ from agc_pipeline.errors import require
 
 
 def check_fractional_assignment(scheme: str, assignment: Assignment, m: int) -> int:
-    """Check that ``assignment`` is a fractional repetition built for this ``m``; return r.
+    """Check that ``assignment`` (of kind fractional: :attr:`Scheme.assignments`) is a
+    fractional repetition built for this ``m``; return r.
 
     The group size r = s + m fixes the tolerated stragglers s = r − m ≥ 0.
     """
-    require(assignment.kind == "fractional",
-            f"scheme {scheme} needs assignment=fractional (got kind {assignment.kind!r})")
     r = fractional_group_size(assignment)
     built_m = assignment.params.get("m", m)
     require(built_m == m,
@@ -44,6 +43,9 @@ class FractionalRepetitionCode(Scheme):
     """
 
     name: ClassVar[str] = "frc"
+    paper_label: ClassVar[str] = "FRC (Tandon et al.)"
+    exact: ClassVar[bool] = True
+    assignments: ClassVar[tuple[str, ...]] = ("fractional",)
     randomized: ClassVar[bool] = False
 
     def __init__(self, assignment: Assignment, m: int = 1) -> None:
