@@ -71,9 +71,9 @@ class CyclicRepetitionCode(Scheme):
     randomized: ClassVar[bool] = False
 
     def __init__(self, assignment: Assignment, m: int = 1, seed: int = 0) -> None:
+        m = require_int(m, "m", minimum=1)  # m first: the m = 1 rule precedes the kind's
+        require(m == 1, f"scheme crc needs m = 1 (got m={m}); use ce_frc for m > 1")
         super().__init__(assignment, m)
-        require(self.m == 1, f"scheme crc needs m = 1 (got m={self.m}); "
-                             "use ce_frc for m > 1")
         built_m = assignment.params.get("m", 1)
         require(built_m == 1,
                 f"scheme crc: assignment.m must be 1 (got assignment.m={built_m}); "

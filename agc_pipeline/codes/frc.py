@@ -15,6 +15,7 @@ from agc_pipeline.codes.assignment import Assignment
 from agc_pipeline.codes.base import Scheme
 from agc_pipeline.codes.repetition import fractional_group_size
 from agc_pipeline.errors import require
+from agc_pipeline.validation import require_int
 
 
 def check_fractional_assignment(scheme: str, assignment: Assignment, m: int) -> int:
@@ -49,8 +50,9 @@ class FractionalRepetitionCode(Scheme):
     randomized: ClassVar[bool] = False
 
     def __init__(self, assignment: Assignment, m: int = 1) -> None:
+        m = require_int(m, "m", minimum=1)  # m first: the m = 1 rule precedes the kind's
+        require(m == 1, f"scheme frc needs m = 1 (got m={m}); use ce_frc for m > 1")
         super().__init__(assignment, m)
-        require(self.m == 1, f"scheme frc needs m = 1 (got m={self.m}); use ce_frc for m > 1")
         self.group_size = check_fractional_assignment(self.name, assignment, self.m)
         self.s = self.group_size - 1
 
