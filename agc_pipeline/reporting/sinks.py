@@ -250,19 +250,18 @@ class WandbLogger(WandbSink):
 
 class ConsoleLogger(Sink):
     """``logger=console``: a compact line on the job's log (``agc_pipeline.console``) for the
-    first row and every ``every``-th after it, e.g. ``tiny | iteration=20 train_loss=0.4123
+    first row and every ``every``-th after it, e.g. ``iteration=20 train_loss=0.4123
     test_accuracy=0.91``, and the run's summary when it ends. ``columns`` picks and orders the
     columns a row shows where it has them (null: every number and string of the row)."""
 
     def __init__(self, every: int = 10, columns: list[str] | None = None, *,
-                 run_name: str | None = None, key: str = "logger", **run: Any) -> None:
+                 key: str = "logger", **run: Any) -> None:
         self.every = require_int(every, f"{key}.every", minimum=1)
         if columns is not None and (not isinstance(columns, list | tuple)
                                     or not all(isinstance(c, str) for c in columns)):
             raise ConfigError(f"{key}.columns must be a list of metric names or null "
                               f"(got {columns!r})")
         self.columns = None if columns is None else list(columns)
-        self.prefix = f"{run_name} | " if run_name else ""
         self.rows = 0
 
     @staticmethod
@@ -275,11 +274,11 @@ class ConsoleLogger(Sink):
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         if self.rows % self.every == 0:
-            console.info("%s%s", self.prefix, self._line(to_jsonable(metrics), self.columns))
+            console.info("%s", self._line(to_jsonable(metrics), self.columns))
         self.rows += 1
 
     def summary(self, values: dict[str, Any]) -> None:
-        console.info("%ssummary: %s", self.prefix, self._line(to_jsonable(values), None))
+        console.info("summary: %s", self._line(to_jsonable(values), None))
 
 
 #: what a logger node must be, for the one-line error when it is not
