@@ -146,6 +146,8 @@ def test_a_mapping_may_hold_loggers_of_one_kind_and_switch_one_off(
     ({"c": {"_target_": CONSOLE, "evry": 1}},
      r"^logger\.c\.evry: ConsoleLogger has no such setting \(its settings: every, columns\)$"),
     ({"c": {"_target_": CONSOLE, "columns": "loss"}}, r"^logger\.c\.columns must be a list"),
+    ({"_target_": "agc_pipeline.reporting.sinks.JsonlSink"},
+     r"^logger: JsonlSink cannot be built as a logger \(.*\)$"),
     ({"_target_": CONSOLE, "keys": ["loss"]},
      r"^logger\.keys: ConsoleLogger has no such setting"),
 ])

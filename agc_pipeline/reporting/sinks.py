@@ -330,7 +330,10 @@ def _build_logger(node: Any, key: str, run: dict[str, Any]) -> Sink:
         if not name.startswith("_") and name not in allowed:
             raise ConfigError(f"{key}.{name}: {cls.__name__} has no such setting (its settings: "
                               f"{', '.join(allowed) or 'none'})")
-    return factory(**run, key=key)
+    try:
+        return factory(**run, key=key)
+    except TypeError as exc:  # e.g. a Sink that does not take the run's context
+        raise ConfigError(f"{key}: {cls.__name__} cannot be built as a logger ({exc})") from None
 
 
 def make_logger_sink(logger_cfg: Any, run_dir: Path, config: dict[str, Any], *, group: str,
