@@ -22,45 +22,15 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from agc_pipeline.build import build_cluster, refuse_foreign_presets, require_app, run_app
-from agc_pipeline.cluster.costmodel import BROADCASTS, ClusterModel
-from agc_pipeline.cluster.planner import (
-    FAMILIES,
-    PlanSettings,
-    load_convergence,
-    run_plan,
-)
+from agc_pipeline.cluster.costmodel import ClusterModel
+from agc_pipeline.cluster.planner import PlanSettings, load_convergence, run_plan
 from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.errors import require
 from agc_pipeline.reporting.provenance import record
 from agc_pipeline.reporting.sinks import write_json
-from agc_pipeline.validation import (
-    require_bool,
-    require_choice,
-    require_finite,
-    require_int,
-    require_int_list,
-)
+from agc_pipeline.validation import require_bool, require_finite, require_optional_str
 
 log = logging.getLogger("agc_pipeline.plan")
-
-
-def _float_list(values: Any, name: str, minimum: float, maximum: float | None = None,
-                ) -> list[float]:
-    require(not isinstance(values, str) and hasattr(values, "__iter__") and len(values) > 0,
-            f"{name} must be a non-empty list of numbers (got {values!r})")
-    return [require_finite(v, f"{name}[{i}]", minimum, maximum) for i, v in enumerate(values)]
-
-
-def _str_list(values: Any, name: str, choices: tuple[str, ...]) -> list[str]:
-    require(not isinstance(values, str) and hasattr(values, "__iter__") and len(values) > 0,
-            f"{name} must be a non-empty list (got {values!r})")
-    return [require_choice(v, f"{name}[{i}]", choices) for i, v in enumerate(values)]
-
-
-def _ints(values: Any, name: str, minimum: int) -> list[int]:
-    out = require_int_list(values, name, minimum)
-    require(len(out) > 0, f"{name} must list at least one value")
-    return out
 
 
 def build_plan(cfg: DictConfig) -> tuple[ClusterModel, PlanSettings, Any]:
@@ -71,32 +41,19 @@ def build_plan(cfg: DictConfig) -> tuple[ClusterModel, PlanSettings, Any]:
                                  "ethernet_10g | ib_100g")
     assert cluster is not None
     p = cfg.plan
-    settings = PlanSettings(
-        n=_ints(p.n, "plan.n", 2), d=_ints(p.d, "plan.d", 1), m=_ints(p.m, "plan.m", 1),
-        p=_float_list(p.p, "plan.p", 0.0, 1.0),
-        slowdown=require_finite(p.slowdown, "plan.slowdown", 1.0),
-        samples_per_iteration=require_finite(p.samples_per_iteration,
-                                             "plan.samples_per_iteration", 0.0,
-                                             strict_minimum=True),
-        flops_per_sample=require_finite(p.flops_per_sample, "plan.flops_per_sample", 0.0,
-                                        strict_minimum=True),
-        grad_bytes=require_finite(p.grad_bytes, "plan.grad_bytes", 0.0, strict_minimum=True),
-        param_bytes=require_finite(p.param_bytes, "plan.param_bytes", 0.0,
-                                   strict_minimum=True),
-        broadcast=_str_list(p.broadcast, "plan.broadcast", BROADCASTS),
-        families=_str_list(p.families, "plan.families", tuple(FAMILIES)),
-        s_fractions=_float_list(p.s_fractions, "plan.s_fractions", 0.0, 0.99),
-        draws=require_int(p.draws, "plan.draws", minimum=1),
-        error_realizations=require_int(p.error_realizations, "plan.error_realizations",
-                                       minimum=1),
-        error_sets=require_int(p.error_sets, "plan.error_sets", minimum=1),
-        seed=require_int(cfg.seed, "seed", minimum=0),
-    )
+    settings = PlanSettings(  # validates every key
+        n=p.n, d=p.d, m=p.m, p=p.p, slowdown=p.slowdown,
+        samples_per_iteration=p.samples_per_iteration, flops_per_sample=p.flops_per_sample,
+        grad_bytes=p.grad_bytes, param_bytes=p.param_bytes, broadcast=p.broadcast,
+        families=p.families, s_fractions=p.s_fractions, draws=p.draws,
+        error_realizations=p.error_realizations, error_sets=p.error_sets, seed=cfg.seed)
     require_bool(p.plot, "plan.plot")
     fraction = require_finite(p.target_fraction, "plan.target_fraction", 0.0, 1.0,
                               strict_minimum=True)
     kappa = None if p.kappa is None else require_finite(p.kappa, "plan.kappa", 0.0)
-    convergence = load_convergence(p.convergence, fraction, kappa)
+    require_optional_str(p.get("title"), "plan.title")
+    convergence = load_convergence(require_optional_str(p.convergence, "plan.convergence"),
+                                   fraction, kappa)
     return cluster, settings, convergence
 
 

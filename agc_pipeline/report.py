@@ -65,7 +65,7 @@ from agc_pipeline.reporting.groups import Group, differing_keys, group_runs  # n
 from agc_pipeline.reporting.jobs import sweep_group  # noqa: E402
 from agc_pipeline.reporting.publish import markdown_to_html, publish_wandb  # noqa: E402
 from agc_pipeline.reporting.runs import ReportError, find_runs  # noqa: E402
-from agc_pipeline.reporting.sinks import write_json  # noqa: E402
+from agc_pipeline.reporting.sinks import wandb_settings, write_json  # noqa: E402
 from agc_pipeline.reporting.wandb_report import PublishError, publish  # noqa: E402
 from agc_pipeline.reporting.wandb_runs import (  # noqa: E402
     WandbOptions,
@@ -182,10 +182,10 @@ class ReportCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        logger = config.get("logger") or {}
+        logger = wandb_settings(config.get("logger"))  # None: the jobs log to no W&B run
         wandb = spec = None
-        mode = logger.get("mode") or os.environ.get("WANDB_MODE") or "offline"
-        if logger.get("name") == "wandb":
+        mode = (logger or {}).get("mode") or os.environ.get("WANDB_MODE") or "offline"
+        if logger is not None:
             group = (logger.get("group") or os.environ.get("WANDB_RUN_GROUP")
                      or sweep_group(str(config.get("name", "")), sweep_dir))
             wandb = WandbOptions(group=group, project=logger.get("project"), mode=mode,

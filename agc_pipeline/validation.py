@@ -23,6 +23,9 @@ __all__ = [
     "require_finite",
     "require_int",
     "require_int_list",
+    "require_interval",
+    "require_list",
+    "require_optional_str",
 ]
 
 
@@ -73,6 +76,16 @@ def require_finite(value: Any, name: str, minimum: float | None = None,
     return v
 
 
+def require_interval(value: Any, name: str, low: float, high: float,
+                     open_high: bool = False) -> float:
+    """``value`` as a float in [low, high] (``open_high``: [low, high)), e.g. a probability."""
+    if not is_number(value) or not low <= float(value) <= high \
+            or (open_high and float(value) == high):
+        raise ConfigError(f"{name} must lie in [{low:g}, {high:g}{')' if open_high else ']'} "
+                          f"(got {value!r})")
+    return float(value)
+
+
 def require_bool(value: Any, name: str) -> bool:
     """``value`` if it is a bool (YAML true/false)."""
     if not isinstance(value, bool | np.bool_):
@@ -93,3 +106,17 @@ def require_int_list(values: Any, name: str, minimum: int | None = None) -> list
     if isinstance(values, str) or not hasattr(values, "__iter__"):
         raise ConfigError(f"{name} must be a list of integers (got {values!r})")
     return [require_int(v, f"{name}[{i}]", minimum) for i, v in enumerate(values)]
+
+
+def require_list(values: Any, name: str) -> list[Any]:
+    """A non-empty list (or tuple) given for ``name``, as a list (a string is not a list)."""
+    if isinstance(values, str) or not hasattr(values, "__iter__") or len(values) == 0:
+        raise ConfigError(f"{name} must be a non-empty list (got {values!r})")
+    return list(values)
+
+
+def require_optional_str(value: Any, name: str) -> str | None:
+    """``value`` if it is a string or None (null)."""
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string or null (got {value!r})")
+    return value

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -233,3 +234,23 @@ def test_plan_config_errors_are_one_line(override: str, message: str, tmp_path: 
     assert proc.returncode == 2, proc.stderr[-2000:]
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("agc-plan: configuration error:") and message in line, line
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("plan.convergence=true", "plan.convergence must be a string or null (got True)"),
+    ("plan.title=true", "plan.title must be a string or null (got True)"),
+    ("plan.slowdown=false", "plan.slowdown must be a finite number (got False)"),
+    ("plan.p=[true]", "plan.p[0] must be a finite number (got True)"),
+    ("plan.draws=true", "plan.draws must be a positive integer (got True)"),
+])
+def test_plan_keys_refuse_booleans(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        build_plan(compose_config("plan", [override]))
+
+
+def test_plan_settings_validate_themselves() -> None:
+    with pytest.raises(ConfigError, match=r"^plan.error_sets must be a positive integer"):
+        _settings(error_sets=True)
+    with pytest.raises(ConfigError, match=r"^plan.s_fractions\[1\] must be ≤ 0.99"):
+        _settings(s_fractions=[0.0, 1.0])
+    assert _settings(flops_per_sample=6).flops_per_sample == 6.0

@@ -166,7 +166,8 @@ def test_report_callback_logs_to_wandb_when_the_sweep_does(train_runs: Path,
     sweep = tmp_path / "sweep"
     analysis_run(sweep / "0")
     config = OmegaConf.create({"name": "swp", "hydra": {"sweep": {"dir": str(sweep)}},
-                               "logger": {"name": "wandb", "mode": "offline", "group": None,
+                               "logger": {"_target_": "agc_pipeline.reporting.sinks.WandbLogger",
+                                          "mode": "offline", "group": None,
                                           "project": "agc_pipeline", "entity": None}})
     ReportCallback(title="t").on_multirun_end(config)
     report = json.loads((sweep / "report.json").read_text())

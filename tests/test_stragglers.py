@@ -283,6 +283,18 @@ def test_virtual_clock() -> None:
     (lambda: Delay(s=1, trace="/nonexistent/trace.csv"), "straggler.trace file not found"),
     (lambda: NoStragglers(seed=-1), "straggler.seed"),
     (lambda: NoStragglers(comm_per_unit=-1.0), "straggler.comm_per_unit"),
+    # booleans are refused as numbers, naming the key
+    (lambda: Bernoulli(q=False), r"^straggler.q must lie in \[0, 1\) \(got False\)$"),
+    (lambda: FixedCount(s=True), r"^straggler.s must be a non-negative integer \(got True\)$"),
+    (lambda: Delay(s=True), "straggler.s must be a non-negative integer"),
+    (lambda: NoStragglers(compute_time=True), r"^straggler.compute_time .*\(got True\)$"),
+    (lambda: NoStragglers(seed=False), "straggler.seed"),
+    (lambda: Delay(s=1, p=True), r"straggler.p .* must lie in \[0, 1\] \(got True\)"),
+    (lambda: Delay(s=1, r=True), "straggler.r .*got True"),
+    (lambda: Delay(s=1, rate=False), "straggler.rate"),
+    (lambda: Delay(wait_for="deadline", deadline=True), "straggler.deadline"),
+    (lambda: Delay(s=1, time_scale=True), "straggler.time_scale"),
+    (lambda: Delay(s=1, per_sample=True), "straggler.per_sample"),
 ])
 def test_validation(factory: Callable[[], StragglerModel], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -294,6 +306,8 @@ def test_draw_argument_checks() -> None:
         NoStragglers().draw(-1, 3, 1)
     with pytest.raises(ConfigError, match="n \\(number of workers\\)"):
         NoStragglers().draw(0, 0, 1)
+    with pytest.raises(ConfigError, match="iteration must be a non-negative integer"):
+        NoStragglers().draw(True, 3, 1)
 
 
 @pytest.mark.parametrize("option", ["none", "bernoulli", "fixed", "adversarial", "delay"])

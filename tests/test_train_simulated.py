@@ -267,6 +267,12 @@ BAD = {
                     "k = 7 data subsets"),
     "q = 1": (["straggler.q=1.0"], r"straggler.q must lie in \[0, 1\)"),
     "q < 0": (["straggler.q=-0.1"], r"straggler.q must lie in \[0, 1\)"),
+    # booleans are not numbers (YAML would read false as 0 and true as 1)
+    "q = false": (["straggler.q=false"], r"^straggler.q must lie in \[0, 1\) \(got False\)$"),
+    "s = true": (["straggler=fixed", "straggler.s=true"],
+                 r"^straggler.s must be a non-negative integer \(got True\)$"),
+    "compute_time = true": (["straggler.compute_time=true"],
+                            r"^straggler.compute_time must be a finite number \(got True\)$"),
     "s >= n": (["straggler=fixed", "straggler.s=7"], "0 ≤ s < n"),
     "delay s >= n": (["straggler=delay", "straggler.s=9"], "0 ≤ s < n"),
     "hadamard n != mk": (["scheme=hadamard_nullspace"], "n = m·k"),

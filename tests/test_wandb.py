@@ -22,6 +22,8 @@ TINY = ["dataset=synthetic_logistic", "dataset.n_samples=140", "dataset.dim=5",
         "model=logistic", "trainer.iterations=4", "trainer.alpha_samples=20",
         "trainer.progress=false", "trainer.eval_every=2", "name=tiny"]
 #: the flat keys every run's W&B config holds (issue 11)
+#: the W&B logger's class, as conf/logger/wandb.yaml names it
+WANDB_LOGGER = "agc_pipeline.reporting.sinks.WandbLogger"
 FLAT = ("code", "scheme", "assignment", "n", "k", "m", "s", "q", "runtime", "model", "d")
 
 
@@ -182,7 +184,7 @@ def sink_for(logger: dict, tmp_path: Path) -> FakeRun:
 
 def test_wandb_environment_variables_fill_what_the_config_leaves_null(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_wandb: list[FakeRun]) -> None:
-    base = {"name": "wandb", "project": None, "entity": None, "mode": None, "group": None,
+    base = {"_target_": WANDB_LOGGER, "project": None, "entity": None, "mode": None, "group": None,
             "tags": []}
     run = sink_for(base, tmp_path)  # nothing set: our defaults
     assert run.kwargs["project"] == "agc_pipeline" and run.kwargs["mode"] == "offline"
@@ -209,4 +211,4 @@ def test_bad_logger_mode_is_one_line(tmp_path: Path, fake_wandb: list[FakeRun]) 
     from agc_pipeline.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"^logger.mode must be one of"):
-        sink_for({"name": "wandb", "mode": "onlin"}, tmp_path)
+        sink_for({"_target_": WANDB_LOGGER, "mode": "onlin"}, tmp_path)

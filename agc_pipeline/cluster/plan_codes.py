@@ -30,14 +30,19 @@ COSET_DELTA, COSET_EPSILON = 3, 0.1
 @dataclass
 class Code:
     """One code at one n: the scheme, the straggler counts it may wait past, and whether it
-    is coded (False: the uncoded PS baselines) and exact (ē = 0 at its s)."""
+    is coded (False: the uncoded PS baselines) and exact (ē = 0 at its s; None: the scheme
+    class's ``exact``)."""
 
     family: str
     construction: str
     scheme: Scheme
     s_values: list[int]
     coded: bool
-    exact: bool
+    exact: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.exact is None:
+            self.exact = self.scheme.exact
 
     @property
     def n(self) -> int:
@@ -101,9 +106,10 @@ def family_codes(family: str, n: int, m: int, s_fractions: list[float],
             return [], None
         a = identity(n)
         if family == "uncoded_wait":
+            # waits for every worker: nothing is missing, ē = 0
             return [Code(family, "A = I, wait for all", Stack(a, 1), [0], False, True)], None
         positive = [s for s in grid if s > 0]
-        return [Code(family, "A = I, first n - s", Stack(a, 1), positive, False, False)], None
+        return [Code(family, "A = I, first n - s", Stack(a, 1), positive, False)], None
     if family in ("frc", "ce_frc"):
         if (family == "frc") != (m == 1):
             return [], None
@@ -115,7 +121,7 @@ def family_codes(family: str, n: int, m: int, s_fractions: list[float],
             scheme = (FractionalRepetitionCode(a, 1) if family == "frc"
                       else CommEfficientFRC(a, m))
             codes.append(Code(family, f"fractional repetition, groups of {s + m}", scheme, [s],
-                              True, True))
+                              True))
         return codes, (None if codes else f"no s ≤ {top} with s + m dividing n = {n}")
     if family == "coset_rd":
         if n % m:
@@ -126,7 +132,7 @@ def family_codes(family: str, n: int, m: int, s_fractions: list[float],
         except ConfigError as exc:
             return [], str(exc)
         label = f"coset graph (k={k}, m={m}, δ={COSET_DELTA}), construction (7) ε={COSET_EPSILON}"
-        return [Code(family, label, RandomDiagonal(a, m, COSET_EPSILON), grid, True, False)], None
+        return [Code(family, label, RandomDiagonal(a, m, COSET_EPSILON), grid, True)], None
     builders: dict[str, Callable[[int], tuple[Assignment | None, str]]] = {
         "affine_rd": _affine, "affine_stack": _affine, "lattice_rd": _lattice,
         "projective_rd": _projective}
@@ -136,9 +142,9 @@ def family_codes(family: str, n: int, m: int, s_fractions: list[float],
     if a is None:
         return [], text
     if family == "affine_stack":
-        return [Code(family, f"{text}, stack (11)", Stack(a, m), grid, True, False)], None
+        return [Code(family, f"{text}, stack (11)", Stack(a, m), grid, True)], None
     return [Code(family, f"{text}, construction (7) ε=0", RandomDiagonal(a, m, 0.0), grid,
-                 True, False)], None
+                 True)], None
 
 
 #: the families the planner knows, with a one-line description
@@ -162,7 +168,7 @@ def code_errors(code: Code, realizations: int, sets: int, seed: int,
     if code.family in ("uncoded_wait", "uncoded_ignore"):
         # A = I, optimal decoding: Err = s exactly (the s missing subsets)
         return {s: s / code.n for s in code.s_values}, {s: None for s in code.s_values}
-    draws = 1 if code.scheme.name == "stack" or code.exact else realizations
+    draws = 1 if not code.scheme.randomized or code.exact else realizations
     study = ErrorStudy(scheme=code.scheme, s_values=code.s_values, realizations=draws,
                        straggler_sets=sets, seed=seed)
     results = study.run()

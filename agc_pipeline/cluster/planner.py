@@ -47,6 +47,7 @@ from agc_pipeline.cluster.costmodel import (
     slowdowns,
 )
 from agc_pipeline.cluster.plan_codes import FAMILIES, Code, code_errors, family_codes
+from agc_pipeline.cluster.plan_settings import PlanSettings
 from agc_pipeline.errors import ConfigError, require
 
 __all__ = ["ASSUMPTIONS", "FAMILIES", "METHOD", "Code", "Convergence", "PlanSettings",
@@ -180,28 +181,6 @@ def load_convergence(path: str | Path | None, target_fraction: float,
 
 # ------------------------------------------------------------------------------------------
 # code families at a given n (the repository's constructions)
-
-
-@dataclass
-class PlanSettings:
-    """The ``plan`` section of the config (validated by the app)."""
-
-    n: list[int]
-    d: list[int]
-    m: list[int]
-    p: list[float]
-    slowdown: float
-    samples_per_iteration: float
-    flops_per_sample: float
-    grad_bytes: float
-    param_bytes: float
-    broadcast: list[str]
-    families: list[str]
-    s_fractions: list[float]
-    draws: int
-    error_realizations: int
-    error_sets: int
-    seed: int = 0
 
 
 def _mean(x: np.ndarray) -> float:

@@ -9,6 +9,9 @@ import numpy as np
 
 from agc_pipeline.errors import ConfigError
 
+#: the assignment families (``Assignment.kind``; the options of ``conf/assignment/``)
+ASSIGNMENT_KINDS = ("bibd", "srg", "biregular", "coset", "cyclic", "fractional", "identity")
+
 
 @dataclass(frozen=True)
 class Assignment:

@@ -6,35 +6,59 @@ whose u-th k×n block A_u has ``supp(A_u) ⊆ supp(A)``; worker j sends ``Z B[:,
 d/m). Randomised schemes draw from the generator they are given, so that every runtime that
 passes the same generator gets the same B.
 
-Bounds that apply to a scheme are exposed by the scheme itself, so that adding a scheme is one
-module plus one YAML file: ``closed_form_bounds(s)`` gives bounds that depend only on the
-number of stragglers, ``set_bounds(B, masks)`` gives bounds for each survivor set.
+Everything about a scheme is declared by its class, so that adding a scheme is one module here
+plus one YAML file in ``conf/scheme/``: its legend label (``paper_label``, ``variant_labels``),
+whether it is exact (``exact``), the assignment kinds it runs on (``assignments``, checked when
+it is built), and its bounds: ``closed_form_bounds(s)`` gives bounds that depend only on the
+number of stragglers, ``set_bounds(B, masks)`` gives bounds for each survivor set. Readers that
+have only a scheme's name (a run's summary) find its class with :func:`scheme_classes`.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from abc import ABC, abstractmethod
+from functools import cache
 from typing import Any, ClassVar
 
 import numpy as np
 
-from agc_pipeline.codes.assignment import Assignment
+from agc_pipeline.codes.assignment import ASSIGNMENT_KINDS, Assignment
 from agc_pipeline.errors import require
 from agc_pipeline.validation import require_int
 
-#: the schemes' names as the paper writes them in its legends (Section VIII); the exact codes
-#: of Section II are named after their authors
-PAPER_LABELS = {"stack": "Baseline construction (11)", "random_diagonal": "Construction (7)",
-                "hadamard_nullspace": "(19)", "frc": "FRC (Tandon et al.)",
-                "crc": "CRC (Tandon et al.)", "ce_frc": "Exact CE-FRC"}
-#: construction (19)'s choice of v_1 (Section VIII: Gaussian or ±1 entries)
-VARIANT_LABELS = {"gaussian": "Gaussian", "pm1": "±1"}
+
+@cache
+def _import_codes() -> None:
+    """Import every module of :mod:`agc_pipeline.codes` (so each scheme class is defined)."""
+    import agc_pipeline.codes as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{module.name}")
+
+
+def scheme_classes() -> dict[str, type[Scheme]]:
+    """Every scheme class by its ``name``: the subclasses of :class:`Scheme` that declare a
+    name, those of :mod:`agc_pipeline.codes` and any defined elsewhere (the first class to
+    declare a name keeps it)."""
+    _import_codes()
+    found: dict[str, type[Scheme]] = {}
+    queue = list(Scheme.__subclasses__())
+    while queue:
+        cls = queue.pop(0)
+        if "name" in vars(cls):
+            found.setdefault(cls.name, cls)
+        queue.extend(cls.__subclasses__())
+    return found
 
 
 def paper_label(name: str, variant: str | None = None) -> str:
-    """A scheme's legend label, e.g. ``"Construction (7)"`` or ``"(19), ±1"``."""
-    label = PAPER_LABELS.get(name, name)
-    return f"{label}, {VARIANT_LABELS.get(variant, variant)}" if variant else label
+    """The legend label of the scheme called ``name`` (its class's ``paper_label``, with its
+    ``variant_labels`` of ``variant``), e.g. ``"Construction (7)"`` or ``"(19), ±1"``; an
+    unknown scheme is labelled by its name."""
+    cls = scheme_classes().get(name)
+    return cls.legend(variant) if cls is not None else name
 
 
 def target_matrix(k: int, m: int) -> np.ndarray:
@@ -47,12 +71,30 @@ class Scheme(ABC):
 
     #: short name used in configs, logs and legends
     name: ClassVar[str] = "scheme"
+    #: the name as the paper's legends write it (Section VIII); empty: ``name``. The exact
+    #: codes of Section II are named after their authors.
+    paper_label: ClassVar[str] = ""
+    #: legend text of each ``variant`` of ``describe()`` (e.g. (19)'s choice of v_1)
+    variant_labels: ClassVar[dict[str, str]] = {}
+    #: True when the code is exact: any set of its ``tolerates()`` stragglers gives Err = 0
+    exact: ClassVar[bool] = False
+    #: the assignment kinds (``Assignment.kind``, ``assignment=<kind>``) it runs on
+    assignments: ClassVar[tuple[str, ...]] = ASSIGNMENT_KINDS
     #: True when ``encode`` draws fresh randomness on every call
     randomized: ClassVar[bool] = False
 
     def __init__(self, assignment: Assignment, m: int) -> None:
         self.assignment = assignment
         self.m = require_int(m, "m", minimum=1)
+        require(assignment.kind in self.assignments,
+                f"scheme {self.name} needs assignment={' | '.join(self.assignments)} "
+                f"(got kind {assignment.kind!r})")
+
+    @classmethod
+    def legend(cls, variant: str | None = None) -> str:
+        """The class's legend label, with the text of ``variant`` if it has one."""
+        label = cls.paper_label or cls.name
+        return f"{label}, {cls.variant_labels.get(variant, variant)}" if variant else label
 
     @property
     def n(self) -> int:
@@ -97,8 +139,8 @@ class Scheme(ABC):
 
     @property
     def label(self) -> str:
-        """The scheme's name as the paper's legends write it (:func:`paper_label`)."""
-        return paper_label(self.name, self.describe().get("variant"))
+        """The scheme's name as the paper's legends write it, e.g. ``"(19), ±1"``."""
+        return self.legend(self.describe().get("variant"))
 
     def describe(self) -> dict[str, Any]:
         """JSON-friendly description of the scheme's parameters."""

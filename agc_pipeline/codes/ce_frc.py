@@ -53,6 +53,9 @@ class CommEfficientFRC(Scheme):
     """
 
     name: ClassVar[str] = "ce_frc"
+    paper_label: ClassVar[str] = "Exact CE-FRC"
+    exact: ClassVar[bool] = True
+    assignments: ClassVar[tuple[str, ...]] = ("fractional",)
     randomized: ClassVar[bool] = False
 
     def __init__(self, assignment: Assignment, m: int) -> None:

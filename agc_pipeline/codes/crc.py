@@ -65,14 +65,15 @@ class CyclicRepetitionCode(Scheme):
     """
 
     name: ClassVar[str] = "crc"
+    paper_label: ClassVar[str] = "CRC (Tandon et al.)"
+    exact: ClassVar[bool] = True
+    assignments: ClassVar[tuple[str, ...]] = ("cyclic",)
     randomized: ClassVar[bool] = False
 
     def __init__(self, assignment: Assignment, m: int = 1, seed: int = 0) -> None:
+        m = require_int(m, "m", minimum=1)  # m first: the m = 1 rule precedes the kind's
+        require(m == 1, f"scheme crc needs m = 1 (got m={m}); use ce_frc for m > 1")
         super().__init__(assignment, m)
-        require(self.m == 1, f"scheme crc needs m = 1 (got m={self.m}); "
-                             "use ce_frc for m > 1")
-        require(assignment.kind == "cyclic",
-                f"scheme crc needs assignment=cyclic (got kind {assignment.kind!r})")
         built_m = assignment.params.get("m", 1)
         require(built_m == 1,
                 f"scheme crc: assignment.m must be 1 (got assignment.m={built_m}); "

@@ -15,15 +15,15 @@ from agc_pipeline.codes.assignment import Assignment
 from agc_pipeline.codes.base import Scheme
 from agc_pipeline.codes.repetition import fractional_group_size
 from agc_pipeline.errors import require
+from agc_pipeline.validation import require_int
 
 
 def check_fractional_assignment(scheme: str, assignment: Assignment, m: int) -> int:
-    """Check that ``assignment`` is a fractional repetition built for this ``m``; return r.
+    """Check that ``assignment`` (of kind fractional: :attr:`Scheme.assignments`) is a
+    fractional repetition built for this ``m``; return r.
 
     The group size r = s + m fixes the tolerated stragglers s = r − m ≥ 0.
     """
-    require(assignment.kind == "fractional",
-            f"scheme {scheme} needs assignment=fractional (got kind {assignment.kind!r})")
     r = fractional_group_size(assignment)
     built_m = assignment.params.get("m", m)
     require(built_m == m,
@@ -44,11 +44,15 @@ class FractionalRepetitionCode(Scheme):
     """
 
     name: ClassVar[str] = "frc"
+    paper_label: ClassVar[str] = "FRC (Tandon et al.)"
+    exact: ClassVar[bool] = True
+    assignments: ClassVar[tuple[str, ...]] = ("fractional",)
     randomized: ClassVar[bool] = False
 
     def __init__(self, assignment: Assignment, m: int = 1) -> None:
+        m = require_int(m, "m", minimum=1)  # m first: the m = 1 rule precedes the kind's
+        require(m == 1, f"scheme frc needs m = 1 (got m={m}); use ce_frc for m > 1")
         super().__init__(assignment, m)
-        require(self.m == 1, f"scheme frc needs m = 1 (got m={self.m}); use ce_frc for m > 1")
         self.group_size = check_fractional_assignment(self.name, assignment, self.m)
         self.s = self.group_size - 1
 

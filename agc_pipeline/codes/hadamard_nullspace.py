@@ -19,7 +19,7 @@ import numpy as np
 from scipy.linalg import null_space
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from agc_pipeline.codes.assignment import Assignment
+from agc_pipeline.codes.assignment import ASSIGNMENT_KINDS, Assignment
 from agc_pipeline.codes.base import Scheme
 from agc_pipeline.coding.bounds import hadamard_bound
 from agc_pipeline.errors import ConfigError, require
@@ -56,6 +56,11 @@ class HadamardNullspace(Scheme):
     """Construction (19) with ``variant`` ∈ {pm1, gaussian}; requires n = mk."""
 
     name = "hadamard_nullspace"
+    paper_label = "(19)"
+    #: the choice of v_1 (Section VIII: Gaussian or ±1 entries)
+    variant_labels = {"gaussian": "Gaussian", "pm1": "±1"}
+    exact = False
+    assignments = ASSIGNMENT_KINDS  # any A with n = m·k (checked when built)
 
     def __init__(self, assignment: Assignment, m: int, variant: str = "gaussian") -> None:
         super().__init__(assignment, m)

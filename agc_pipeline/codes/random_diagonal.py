@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 
-from agc_pipeline.codes.assignment import Assignment
+from agc_pipeline.codes.assignment import ASSIGNMENT_KINDS, Assignment
 from agc_pipeline.codes.base import Scheme
 from agc_pipeline.coding import bounds
 from agc_pipeline.errors import require
@@ -21,6 +21,9 @@ class RandomDiagonal(Scheme):
     """
 
     name = "random_diagonal"
+    paper_label = "Construction (7)"
+    exact = False
+    assignments = ASSIGNMENT_KINDS
     randomized = True
     set_bounds_use_b = False
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from agc_pipeline.codes.assignment import ASSIGNMENT_KINDS
 from agc_pipeline.codes.base import Scheme
 from agc_pipeline.coding.bounds import bibd_stack_error
 
@@ -12,6 +13,9 @@ class Stack(Scheme):
     """B = [A; A; …; A] (mk×n): every block sends the same combination (eq. 11)."""
 
     name = "stack"
+    paper_label = "Baseline construction (11)"
+    exact = False
+    assignments = ASSIGNMENT_KINDS
 
     def encode(self, rng: np.random.Generator | None = None) -> np.ndarray:
         return np.tile(self.assignment.matrix.astype(np.float64), (self.m, 1))

@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 
 from agc_pipeline.reporting.groups import Group, seed_keys  # noqa: E402
 from agc_pipeline.reporting.runs import Run  # noqa: E402
-from agc_pipeline.reporting.sinks import write_json  # noqa: E402
+from agc_pipeline.reporting.sinks import wandb_settings, write_json  # noqa: E402
 from agc_pipeline.reporting.wandb_report import panels, publish, report_spec  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def wandb_target(configs: list[dict[str, Any]], options: WandbOptions,
     """Group, project and entity of the report (and of its W&B run): the options', else those
     the runs were logged with, else the first run's config's."""
     first = configs[0] if configs else {}
-    logger = first.get("logger") or {}
+    logger = wandb_settings(first.get("logger")) or {}
     run = (logged or [{}])[0]
     return {"group": options.group or run.get("group") or logger.get("group")
             or first.get("name") or "report",

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from agc_pipeline.errors import require
+from agc_pipeline.validation import require_finite, require_int
 
 #: third entry of every straggler RNG seed, separating these draws from other seeded streams
 STREAM_TAG = 0x57A6
@@ -54,15 +55,13 @@ def worker_samples(assignment: np.ndarray, samples_per_subset: int) -> np.ndarra
 
 
 def _nonneg_int(value: Any, name: str) -> int:
-    require(isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= 0,
-            f"straggler.{name} must be a non-negative integer (got {value!r})")
-    return int(value)
+    """``straggler.<name>`` as an integer ≥ 0 (booleans refused)."""
+    return require_int(value, f"straggler.{name}", minimum=0)
 
 
 def _nonneg_float(value: Any, name: str) -> float:
-    require(isinstance(value, int | float | np.number) and np.isfinite(value) and value >= 0,
-            f"straggler.{name} must be a finite number ≥ 0 (got {value!r})")
-    return float(value)
+    """``straggler.<name>`` as a finite float ≥ 0 (booleans refused)."""
+    return require_finite(value, f"straggler.{name}", 0.0)
 
 
 class StragglerModel(ABC):
@@ -115,12 +114,9 @@ class _FixedWindow(StragglerModel):
 
 
 def _check_draw_args(iteration: int, n: int, message_length: int) -> None:
-    require(isinstance(iteration, int | np.integer) and iteration >= 0,
-            f"iteration must be a non-negative integer (got {iteration!r})")
-    require(isinstance(n, int | np.integer) and n >= 1,
-            f"n (number of workers) must be a positive integer (got {n!r})")
-    require(isinstance(message_length, int | np.integer) and message_length >= 0,
-            f"message_length must be a non-negative integer (got {message_length!r})")
+    require_int(iteration, "iteration", minimum=0)
+    require_int(n, "n (number of workers)", minimum=1)
+    require_int(message_length, "message_length", minimum=0)
 
 
 def _check_s(s: int, n: int) -> None:

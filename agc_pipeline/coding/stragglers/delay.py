@@ -21,6 +21,7 @@ from agc_pipeline.coding.stragglers.base import (
     _nonneg_int,
 )
 from agc_pipeline.errors import ConfigError, require
+from agc_pipeline.validation import require_finite, require_interval
 
 
 def _load_trace(trace: str) -> np.ndarray:
@@ -85,10 +86,9 @@ class Delay(StragglerModel):
                  per_sample: float | None = None) -> None:
         self.shift = _nonneg_float(shift, "shift")
         super().__init__(seed, compute_time=self.shift, comm_per_unit=comm_per_unit)
-        require(rate is None or (isinstance(rate, int | float | np.number)
-                                 and np.isfinite(rate) and rate > 0),
-                f"straggler.rate must be > 0 or null (no exponential part) (got {rate!r})")
-        self.rate = None if rate is None else float(rate)
+        # rate null: no exponential part
+        self.rate = None if rate is None else require_finite(rate, "straggler.rate", 0.0,
+                                                             strict_minimum=True)
         require(wait_for in self.wait_modes,
                 f"straggler.wait_for must be one of {', '.join(self.wait_modes)} "
                 f"(got {wait_for!r})")
@@ -101,28 +101,16 @@ class Delay(StragglerModel):
             self.s = None if s is None else _nonneg_int(s, "s")
         if wait_for == "deadline":
             require(deadline is not None, "straggler.wait_for=deadline needs straggler.deadline")
-        if deadline is not None:
-            require(isinstance(deadline, int | float | np.number) and deadline > 0,
-                    f"straggler.deadline must be > 0 (got {deadline!r})")
-        self.deadline = None if deadline is None else float(deadline)
+        self.deadline = None if deadline is None else require_finite(
+            deadline, "straggler.deadline", 0.0, strict_minimum=True)
         self.trace_path = trace
         self.trace = None if trace is None else _load_trace(trace)
-        require(isinstance(time_scale, int | float | np.number) and time_scale >= 0,
-                f"straggler.time_scale must be ≥ 0 (got {time_scale!r})")
-        self.time_scale = float(time_scale)
-        require(isinstance(p, int | float | np.number) and 0.0 <= p <= 1.0,
-                f"straggler.p (probability that a worker is slow) must lie in [0, 1] "
-                f"(got {p!r})")
-        self.p = float(p)
-        require(isinstance(r, int | float | np.number) and np.isfinite(r) and r >= 1.0,
-                f"straggler.r (slow-down factor of a slow worker) must be a finite number "
-                f"≥ 1 (got {r!r})")
-        self.r = float(r)
-        require(per_sample is None or (isinstance(per_sample, int | float | np.number)
-                                       and np.isfinite(per_sample) and per_sample > 0),
-                f"straggler.per_sample (time units per sample) must be > 0 or null "
-                f"(got {per_sample!r})")
-        self.per_sample = None if per_sample is None else float(per_sample)
+        self.time_scale = _nonneg_float(time_scale, "time_scale")
+        self.p = require_interval(p, "straggler.p (probability that a worker is slow)", 0.0, 1.0)
+        self.r = require_finite(r, "straggler.r (slow-down factor of a slow worker)", 1.0)
+        # per_sample (time units per sample) null: compute time independent of the load
+        self.per_sample = None if per_sample is None else require_finite(
+            per_sample, "straggler.per_sample", 0.0, strict_minimum=True)
 
     def slowdowns(self, iteration: int, n: int) -> np.ndarray:
         """Per-worker slow-down factors of ``iteration``: r with probability p, else 1."""

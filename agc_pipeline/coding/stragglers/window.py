@@ -14,6 +14,7 @@ from agc_pipeline.coding.stragglers.base import (
     _nonneg_int,
 )
 from agc_pipeline.errors import require
+from agc_pipeline.validation import require_interval
 
 
 class NoStragglers(_FixedWindow):
@@ -35,9 +36,7 @@ class Bernoulli(_FixedWindow):
     def __init__(self, q: float = 0.25, seed: int = 0, compute_time: float = 1.0,
                  comm_per_unit: float = 1e-6) -> None:
         super().__init__(seed, compute_time, comm_per_unit)
-        require(isinstance(q, int | float | np.number) and 0.0 <= q < 1.0,
-                f"straggler.q must lie in [0, 1) (got {q!r})")
-        self.q = float(q)
+        self.q = require_interval(q, "straggler.q", 0.0, 1.0, open_high=True)
 
     def _survivors(self, iteration: int, n: int,
                    context: StragglerContext | None) -> np.ndarray:

@@ -1,0 +1,73 @@
+"""The ``plan`` section of the config as validated settings of the planner
+(:mod:`agc_pipeline.cluster.planner`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from agc_pipeline.cluster.costmodel import BROADCASTS
+from agc_pipeline.cluster.plan_codes import FAMILIES
+from agc_pipeline.validation import (
+    require_choice,
+    require_finite,
+    require_int,
+    require_int_list,
+    require_list,
+)
+
+
+@dataclass
+class PlanSettings:
+    """The ``plan`` section of the config, validated on construction (each key by the rule of
+    :mod:`agc_pipeline.validation`: booleans are never numbers)."""
+
+    n: list[int]
+    d: list[int]
+    m: list[int]
+    p: list[float]
+    slowdown: float
+    samples_per_iteration: float
+    flops_per_sample: float
+    grad_bytes: float
+    param_bytes: float
+    broadcast: list[str]
+    families: list[str]
+    s_fractions: list[float]
+    draws: int
+    error_realizations: int
+    error_sets: int
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        def ints(values: Any, name: str, minimum: int) -> list[int]:
+            return require_int_list(require_list(values, f"plan.{name}"), f"plan.{name}",
+                                    minimum)
+
+        def floats(values: Any, name: str, low: float, high: float) -> list[float]:
+            return [require_finite(v, f"plan.{name}[{i}]", low, high)
+                    for i, v in enumerate(require_list(values, f"plan.{name}"))]
+
+        def choices(values: Any, name: str, allowed: tuple[str, ...]) -> list[str]:
+            return [require_choice(v, f"plan.{name}[{i}]", allowed)
+                    for i, v in enumerate(require_list(values, f"plan.{name}"))]
+
+        def positive(value: Any, name: str) -> float:
+            return require_finite(value, f"plan.{name}", 0.0, strict_minimum=True)
+
+        self.n, self.d, self.m = ints(self.n, "n", 2), ints(self.d, "d", 1), ints(self.m, "m", 1)
+        self.p = floats(self.p, "p", 0.0, 1.0)
+        self.slowdown = require_finite(self.slowdown, "plan.slowdown", 1.0)
+        self.samples_per_iteration = positive(self.samples_per_iteration,
+                                              "samples_per_iteration")
+        self.flops_per_sample = positive(self.flops_per_sample, "flops_per_sample")
+        self.grad_bytes = positive(self.grad_bytes, "grad_bytes")
+        self.param_bytes = positive(self.param_bytes, "param_bytes")
+        self.broadcast = choices(self.broadcast, "broadcast", BROADCASTS)
+        self.families = choices(self.families, "families", tuple(FAMILIES))
+        self.s_fractions = floats(self.s_fractions, "s_fractions", 0.0, 0.99)
+        self.draws = require_int(self.draws, "plan.draws", minimum=1)
+        self.error_realizations = require_int(self.error_realizations,
+                                              "plan.error_realizations", minimum=1)
+        self.error_sets = require_int(self.error_sets, "plan.error_sets", minimum=1)
+        self.seed = require_int(self.seed, "seed", minimum=0)
