@@ -48,9 +48,11 @@ from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.reporting.goldens import (
     RTOL,
     Difference,
+    GoldenError,
     compare,
     cpu_fingerprint,
     points_metrics,
+    read_golden,
     reference,
 )
 from agc_pipeline.reporting.provenance import REPO_ROOT, library_versions
@@ -234,7 +236,10 @@ def check(case: Case, golden_dir: Path, work: Path, update: bool = False,
         if not path.is_file():
             return Outcome(case, "fail", f"no golden file {path}: create it with `python -m "
                                          f"agc_pipeline.repro --update --only {case.name}`")
-        golden = json.loads(path.read_text())
+        try:
+            golden = read_golden(path)
+        except GoldenError as exc:
+            return Outcome(case, "fail", str(exc))
         if list(golden.get("overrides", [])) != list(case.overrides):
             return Outcome(case, "fail", f"{path} was made for other overrides "
                                          f"({' '.join(golden.get('overrides', []))}); "
@@ -296,6 +301,8 @@ def run_checks(names: Sequence[str] = (), golden_dir: Path = GOLDEN_DIR, update:
                echo: bool = True, add_cpu: bool = False) -> list[Outcome]:
     """Run the selected cases (all by default); print each outcome when ``echo``."""
     cases = select_cases(names)
+    if keep is not None and Path(keep).exists() and not Path(keep).is_dir():
+        raise ValueError(f"--keep {keep} is an existing file: name a folder for the run dirs")
     work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="agc-repro-"))
     work.mkdir(parents=True, exist_ok=True)
     outcomes = []

@@ -193,3 +193,30 @@ def test_reference_and_add_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[str
         main(["--add-cpu", "--update"])
     assert stop.value.code == 2
     assert "one of the two" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"{not json", "is unreadable (JSONDecodeError"),
+    (b"\xff\xfe garbage", "is unreadable (UnicodeDecodeError"),
+    (b"[1, 2, 3]", "is not a JSON object"),
+    (b'{"overrides": []}', "'metrics' must map each metric"),
+    (b'{"metrics": {"loss": [1.0, "x"]}}', "metric 'loss' must be a list of numbers"),
+    (b'{"metrics": {"loss": [1.0]}, "cpus": {"some cpu": {}}}', "the entry of some cpu"),
+])
+def test_a_damaged_golden_file_fails_naming_the_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, says: str) -> None:
+    """Issue 20: a garbage golden (a traceback, or a refusal that named no file) fails the
+    check in one line that names the file, before anything runs."""
+    (tmp_path / "fig3_small.json").write_bytes(content)
+    assert main(["--only", "fig3_small", "--golden-dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert f"golden file {tmp_path / 'fig3_small.json'}" in out and says in out, out
+    assert "Traceback" not in out
+
+
+def test_keep_pointing_at_a_file_is_refused(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "a_file"
+    target.write_text("mine")
+    assert main(["--only", "fig3_small", "--keep", str(target)]) == 2
+    assert "--keep" in capsys.readouterr().err and target.read_text() == "mine"

@@ -4,11 +4,17 @@ golden entry was recorded (the last bits depend on the CPU's kernels)."""
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+
+class GoldenError(ValueError):
+    """A golden file that cannot be read or does not hold golden numbers (names the file)."""
+
 
 #: tolerance kinds: analysis (relative to the curve's scale), exact, distributed
 RTOL = {"analysis": 1e-12, "simulated": 0.0, "distributed": 1e-6}
@@ -123,3 +129,37 @@ def reference(golden: dict[str, Any], cpu: str) -> tuple[dict[str, list[Any]], s
     return golden["metrics"], f"the main numbers (recorded on {origin})"
 
 
+
+
+def _check_metrics(metrics: Any, where: str) -> None:
+    if not isinstance(metrics, dict) or not metrics:
+        raise GoldenError(f"{where}: 'metrics' must map each metric to a list of numbers")
+    for name, values in metrics.items():
+        if not isinstance(values, list) or not all(
+                v is None or (isinstance(v, int | float) and not isinstance(v, bool))
+                for v in values):
+            raise GoldenError(f"{where}: metric {name!r} must be a list of numbers or nulls")
+
+
+def read_golden(path: Path) -> dict[str, Any]:
+    """The golden file ``path``, checked: a JSON object with ``overrides`` (a list), ``metrics``
+    (metric -> list of numbers) and optional per-CPU entries under ``cpus``, each with its own
+    ``metrics``. Raises :class:`GoldenError` naming the file and what is wrong."""
+    try:
+        golden = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GoldenError(f"golden file {path} is unreadable ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}); restore it from "
+                          "git or rewrite it with --update") from None
+    if not isinstance(golden, dict):
+        raise GoldenError(f"golden file {path} is not a JSON object")
+    if not isinstance(golden.get("overrides", []), list):
+        raise GoldenError(f"golden file {path}: 'overrides' must be a list")
+    _check_metrics(golden.get("metrics"), f"golden file {path}")
+    cpus = golden.get("cpus", {})
+    if not isinstance(cpus, dict):
+        raise GoldenError(f"golden file {path}: 'cpus' must map a CPU to its entry")
+    for cpu, entry in cpus.items():
+        _check_metrics(entry.get("metrics") if isinstance(entry, dict) else None,
+                       f"golden file {path}, the entry of {cpu}")
+    return golden
