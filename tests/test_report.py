@@ -322,3 +322,25 @@ def test_error_figure_legends_read_as_the_papers(tmp_path: Path) -> None:
     assert "Upp. Bd. (20) (max over sets), (19), ±1" in labels
     assert f"Err., {STACK}" in labels and "Low. Bd. (21)" in labels
     assert not any("+-1" in t or "hadamard" in t or "stack" in t for t in labels), labels
+
+
+@pytest.mark.parametrize("results, says", [
+    ({"points": 5}, "'points' is not a list"),
+    ({"points": [3]}, "point 0 is not an object"),
+    ({"points": [{"s": 1}]}, "'straggler_fraction' must be a number"),
+    ({"points": [{"s": "x", "straggler_fraction": 0.1}]}, "'s' must be an integer"),
+    ({"points": [{"s": 1, "straggler_fraction": 0.1, "empirical_mean": 0.2,
+                  "empirical_max": 0.3, "upper_bound": "big"}]}, "'upper_bound' must be"),
+    ({"points": [{"s": 1, "straggler_fraction": 0.1, "empirical_mean": 0.2,
+                  "empirical_max": 0.3, "bounds": [1]}]}, "'bounds' must be an object"),
+])
+def test_a_results_file_of_the_wrong_shape_is_named_not_a_traceback(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], results: dict, says: str) -> None:
+    """Issue 20: a results.json of the wrong shape crashed the report with a KeyError or
+    TypeError; it is a damaged input, named with what is wrong."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps(results))
+    assert main([str(run), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'results.json'}: " in err and says in err, err
