@@ -29,6 +29,38 @@ from agc_pipeline.analysis.plot import (  # noqa: E402
     scheme_label,
 )
 
+#: the fields of each point of results.json the report reads: numbers, or null where the paper
+#: gives no bound (``s`` an integer, ``bounds`` a mapping of bound name -> number or null)
+POINT_NUMBERS = ("straggler_fraction", "empirical_mean", "empirical_max")
+POINT_OPTIONAL = ("baseline_mean", "upper_bound", "lower_bound")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def results_problem(results: Any) -> str | None:
+    """Why ``results`` (a loaded results.json) is not the results of an analyze run, or None:
+    a JSON object whose ``points`` is a non-empty list of objects with the fields above."""
+    if not isinstance(results, dict) or not results.get("points"):
+        return "holds no points (not the results of an analyze run)"
+    points = results["points"]
+    if not isinstance(points, list):
+        return "'points' is not a list"
+    for i, point in enumerate(points):
+        if not isinstance(point, dict):
+            return f"point {i} is not an object"
+        if not isinstance(point.get("s"), int) or isinstance(point.get("s"), bool):
+            return f"point {i}: 's' must be an integer (got {point.get('s')!r})"
+        for key in POINT_NUMBERS:
+            if not _number(point.get(key)):
+                return f"point {i}: {key!r} must be a number (got {point.get(key)!r})"
+        for key in POINT_OPTIONAL:
+            if point.get(key) is not None and not _number(point[key]):
+                return f"point {i}: {key!r} must be a number or null (got {point[key]!r})"
+        if not isinstance(point.get("bounds", {}), dict):
+            return f"point {i}: 'bounds' must be an object"
+    return None
 
 @dataclass
 class AnalysisRun:

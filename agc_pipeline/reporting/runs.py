@@ -18,6 +18,7 @@ from agc_pipeline.reporting.analysis_runs import (  # noqa: E402
     AnalysisRun,
     label_analysis_runs,
     read_overrides,
+    results_problem,
 )
 from agc_pipeline.reporting.summary import ReportError, RunSummary  # noqa: E402
 
@@ -165,11 +166,11 @@ def find_runs(paths: list[Path]) -> Found:
             results = _read_json(results_file, found.problems)
             if results is None:
                 continue
-            if isinstance(results, dict) and results.get("points"):
+            problem = results_problem(results)
+            if problem is None:
                 found.analysis.append(AnalysisRun(path, results, read_overrides(path)))
             else:
-                found.problems.append(f"{results_file}: holds no points (not the results "
-                                      "of an analyze run)")
+                found.problems.append(f"{results_file}: {problem}")
             continue
         summary = _read_json(summary_file, found.problems)
         if summary is None:
