@@ -25,6 +25,7 @@ from agc_pipeline.build import (
     build_decoder,
     build_scheme,
     refuse_foreign_presets,
+    require_app,
     run_app,
 )
 from agc_pipeline.codes.stack import Stack
@@ -44,6 +45,7 @@ X_AXES = ("straggler_fraction", "s")
 
 def build_study(cfg: DictConfig) -> ErrorStudy:
     """Everything the study needs, built and validated before any computation."""
+    require_app(cfg, "analyze")
     m = require_int(cfg.m, "m", minimum=1)
     seed = require_int(cfg.seed, "seed", minimum=0)
     a = cfg.analysis

@@ -19,8 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 from agc_pipeline.codes.assignment import Assignment
 from agc_pipeline.codes.base import Scheme
 from agc_pipeline.coding.decoding import Decoder
-from agc_pipeline.conf_path import preset_app
-from agc_pipeline.errors import ConfigError
+from agc_pipeline.conf_path import preset_app, unknown_key_error
+from agc_pipeline.errors import ConfigError, require
 
 if TYPE_CHECKING:
     from agc_pipeline.cluster.costmodel import ClusterModel
@@ -224,7 +224,9 @@ def _foreign(app: str, name: str, declared: str) -> str:
 
 
 def require_app(cfg: DictConfig, app: str) -> None:
-    """Raise ConfigError when ``cfg`` was composed from another app's experiment preset."""
+    """Raise ConfigError when ``cfg`` holds a top-level key ``app`` does not know, or was
+    composed from another app's experiment preset."""
+    require((problem := unknown_key_error([str(k) for k in cfg], app)) is None, str(problem))
     declared = cfg.get("app")
     if declared is None or declared == app:
         return

@@ -9,6 +9,8 @@ printed: ``${agc_help_groups:<app>}`` in ``hydra.help.template`` of ``conf/<app>
 
 from __future__ import annotations
 
+import difflib
+from functools import cache
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -50,6 +52,55 @@ def app_groups(app: str) -> dict[str, tuple[str | None, list[str]]]:
             names = [name for name in names if preset_app(name) == app]
         groups[group] = (None if default is None else str(default), names)
     return dict(sorted(groups.items()))
+
+
+def _global_keys(group: str, app: str) -> set[str] | None:
+    """The top-level keys the options of ``conf/<group>/`` add, when they are
+    ``# @package _global_`` overlays (experiment: only ``app``'s presets; code, debug); None
+    for an ordinary group."""
+    files = [f for f in (CONFIG_DIR / group).glob("*.yaml")
+             if group != "experiment" or preset_app(f.stem) == app]
+    if not any(f.read_text(encoding="utf-8").startswith("# @package _global_") for f in files):
+        return None
+    return {str(key) for f in files for key in OmegaConf.load(f) if key != "defaults"}
+
+
+@cache
+def known_keys(app: str) -> frozenset[str]:
+    """The top-level keys a config of ``app`` may hold: its primary config's own keys, its
+    groups (or, for ``_global_`` groups such as ``experiment``, the keys their options add),
+    the packages of its preset entries, and ``hydra``."""
+    primary = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / f"{app}.yaml"))
+    keys = {str(k) for k in primary if k != "defaults"} | {"hydra"}
+    for entry in primary["defaults"]:
+        if not isinstance(entry, dict):
+            continue  # _self_
+        ((key, _),) = entry.items()
+        group, _, package = key.split()[-1].partition("@")
+        if package:
+            keys.add(package)
+        elif (added := _global_keys(group, app)) is not None:
+            keys |= added
+        else:
+            keys.add(group)
+    return frozenset(keys)
+
+
+def unknown_key_error(keys: list[str], app: str) -> str | None:
+    """One line naming the top-level ``keys`` that ``app`` does not know (e.g. a misspelt
+    ``+experimnt=fig3``, which Hydra's own hint suggests and the app would otherwise ignore),
+    with the closest known key; None when every key is known."""
+    known = known_keys(app)
+    unknown = [key for key in keys if key not in known]
+    if not unknown:
+        return None
+    groups = [p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "preset"]
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, sorted(known - {"hydra"}) + groups, n=1)
+        hints.append(f"{key}" + (f" (did you mean {close[0]}?)" if close else ""))
+    return (f"unknown top-level key{'s' if len(unknown) > 1 else ''} {', '.join(hints)}: the "
+            f"{app} app has {', '.join(sorted(known - {'hydra'}))}")
 
 
 def help_groups(app: str) -> str:
