@@ -101,13 +101,16 @@ def test_identical_draws_across_message_lengths_and_schemes(factory) -> None:
         np.testing.assert_array_equal(short.survivors, long.survivors)
 
 
-@pytest.mark.parametrize(("option", "cls"), [("stall", Stall), ("persistent", Persistent),
-                                             ("stall_frequent", Stall),
-                                             ("slowdown_frequent", Slowdown)])
-def test_option_files_compose(option: str, cls: type) -> None:
-    model = build_straggler(compose_config("train", [f"straggler={option}", "seed=5"]))
+@pytest.mark.parametrize(("overrides", "cls"), [
+    (["straggler=stall"], Stall), (["straggler=persistent"], Persistent),
+    # the documented high-frequency settings
+    (["straggler=stall", "straggler.p=0.3"], Stall),
+    (["straggler=slowdown", "straggler.p=0.3"], Slowdown)])
+def test_option_files_compose(overrides: list[str], cls: type) -> None:
+    model = build_straggler(compose_config("train", [*overrides, "seed=5"]))
     assert isinstance(model, cls) and isinstance(model, Delay) and model.seed == 5
-    if option.endswith("frequent"):
+    assert model.name == overrides[0].split("=")[1]
+    if len(overrides) == 2:
         assert model.p == 0.3
     draw = model.draw(0, 4, 10, _context(np.full(4, 10.0)))
     assert draw.num_survivors == 3 and np.isfinite(draw.iteration_time)
