@@ -46,7 +46,9 @@ def build_plan(cfg: DictConfig) -> tuple[ClusterModel, PlanSettings, Any]:
         samples_per_iteration=p.samples_per_iteration, flops_per_sample=p.flops_per_sample,
         grad_bytes=p.grad_bytes, param_bytes=p.param_bytes, broadcast=p.broadcast,
         families=p.families, s_fractions=p.s_fractions, draws=p.draws,
-        error_realizations=p.error_realizations, error_sets=p.error_sets, seed=cfg.seed)
+        error_realizations=p.error_realizations, error_sets=p.error_sets, seed=cfg.seed,
+        stall=p.get("stall", 0.0), samples_per_worker=p.get("samples_per_worker"),
+        local_sgd=p.get("local_sgd"), hierarchical_sgd=p.get("hierarchical_sgd"))
     require_bool(p.plot, "plan.plot")
     fraction = require_finite(p.target_fraction, "plan.target_fraction", 0.0, 1.0,
                               strict_minimum=True)
@@ -77,6 +79,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                  ", ".join(f"{n}: {r:.2f}x" for n, r in c["speedups"].items()),
                  "".join(f"; crossover n ≈ {x['n']:.0f} (coded wins {x['coded_wins']})"
                          for x in c["crossovers"]))
+    for b in result["best"]:
+        log.info("n=%-4d d=%-10d p=%-5g %-9s winner: %s; step speed-up vs DDP: %s", b["n"],
+                 b["d"], b["p"], b["broadcast"], b["winner"]["scheme"],
+                 ", ".join(f"{k} {v:.2f}x" for k, v in b["step_speedup_vs_ddp"].items()))
     log.info("%s", result["headline"])
     write_json(out_dir / "summary.json", {
         "app": "plan", "status": "completed", "plan": "plan.json",
@@ -110,6 +116,7 @@ def plot_plan(result: dict[str, Any], path: Path, title: str | None = None) -> P
             first.sort(key=lambda b: b["n"])
             ax.plot([b["n"] for b in first], [b["ddp_time_to_loss"] for b in first], "k-o",
                     label="DDP (ring all-reduce)", ms=4)
+            _plot_baselines(ax, first)
             for broadcast in st["broadcast"]:
                 rows = sorted((b for b in here if b["broadcast"] == broadcast
                                and b["best_coded"] is not None), key=lambda b: b["n"])
@@ -153,12 +160,34 @@ def plot_plan(result: dict[str, Any], path: Path, title: str | None = None) -> P
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
     cluster = result["cluster"]["name"]
     kappa = result["convergence"]["kappa"]
+    stall = f", stall {st['stall']:g} s" if st.get("stall") else ""
     fig.suptitle(f"{title or 'Predicted time to the loss'} (cluster={cluster}, slowdown "
-                 f"{st['slowdown']:g}x, κ = {kappa:.3g})", fontsize=10)
+                 f"{st['slowdown']:g}x{stall}, κ = {kappa:.3g})", fontsize=10)
     fig.tight_layout(rect=(0.0, 0.06, 1.0, 0.97))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+#: line styles of the baselines other than DDP in the figure
+BASELINE_STYLES = {"backup": ("tab:orange", "-.", "backup workers (first n - s)"),
+                   "local_sgd": ("tab:purple", "-", "local SGD"),
+                   "hierarchical_sgd": ("tab:brown", "--", "hierarchical SGD")}
+
+
+def _plot_baselines(ax: Any, best: list[dict[str, Any]]) -> None:
+    """Backup workers and local / hierarchical SGD against n, and each n's winner."""
+    for family, (color, ls, label) in BASELINE_STYLES.items():
+        pts = [(b["n"], b["baselines"][family]["time_to_loss"]) for b in best
+               if family in b["baselines"]]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), color=color, ls=ls, marker="^", ms=3, lw=1.0,
+                    label=label)
+    for b in best:
+        win = b["winner"]
+        name = win["scheme"] if win["kind"] == "code" else win["family"]
+        ax.text(b["n"], 0.98, "winner: " + name, fontsize=6, rotation=90,
+                ha="center", va="top", transform=ax.get_xaxis_transform(), color="dimgray")
 
 
 def _fmt(d: int) -> str:

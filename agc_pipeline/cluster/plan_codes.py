@@ -147,6 +147,16 @@ def family_codes(family: str, n: int, m: int, s_fractions: list[float],
                  True)], None
 
 
+def backup_code(n: int, s_fractions: list[float]) -> Code | None:
+    """Backup workers (synchronous SGD taking the first n − s of n and averaging what came):
+    A = I, m = 1, the positive s of the grid; None if the grid has none."""
+    positive = _grid(n, s_fractions, positive=True)
+    if not positive:
+        return None
+    return Code("backup", "A = I, first n - s (backup workers)", Stack(identity(n), 1),
+                positive, False)
+
+
 #: the families the planner knows, with a one-line description
 FAMILIES = {
     "uncoded_wait": "uncoded PS, A = I, waits for all n (m = 1)",

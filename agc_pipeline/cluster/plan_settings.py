@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from agc_pipeline.cluster.costmodel import BROADCASTS
+from agc_pipeline.cluster.mitigations import Averaging, averaging_spec
 from agc_pipeline.cluster.plan_codes import FAMILIES
+from agc_pipeline.errors import require
 from agc_pipeline.validation import (
     require_choice,
     require_finite,
@@ -38,6 +40,15 @@ class PlanSettings:
     error_realizations: int
     error_sets: int
     seed: int = 0
+    #: seconds a hit worker stalls on top of its (slowdown×) compute: additive stalls
+    stall: float = 0.0
+    #: samples per worker and step (weak scaling: global batch = n × this); None: the fixed
+    #: global batch samples_per_iteration
+    samples_per_worker: float | None = None
+    #: plain local SGD ({period}) and hierarchical SGD ({group_size, period, global_period});
+    #: None: not evaluated
+    local_sgd: Any = None
+    hierarchical_sgd: Any = None
 
     def __post_init__(self) -> None:
         def ints(values: Any, name: str, minimum: int) -> list[int]:
@@ -71,3 +82,30 @@ class PlanSettings:
                                               "plan.error_realizations", minimum=1)
         self.error_sets = require_int(self.error_sets, "plan.error_sets", minimum=1)
         self.seed = require_int(self.seed, "seed", minimum=0)
+        self.stall = require_finite(self.stall, "plan.stall", 0.0)
+        if self.samples_per_worker is not None:
+            self.samples_per_worker = positive(self.samples_per_worker, "samples_per_worker")
+        self.local_sgd = averaging_spec(self.local_sgd, "local_sgd")
+        self.hierarchical_sgd = averaging_spec(self.hierarchical_sgd, "hierarchical_sgd")
+        for spec in self.averaging:
+            top = spec.global_period or spec.period
+            require(self.draws >= top, f"plan.draws must be ≥ {top}, the averaging period of "
+                                       f"plan.{spec.kind} (got {self.draws})")
+
+    @property
+    def averaging(self) -> list[Averaging]:
+        """The local-SGD schedules to evaluate."""
+        return [s for s in (self.local_sgd, self.hierarchical_sgd) if s is not None]
+
+    def global_batch(self, n: int) -> float:
+        """Samples per step at n workers: n × samples_per_worker, else samples_per_iteration."""
+        if self.samples_per_worker is None:
+            return self.samples_per_iteration
+        return n * self.samples_per_worker
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-friendly settings."""
+        out = dict(self.__dict__)
+        for key in ("local_sgd", "hierarchical_sgd"):
+            out[key] = None if out[key] is None else out[key].describe()
+        return out

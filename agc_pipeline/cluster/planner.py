@@ -46,12 +46,23 @@ from agc_pipeline.cluster.costmodel import (
     ps_cpu_work,
     slowdowns,
 )
-from agc_pipeline.cluster.plan_codes import FAMILIES, Code, code_errors, family_codes
+from agc_pipeline.cluster.mitigations import local_sgd_row
+from agc_pipeline.cluster.plan_codes import (
+    FAMILIES,
+    Code,
+    backup_code,
+    code_errors,
+    family_codes,
+)
 from agc_pipeline.cluster.plan_settings import PlanSettings
+from agc_pipeline.cluster.plan_summary import best_per_setting, crossovers, headline
 from agc_pipeline.errors import ConfigError, require
 
 __all__ = ["ASSUMPTIONS", "FAMILIES", "METHOD", "Code", "Convergence", "PlanSettings",
            "family_codes", "load_convergence", "run_plan"]
+
+#: a code and its normalised decoding error ē(s) per s
+CodeError = tuple[Code, dict[int, float]]
 
 #: third entry of the slowdown RNG seed
 SLOW_STREAM = 0x91A7
@@ -69,7 +80,13 @@ METHOD = (
     "(Section VII) and the relative variance e/(1-e) of the alpha-rescaled step for orthogonal "
     "equal-norm partial gradients (kappa = 1); kappa fitted to measured convergence curves at "
     "several e (bench/measure_convergence.py). Each scheme's s is the one minimising its time "
-    "to the loss.")
+    "to the loss. Baselines (agc_pipeline/cluster/mitigations.py): backup workers = the "
+    "uncoded PS (A = I, each worker 1/n of the batch) taking the first n-s, e = s/n; local "
+    "SGD = (max over workers of the compute summed over each averaging period H + ring "
+    "all-reduce of the d parameters) / H; hierarchical SGD = groups of g average every H "
+    "steps, everyone every G steps. The winner per setting is the fastest to the loss among "
+    "DDP, backup workers, local/hierarchical SGD and the best code (a tie goes to the "
+    "baseline).")
 
 ASSUMPTIONS = (
     "links: every node has one full-duplex link of the cluster's bandwidth and latency; the "
@@ -94,6 +111,11 @@ ASSUMPTIONS = (
     "iteration count I0 itself comes from that small model: only ratios transfer",
     "one PS (no sharded parameter servers); the unicast broadcast is what this repository's PS "
     "does, the pipelined (chain) broadcast is modelled but not implemented here",
+    "local and hierarchical SGD: iterations to the loss assumed equal to DDP's (not measured); "
+    "no warm-up phase of synchronous steps; a group's all-reduce uses the cluster's link; no "
+    "shared-host CPU bound; every worker processes B/n samples per step as in DDP",
+    "stall > 0 (plan.stall): a hit worker (probability p per worker and step, the slowdown "
+    "draws) also waits stall seconds, e.g. the 1 s stalls of the PyTorch hierarchical-SGD post",
 )
 
 
@@ -123,6 +145,20 @@ class Convergence:
         return {"source": self.source, "target_loss": self.target_loss,
                 "iterations_exact": self.iterations_exact, "kappa": self.kappa,
                 "fitted_kappa": self.fitted_kappa, "points": self.points}
+
+
+def iterations_label(kind: str, convergence: Convergence) -> dict[str, Any]:
+    """Where a row's iterations to the loss come from (``plan.json``'s ``iterations``): every
+    count is extrapolated from the convergence curves' model; local SGD's is assumed."""
+    source = convergence.source
+    if kind == "ddp":
+        return {"source": source, "model": "I0, the exact gradient's iterations to the loss",
+                "extrapolated": True}
+    if kind in ("code", "backup"):
+        return {"source": source, "model": "I0 (1 + kappa e/(1 - e))",
+                "kappa": convergence.kappa, "extrapolated": True}
+    return {"source": "assumed: I0, as many iterations as DDP (not measured; arena "
+                      "measurements will replace it)", "model": "I0", "extrapolated": True}
 
 
 def _first_hit(loss: np.ndarray, target: float) -> int | None:
@@ -187,14 +223,13 @@ def _mean(x: np.ndarray) -> float:
     return float(np.mean(x))
 
 
-def run_plan(cluster: ClusterModel, settings: PlanSettings, convergence: Convergence,
-             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Evaluate every scheme at every (n, d, p); return the ``plan.json`` content."""
-    start = time.perf_counter()
-    st = settings
+def _designs(st: PlanSettings, progress: Callable[[str], None] | None,
+             ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[int, list[CodeError]]]:
+    """The codes of every family at every n with their decoding errors: (``designs``,
+    ``errors``, the codes per n)."""
     designs: dict[str, dict[str, Any]] = {}
     errors: list[dict[str, Any]] = []
-    codes: dict[int, list[tuple[Code, dict[int, float]]]] = {}
+    codes: dict[int, list[CodeError]] = {}
     for n in st.n:
         codes[n] = []
         designs[str(n)] = {}
@@ -223,31 +258,81 @@ def run_plan(cluster: ClusterModel, settings: PlanSettings, convergence: Converg
             if reasons:
                 entry["not_available"] = reasons
             designs[str(n)][family] = entry
-    rows: list[dict[str, Any]] = []
+    return designs, errors, codes
+
+
+def _compute_of(cluster: ClusterModel, st: PlanSettings, n: int, p: float,
+                d: int) -> Callable[[float], np.ndarray]:
+    """Per-worker compute times (draws, n) of a worker processing a given number of samples:
+    ``slowdown``× with probability p, plus ``stall`` seconds then (the same draws for every
+    scheme at (n, p))."""
+    rng = np.random.default_rng([st.seed, n, int(round(p * 1e6)), SLOW_STREAM])
+    slow = slowdowns(rng, st.draws, n, p, st.slowdown)
+    if st.stall > 0:  # the same uniforms as the slowdowns: hit ⇔ u < p
+        hit = np.random.default_rng([st.seed, n, int(round(p * 1e6)), SLOW_STREAM]).random(
+            (st.draws, n)) < p
+        extra = np.where(hit, st.stall, 0.0)
+    else:
+        extra = np.zeros_like(slow)
+
+    def compute_of(samples: float) -> np.ndarray:
+        return cluster.worker_compute(samples, st.flops_per_sample * d, d, slow) + extra
+
+    return compute_of
+
+
+def _baseline_rows(cluster: ClusterModel, st: PlanSettings, convergence: Convergence,
+                   compute_of: Callable[[float], np.ndarray], n: int, p: float,
+                   d: int) -> list[dict[str, Any]]:
+    """DDP, backup workers (per broadcast) and the local-SGD schedules at (n, p, d)."""
     i0 = convergence.iterations_exact
+    where = {"n": n, "d": d, "p": p}
+    compute = compute_of(st.global_batch(n) / n)
+    t_ddp = _mean(ddp_iteration_times(cluster, compute, d, st.grad_bytes))
+    rows = [{**where, "scheme": "ddp", "family": "ddp", "coded": False, "m": 1, "s": 0,
+             "broadcast": None, "normalised_error": 0.0, "iterations_factor": 1.0,
+             "iteration_time": t_ddp, "time_to_loss": i0 * t_ddp,
+             "time_to_loss_isotropic": i0 * t_ddp, "s_isotropic": 0,
+             "iterations": iterations_label("ddp", convergence)}]
+    backup = backup_code(n, st.s_fractions)
+    if backup is not None:
+        err = {s: s / n for s in backup.s_values}  # A = I: Err = s exactly (eq. 3)
+        for broadcast in st.broadcast:
+            row = _best_s(cluster, st, backup, err, compute_of, d, broadcast, convergence, p)
+            rows.append({**row, "scheme": "backup workers", "family": "backup",
+                         "iterations": iterations_label("backup", convergence)})
+    for spec in st.averaging:
+        row = local_sgd_row(cluster, spec, compute, d, st.grad_bytes)
+        if row["available"]:
+            row.update(time_to_loss=i0 * row["iteration_time"],
+                       iterations=iterations_label(spec.kind, convergence))
+        rows.append({**where, "coded": False, "broadcast": None, **row})
+    return rows
+
+
+def run_plan(cluster: ClusterModel, settings: PlanSettings, convergence: Convergence,
+             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Evaluate every scheme and baseline at every (n, d, p); return the ``plan.json``
+    content."""
+    start = time.perf_counter()
+    st = settings
+    designs, errors, codes = _designs(st, progress)
+    rows: list[dict[str, Any]] = []
     for n in st.n:
         for p in st.p:
-            rng = np.random.default_rng([st.seed, n, int(round(p * 1e6)), SLOW_STREAM])
-            slow = slowdowns(rng, st.draws, n, p, st.slowdown)
             for d in st.d:
-                flops = st.flops_per_sample * d
-                ddp_compute = cluster.worker_compute(st.samples_per_iteration / n, flops, d,
-                                                     slow)
-                t_ddp = _mean(ddp_iteration_times(cluster, ddp_compute, d, st.grad_bytes))
-                rows.append({"n": n, "d": d, "p": p, "scheme": "ddp", "family": "ddp",
-                             "coded": False, "m": 1, "s": 0, "broadcast": None,
-                             "normalised_error": 0.0, "iterations_factor": 1.0,
-                             "iteration_time": t_ddp, "time_to_loss": i0 * t_ddp,
-                             "time_to_loss_isotropic": i0 * t_ddp, "s_isotropic": 0})
+                compute_of = _compute_of(cluster, st, n, p, d)
+                rows += _baseline_rows(cluster, st, convergence, compute_of, n, p, d)
                 for code, err in codes[n]:
                     for broadcast in st.broadcast:
-                        rows.append(_best_s(cluster, st, code, err, slow, d, broadcast,
-                                            convergence, p))
-    best = _best(rows, st)
-    crossovers = _crossovers(best, st)
+                        row = _best_s(cluster, st, code, err, compute_of, d, broadcast,
+                                      convergence, p)
+                        rows.append({**row, "iterations": iterations_label("code",
+                                                                           convergence)})
+    best = best_per_setting(rows, st)
     return {
         "cluster": cluster.describe(),
-        "settings": {**st.__dict__},
+        "settings": st.describe(),
         "method": METHOD,
         "assumptions": list(ASSUMPTIONS),
         "convergence": convergence.describe(),
@@ -255,20 +340,19 @@ def run_plan(cluster: ClusterModel, settings: PlanSettings, convergence: Converg
         "errors": errors,
         "results": rows,
         "best": best,
-        "crossovers": crossovers,
+        "crossovers": crossovers(best, st),
         "headline": headline(cluster, best, st, convergence.kappa),
         "seconds": time.perf_counter() - start,
     }
 
 
 def _best_s(cluster: ClusterModel, st: PlanSettings, code: Code, err: dict[int, float],
-            slow: np.ndarray, d: int, broadcast: str, convergence: Convergence,
-            p: float) -> dict[str, Any]:
+            compute_of: Callable[[float], np.ndarray], d: int, broadcast: str,
+            convergence: Convergence, p: float) -> dict[str, Any]:
     """The row of ``code`` at (d, broadcast): its s minimising the time to the loss."""
     n, m, k = code.n, code.m, code.scheme.k
     length = math.ceil(d / m)
-    compute = cluster.worker_compute(code.load * st.samples_per_iteration,
-                                     st.flops_per_sample * d, d, slow)
+    compute = compute_of(code.load * st.global_batch(n))
     starts = cluster.broadcast_starts(n, d * st.param_bytes, broadcast)
     done = np.sort(cluster.ps_deliveries(starts + compute, length * st.grad_bytes), axis=1)
     i0 = convergence.iterations_exact
@@ -293,106 +377,3 @@ def _best_s(cluster: ClusterModel, st: PlanSettings, code: Code, err: dict[int, 
     assert best is not None
     best["time_to_loss_isotropic"], best["s_isotropic"] = iso
     return best
-
-
-def _best(rows: list[dict[str, Any]], st: PlanSettings) -> list[dict[str, Any]]:
-    """Per (n, d, p, broadcast): DDP, the best coded scheme and the best uncoded PS."""
-    out = []
-    for n in st.n:
-        for d in st.d:
-            for p in st.p:
-                here = [r for r in rows if (r["n"], r["d"], r["p"]) == (n, d, p)]
-                ddp = next(r for r in here if r["family"] == "ddp")
-                for broadcast in st.broadcast:
-                    ps = [r for r in here if r["broadcast"] == broadcast]
-                    coded = min((r for r in ps if r["coded"]), default=None,
-                                key=lambda r: r["time_to_loss"])
-                    uncoded = min((r for r in ps if not r["coded"]), default=None,
-                                  key=lambda r: r["time_to_loss"])
-                    iso = min((r for r in ps if r["coded"]), default=None,
-                              key=lambda r: r["time_to_loss_isotropic"])
-                    out.append({
-                        "n": n, "d": d, "p": p, "broadcast": broadcast,
-                        "ddp_time_to_loss": ddp["time_to_loss"],
-                        "ddp_iteration_time": ddp["iteration_time"],
-                        "best_coded": _brief(coded), "best_uncoded_ps": _brief(uncoded),
-                        "speedup_vs_ddp": (ddp["time_to_loss"] / coded["time_to_loss"]
-                                           if coded else None),
-                        "best_coded_isotropic": None if iso is None else {
-                            "scheme": iso["scheme"], "s": iso["s_isotropic"],
-                            "time_to_loss": iso["time_to_loss_isotropic"]},
-                        "speedup_vs_ddp_isotropic": (
-                            ddp["time_to_loss"] / iso["time_to_loss_isotropic"]
-                            if iso else None),
-                    })
-    return out
-
-
-def _brief(row: dict[str, Any] | None) -> dict[str, Any] | None:
-    if row is None:
-        return None
-    keys = ("scheme", "family", "m", "s", "construction", "load", "normalised_error",
-            "iterations_factor", "iteration_time", "time_to_loss")
-    return {key: row.get(key) for key in keys}
-
-
-def _crossovers(best: list[dict[str, Any]], st: PlanSettings) -> list[dict[str, Any]]:
-    """Per (d, p, broadcast): where the best coded scheme's time to the loss crosses DDP's
-    as n grows (log-linear interpolation of the ratio between grid points)."""
-    out = []
-    for d in st.d:
-        for p in st.p:
-            for broadcast in st.broadcast:
-                pts = sorted((b["n"], b["speedup_vs_ddp"]) for b in best
-                             if (b["d"], b["p"], b["broadcast"]) == (d, p, broadcast)
-                             and b["speedup_vs_ddp"] is not None)
-                cross = []
-                for (n0, r0), (n1, r1) in zip(pts, pts[1:], strict=False):
-                    l0, l1 = math.log(r0), math.log(r1)
-                    if l0 * l1 < 0:
-                        x = math.log2(n0) + (math.log2(n1) - math.log2(n0)) * l0 / (l0 - l1)
-                        cross.append({"n": 2.0**x, "between": [n0, n1],
-                                      "coded_wins": "below" if l0 > 0 else "above"})
-                wins = [n for n, r in pts if r > 1]
-                out.append({"d": d, "p": p, "broadcast": broadcast, "crossovers": cross,
-                            "coded_wins_at_n": wins,
-                            "speedups": {str(n): r for n, r in pts}})
-    return out
-
-
-def _fmt_d(d: int) -> str:
-    for value, unit in ((10**9, "B"), (10**6, "M"), (10**3, "k")):
-        if d >= value and d % value == 0:
-            return f"{d // value}{unit}"
-    return str(d)
-
-
-def headline(cluster: ClusterModel, best: list[dict[str, Any]], st: PlanSettings,
-             kappa: float) -> str:
-    """One paragraph: where the best coded scheme beats DDP, and by how much."""
-    parts = [f"cluster={cluster.name}, slowdown {st.slowdown:g}x, kappa = {kappa:.3g}:"]
-    for broadcast in st.broadcast:
-        rows = [b for b in best if b["broadcast"] == broadcast and b["speedup_vs_ddp"]]
-        if not rows:
-            continue
-        wins = [b for b in rows if b["speedup_vs_ddp"] > 1]
-        top = max(rows, key=lambda b: b["speedup_vs_ddp"])
-        low = min(rows, key=lambda b: b["speedup_vs_ddp"])
-        text = (f"{broadcast} broadcast: the best coded scheme beats DDP in {len(wins)} of "
-                f"{len(rows)} (n, d, p) settings")
-        if wins:
-            where = sorted({(b["p"], b["n"]) for b in wins})
-            text += " (p, n) ∈ {" + ", ".join(f"({p:g}, {n})" for p, n in where) + "}"
-        text += (f"; best {top['speedup_vs_ddp']:.2f}x ({top['best_coded']['scheme']} s="
-                 f"{top['best_coded']['s']} at n={top['n']}, d={_fmt_d(top['d'])}, "
-                 f"p={top['p']:g}), worst {low['speedup_vs_ddp']:.2f}x (n={low['n']}, "
-                 f"d={_fmt_d(low['d'])}, p={low['p']:g})")
-        iso = [b for b in rows if (b["speedup_vs_ddp_isotropic"] or 0) > 1]
-        text += f"; with kappa = 1 (isotropic bound) in {len(iso)} of {len(rows)}"
-        faster = [b for b in rows if b["best_uncoded_ps"] is not None
-                  and b["best_uncoded_ps"]["time_to_loss"] < b["best_coded"]["time_to_loss"]]
-        if faster:
-            text += (f"; the uncoded ignore-stragglers PS beats the best coded scheme in "
-                     f"{len(faster)} of the {len(rows)}")
-        parts.append(text + ".")
-    return " ".join(parts)

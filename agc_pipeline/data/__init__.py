@@ -12,12 +12,20 @@ Tensors keep their natural shape, dim 0 indexing samples (see :class:`Dataset`):
 * :func:`synthetic_linear`, :func:`synthetic_logistic` — small generated (N, D) problems for
   fast tests and convergence checks.
 * :func:`split_subsets` — the k disjoint, equal-size data subsets that the assignment matrix
-  places on workers.
+  places on workers: i.i.d. or label-skewed (``dataset.partition``, carried by every
+  :class:`Dataset`; :func:`labels_per_subset` reports the skew).
 
 Every function is deterministic given its ``seed``.
 """
 
-from agc_pipeline.data.base import KINDS, Dataset, split_subsets
+from agc_pipeline.data.base import (
+    KINDS,
+    PARTITIONS,
+    Dataset,
+    check_partition,
+    labels_per_subset,
+    split_subsets,
+)
 from agc_pipeline.data.cifar import cifar10
 from agc_pipeline.data.corpus import grammar_corpus, text
 from agc_pipeline.data.mnist_sets import fashion_mnist, mnist
@@ -26,10 +34,13 @@ from agc_pipeline.data.synthetic import synthetic_linear, synthetic_logistic
 
 __all__ = [
     "KINDS",
+    "PARTITIONS",
     "Dataset",
+    "check_partition",
     "cifar10",
     "fashion_mnist",
     "grammar_corpus",
+    "labels_per_subset",
     "load_idx",
     "load_pickle",
     "mnist",

@@ -9,12 +9,15 @@ import numpy as np
 import torch
 
 from agc_pipeline.errors import require
-from agc_pipeline.validation import require_int
+from agc_pipeline.validation import require_choice, require_int
 
-__all__ = ["KINDS", "Dataset", "split_subsets"]
+__all__ = ["KINDS", "PARTITIONS", "Dataset", "check_partition", "labels_per_subset",
+           "split_subsets"]
 
 #: what one sample is: a flat feature vector, an image (C, H, W) or a token sequence (T,)
 KINDS = ("features", "image", "tokens")
+#: how the training samples are placed in the k data subsets (:func:`split_subsets`)
+PARTITIONS = ("iid", "label_skew")
 
 
 @dataclass
@@ -36,10 +39,14 @@ class Dataset:
     name: str
     kind: str = "features"
     vocab: str | None = None
+    #: ``dataset.partition``: how the trainer places the samples in the k data subsets
+    #: (:func:`split_subsets`)
+    partition: str = "iid"
 
     def __post_init__(self) -> None:
         assert self.kind in KINDS, self.kind
         assert self.x_train.shape[1:] == self.x_test.shape[1:], "train/test sample shapes"
+        self.partition = check_partition(self.partition, self.kind, self.num_classes)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -84,16 +91,55 @@ def check_size(value: int | None, name: str, minimum: int) -> int | None:
     return None if value is None else require_int(value, f"dataset.{name}", minimum)
 
 
-def split_subsets(num_samples: int, k: int, seed: int) -> torch.Tensor:
+def check_partition(partition: object, kind: str = "features",
+                    num_classes: int | None = 2) -> str:
+    """``dataset.partition`` as one of :data:`PARTITIONS`; ``label_skew`` needs class labels
+    (a classification data set of features or images, not tokens or regression targets)."""
+    partition = require_choice(partition, "dataset.partition", PARTITIONS)
+    require(partition == "iid" or (num_classes is not None and kind != "tokens"),
+            "dataset.partition=label_skew needs one class label per sample (a classification "
+            "data set); this one has " + ("token sequences" if kind == "tokens"
+                                          else "regression targets") + ": use iid")
+    return partition
+
+
+def split_subsets(num_samples: int, k: int, seed: int, partition: str = "iid",
+                  labels: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
     """Indices of k disjoint, equal-size data subsets D_1..D_k (Section II), shape (k, N // k).
 
-    A seeded random permutation of ``range(num_samples)`` cut into k rows; the
-    ``num_samples mod k`` left-over samples are dropped (equal sizes make the partial
-    gradients comparable, as the paper assumes).
+    ``partition="iid"``: a seeded random permutation of ``range(num_samples)`` cut into k
+    rows; the ``num_samples mod k`` left-over samples (the permutation's last) are dropped
+    (equal sizes make the partial gradients comparable, as the paper assumes).
+
+    ``partition="label_skew"``: the same permutation with the same samples dropped, then
+    sorted by label (stable, so ties stay in the seeded order) before the cut: subset i holds
+    the ranks ``[i·N/k, (i+1)·N/k)`` of the label order, i.e. few classes — about
+    ``max(1, C/k)`` (+1 where a class boundary falls inside a subset) for C balanced classes
+    (:func:`labels_per_subset` counts them). ``labels``: the training labels, shape (N,).
     """
     k = require_int(k, "k (number of data subsets)", 1)
+    partition = require_choice(partition, "dataset.partition", PARTITIONS)
     require(num_samples >= k,
             f"k = {k} data subsets need at least {k} training samples (got {num_samples})")
     perm = np.random.default_rng(seed).permutation(num_samples)
     size = num_samples // k
-    return torch.from_numpy(perm[: k * size].reshape(k, size).astype(np.int64))
+    kept = perm[: k * size]
+    if partition == "label_skew":
+        y = _labels(labels, num_samples)
+        kept = kept[np.argsort(y[kept], kind="stable")]
+    return torch.from_numpy(kept.reshape(k, size).astype(np.int64))
+
+
+def _labels(labels: torch.Tensor | np.ndarray | None, num_samples: int) -> np.ndarray:
+    require(labels is not None, "dataset.partition=label_skew needs the training labels")
+    y = labels.numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    require(y.shape == (num_samples,),
+            f"dataset.partition=label_skew needs one label per training sample, shape "
+            f"({num_samples},) (got {y.shape})")
+    return y
+
+
+def labels_per_subset(subsets: torch.Tensor, labels: torch.Tensor | np.ndarray) -> list[int]:
+    """The number of distinct labels in each data subset (the skew of a partition)."""
+    y = labels.numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    return [int(np.unique(y[row]).size) for row in subsets.numpy()]

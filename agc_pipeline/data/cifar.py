@@ -62,7 +62,7 @@ def _read(folder: Path, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cifar10(root: str | None = None, train_size: int | None = None,
-            test_size: int | None = None, seed: int = 0) -> Dataset:
+            test_size: int | None = None, seed: int = 0, partition: str = "iid") -> Dataset:
     """CIFAR-10 from ``root/cifar-10-batches-py`` (or ``root`` itself): images float32
     (N, 3, 32, 32) in [0, 1], labels int64. ``train_size`` / ``test_size`` (default: all
     50,000 / 10,000) pick a seeded random subset of each split."""
@@ -80,4 +80,5 @@ def cifar10(root: str | None = None, train_size: int | None = None,
         idx = rng.permutation(len(labels))[:count]
         tensors += [torch.from_numpy(images[idx].astype(np.float32) / np.float32(255.0)),
                     torch.from_numpy(labels[idx])]
-    return Dataset(*tensors, num_classes=10, name="cifar10", kind="image")
+    return Dataset(*tensors, num_classes=10, name="cifar10", kind="image",
+                   partition=partition)

@@ -159,7 +159,7 @@ def _windows(ids: np.ndarray, context: int, stride: int) -> tuple[np.ndarray, np
 
 def text(path: str | None = None, context: int = 64, stride: int | None = None,
          test_fraction: float = 0.1, train_size: int | None = None,
-         test_size: int | None = None, seed: int = 0) -> Dataset:
+         test_size: int | None = None, seed: int = 0, partition: str = "iid") -> Dataset:
     """Character-level language modelling windows: x, y int64 (N, ``context``), y[:, t] the
     character after x[:, t].
 
@@ -196,4 +196,5 @@ def text(path: str | None = None, context: int = 64, stride: int | None = None,
             "one window; use a longer corpus or a smaller context")
     vocab = "".join(chr(int(c)) for c in uniq)
     name = "text" if path is None else f"text:{Path(path).name}"
-    return Dataset(*tensors, num_classes=len(vocab), name=name, kind="tokens", vocab=vocab)
+    return Dataset(*tensors, num_classes=len(vocab), name=name, kind="tokens", vocab=vocab,
+                   partition=partition)

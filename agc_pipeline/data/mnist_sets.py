@@ -153,7 +153,8 @@ def _read_splits(paths: dict[str, Path], root: str, train_size: int | None,
 
 
 def mnist(root: str | None = None, train_size: int | None = None,
-          test_size: int | None = None, seed: int = 0, download: bool = True) -> Dataset:
+          test_size: int | None = None, seed: int = 0, download: bool = True,
+          partition: str = "iid") -> Dataset:
     """MNIST digits, pixels scaled to [0, 1], images of shape (1, 28, 28).
 
     ``root=None``: the bundled 10,000-image test split (see ``data/mnist_t10k/LICENSE.md``),
@@ -177,14 +178,16 @@ def mnist(root: str | None = None, train_size: int | None = None,
         perm = rng.permutation(len(labels))
         tr, te = perm[:n_train], perm[n_train:n_train + n_test]
         return Dataset(_pixels(images[tr]), _labels(labels[tr]), _pixels(images[te]),
-                       _labels(labels[te]), num_classes=10, name="mnist10k", kind="image")
+                       _labels(labels[te]), num_classes=10, name="mnist10k", kind="image",
+                       partition=partition)
     paths = _mnist_dir(Path(root).expanduser(), download)
     splits = _read_splits(paths, root, train_size, test_size, rng)
-    return Dataset(*splits, num_classes=10, name="mnist", kind="image")
+    return Dataset(*splits, num_classes=10, name="mnist", kind="image", partition=partition)
 
 
 def fashion_mnist(root: str | None = None, train_size: int | None = None,
-                  test_size: int | None = None, seed: int = 0) -> Dataset:
+                  test_size: int | None = None, seed: int = 0,
+                  partition: str = "iid") -> Dataset:
     """Fashion-MNIST (Xiao, Rasul & Vollgraf 2017): 28×28 grey images of 10 clothing classes.
 
     Reads ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``
@@ -205,4 +208,5 @@ def fashion_mnist(root: str | None = None, train_size: int | None = None,
             "them from https://github.com/zalandoresearch/fashion-mnist into that folder")
     splits = _read_splits(paths, root, train_size, test_size,  # type: ignore[arg-type]
                           np.random.default_rng(seed))
-    return Dataset(*splits, num_classes=10, name="fashion_mnist", kind="image")
+    return Dataset(*splits, num_classes=10, name="fashion_mnist", kind="image",
+                   partition=partition)

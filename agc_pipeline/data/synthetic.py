@@ -24,7 +24,7 @@ def _check_synthetic(n_samples: int, dim: int, test_fraction: float) -> tuple[in
 
 
 def synthetic_linear(n_samples: int = 1024, dim: int = 20, noise: float = 0.1, seed: int = 0,
-                     test_fraction: float = 0.2) -> Dataset:
+                     test_fraction: float = 0.2, partition: str = "iid") -> Dataset:
     """Linear regression data ``y = X w* + noise·ε``, X and ε standard normal, w* ~ N(0, I/dim).
 
     The first ``(1 − test_fraction)·n_samples`` rows form the training set.
@@ -37,11 +37,12 @@ def synthetic_linear(n_samples: int = 1024, dim: int = 20, noise: float = 0.1, s
     y = x @ w_star + noise * rng.standard_normal(n_samples)
     x_t, y_t = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.float32))
     return Dataset(x_t[:n_train], y_t[:n_train], x_t[n_train:], y_t[n_train:],
-                   num_classes=None, name="synthetic_linear")
+                   num_classes=None, name="synthetic_linear", partition=partition)
 
 
 def synthetic_logistic(n_samples: int = 1024, dim: int = 20, num_classes: int = 2,
-                       seed: int = 0, test_fraction: float = 0.2) -> Dataset:
+                       seed: int = 0, test_fraction: float = 0.2,
+                       partition: str = "iid") -> Dataset:
     """Multinomial-logistic data: X standard normal, W* ~ N(0, I) (dim×C), labels drawn from
     ``softmax(X W*)`` (so the Bayes classifier is linear but not perfect)."""
     n_train, _ = _check_synthetic(n_samples, dim, test_fraction)
@@ -57,5 +58,6 @@ def synthetic_logistic(n_samples: int = 1024, dim: int = 20, num_classes: int = 
     y = np.minimum((u > cdf).sum(axis=1), num_classes - 1)  # inverse-CDF sampling
     x_t, y_t = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.int64))
     return Dataset(x_t[:n_train], y_t[:n_train], x_t[n_train:], y_t[n_train:],
-                   num_classes=int(num_classes), name="synthetic_logistic")
+                   num_classes=int(num_classes), name="synthetic_logistic",
+                   partition=partition)
 

@@ -12,7 +12,9 @@ optionally in proportion to the samples the worker processes, with random slow w
 then sends a message of ``message_length`` scalars (d/m for a code with reduction factor
 m) taking ``comm_per_unit · message_length``. Stragglers have arrival time ``inf``. Models
 other than :class:`Delay` model a fixed time window: the PS waits ``compute_time + comm``.
-:class:`VirtualClock` adds the waiting times (and a PS decode cost) into a simulated clock.
+:class:`Stall` (random stalls) and :class:`Persistent` (slow hosts) are
+Delay models too (the regimes of the baseline comparison). :class:`VirtualClock` adds the
+waiting times (and a PS decode cost) into a simulated clock.
 """
 
 from agc_pipeline.coding.stragglers.base import (
@@ -23,6 +25,7 @@ from agc_pipeline.coding.stragglers.base import (
     worker_samples,
 )
 from agc_pipeline.coding.stragglers.delay import Delay, Slowdown
+from agc_pipeline.coding.stragglers.regimes import Persistent, Stall
 from agc_pipeline.coding.stragglers.window import (
     Adversarial,
     Bernoulli,
@@ -37,7 +40,9 @@ __all__ = [
     "Delay",
     "FixedCount",
     "NoStragglers",
+    "Persistent",
     "Slowdown",
+    "Stall",
     "StragglerContext",
     "StragglerDraw",
     "StragglerModel",
