@@ -76,11 +76,10 @@ def _capabilities() -> int:
 def missing_requirements() -> list[str]:
     """What this host lacks to build a star (empty: nothing)."""
     missing = []
-    if os.geteuid() != 0:
-        caps = _capabilities()
-        for bit, name in ((CAP_NET_ADMIN, "CAP_NET_ADMIN"), (CAP_SYS_ADMIN, "CAP_SYS_ADMIN")):
-            if not caps >> bit & 1:
-                missing.append(f"{name} (run as root)")
+    caps = _capabilities()  # root in a container may lack them too
+    for bit, name in ((CAP_NET_ADMIN, "CAP_NET_ADMIN"), (CAP_SYS_ADMIN, "CAP_SYS_ADMIN")):
+        if not caps >> bit & 1:
+            missing.append(f"{name} (run as root, with it)")
     for tool in ("ip", "tc"):
         if shutil.which(tool) is None:
             missing.append(f"the `{tool}` binary (iproute2)")

@@ -64,3 +64,25 @@ def test_cleanup_removes_leftovers_of_dead_processes() -> None:
     finally:
         subprocess.run(["ip", "netns", "del", leftover], capture_output=True)
     assert leftover not in emulated.namespaces()
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_signal_tears_down(sig: str) -> None:
+    """``python bench/emulated.py`` killed by SIGTERM or SIGINT removes its star."""
+    import signal
+
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "emulated.py"), "--nodes",
+                             "2", "--rate-mbit", "20"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(4)]
+        assert lines[-1].startswith("Ctrl-C removes it"), lines
+        prefix = f"agc{proc.pid}-"
+        assert len([n for n in emulated.namespaces() if n.startswith(prefix)]) == 3
+        proc.send_signal(getattr(signal, sig))
+        proc.wait(15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert [n for n in emulated.namespaces() if n.startswith(prefix)] == []
