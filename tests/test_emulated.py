@@ -1,0 +1,88 @@
+"""The emulated star (bench/emulated.py): a 2-node star shapes TCP to its configured rate in
+both directions, and teardown leaves no namespace behind. Needs root (or CAP_NET_ADMIN and
+CAP_SYS_ADMIN) and iproute2: skipped, with the reason, where either is missing."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_SPEC = importlib.util.spec_from_file_location("emulated", ROOT / "bench" / "emulated.py")
+assert _SPEC is not None and _SPEC.loader is not None
+emulated = importlib.util.module_from_spec(_SPEC)
+sys.modules["emulated"] = emulated
+_SPEC.loader.exec_module(emulated)
+
+MISSING = emulated.missing_requirements()
+pytestmark = pytest.mark.skipif(bool(MISSING), reason="emulated cluster needs: "
+                                + "; ".join(MISSING))
+
+RATE_MBIT = 40.0
+
+
+def _ours(star: object) -> list[str]:
+    return [name for name in emulated.namespaces() if name.startswith(star.prefix + "-")]
+
+
+def test_star_shapes_both_directions_and_tears_down() -> None:
+    star = emulated.Star(2, RATE_MBIT)
+    with star:
+        assert sorted(_ours(star)) == sorted([star.switch, star.netns(0), star.netns(1)])
+        for ns, dev in ((star.netns(0), "eth0"), (star.switch, "v0"), (star.switch, "v1")):
+            qdisc = subprocess.run(["tc", "-n", ns, "qdisc", "show", "dev", dev],
+                                   capture_output=True, text=True, check=True).stdout
+            assert "tbf" in qdisc, f"{ns} {dev}: {qdisc}"
+        # 2.5 MB at 40 Mbit/s: 0.5 s each way; TCP/IP framing takes ~4 % of the line rate
+        for src, dst in ((0, 1), (1, 0)):
+            rate = emulated.tcp_throughput(star, src, dst, 2_500_000, timeout_s=15)
+            assert 0.75 * RATE_MBIT <= rate / 1e6 <= 1.25 * RATE_MBIT, (src, dst, rate)
+    assert _ours(star) == []
+    assert star.procs == []
+
+
+def test_failed_build_leaves_nothing() -> None:
+    """A step that fails (here a tbf with a rate tc refuses) removes what was built and
+    raises one EmulationError."""
+    star = emulated.Star(2, RATE_MBIT)
+    star._shape = lambda ns, dev: emulated._run(  # a failing step
+        ["tc", "-n", ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", "bogus"])
+    with pytest.raises(emulated.EmulationError, match="removed what was built"):
+        star.build()
+    assert _ours(star) == []
+
+
+def test_cleanup_removes_leftovers_of_dead_processes() -> None:
+    leftover = "agc999999999-n0"  # a pid no process has
+    subprocess.run(["ip", "netns", "add", leftover], check=True)
+    try:
+        assert leftover in emulated.cleanup()
+    finally:
+        subprocess.run(["ip", "netns", "del", leftover], capture_output=True)
+    assert leftover not in emulated.namespaces()
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_signal_tears_down(sig: str) -> None:
+    """``python bench/emulated.py`` killed by SIGTERM or SIGINT removes its star."""
+    import signal
+
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "emulated.py"), "--nodes",
+                             "2", "--rate-mbit", "20"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(4)]
+        assert lines[-1].startswith("Ctrl-C removes it"), lines
+        prefix = f"agc{proc.pid}-"
+        assert len([n for n in emulated.namespaces() if n.startswith(prefix)]) == 3
+        proc.send_signal(getattr(signal, sig))
+        proc.wait(15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert [n for n in emulated.namespaces() if n.startswith(prefix)] == []
