@@ -16,9 +16,10 @@ iteration, on every rank:
    received per rank in float32 — the nominal count, logged as ``bytes_per_rank``);
 3. the same optimizer step on every rank, committed as every runtime's
    (:meth:`~agc_pipeline.training.state.RunState.commit`: schedule, clipping, the NaN/Inf
-   guard; rank 0 through the shared loop, ranks > 0 in :meth:`DdpRuntime.serve`). The averaged gradient is the gradient of the k·b
-   samples, so the losses equal the simulated trainer's with ``code=uncoded_wait`` to float
-   tolerance; ``train_loss`` (one 8-byte all-reduce) is formed on logged iterations only.
+   guard; rank 0 through the shared loop, ranks > 0 in :meth:`DdpRuntime.serve`). The
+   averaged gradient is the gradient of the k·b samples, so the losses equal the simulated
+   trainer's with ``code=uncoded_wait`` to float tolerance; ``train_loss`` (one 8-byte
+   all-reduce) is formed on logged iterations only.
 
 Rank 0 is the app's process: it starts ranks 1..n−1 (or joins them under torchrun,
 ``--nproc_per_node=n``) through :mod:`~agc_pipeline.training.launch`, broadcasts its model
@@ -27,9 +28,10 @@ alone writes metrics rows, checkpoints, summary.json and W&B. One zero-loss forw
 at the start fixes DDP's bucket layout (DDP rebuilds its buckets after its first backward),
 so a resumed run sums every gradient in the order of an uninterrupted one: bit-identical.
 Every rank computes with one thread, so the replicas' optimizer steps agree bit for bit.
-A rank r > 0 holds only its data subset D_r (its own :class:`~agc_pipeline.training.workload.
-Workload`); no rank forms an encoding matrix per iteration (the delays come from
-:func:`~agc_pipeline.training.coded.draw_stragglers` with the uncoded B, built once).
+A rank r > 0 holds only its data subset D_r (its own
+:class:`~agc_pipeline.training.workload.Workload`); no rank forms an encoding matrix per
+iteration (the delays come from :func:`~agc_pipeline.training.coded.draw_stragglers` with
+the uncoded B, built once).
 
 DDP cannot continue without one of its ranks: a collective that fails (gloo: a peer's
 connection closed) or stays incomplete for ``trainer.timeout_s`` raises
