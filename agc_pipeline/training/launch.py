@@ -181,7 +181,10 @@ def rank_main(rank: int, world_size: int, init_method: str, startup_timeout_s: f
     torch.set_num_threads(1)  # the ranks share the machine's cores
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is rank 0's to handle
     config, extra = join(rank, world_size, init_method, startup_timeout_s)
-    serve = get_class(config["trainer"]["_target_"]).rank_main
+    runtime = get_class(config["trainer"]["_target_"])
+    require(getattr(runtime, "processes", False) and runtime.rank_main is not None,
+            f"trainer={runtime.name} runs in one process: it has no rank {rank} to serve")
+    serve = runtime.rank_main
     if extra is None:
         return int(serve(config, rank, world_size))
     return int(serve(config, rank, world_size, extra))
