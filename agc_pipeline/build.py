@@ -247,8 +247,8 @@ class Plan:
     """A validated train configuration: everything but the data set and the model."""
 
     config: dict[str, Any]  #: the resolved configuration
-    settings: Any  #: the runtime's settings (a TrainerSettings subclass)
-    runtime: type  #: the runtime class
+    settings: TrainerSettings  #: the runtime's settings (its ``settings_class``)
+    runtime: type[Runtime]  #: the runtime class
     scheme: Scheme  #: on the assignment (``scheme.assignment``), with reduction m
     decoder: Decoder
     straggler: StragglerModel
