@@ -220,8 +220,11 @@ class DdpRuntime(BaseRuntime):
 
     def _lost(self, t: int, exc: RuntimeError) -> str:
         launch = self.launch
-        dead = [] if launch is None else [r for r, p in enumerate(launch.procs, 1)
-                                          if not p.is_alive()]
+        dead = [] if launch is None else launch.exited()
+        # the rank that left first, not those that exit because it did (EXIT_PEER_LOST)
+        first = [r for r in dead if launch is not None
+                 and launch.procs[r - 1].exitcode != EXIT_PEER_LOST]
+        dead = first or dead
         who = f"rank {', '.join(map(str, dead))} exited" if dead else "a rank is gone"
         return (f"iteration {t}: {who} ({error_text(exc)}); DDP cannot continue without all "
                 f"{self.n} ranks: stopped at iteration {t} with a checkpoint: continue with "

@@ -8,7 +8,7 @@ from typing import Any
 
 from agc_pipeline.errors import require
 from agc_pipeline.training.distributed import FaultSettings
-from agc_pipeline.training.settings import WaitSettings
+from agc_pipeline.training.settings import ProcessKeys, WaitSettings
 from agc_pipeline.validation import require_choice, require_finite, require_int
 
 __all__ = ["DdpSettings", "ring_allreduce_bytes"]
@@ -21,15 +21,11 @@ def ring_allreduce_bytes(n: int, d: int, element_size: int = 4) -> int:
 
 
 @dataclass
-class DdpSettings(WaitSettings):
-    """``trainer=ddp`` options: :class:`~agc_pipeline.training.settings.WaitSettings` plus
-    the launch and liveness keys (as ``trainer=distributed``'s, where they apply)."""
+class DdpSettings(WaitSettings, ProcessKeys):
+    """``trainer=ddp`` options: :class:`~agc_pipeline.training.settings.WaitSettings`, the
+    processes' keys (:class:`~agc_pipeline.training.settings.ProcessKeys`) and DDP's own."""
 
     backend: str | None = None  #: gloo | nccl; null = nccl on CUDA, gloo on the CPU
-    start_method: str = "forkserver"  #: local launch: forkserver | spawn
-    time_scale: float | None = None  #: s per time unit; null = straggler.time_scale or 0.1
-    timeout_s: float = 60.0  #: a collective incomplete this long: a rank is lost
-    startup_timeout_s: float = 300.0  #: rendezvous, configuration and start handshake
     min_workers: int | None = None  #: null or n: DDP cannot continue without a rank
     bucket_cap_mb: float = 25.0  #: DDP's gradient bucket size
     fault: Any = None  #: FaultSettings (kill_worker = a rank 1..n−1, at_iteration)
@@ -43,12 +39,9 @@ class DdpSettings(WaitSettings):
         require(self.backend != "nccl" or cuda,
                 "trainer.backend=nccl needs trainer.device=cuda (NCCL all-reduces CUDA tensors); "
                 "use trainer.backend=gloo on the CPU")
-        require_choice(self.start_method, "trainer.start_method", ("forkserver", "spawn"))
-        if self.time_scale is not None:
-            require_finite(self.time_scale, "trainer.time_scale", minimum=0.0)
-        for name in ("timeout_s", "startup_timeout_s", "bucket_cap_mb"):
-            require_finite(getattr(self, name), f"trainer.{name}", minimum=0.0,
-                           strict_minimum=True)
+        self.validate_processes()
+        require_finite(self.bucket_cap_mb, "trainer.bucket_cap_mb", minimum=0.0,
+                       strict_minimum=True)
         if self.min_workers is not None:
             require_int(self.min_workers, "trainer.min_workers", minimum=1)
         fault = FaultSettings.from_config(self.fault)

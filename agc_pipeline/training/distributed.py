@@ -41,7 +41,7 @@ from agc_pipeline.training.launch import (  # noqa: F401 - re-exported
     rank_device,
     torchrun_env,
 )
-from agc_pipeline.training.settings import CodedSettings
+from agc_pipeline.training.settings import CodedSettings, ProcessKeys
 from agc_pipeline.validation import (
     is_int,
     require_bool,
@@ -104,24 +104,20 @@ class FaultSettings:
 
 
 @dataclass
-class DistributedSettings(CodedSettings):
+class DistributedSettings(CodedSettings, ProcessKeys):
     """``trainer=distributed`` options (``conf/trainer/distributed.yaml``): the coded
-    runtimes' keys (:class:`~agc_pipeline.training.settings.CodedSettings`) plus the
-    processes, the PS's waiting rule and liveness. ``wait_for_all: true`` means
-    ``wait: all`` (so ``code=uncoded_wait`` works unchanged).
+    runtimes' keys (:class:`~agc_pipeline.training.settings.CodedSettings`), the processes'
+    (:class:`~agc_pipeline.training.settings.ProcessKeys`) and the PS's waiting rule.
+    ``wait_for_all: true`` means ``wait: all`` (so ``code=uncoded_wait`` works unchanged).
     """
 
     workers: int | None = None  #: n; null = the assignment's n (must match it)
     backend: str = "gloo"  #: gloo | nccl (messages as CUDA tensors; one GPU per rank)
-    start_method: str = "forkserver"  #: local launch: forkserver | spawn
     wait: str | None = None  #: first | deadline | all; null = straggler.wait_for or first
     s: int | None = None  #: first: proceed at n − s messages; null = straggler.s or 0
     deadline_s: float | None = None  #: seconds per iteration; null = straggler.deadline·scale
-    time_scale: float | None = None  #: s per time unit; null = straggler.time_scale or 0.1
     straggle: str = "late"  #: fixed-window stragglers: late (sleep longer) | drop (no send)
-    timeout_s: float = 60.0  #: a worker silent this long while awaited is dead
     min_workers: int = 1  #: fewer live workers stop the run (checkpoint, exit status 4)
-    startup_timeout_s: float = 300.0  #: rendezvous, configuration and first hello
     param_dtype: str = "float32"  #: parameters to the workers: float32 | bfloat16 | float16
     #: a worker still sleeping its injected delay when newer parameters arrive abandons the
     #: stale iteration (each iteration starts afresh, as in the simulated delay model)
@@ -135,7 +131,7 @@ class DistributedSettings(CodedSettings):
         require_choice(self.backend, "trainer.backend", ("gloo", "nccl"))
         require(self.backend != "nccl" or torch.cuda.is_available(),
                 "trainer.backend=nccl needs CUDA; use trainer.backend=gloo")
-        require_choice(self.start_method, "trainer.start_method", ("forkserver", "spawn"))
+        self.validate_processes()
         if self.wait is not None:
             require_choice(self.wait, "trainer.wait", WAIT_MODES)
         if self.wait_for_all:
@@ -148,12 +144,7 @@ class DistributedSettings(CodedSettings):
         if self.deadline_s is not None:
             require_finite(self.deadline_s, "trainer.deadline_s", minimum=0.0,
                            strict_minimum=True)
-        if self.time_scale is not None:
-            require_finite(self.time_scale, "trainer.time_scale", minimum=0.0)
         require_choice(self.straggle, "trainer.straggle", ("late", "drop"))
-        for name in ("timeout_s", "startup_timeout_s"):
-            require_finite(getattr(self, name), f"trainer.{name}", minimum=0.0,
-                           strict_minimum=True)
         require_int(self.min_workers, "trainer.min_workers", minimum=1)
         require_choice(self.param_dtype, "trainer.param_dtype", tuple(PARAM_DTYPES))
         require_bool(self.abandon_stale, "trainer.abandon_stale")

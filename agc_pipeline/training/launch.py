@@ -25,6 +25,7 @@ import os
 import signal
 import socket
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,16 @@ class Launch:
             if proc.is_alive():
                 proc.kill()
                 proc.join(5.0)
+
+    def exited(self, wait_s: float = 2.0) -> list[int]:
+        """The ranks whose processes (started here) have exited, waiting up to ``wait_s``
+        seconds for one: a peer's closed connection can be seen before its exit is."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            dead = [r for r, p in enumerate(self.procs, 1) if not p.is_alive()]
+            if dead or not self.procs or time.monotonic() >= deadline:
+                return dead
+            time.sleep(0.02)
 
     def kill(self, rank: int, pid: int = 0, host: str = "") -> None:
         """SIGKILL ``rank``: a process started here, or ``pid`` when it runs on this host

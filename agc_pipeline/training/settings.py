@@ -15,9 +15,15 @@ from typing import Any
 import torch
 
 from agc_pipeline.errors import ConfigError, require
-from agc_pipeline.validation import is_number, require_bool, require_finite, require_int
+from agc_pipeline.validation import (
+    is_number,
+    require_bool,
+    require_choice,
+    require_finite,
+    require_int,
+)
 
-__all__ = ["CodedSettings", "TrainerSettings", "WaitSettings", "torch_device"]
+__all__ = ["CodedSettings", "ProcessKeys", "TrainerSettings", "WaitSettings", "torch_device"]
 
 
 @dataclass
@@ -89,6 +95,26 @@ class CodedSettings(WaitSettings):
                 f"trainer.coded_gradient must be weighted or per_subset (got "
                 f"{self.coded_gradient!r})")
         require_bool(self.grad_error, "trainer.grad_error")
+
+
+@dataclass
+class ProcessKeys:
+    """The launch and liveness keys of the multi-process runtimes
+    (``conf/trainer/common/processes.yaml``), mixed into their settings."""
+
+    start_method: str = "forkserver"  #: local launch: forkserver | spawn
+    time_scale: float | None = None  #: s per time unit; null = straggler.time_scale or 0.1
+    timeout_s: float = 60.0  #: a peer silent (a collective incomplete) this long is lost
+    startup_timeout_s: float = 300.0  #: rendezvous, configuration and start handshake
+
+    def validate_processes(self) -> None:
+        """Raise ConfigError for impossible values."""
+        require_choice(self.start_method, "trainer.start_method", ("forkserver", "spawn"))
+        if self.time_scale is not None:
+            require_finite(self.time_scale, "trainer.time_scale", minimum=0.0)
+        for name in ("timeout_s", "startup_timeout_s"):
+            require_finite(getattr(self, name), f"trainer.{name}", minimum=0.0,
+                           strict_minimum=True)
 
 
 def torch_device(name: Any) -> torch.device:
