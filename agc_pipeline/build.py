@@ -3,12 +3,18 @@
 The only module besides the apps that knows about Hydra: it calls ``hydra.utils.instantiate``
 on the option files of ``conf/`` and unwraps Hydra's wrapper exception so that a
 :class:`~agc_pipeline.errors.ConfigError` reaches the user as the one line it is.
+
+The train app's composition root is :func:`build_run` (config → :class:`RunSpec`), used by
+the app, the PS's workers and the DDP ranks alike; :func:`validate` runs every config-only
+rule (:mod:`agc_pipeline.rules`) and the settings' validation without building data or
+models, in milliseconds.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from hydra.core.hydra_config import HydraConfig
@@ -21,12 +27,15 @@ from agc_pipeline.codes.base import Scheme
 from agc_pipeline.coding.decoding import Decoder
 from agc_pipeline.conf_path import preset_app, unknown_key_error
 from agc_pipeline.errors import ConfigError, require
+from agc_pipeline.rules import check_data, check_m, check_model_task, check_plan
 
 if TYPE_CHECKING:
     from agc_pipeline.cluster.costmodel import ClusterModel
     from agc_pipeline.coding.stragglers import StragglerModel
     from agc_pipeline.data import Dataset
     from agc_pipeline.models import CodedModel
+    from agc_pipeline.training.runtime import Runtime
+    from agc_pipeline.training.settings import TrainerSettings
 
 
 def _instantiate(node: DictConfig, what: str, **kwargs: Any) -> Any:
@@ -85,11 +94,8 @@ MODEL_DATA_KEYS = ("input_dim", "num_classes", "in_channels", "image_size", "voc
 def _check_model_class(cls: type, target: str, dataset: Dataset) -> None:
     """Task and input kind of the model class against the data set (before building)."""
     name = target.rsplit(".", 1)[-1]
-    task = getattr(cls, "task", None)
-    if isinstance(task, str) and task != dataset.task:
-        raise ConfigError(f"model {name} is a {task} model but dataset {dataset.name} is a "
-                          f"{dataset.task} data set (use model=linear with "
-                          "dataset=synthetic_linear, a classifier otherwise)")
+    check_model_task(name, getattr(cls, "task", None), dataset,
+                     " (use model=linear with dataset=synthetic_linear, a classifier otherwise)")
     inputs = getattr(cls, "inputs", None)
     if inputs is not None and dataset.kind not in inputs:
         raise ConfigError(f"model {name} takes {' or '.join(inputs)} inputs but dataset "
@@ -111,9 +117,7 @@ def _check_model_object(obj: Any, target: str, dataset: Dataset) -> None:
     if task not in ("classification", "regression"):
         raise ConfigError(f"model {name} must have task = classification | regression "
                           f"(got {task!r})")
-    if task != dataset.task:
-        raise ConfigError(f"model {name} is a {task} model but dataset {dataset.name} is a "
-                          f"{dataset.task} data set")
+    check_model_task(name, task, dataset)
 
 
 def build_model(cfg: DictConfig, dataset: Dataset) -> CodedModel:
@@ -208,9 +212,97 @@ def build_scheduler(cfg: DictConfig, iterations: int) -> Callable[[Any], Any]:
     return factory
 
 
-def build_trainer_settings(cfg: DictConfig) -> Any:
-    """The validated settings object of ``trainer=...`` (e.g. SimulatedSettings)."""
-    return _instantiate(cfg.trainer, "trainer")
+def runtime_class(cfg: DictConfig) -> type[Runtime]:
+    """The runtime class that ``trainer._target_`` names (e.g. SimulatedRuntime)."""
+    node = cfg.get("trainer")
+    if node is None or "_target_" not in node:
+        raise ConfigError("trainer has no _target_: choose an option, e.g. trainer=simulated")
+    target = str(node._target_)
+    try:
+        cls = get_class(target)
+    except Exception as exc:  # noqa: BLE001 - an unknown target is a config error
+        raise ConfigError(f"trainer: cannot import {target} ({exc})") from None
+    require(isinstance(getattr(cls, "settings_class", None), type) and callable(
+        getattr(cls, "step", None)), f"trainer: {target} is not a runtime class (see "
+                                     "agc_pipeline.training.runtime)")
+    return cls
+
+
+def build_trainer_settings(cfg: DictConfig) -> TrainerSettings:
+    """The validated settings of ``trainer=...``: the runtime class's ``settings_class``
+    built from the other keys; a key the runtime does not have is refused in one line."""
+    cls = runtime_class(cfg)
+    keys = OmegaConf.to_container(cfg.trainer, resolve=True)
+    assert isinstance(keys, dict)
+    keys.pop("_target_")
+    known = {f.name for f in fields(cls.settings_class)}
+    unknown = sorted(str(key) for key in keys if key not in known)
+    require(not unknown, f"trainer.{', trainer.'.join(unknown)} does not apply to "
+                         f"trainer={cls.name} (not one of its keys: {', '.join(sorted(known))})")
+    return cls.settings_class(**keys)
+
+
+@dataclass
+class Plan:
+    """A validated train configuration: everything but the data set and the model."""
+
+    config: dict[str, Any]  #: the resolved configuration
+    settings: TrainerSettings  #: the runtime's settings (its ``settings_class``)
+    runtime: type[Runtime]  #: the runtime class
+    scheme: Scheme  #: on the assignment (``scheme.assignment``), with reduction m
+    decoder: Decoder
+    straggler: StragglerModel
+    cluster: ClusterModel | None
+    make_optimizer: Callable[[list], Any]
+    make_scheduler: Callable[[Any], Any]
+    seed: int
+    m: int
+
+
+@dataclass
+class RunSpec(Plan):
+    """Everything a runtime is built from: a :class:`Plan` plus the data set and the model."""
+
+    dataset: Dataset
+    model: CodedModel
+
+
+def _code_choice() -> str | None:
+    if not HydraConfig.initialized():
+        return None
+    return HydraConfig.get().runtime.choices.get("code")
+
+
+def validate(cfg: DictConfig) -> Plan:
+    """Validate a train config without building data or models: the app, the settings,
+    the code, straggler and cluster models, the optimizer and every config-only rule of
+    :mod:`agc_pipeline.rules`. Raises ConfigError."""
+    require_app(cfg, "train")
+    settings = build_trainer_settings(cfg)
+    m = check_m(cfg.m)
+    scheme = build_scheme(cfg.scheme, build_assignment(cfg), m)
+    plan = Plan(OmegaConf.to_container(cfg, resolve=True), settings, runtime_class(cfg),
+                scheme, build_decoder(cfg), build_straggler(cfg), build_cluster(cfg),
+                build_optimizer(cfg), build_scheduler(cfg, settings.iterations), int(cfg.seed),
+                m)
+    check_plan(plan, _code_choice())
+    return plan
+
+
+def build_run(cfg: DictConfig) -> RunSpec:
+    """The run of a train config (the composition root): :func:`validate`, then the data
+    set and the model, each checked right after it is built."""
+    plan = validate(cfg)
+    dataset = build_dataset(cfg)
+    check_data(dataset, plan.scheme.k, plan.settings.batch_size)
+    model = build_model(cfg, dataset)
+    return RunSpec(**{f.name: getattr(plan, f.name) for f in fields(Plan)}, dataset=dataset,
+                   model=model)
+
+
+def build_runtime(spec: RunSpec) -> Runtime:
+    """The runtime of ``spec`` (rank 0 of a multi-process runtime)."""
+    return spec.runtime(spec)
 
 
 # ------------------------------------------------------------------ presets of each app

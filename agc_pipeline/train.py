@@ -33,22 +33,13 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from agc_pipeline.build import (
-    build_assignment,
-    build_cluster,
-    build_dataset,
-    build_decoder,
-    build_model,
-    build_optimizer,
-    build_scheduler,
-    build_scheme,
-    build_straggler,
-    build_trainer_settings,
+    RunSpec,
+    build_run,
+    build_runtime,
     refuse_foreign_presets,
-    require_app,
     run_app,
 )
 from agc_pipeline.conf_path import CONFIG_DIR
@@ -58,6 +49,7 @@ from agc_pipeline.reporting.provenance import record
 from agc_pipeline.reporting.sinks import JsonlSink, MultiSink, make_logger_sink
 from agc_pipeline.reporting.summary import Alpha, RunSummary
 from agc_pipeline.reporting.sweeps import limit_threads, skip_finished_job
+from agc_pipeline.rules import SYMMETRIC_KINDS
 from agc_pipeline.training.checkpoint import (
     CHECKPOINT_NAME,
     RUN_FILES,
@@ -67,12 +59,10 @@ from agc_pipeline.training.checkpoint import (
     run_dir_lock,
     truncate_metrics,
 )
-from agc_pipeline.training.coded_step import TrainingDiverged
-from agc_pipeline.training.core import CodedTraining
+from agc_pipeline.training.coded_step import TrainingDiverged, block_length
 from agc_pipeline.training.distributed import WorkersLost, torchrun_env
 from agc_pipeline.training.loop import TrainingInterrupted, fit
 from agc_pipeline.training.runtime import Runtime
-from agc_pipeline.training.settings import TrainerSettings
 
 log = logging.getLogger("agc_pipeline.train")
 
@@ -85,46 +75,12 @@ RESUMABLE_CHANGES = ("trainer.iterations", "trainer.resume", "trainer.progress",
                      "trainer.min_workers", "app", "extras")
 #: the x-axes of a train run's W&B charts (``iteration`` is every metric's default)
 X_AXES = ("iteration", "virtual_time", "wall_time", "mb_to_ps")
-#: assignment families for which E[B_F R] = α F is proven (Section VII: BIBDs, strongly
-#: regular graphs, coset graphs, circulant/cyclic assignments); decoder.rescale relies on it
-SYMMETRIC_KINDS = ("bibd", "srg", "coset", "cyclic")
 
 
 def build_trainer(cfg: DictConfig) -> Runtime:
-    """Every object of the run, built and validated before any training: the shared state
-    (:class:`CodedTraining`) inside the runtime that ``trainer=`` names."""
-    require_app(cfg, "train")
-    settings = build_trainer_settings(cfg)
-    require(isinstance(settings, TrainerSettings) and settings.runtime,
-            "trainer must name a runtime (a TrainerSettings target with a runtime class, e.g. "
-            "trainer=simulated or trainer=distributed)")
-    m = cfg.m
-    require(isinstance(m, int) and not isinstance(m, bool) and m >= 1,
-            f"m must be a positive integer (got {m!r})")
-    assignment = build_assignment(cfg)
-    built_m = assignment.params.get("m")
-    require(assignment.kind != "coset" or built_m == m,
-            f"the coset graph was built for m = {built_m} but m = {m}; the coset graph "
-            "(k, m, delta) has n = m·k workers (set assignment.m=${m})")
-    scheme = build_scheme(cfg.scheme, assignment, m)
-    decoder = build_decoder(cfg)
-    straggler = build_straggler(cfg)
-    dataset = build_dataset(cfg)
-    model = build_model(cfg, dataset)
-    make_optimizer = build_optimizer(cfg)
-    make_scheduler = build_scheduler(cfg, settings.iterations)
-    cluster = build_cluster(cfg)
-    if cluster is not None:
-        require(settings.runtime.endswith(".SimulatedRuntime"),
-                f"cluster={cluster.name} sets the simulated trainer's virtual clock; "
-                "trainer=simulated only (other runtimes measure real time): use cluster=none")
-        require(getattr(straggler, "wait_for", None) != "deadline",
-                f"cluster={cluster.name} retimes the straggler model's survivors, which "
-                "straggler.wait_for=deadline chooses by arrival time: use wait_for=first")
-    core = CodedTraining(model, dataset, scheme, decoder, straggler, settings, int(cfg.seed),
-                         make_optimizer=make_optimizer, make_scheduler=make_scheduler,
-                         cluster=cluster)
-    return get_class(settings.runtime)(core)
+    """Every object of the run, built and validated before any training
+    (:func:`~agc_pipeline.build.build_run`), inside the runtime that ``trainer=`` names."""
+    return build_runtime(build_run(cfg))
 
 
 def run_training(cfg: DictConfig, out_dir: Path, replace: bool = False) -> dict[str, Any]:
@@ -146,14 +102,14 @@ def run_training(cfg: DictConfig, out_dir: Path, replace: bool = False) -> dict[
 def _run_locked(cfg: DictConfig, out_dir: Path, replace: bool,
                 started: float) -> dict[str, Any]:
     runtime = build_trainer(cfg)
-    trainer = runtime.core
-    config = OmegaConf.to_container(cfg, resolve=True)
+    state, settings = runtime.state, runtime.settings
+    config = runtime.spec.config
     metrics, checkpoint = out_dir / "metrics.jsonl", out_dir / CHECKPOINT_NAME
     for stale in out_dir.glob("rendezvous-*"):  # a killed PS's (the lock: nobody uses it)
         stale.unlink(missing_ok=True)
     wandb_id = None
     logged_rows = 0
-    resume = trainer.settings.resume
+    resume = settings.resume
     if resume and not checkpoint.exists():
         require(not metrics.exists(), f"trainer.resume=true but {out_dir} holds metrics.jsonl "
                                       f"and no {CHECKPOINT_NAME}; cannot continue that run")
@@ -161,38 +117,38 @@ def _run_locked(cfg: DictConfig, out_dir: Path, replace: bool,
                     "(pass hydra.run.dir=<the interrupted run's dir> to continue one)", out_dir)
         resume = False
     if resume:
-        state = load_checkpoint(checkpoint)
-        changed = [key for key in config_differences(state["config"], config)
+        saved = load_checkpoint(checkpoint)
+        changed = [key for key in config_differences(saved["config"], config)
                    if not key.startswith(RESUMABLE_CHANGES)]
         require(not changed, f"trainer.resume=true: the configuration differs from the "
                              f"checkpoint's in {', '.join(changed)}")
-        done = int(state["iteration"])
-        require(trainer.settings.iterations >= done,
-                f"trainer.resume=true with trainer.iterations={trainer.settings.iterations}, "
+        done = int(saved["iteration"])
+        require(settings.iterations >= done,
+                f"trainer.resume=true with trainer.iterations={settings.iterations}, "
                 f"but the checkpoint in {out_dir} is at iteration {done}: a run cannot be "
                 f"shortened (pass trainer.iterations ≥ {done}, or start a new run)")
-        runtime.load_state_dict(state)
-        wandb_id = state.get("wandb_id")
-        logged_rows = truncate_metrics(metrics, trainer.iteration)
-        check_metrics_rows(metrics, logged_rows, state.get("metrics_rows"), done)
+        runtime.load_state_dict(saved)
+        wandb_id = saved.get("wandb_id")
+        logged_rows = truncate_metrics(metrics, state.iteration)
+        check_metrics_rows(metrics, logged_rows, saved.get("metrics_rows"), done)
         log.info("resuming at iteration %d (%d metrics rows kept)", done, logged_rows)
     else:
-        _clear_previous_run(out_dir, replace or trainer.settings.overwrite)
-        trainer.estimate_alpha()
-    _report_alpha(trainer)
+        _clear_previous_run(out_dir, replace or settings.overwrite)
+        runtime.estimate_alpha()
+    _report_alpha(runtime)
     keys = run_keys(runtime, cfg)
     logger_sink = make_logger_sink(cfg.get("logger"), out_dir, config,
                                    group=run_group(str(cfg.name), out_dir), job_type="train",
-                                   name=run_name(_run_name(trainer, cfg)), resume_id=wandb_id,
+                                   name=run_name(_run_name(runtime.spec)), resume_id=wandb_id,
                                    keys=keys, x_axes=X_AXES,
                                    step_metric="iteration")
     sink = MultiSink([JsonlSink(metrics, append=resume), logger_sink])
     wandb_run = logger_sink.describe()
     extra = {"config": config, "wandb_id": wandb_run and wandb_run["id"]}
-    trained = trainer.totals.seconds  # training seconds of earlier sessions (resume)
+    trained = state.totals.seconds  # training seconds of earlier sessions (resume)
     status, error = "running", None
     try:
-        fit(runtime, sink, checkpoint, extra, logged_rows)
+        fit(runtime, sink, checkpoint, extra, logged_rows, config=config, run_dir=out_dir)
         status = "completed"
     except BaseException as exc:
         status = ("diverged" if isinstance(exc, TrainingDiverged) else
@@ -205,7 +161,7 @@ def _run_locked(cfg: DictConfig, out_dir: Path, replace: bool,
         summary = _summary(runtime, cfg, config, status, error, seconds)
         # this invocation's seconds outside the iterations: building the run, alpha, the
         # workers' start-up, the final evaluation (train_seconds: the iterations)
-        summary.startup_seconds = max(seconds - (trainer.totals.seconds - trained), 0.0)
+        summary.startup_seconds = max(seconds - (state.totals.seconds - trained), 0.0)
         summary.keys, summary.wandb = keys, wandb_run
         summary.write(out_dir / "summary.json")
         sink.summary(headline(summary))
@@ -240,17 +196,17 @@ def _describe_run(out_dir: Path, found: list[str]) -> str:
     return f"{summary.status} after {summary.iterations} iterations"
 
 
-def _report_alpha(trainer: CodedTraining) -> None:
+def _report_alpha(runtime: Runtime) -> None:
     """Log α; warn when ``decoder.rescale`` relies on E[B_F R] = α F where no result of the
     paper's Section VII proves it (the measured residual says how far off it is)."""
-    alpha = trainer.alpha
+    alpha = runtime.alpha
     if alpha is None:
         return
-    rescale = trainer.decoder.rescale
+    rescale = runtime.spec.decoder.rescale
     log.info("alpha = %.4f ± %.4f (residual %.3g, %d draws)%s", alpha.value, alpha.stderr,
              alpha.residual, alpha.samples,
              "; dividing the decoded gradient by it" if rescale else "")
-    kind = trainer.scheme.assignment.kind
+    kind = runtime.spec.scheme.assignment.kind
     if rescale and kind not in SYMMETRIC_KINDS:
         log.warning("decoder.rescale=true assumes E[B_F R] = alpha F, proven only for "
                     "symmetric assignments (%s); on this %s assignment the measured residual "
@@ -259,24 +215,25 @@ def _report_alpha(trainer: CodedTraining) -> None:
                     alpha.residual, alpha.samples)
 
 
-def _run_name(trainer: CodedTraining, cfg: DictConfig) -> str:
-    return f"{trainer.scheme.name}-{trainer.scheme.assignment.name}-m{trainer.m}-seed{cfg.seed}"
+def _run_name(spec: RunSpec) -> str:
+    return f"{spec.scheme.name}-{spec.scheme.assignment.name}-m{spec.m}-seed{spec.seed}"
 
 
 def run_keys(runtime: Runtime, cfg: DictConfig) -> dict[str, Any]:
     """The flat, groupable keys of the run's W&B config: the code (the ``code=`` preset, else
     the scheme), scheme, assignment family, n, k, m, the straggler model with its s and q,
     runtime, model class, d, seed and preset."""
-    core = runtime.core
-    straggler = core.straggler.describe()
+    spec = runtime.spec
+    scheme = spec.scheme
+    straggler = spec.straggler.describe()
     choices = _choices()
     return {"app": "train", "preset": choices.get("experiment"),
-            "code": choices.get("code") or core.scheme.name, "scheme": core.scheme.name,
-            "assignment": core.scheme.assignment.kind, "n": core.n, "k": core.k, "m": core.m,
+            "code": choices.get("code") or scheme.name, "scheme": scheme.name,
+            "assignment": scheme.assignment.kind, "n": scheme.n, "k": scheme.k, "m": spec.m,
             "straggler": straggler.get("name"), "s": straggler.get("s"),
             "q": straggler.get("q"), "runtime": runtime.name,
-            "model": type(core.model).__name__, "d": core.d, "decoder": core.decoder.name,
-            "dataset": core.dataset.name, "seed": int(cfg.seed)}
+            "model": type(spec.model).__name__, "d": runtime.d, "decoder": spec.decoder.name,
+            "dataset": spec.dataset.name, "seed": int(cfg.seed)}
 
 
 def headline(summary: RunSummary) -> dict[str, Any]:
@@ -296,37 +253,40 @@ def headline(summary: RunSummary) -> dict[str, Any]:
 def _summary(runtime: Runtime, cfg: DictConfig, config: dict[str, Any], status: str,
              error: str | None, seconds: float) -> RunSummary:
     """summary.json: results, code description and reproducibility information."""
-    trainer = runtime.core
-    tot = trainer.totals
+    spec, state, work, settings = runtime.spec, runtime.state, runtime.workload, runtime.settings
+    tot, alpha = state.totals, runtime.alpha
     done = max(tot.iterations, 1)
-    final = trainer.evaluate()
-    alpha = trainer.alpha
+    final = work.evaluate()
+    decoder = spec.decoder
     return RunSummary(
         name=str(cfg.name), status=status, error=error,
-        final_train_loss=trainer.train_loss(),
+        final_train_loss=work.train_loss(),
         test_accuracy=final.get("test_accuracy"), test_mse=final.get("test_mse"),
         test_loss=final["test_loss"],
         # seconds: this invocation, end to end; train_seconds: training, all sessions
         iterations=tot.iterations, seconds=seconds, train_seconds=tot.seconds,
-        virtual_time=trainer.clock.virtual_time,
+        virtual_time=state.virtual_time,
         total_bytes_to_ps=tot.bytes_to_ps, mean_survivors=tot.survivors / done,
         skipped_iterations=tot.skipped,
-        mean_grad_error=tot.grad_error / done if trainer.settings.grad_error else None,
+        # runtimes without trainer.grad_error (DDP: the all-reduced gradient is exact)
+        mean_grad_error=(tot.grad_error / done if getattr(settings, "grad_error", False)
+                         else None),
         alpha=None if alpha is None else Alpha(**alpha.as_dict()),
         # ‖mean(B_F R) − α F‖ / ‖F‖: what decoder.rescale's assumption misses (Section VII)
         alpha_residual=None if alpha is None else alpha.residual,
-        rescaled=trainer.decoder.rescale,
-        scheme=trainer.scheme.describe(), assignment=trainer.scheme.assignment.summary(),
-        decoder={"name": trainer.decoder.name, "rescale": trainer.decoder.rescale},
-        straggler=trainer.straggler.describe(), m=trainer.m,
-        wait_for_all=trainer.settings.wait_for_all, lr=trainer.settings.lr,
-        model=type(trainer.model).__name__, parameters=trainer.d,
-        message_length=trainer.length, dataset=trainer.dataset.name,
-        train_samples=trainer.num_samples, seed=int(cfg.seed),
+        rescaled=decoder.rescale,
+        scheme=spec.scheme.describe(), assignment=spec.scheme.assignment.summary(),
+        decoder={"name": decoder.name, "rescale": decoder.rescale},
+        straggler=spec.straggler.describe(), m=spec.m,
+        wait_for_all=getattr(settings, "wait_for_all", False), lr=settings.lr,
+        model=type(spec.model).__name__, parameters=runtime.d,
+        message_length=block_length(runtime.d, spec.m), dataset=spec.dataset.name,
+        train_samples=work.num_samples, seed=int(cfg.seed),
         choices=_choices(),
         **record(),  # versions (torch, numpy, hydra, wandb, ...) and provenance (git, host)
         config=config,
-    ).with_runtime(runtime.summary_extra())  # the runtime's name, clock and measured fields
+    ).with_runtime({"clock": "virtual" if runtime.virtual_clock else "wall",  # its capability
+                    **runtime.summary_extra()})  # the runtime's name and measured fields
 
 
 def _choices() -> dict[str, Any]:
@@ -343,20 +303,17 @@ def _hydra_main(cfg: DictConfig) -> None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         run_app(lambda: _job(cfg, out_dir, multirun), "agc-train")
-    except TrainingDiverged as exc:
-        print(f"agc-train: training diverged: {exc} (checkpoint saved in {out_dir})",
-              file=sys.stderr)
-        if multirun:
-            return  # a diverged job is a result of a sweep (summary.json: "diverged")
-        raise SystemExit(3) from None
-    except WorkersLost as exc:
-        print(f"agc-train: too few workers: {exc}", file=sys.stderr)
-        if multirun:
-            return  # summary.json: "workers_lost"; re-running the sweep redoes the job
-        raise SystemExit(4) from None
-    except TrainingInterrupted as exc:
-        print(f"agc-train: interrupted: {exc}", file=sys.stderr)
-        raise SystemExit(130) from None
+    except (TrainingDiverged, WorkersLost, TrainingInterrupted) as exc:
+        what = (f"training diverged: {exc} (checkpoint saved in {out_dir})"
+                if isinstance(exc, TrainingDiverged) else
+                f"too few workers: {exc}" if isinstance(exc, WorkersLost) else
+                f"interrupted: {exc}")
+        print(f"agc-train: {what}", file=sys.stderr)
+        if multirun and not isinstance(exc, TrainingInterrupted):
+            # a result of the sweep (summary.json: "diverged" or "workers_lost"); re-running
+            # the sweep redoes a job that lost its workers
+            return
+        raise SystemExit(exc.exit_status) from None
 
 
 def _job(cfg: DictConfig, out_dir: Path, multirun: bool) -> dict[str, Any] | None:

@@ -10,7 +10,7 @@ For each model and each k (the Fano plane, the (27,2,5) coset graph and PG(2,9):
 builds the train app's simulated trainer with ``trainer.batch_size=b`` and measures, in one
 process and interleaved:
 
-* **coded**: ``trainer.step()`` — minibatch of b samples from every subset, encoder draw,
+* **coded**: ``advance(trainer)`` — minibatch of b samples from every subset, encoder draw,
   straggler draw, decoding, ĝ = Z (B R) by the one-pass weighted coded gradient
   (``trainer.coded_gradient=weighted``, ``trainer.grad_error=false``) and the optimizer step;
 * **plain**: what a user would run instead on the same k·b samples: ``zero_grad``, forward,
@@ -48,6 +48,7 @@ from hydra import compose, initialize_config_dir
 
 from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.train import build_trainer
+from agc_pipeline.training.loop import advance
 
 TIME_TARGET = 1.3
 MEMORY_TARGET = 2.0
@@ -83,13 +84,13 @@ def build(model: str, k: int, device: str = "cpu"):  # noqa: ANN201 - (trainer, 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides_for(model, k, device))
     trainer = build_trainer(cfg)
-    plain_model = copy.deepcopy(trainer.core.model)
+    plain_model = copy.deepcopy(trainer.model)
     optimizer = torch.optim.SGD(plain_model.parameters(), lr=0.01)
     state = {"t": 0}
 
     def plain_step() -> None:
         # the same k·b samples the coded iteration takes (its next minibatch)
-        x, y = trainer.core.minibatch(state["t"])
+        x, y = trainer.workload.minibatch(state["t"])
         x, y = x.reshape(-1, *x.shape[2:]), y.reshape(-1, *y.shape[2:])
         optimizer.zero_grad(set_to_none=True)
         (plain_model.loss_sum(plain_model(x), y) / x.shape[0]).backward()
@@ -155,11 +156,11 @@ def side_by_side(model: str, k: int, repeats: int, device: str = "cpu") -> dict[
 
     for _ in range(2):  # warm-up
         plain_step()
-        trainer.step()
+        advance(trainer)
     times: dict[str, list[float]] = {"plain": [], "coded": [], "plain_wall": [],
                                      "coded_wall": []}
     for _ in range(repeats):
-        for name, step in (("plain", plain_step), ("coded", trainer.step)):
+        for name, step in (("plain", plain_step), ("coded", lambda: advance(trainer))):
             sync()
             c0, w0 = time.process_time(), time.perf_counter()
             step()
@@ -168,7 +169,7 @@ def side_by_side(model: str, k: int, repeats: int, device: str = "cpu") -> dict[
             times[name].append(wall if cuda else time.process_time() - c0)
             times[f"{name}_wall"].append(wall)
     out = {name: statistics.median(values) for name, values in times.items()}
-    out.update(d=trainer.core.d, samples=trainer.core.batch_samples)
+    out.update(d=trainer.d, samples=trainer.workload.batch_samples)
     return out
 
 

@@ -29,6 +29,7 @@ from hydra import compose, initialize_config_dir
 
 from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.train import build_trainer, run_training
+from agc_pipeline.training.loop import advance
 
 RATIO_TARGET = 2.0
 FIG6_TARGET_S = 60.0
@@ -44,11 +45,11 @@ def side_by_side(repeats: int) -> float:
     cfg = compose_train(["experiment=fig6_coset27", "dataset.train_size=8000",
                          "trainer.progress=false"])
     trainer = build_trainer(cfg)
-    trainer.core.estimate_alpha()
-    plain_model = copy.deepcopy(trainer.core.model)
-    x = trainer.core.x.reshape(-1, trainer.core.x.shape[-1])
-    y = trainer.core.y.reshape(-1)
-    optimizer = torch.optim.SGD(plain_model.parameters(), lr=trainer.core.settings.lr)
+    trainer.estimate_alpha()
+    plain_model = copy.deepcopy(trainer.model)
+    x = trainer.workload.x.reshape(-1, trainer.workload.x.shape[-1])
+    y = trainer.workload.y.reshape(-1)
+    optimizer = torch.optim.SGD(plain_model.parameters(), lr=trainer.settings.lr)
 
     def plain_step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -58,20 +59,20 @@ def side_by_side(repeats: int) -> float:
 
     for _ in range(3):  # warm-up
         plain_step()
-        trainer.step()
+        advance(trainer)
     plain, coded = [], []
     for _ in range(repeats):
         start = time.perf_counter()
         plain_step()
         plain.append(time.perf_counter() - start)
         start = time.perf_counter()
-        trainer.step()
+        advance(trainer)
         coded.append(time.perf_counter() - start)
     p, c = statistics.median(plain), statistics.median(coded)
     ratio = c / p
-    core = trainer.core
-    print(f"MNIST {x.shape[0]} samples, paper MLP (d = {core.d}), n = {core.n} workers, "
-          f"k = {core.k}, m = {core.m}, {torch.get_num_threads()} threads")
+    scheme = trainer.spec.scheme
+    print(f"MNIST {x.shape[0]} samples, paper MLP (d = {trainer.d}), n = {scheme.n} workers, "
+          f"k = {scheme.k}, m = {scheme.m}, {torch.get_num_threads()} threads")
     print(f"  plain full-batch step : {p * 1e3:8.1f} ms (median of {repeats})")
     print(f"  coded iteration       : {c * 1e3:8.1f} ms (median of {repeats})")
     print(f"  ratio                 : {ratio:8.2f}x  (target <= {RATIO_TARGET}x) "

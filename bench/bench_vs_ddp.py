@@ -58,6 +58,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from agc_pipeline.cluster.costmodel import ClusterModel, ddp_iteration_times, ps_iteration_times
+from agc_pipeline.coding.stragglers import StragglerDraw, worker_samples
 from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.train import build_trainer, run_training
 
@@ -127,25 +128,36 @@ def modelled_times(cfg: Any, iterations: int, time_scale: float,
     cores; costmodel.py). ``cluster``: default ``cluster=loopback``; ``allreduces``: DDP's
     per iteration (default :func:`ddp_allreduces` with one bucket)."""
     trainer = build_trainer(cfg)
-    core, ddp = trainer.core, cfg.trainer.get("name") == "ddp"
+    ddp, d, scheme = not trainer.coded, trainer.d, trainer.spec.scheme
+    batch = trainer.settings.batch_size or trainer.workload.subset_size
+    work = worker_samples(scheme.assignment.matrix, batch)
     cluster = cluster or loopback()
     allreduces = allreduces or ddp_allreduces(cfg, None)
     # the real compute of a worker (its samples: a DDP rank its subset, a coded worker its
     # load), on a core, next to the slept delay, which uses none
-    cpu = cluster.worker_compute(np.asarray(core.work, dtype=np.float64), 6.0 * core.d, core.d)
+    cpu = cluster.worker_compute(work, 6.0 * d, d)
     modelled, predicted = [], []
     for t in range(iterations):
-        draw = core.draw(core.coded.encoding(t), t)
+        draw = modelled_draw(trainer, t)
         modelled.append(float(draw.iteration_time))
         compute = np.asarray(draw.finish_times, dtype=np.float64) * time_scale + cpu
         if ddp:
-            predicted.append(float(ddp_iteration_times(cluster, compute, core.d, 4.0, cpu=cpu,
+            predicted.append(float(ddp_iteration_times(cluster, compute, d, 4.0, cpu=cpu,
                                                        allreduces=allreduces)))
         else:
             wait = int(np.asarray(draw.survivors).sum())
-            predicted.append(float(ps_iteration_times(cluster, compute, wait, core.d, core.m,
-                                                      core.k, 4.0, 4.0, cpu=cpu)))
+            predicted.append(float(ps_iteration_times(cluster, compute, wait, d, scheme.m,
+                                                      scheme.k, 4.0, 4.0, cpu=cpu)))
     return modelled, predicted
+
+
+def modelled_draw(trainer: Any, t: int) -> StragglerDraw:
+    """Iteration t's straggler draw as the runtime's processes sleep it: a coded runtime's
+    (its code's B of iteration t), or DDP's wait-for-all times."""
+    if trainer.coded:
+        return trainer.coded_part.draw(trainer.coded_part.code.encoding(t), t)
+    times = trainer.modelled_times(t)
+    return StragglerDraw(np.ones(len(times), dtype=bool), times, float(times.max()))
 
 
 def loopback() -> ClusterModel:

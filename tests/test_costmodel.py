@@ -24,6 +24,7 @@ from agc_pipeline.cluster.costmodel import (
 from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.errors import ConfigError
 from agc_pipeline.train import build_trainer
+from agc_pipeline.training.loop import advance
 from tests.conftest import compose_config
 
 #: a cluster with round numbers: 10 bytes/s, 0.5 s latency, PS decode free
@@ -276,8 +277,8 @@ def test_default_clock_has_no_cluster() -> None:
     cfg = compose_config("train", SMALL)
     assert cfg.cluster.name == "none" and build_cluster(cfg) is None
     runtime = build_trainer(cfg)
-    assert runtime.core.cluster is None
-    row = runtime.step()
+    assert runtime.coded_part.cluster is None
+    row = advance(runtime)
     # Bernoulli window: compute_time + comm_per_unit · ⌈d/m⌉ (d = 42, m = 2)
     assert row["iteration_time"] == pytest.approx(1.0 + 1e-6 * 21)
 
@@ -291,12 +292,12 @@ def test_cluster_clock_matches_a_hand_computation() -> None:
     cfg = compose_config("train", [*SMALL, "cluster=ethernet_10g", "straggler=none",
                                    "straggler.compute_time=0.001"])
     runtime = build_trainer(cfg)
-    core = runtime.core
-    assert (core.n, core.d, core.length, core.wire_bytes) == (7, 42, 21, 4)
+    coded = runtime.coded_part
+    assert (coded.n, coded.d, coded.length, coded.wire_bytes) == (7, 42, 21, 4)
     beta, alpha = 1.15e9, 25e-6
     expected = alpha + 7 * 168 / beta + 0.001 + alpha + 84 / beta
-    first = runtime.step()
-    second = runtime.step()
+    first = advance(runtime)
+    second = advance(runtime)
     assert first["iteration_time"] == pytest.approx(expected, rel=1e-12)
     assert second["virtual_time"] == pytest.approx(2 * expected, rel=1e-12)
     assert first["survivors"] == 7
@@ -309,13 +310,13 @@ def test_cluster_clock_with_delays_queues_the_messages() -> None:
                                    "straggler.s=2", "straggler.shift=1e-5",
                                    "straggler.rate=1e5"])
     runtime = build_trainer(cfg)
-    core, cluster = runtime.core, runtime.core.cluster
+    coded, cluster = runtime.coded_part, runtime.coded_part.cluster
     assert cluster is not None
-    compute = core.straggler.draw(0, core.n, 0).finish_times
-    survivors = core.straggler.draw(0, core.n, core.length).survivors
-    starts = cluster.latency + np.arange(1, 8) * core.d * 4 / cluster.bandwidth
-    arrival = _fifo_loop(starts + compute, cluster.latency, core.length * 4 / cluster.bandwidth)
-    row = runtime.step()
+    compute = coded.straggler.draw(0, coded.n, 0).finish_times
+    survivors = coded.straggler.draw(0, coded.n, coded.length).survivors
+    starts = cluster.latency + np.arange(1, 8) * coded.d * 4 / cluster.bandwidth
+    arrival = _fifo_loop(starts + compute, cluster.latency, coded.length * 4 / cluster.bandwidth)
+    row = advance(runtime)
     assert row["survivors"] == 5
     assert row["iteration_time"] == pytest.approx(arrival[survivors].max(), rel=1e-12)
 
@@ -355,9 +356,10 @@ def test_the_loopback_prediction_of_bench_vs_ddp_holds_for_slept_delays(tmp_path
             "trainer.eval_every=0", "trainer.checkpoint_every=0", "trainer.lr=0.5",
             "code=uncoded_wait", "assignment.n=3", "straggler=slowdown", "straggler.p=0.3",
             "straggler.r=4", "straggler.per_sample=0.05", "straggler.comm_per_unit=0",
-            "trainer.alpha_samples=0", f"trainer.time_scale={scale}", "trainer.timeout_s=60"]
+            f"trainer.time_scale={scale}", "trainer.timeout_s=60"]
     for name, runtime in (("ddp", ["trainer=ddp"]),
-                          ("ps", ["trainer=distributed", "trainer.grad_error=false"])):
+                          ("ps", ["trainer=distributed", "trainer.grad_error=false",
+                                  "trainer.alpha_samples=0"])):
         cfg = compose_config("train", [*base, *runtime])
         run_training(cfg, tmp_path / name)
         rows = [json.loads(line) for line in

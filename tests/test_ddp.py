@@ -75,8 +75,9 @@ def test_ddp_losses_equal_the_simulated_uncoded_wait_run(model: str, batch: int 
     """Same data, seed, model and batch size: DDP's train_loss rows (and final parameters)
     are the simulated trainer's with code=uncoded_wait, to float tolerance."""
     extra = [] if batch is None else [f"trainer.batch_size={batch}"]
-    cfg = overrides(*extra, "trainer.alpha_samples=0", cnn=model == "cnn")
-    simulated = run_training(compose_config("train", cfg), tmp_path / "sim")
+    cfg = overrides(*extra, cnn=model == "cnn")
+    simulated = run_training(compose_config("train", [*cfg, "trainer.alpha_samples=0"]),
+                             tmp_path / "sim")
     summary = run_training(compose_config("train", [*cfg, *DDP]), tmp_path / "ddp")
     assert summary["status"] == "completed" and summary["runtime"] == "ddp"
     ddp, sim = rows(tmp_path / "ddp"), rows(tmp_path / "sim")
@@ -102,17 +103,20 @@ def test_the_same_delays_in_every_runtime(tmp_path: Path) -> None:
     use the same draw — each rank really sleeps its modelled compute time × time_scale."""
     scale = 0.01
     delay = ["straggler=slowdown", "straggler.p=0.5", "straggler.r=4",
-             "straggler.per_sample=0.05", "trainer.alpha_samples=0"]
+             "straggler.per_sample=0.05"]
     cfg = overrides(*delay)
-    run_training(compose_config("train", cfg), tmp_path / "sim")
+    no_alpha = ["trainer.alpha_samples=0"]  # the coded runtimes' key
+    run_training(compose_config("train", [*cfg, *no_alpha]), tmp_path / "sim")
     run_training(compose_config("train", [*cfg, *DDP, f"trainer.time_scale={scale}"]),
                  tmp_path / "ddp")
     run_training(compose_config("train", [*cfg, "trainer=distributed",
                                           f"trainer.time_scale={scale}", "trainer.timeout_s=30",
-                                          "trainer.grad_error=false"]), tmp_path / "ps")
-    core = build_trainer(compose_config("train", cfg)).core
-    b = core.subset_size
-    times = [core.straggler.compute_times(t, N, core.work) for t in range(5)]
+                                          "trainer.grad_error=false", *no_alpha]),
+                 tmp_path / "ps")
+    simulated = build_trainer(compose_config("train", [*cfg, *no_alpha]))
+    b = simulated.workload.subset_size
+    times = [simulated.spec.straggler.compute_times(t, N, simulated.coded_part.work)
+             for t in range(5)]
     slow = [np.where(c > 0.05 * b * 1.5)[0].tolist() for c in times]
     assert any(slow) and not all(len(s) == N for s in slow)  # some, not all, slow
     sim, ddp, ps = (rows(tmp_path / name) for name in ("sim", "ddp", "ps"))
@@ -222,13 +226,13 @@ def test_a_coded_code_is_refused_in_one_line(tmp_path: Path) -> None:
     (["code=frc"], "needs code=uncoded_wait"),
     (["code=uncoded_wait", "m=2"], "m=2"),
     (["trainer.min_workers=2"], "trainer.min_workers=2: trainer=ddp needs all n = 3"),
-    (["trainer.grad_error=true"], "trainer.grad_error=true does not apply"),
+    (["+trainer.grad_error=true"], "trainer.grad_error does not apply to trainer=ddp"),
     (["trainer.backend=nccl"], "trainer.backend=nccl needs trainer.device=cuda"),
     (["trainer.backend=mpi"], "trainer.backend must be one of"),
     (["trainer.timeout_s=0"], "trainer.timeout_s"),
     (["trainer.fault.kill_worker=0"], "kill_worker must be null or a rank 1..n-1"),
     (["+trainer.fault.bad_message_worker=1"], "bad_message_worker does not apply"),
-    (["+trainer.decode_cost=1.0"], "simulated-trainer options"),
+    (["+trainer.decode_cost=1.0"], "trainer.decode_cost does not apply to trainer=ddp"),
 ])
 def test_bad_settings(replace: list[str], message: str) -> None:
     keys = {o.split("=")[0] for o in replace if o.startswith("code=")}

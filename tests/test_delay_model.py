@@ -67,15 +67,15 @@ def test_slow_workers_are_r_times_slower_with_probability_p() -> None:
 def test_the_draws_are_identical_for_every_scheme() -> None:
     """The same slow workers in every iteration for uncoded and construction (7); the
     load-3 coded worker pays 3× the uncoded worker's compute."""
-    uncoded = build_trainer(compose_config("train", [*SMALL, *UNCODED])).core
-    coded = build_trainer(compose_config("train", [*SMALL, *CODE7])).core
-    assert uncoded.subset_size == coded.subset_size == 20
+    uncoded = build_trainer(compose_config("train", [*SMALL, *UNCODED])).coded_part
+    coded = build_trainer(compose_config("train", [*SMALL, *CODE7])).coded_part
+    assert uncoded.workload.subset_size == coded.workload.subset_size == 20
     np.testing.assert_array_equal(uncoded.work, [20] * N)
     np.testing.assert_array_equal(coded.work, [60] * N)
     for t in range(10):
         times = {}
-        for name, core in (("uncoded", uncoded), ("coded", coded)):
-            times[name] = core.draw(core.coded.encoding(t), t).finish_times
+        for name, part in (("uncoded", uncoded), ("coded", coded)):
+            times[name] = part.draw(part.code.encoding(t), t).finish_times
         factors = slow_factors(3, t, N, 0.3, 5.0)
         np.testing.assert_allclose(times["uncoded"], 0.01 * 20 * factors, rtol=1e-12)
         np.testing.assert_allclose(times["coded"], 3 * times["uncoded"], rtol=1e-12)

@@ -107,9 +107,9 @@ def test_exact_codes_equal_the_uncoded_full_batch_run(code: str, tmp_path: Path)
     overrides = [*(FRC if code == "frc" else CE_FRC), *ONE_DROPS, "dataset.n_samples=240"]
     cfg = compose_config("train", [*FAST, *DIST, *overrides])
     reference = build_trainer(cfg)  # the same initial model and data (the PS's copy)
-    plain = reference.core.model
+    plain = reference.model
     optimizer = torch.optim.SGD(plain.parameters(), lr=0.5)
-    x, y = reference.core.x.reshape(-1, 6), reference.core.y.reshape(-1)
+    x, y = reference.workload.x.reshape(-1, 6), reference.workload.y.reshape(-1)
     for _ in range(5):
         optimizer.zero_grad()
         (plain.loss_sum(plain(x), y) / x.shape[0]).backward()
@@ -428,7 +428,7 @@ def test_configuration_errors_are_one_line_before_any_process(tmp_path: Path) ->
     (["trainer.s=4"], "trainer.s must satisfy"),
     (["trainer.fault.kill_worker=4"], "trainer.fault.kill_worker"),
     (["trainer.fault.bad_message=garbage"], "trainer.fault.bad_message"),
-    (["+trainer.decode_cost=1.0"], "simulated-trainer options"),
+    (["+trainer.decode_cost=1.0"], "trainer.decode_cost does not apply to trainer=distributed"),
     (["trainer.wait_for_all=true", "trainer.wait=first"], "wait_for_all=true means"),
 ])
 def test_bad_settings(overrides: list[str], message: str) -> None:

@@ -23,6 +23,7 @@ from agc_pipeline.train import build_trainer, run_training
 from agc_pipeline.training import ps as ps_module
 from agc_pipeline.training.coded_step import combine, combine_into
 from agc_pipeline.training.ps import ParameterServer, ps_threads
+from agc_pipeline.training.state import StepResult
 from agc_pipeline.training.wire import (
     FRAME_SLACK,
     HEADER_BYTES,
@@ -64,16 +65,16 @@ def count_work(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]:
         counter["grad"] += 1
         return original_grad(*args, **kwargs)
 
-    def step(self: ParameterServer, evaluate: bool = False) -> dict:
+    def step(self: ParameterServer, evaluate: bool = False) -> StepResult:
         if not getattr(self, "_counted", False):
-            self.core.model.register_forward_hook(
+            self.model.register_forward_hook(
                 lambda *_: counter.__setitem__("forward", counter["forward"] + 1))
             self._counted = True
         before = dict(counter)
-        row = original_step(self, evaluate)
-        calls.append((row["iteration"], counter["forward"] - before["forward"],
+        result = original_step(self, evaluate)
+        calls.append((result.row["iteration"], counter["forward"] - before["forward"],
                       counter["grad"] - before["grad"]))
-        return row
+        return result
 
     monkeypatch.setattr(ParameterServer, "step", step)
     monkeypatch.setattr(torch.autograd, "grad", grad)

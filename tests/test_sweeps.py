@@ -71,7 +71,7 @@ def test_sweep_presets_compose_and_every_swept_value_builds(preset: str,
         for override in options:
             trainer = build_trainer(compose_config("train", [f"experiment={preset}", override,
                                                              *SHRINK, *data]))
-            assert trainer.core.n >= 7, override
+            assert trainer.spec.scheme.n >= 7, override
 
 
 def test_compare_codes_mnist_covers_every_scheme_q_and_seed() -> None:
@@ -80,7 +80,7 @@ def test_compare_codes_mnist_covers_every_scheme_q_and_seed() -> None:
     assert values["straggler.q"] == [f"straggler.q={q}" for q in ("0", "0.1", "0.25", "0.4")]
     assert len(values["seed"]) == 5
     schemes = {build_trainer(compose_config("train", ["experiment=compare_codes_mnist", code,
-                                                      *SHRINK])).core.scheme.name
+                                                      *SHRINK])).spec.scheme.name
                for code in values["code"]}
     assert schemes == {p.stem for p in (CONFIG_DIR / "scheme").glob("*.yaml")}
     assert cfg.dataset._target_.endswith("mnist")
@@ -95,11 +95,12 @@ def test_communication_study_keeps_the_load_fixed() -> None:
         for scheme in values["scheme"]:
             trainer = build_trainer(compose_config("train", ["experiment=communication", comm,
                                                              scheme, *SHRINK]))
-            loads = trainer.core.scheme.assignment.matrix.sum(axis=0)
+            built = trainer.spec.scheme
+            loads = built.assignment.matrix.sum(axis=0)
             assert set(loads.tolist()) == {4}  # every worker computes 4 subset gradients
-            ms.append(trainer.core.m)
-            if trainer.core.scheme.name == "ce_frc":
-                assert trainer.core.scheme.tolerates() == 4 - trainer.core.m
+            ms.append(built.m)
+            if built.name == "ce_frc":
+                assert built.tolerates() == 4 - built.m
     assert sorted(set(ms)) == [1, 2, 3, 4]
 
 

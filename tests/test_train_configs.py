@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra.utils import get_class
 
 from agc_pipeline.build import (
     build_dataset,
@@ -14,6 +13,7 @@ from agc_pipeline.build import (
     build_straggler,
     build_trainer_settings,
     preset_app,
+    runtime_class,
 )
 from agc_pipeline.coding.stragglers import StragglerModel
 from agc_pipeline.conf_path import CONFIG_DIR
@@ -69,14 +69,19 @@ def test_straggler_options(option: str) -> None:
 
 @pytest.mark.parametrize("option", options("trainer"))
 def test_trainer_options(option: str) -> None:
-    """Every trainer option builds settings that name an importable runtime class with the
-    protocol's methods (adding a runtime = one module + one YAML)."""
-    settings = build_trainer_settings(compose_config("train", [f"trainer={option}"]))
+    """Every trainer option names a runtime class with the protocol's methods and its
+    settings class (adding a runtime = one module + one YAML); the settings' dataclass
+    defaults equal the YAML defaults (each written once: conf/trainer/common/)."""
+    cfg = compose_config("train", [f"trainer={option}"])
+    settings = build_trainer_settings(cfg)
+    runtime = runtime_class(cfg)
+    assert isinstance(settings, runtime.settings_class)
     assert isinstance(settings, TrainerSettings)
-    runtime = get_class(settings.runtime)
     assert all(callable(getattr(runtime, name, None))
                for name in ("session", "step", "state_dict", "load_state_dict", "summary_extra"))
     assert runtime.name == option
+    assert runtime.settings_class() == settings
+    assert runtime.processes == (runtime.rank_main is not None)
 
 
 @pytest.mark.parametrize("option", options("code"))
@@ -84,7 +89,7 @@ def test_code_options_build_a_trainer(option: str) -> None:
     cfg = compose_config("train", [f"code={option}", "dataset=synthetic_logistic",
                                    "model=logistic", *SMALL])
     trainer = build_trainer(cfg)
-    assert trainer.core.scheme.assignment.n >= 7
+    assert trainer.spec.scheme.assignment.n >= 7
 
 
 def test_compare_codes_uses_twelve_workers() -> None:
@@ -94,21 +99,22 @@ def test_compare_codes_uses_twelve_workers() -> None:
         cfg = compose_config("train", ["experiment=compare_codes", f"code={option}",
                                        "dataset.train_size=120", "dataset.test_size=10",
                                        "trainer.alpha_samples=0"])
-        assert build_trainer(cfg).core.n == 12, option
+        assert build_trainer(cfg).spec.scheme.n == 12, option
 
 
 @pytest.mark.parametrize("preset", ["fig6_bibd7", "fig6_coset27"])
 def test_fig6_presets(preset: str) -> None:
     cfg = compose_config("train", [f"experiment={preset}", "trainer.alpha_samples=0"])
     trainer = build_trainer(cfg)
-    assert trainer.core.m == 2 and cfg.trainer.iterations == 300 and cfg.straggler.q == 0.25
-    assert trainer.core.scheme.name == "random_diagonal"
-    assert (trainer.core.n, trainer.core.k) == ((7, 7) if preset == "fig6_bibd7" else (54, 27))
+    assert trainer.spec.m == 2 and cfg.trainer.iterations == 300 and cfg.straggler.q == 0.25
+    assert trainer.spec.scheme.name == "random_diagonal"
+    expected = (7, 7) if preset == "fig6_bibd7" else (54, 27)
+    assert (trainer.spec.scheme.n, trainer.spec.scheme.k) == expected
     if preset == "fig6_coset27":
-        assert trainer.core.scheme.epsilon == 0.1
+        assert trainer.spec.scheme.epsilon == 0.1
     stack = build_trainer(compose_config("train", [f"experiment={preset}", "code=stack",
                                                    "trainer.alpha_samples=0"]))
-    assert stack.core.scheme.name == "stack" and stack.core.n == trainer.core.n
+    assert stack.spec.scheme.name == "stack" and stack.spec.scheme.n == trainer.spec.scheme.n
 
 
 # ------------------------------------------------------------------------------------------
@@ -172,9 +178,11 @@ IMPOSSIBLE["cifar10_resnet"] = {**IMPOSSIBLE["mnist_cnn"],
 del IMPOSSIBLE["cifar10_resnet"][("dataset", "cifar10")]  # the preset passes dataset.root
 IMPOSSIBLE["text_gpt"] = {**{key: why for key, why in IMPOSSIBLE["fig6_bibd7"].items()
                              if key not in TASKS and key not in CODE_ONLY}, **ON_TEXT}
-#: every preset trains a coded scheme: trainer=ddp (uncoded data parallelism) refuses it
+#: every preset trains a coded scheme: trainer=ddp (uncoded data parallelism) refuses it, by
+#: the rule "trainer=ddp is plain data-parallel SGD", or for the coded runtimes' keys a preset
+#: sets ("trainer.alpha_samples does not apply to trainer=ddp")
 for _table in IMPOSSIBLE.values():
-    _table[("trainer", "ddp")] = "trainer=ddp is plain data-parallel SGD"
+    _table[("trainer", "ddp")] = "trainer=ddp"
 
 
 @pytest.fixture(scope="module")
@@ -193,8 +201,10 @@ def test_every_option_of_every_group_after_a_preset(preset: str, cifar_root: Pat
         for group in GROUPS:
             for option in options(group):
                 dataset = option if group == "dataset" else PRESET_DATA.get(preset, "mnist")
-                overrides = [f"experiment={preset}", f"{group}={option}",
-                             "trainer.alpha_samples=0", *SHRINK[dataset]]
+                no_alpha = [] if (group, option) == ("trainer", "ddp") else [
+                    "trainer.alpha_samples=0"]  # the coded runtimes' key
+                overrides = [f"experiment={preset}", f"{group}={option}", *no_alpha,
+                             *SHRINK[dataset]]
                 if preset == "cifar10_resnet" and dataset == "cifar10":
                     overrides.append(f"dataset.root={cifar_root}")
                 expected = IMPOSSIBLE[preset].get((group, option))

@@ -10,6 +10,7 @@ import torch
 from agc_pipeline.errors import ConfigError
 from agc_pipeline.train import build_trainer
 from agc_pipeline.training.batches import batch_indices
+from agc_pipeline.training.loop import advance
 from tests.conftest import compose_config
 
 FAST = ["dataset=synthetic_logistic", "dataset.n_samples=420", "dataset.dim=6",
@@ -42,18 +43,18 @@ def test_weighted_and_per_subset_give_the_same_decoded_gradient(extra: list[str]
     fast = _trainer(*extra)
     ref = _trainer(*extra, "trainer.coded_gradient=per_subset")
     for _ in range(3):
-        a, b = fast.step(), ref.step()
+        a, b = advance(fast), advance(ref)
         assert a["survivors"] == b["survivors"]
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
         assert a["grad_error"] == pytest.approx(b["grad_error"], rel=1e-4, abs=1e-9)
-        for p, q in zip(fast.core.model.parameters(), ref.core.model.parameters(), strict=True):
+        for p, q in zip(fast.model.parameters(), ref.model.parameters(), strict=True):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
 
 
 def test_minibatch_rows_and_samples() -> None:
     trainer = _trainer("trainer.batch_size=5")
-    assert trainer.core.subset_size == 48 and trainer.core.batch_samples == 35
-    losses = [trainer.step()["train_loss"] for _ in range(4)]
+    assert trainer.workload.subset_size == 48 and trainer.workload.batch_samples == 35
+    losses = [advance(trainer)["train_loss"] for _ in range(4)]
     assert len(set(losses)) == 4  # a different minibatch every iteration
     with pytest.raises(ConfigError, match="trainer.batch_size=49 exceeds the 48 samples"):
         _trainer("trainer.batch_size=49")
@@ -68,9 +69,9 @@ def test_minibatch_rows_and_samples() -> None:
 def test_grad_error_off_logs_none_and_trains_the_same() -> None:
     on, off = _trainer(), _trainer("trainer.grad_error=false")
     for _ in range(3):
-        a, b = on.step(), off.step()
+        a, b = advance(on), advance(off)
         assert b["grad_error"] is None and a["grad_error"] is not None
-    for p, q in zip(on.core.model.parameters(), off.core.model.parameters(), strict=True):
+    for p, q in zip(on.model.parameters(), off.model.parameters(), strict=True):
         assert torch.equal(p, q)
 
 
@@ -78,17 +79,17 @@ def test_minibatch_resume_is_bit_identical_with_momentum() -> None:
     extra = ("trainer.batch_size=4", "optimizer.momentum=0.9")
     whole = _trainer(*extra)
     for _ in range(6):
-        whole.step()
+        advance(whole)
     first = _trainer(*extra)
     for _ in range(3):
-        first.step()
+        advance(first)
     second = _trainer(*extra)
     second.load_state_dict(first.state_dict())
     for _ in range(3):
-        second.step()
-    for p, q in zip(whole.core.model.parameters(), second.core.model.parameters(), strict=True):
+        advance(second)
+    for p, q in zip(whole.model.parameters(), second.model.parameters(), strict=True):
         assert torch.equal(p, q)
-    assert np.isfinite(second.core.train_loss())
+    assert np.isfinite(second.workload.train_loss())
 
 
 def test_adamw_with_cosine_warmup_resumes_bit_identically() -> None:
@@ -97,19 +98,19 @@ def test_adamw_with_cosine_warmup_resumes_bit_identically() -> None:
     whole = _trainer(*extra)
     lrs = []
     for _ in range(6):
-        lrs.append(whole.core.optimizer.lr)
-        whole.step()
+        lrs.append(whole.state.optimizer.lr)
+        advance(whole)
     assert lrs[0] == pytest.approx(0.005) and lrs[1] == pytest.approx(0.01)
     assert lrs[5] < lrs[2]
-    assert type(whole.core.optimizer.optimizer).__name__ == "AdamW"
+    assert type(whole.state.optimizer.optimizer).__name__ == "AdamW"
     first = _trainer(*extra)
     for _ in range(3):
-        first.step()
+        advance(first)
     second = _trainer(*extra)
     second.load_state_dict(first.state_dict())
     for _ in range(3):
-        second.step()
-    for p, q in zip(whole.core.model.parameters(), second.core.model.parameters(), strict=True):
+        advance(second)
+    for p, q in zip(whole.model.parameters(), second.model.parameters(), strict=True):
         assert torch.equal(p, q)
 
 
@@ -144,17 +145,17 @@ def test_weighted_equals_per_subset_on_the_cnn_and_the_gpt(model: list[str]) -> 
     fast = build_trainer(compose_config("train", extra))
     ref = build_trainer(compose_config("train", [*extra, "trainer.coded_gradient=per_subset"]))
     for _ in range(2):
-        t = fast.core.iteration
-        x, y = fast.core.minibatch(t)
-        b = fast.core.coded.encoding(t)
-        mask = fast.core.draw(b, t).survivors
-        dec = fast.core.coded.decode(b, mask)
-        weights = fast.core.coded.weights(b, dec.r)
-        g_fast, _, _ = fast.core.coded_gradient(x, y, b, weights, mask, dec)
-        g_ref, _, _ = ref.core.coded_gradient(x, y, b, weights, mask, dec)
+        t = fast.state.iteration
+        x, y = fast.workload.minibatch(t)
+        b = fast.coded_part.code.encoding(t)
+        mask = fast.coded_part.draw(b, t).survivors
+        dec = fast.coded_part.code.decode(b, mask)
+        weights = fast.coded_part.code.weights(b, dec.r)
+        g_fast, _, _ = fast.coded_part.gradient(x, y, b, weights, mask, dec)
+        g_ref, _, _ = ref.coded_part.gradient(x, y, b, weights, mask, dec)
         rel = float((g_fast.double() - g_ref.double()).norm() / g_ref.double().norm())
         assert rel < 1e-5
-        a, c = fast.step(), ref.step()
+        a, c = advance(fast), advance(ref)
         assert a["survivors"] == c["survivors"]
         assert a["train_loss"] == pytest.approx(c["train_loss"], rel=1e-5)
 

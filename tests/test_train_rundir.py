@@ -19,7 +19,9 @@ from agc_pipeline.errors import ConfigError
 from agc_pipeline.reporting.sinks import Sink
 from agc_pipeline.train import build_trainer, run_training
 from agc_pipeline.training.checkpoint import RunDirBusy, load_checkpoint, run_dir_lock
+from agc_pipeline.training.loop import advance
 from agc_pipeline.training.simulated import SimulatedRuntime
+from agc_pipeline.training.state import StepResult
 from tests.conftest import ROOT, compose_config
 
 #: a small, fast problem: 6-feature 3-class logistic data, the Fano plane, m = 2
@@ -114,8 +116,8 @@ def test_a_checkpoint_exists_before_the_first_iteration(tmp_path: Path,
     seen: list[int] = []
     original = SimulatedRuntime.step
 
-    def step(self: SimulatedRuntime, evaluate: bool = False) -> dict:
-        if self.core.iteration == 0:
+    def step(self: SimulatedRuntime, evaluate: bool = False) -> StepResult:
+        if self.state.iteration == 0:
             state = load_checkpoint(tmp_path / "checkpoint.pt")
             seen.append(state["iteration"])
             assert state["metrics_rows"] == 0 and state["alpha"] is not None
@@ -227,11 +229,11 @@ class BrokenClockModel(NoStragglers):
 
 def test_a_non_finite_iteration_time_is_refused_by_the_clock() -> None:
     trainer = build_trainer(cfg_for("straggler=none", "trainer.alpha_samples=0"))
-    trainer.core.straggler = BrokenClockModel()
+    trainer.coded_part.straggler = BrokenClockModel()
     with pytest.raises(ConfigError, match="iteration time must be finite"):
-        trainer.step()
-    assert trainer.core.iteration == 0 and trainer.core.clock.virtual_time == 0.0
-    assert np.isfinite(trainer.core.clock.virtual_time)
+        advance(trainer)
+    assert trainer.state.iteration == 0 and trainer.state.virtual_time == 0.0
+    assert np.isfinite(trainer.state.virtual_time)
 
 
 # ------------------------------------------------------------------------------------------

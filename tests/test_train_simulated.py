@@ -16,8 +16,9 @@ from agc_pipeline.errors import ConfigError
 from agc_pipeline.train import build_trainer, run_training
 from agc_pipeline.training.checkpoint import load_checkpoint
 from agc_pipeline.training.coded_step import TrainingDiverged
-from agc_pipeline.training.loop import TrainingInterrupted
+from agc_pipeline.training.loop import TrainingInterrupted, advance
 from agc_pipeline.training.simulated import SimulatedRuntime
+from agc_pipeline.training.state import StepResult
 from tests.conftest import compose_config
 
 #: a small, fast problem: 6-feature 3-class logistic data, the Fano plane, m = 2
@@ -41,7 +42,7 @@ def rows(run_dir: Path) -> list[dict]:
 def params(trainer_or_dir: SimulatedRuntime | Path) -> list[torch.Tensor]:
     if isinstance(trainer_or_dir, Path):
         return list(load_checkpoint(trainer_or_dir / "checkpoint.pt")["model"].values())
-    return [p.detach().clone() for p in trainer_or_dir.core.model.parameters()]
+    return [p.detach().clone() for p in trainer_or_dir.model.parameters()]
 
 
 # ------------------------------------------------------------------------------------------
@@ -108,18 +109,18 @@ def test_exact_codes_reproduce_the_plain_full_batch_step(code: str, s: int) -> N
     straggler = ["straggler=fixed", f"straggler.s={s}"] if s else ["straggler=none"]
     cfg = cfg_for(f"code={code}", *straggler, "dataset.n_samples=360", "trainer.lr=0.3")
     trainer = build_trainer(cfg)
-    plain = type(trainer.core.model)(input_dim=6, num_classes=3, seed=int(cfg.seed))
-    plain.load_state_dict(trainer.core.model.state_dict())
+    plain = type(trainer.model)(input_dim=6, num_classes=3, seed=int(cfg.seed))
+    plain.load_state_dict(trainer.model.state_dict())
     optimizer = torch.optim.SGD(plain.parameters(), lr=0.3)
-    x = trainer.core.x.reshape(-1, 6)
-    y = trainer.core.y.reshape(-1)
+    x = trainer.workload.x.reshape(-1, 6)
+    y = trainer.workload.y.reshape(-1)
     for _ in range(4):
-        row = trainer.step()
+        row = advance(trainer)
         optimizer.zero_grad()
         (plain.loss_sum(plain(x), y) / x.shape[0]).backward()
         optimizer.step()
         assert row["grad_error"] < 1e-9 and row["approx_error"] < 1e-9
-        for p, q in zip(trainer.core.model.parameters(), plain.parameters(), strict=True):
+        for p, q in zip(trainer.model.parameters(), plain.parameters(), strict=True):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
@@ -212,11 +213,11 @@ def test_interrupted_run_resumes_bit_identically(tmp_path: Path,
 
     original = SimulatedRuntime.step
 
-    def step_then_stop(self: SimulatedRuntime, evaluate: bool = False) -> dict:
-        row = original(self, evaluate)
-        if self.core.iteration == 4:  # as `kill -TERM`: stop at the end of this iteration
+    def step_then_stop(self: SimulatedRuntime, evaluate: bool = False) -> StepResult:
+        result = original(self, evaluate)
+        if self.state.iteration == 3:  # as `kill -TERM`: stop at the end of this iteration
             os.kill(os.getpid(), signal.SIGTERM)
-        return row
+        return result
 
     monkeypatch.setattr(SimulatedRuntime, "step", step_then_stop)
     with pytest.raises(TrainingInterrupted):

@@ -66,6 +66,8 @@ ALPHA_ITERATION_OFFSET = 1 << 40
 class TrainingDiverged(RuntimeError):
     """The decoded gradient holds NaN/Inf, or the step would overflow the parameters."""
 
+    exit_status = 3  #: the train app's exit status
+
 
 def encoder_rng(seed: int, iteration: int) -> np.random.Generator:
     """The generator of iteration ``iteration``'s encoder draw (e.g. construction (7)'s D)."""

@@ -11,9 +11,10 @@ Two launches, one protocol:
   other ranks skip Hydra (no run dir, no files, no W&B) and join (:func:`run_from_env`).
 
 Either way every rank joins the default gloo process group, rank 0 broadcasts its resolved
-configuration and all ranks exchange (pid, host). A rank > 0 then reads the runtime's
-settings class from ``trainer._target_`` and runs its ``rank_main`` (a dotted path, see
-:class:`~agc_pipeline.training.settings.TrainerSettings`): the function that serves it.
+configuration and all ranks exchange (pid, host). A rank > 0 then reads the runtime class
+from ``trainer._target_`` and runs its ``rank_main(config, rank, world_size[, extra])``
+(see :class:`~agc_pipeline.training.runtime.Runtime`): the function that serves it. The fork
+server imports the runtime's ``preload`` modules once.
 """
 
 from __future__ import annotations
@@ -24,23 +25,24 @@ import os
 import signal
 import socket
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from hydra.utils import get_class, get_method
+from hydra.utils import get_class
 
 from agc_pipeline.errors import require
 
 __all__ = ["Launch", "process_main", "rank_device", "rank_main", "require_world",
            "run_from_env", "torchrun_env"]
 
-#: imported once by the fork server, so that each forked rank starts in milliseconds
-#: (symbolic_shapes: torch imports it, and sympy, lazily when a model is built)
-PRELOAD = ("agc_pipeline.training.worker", "agc_pipeline.training.ddp", "agc_pipeline.train",
-           "agc_pipeline.codes.designs", "agc_pipeline.codes.repetition",
+#: imported once by the fork server besides the runtime's ``preload``, so that each forked
+#: rank starts in milliseconds (symbolic_shapes: torch imports it, and sympy, lazily when a
+#: model is built)
+PRELOAD = ("agc_pipeline.build", "agc_pipeline.codes.designs", "agc_pipeline.codes.repetition",
            "torch.fx.experimental.symbolic_shapes")
 #: environment variable: a torchrun rank's rendezvous timeout before it has the config
 STARTUP_TIMEOUT_ENV = "AGC_STARTUP_TIMEOUT_S"
@@ -82,13 +84,15 @@ class Launch:
     torchrun) and the default process group. The caller checks a torchrun world size."""
 
     def __init__(self, run_dir: Path, world: int, start_method: str,
-                 startup_timeout_s: float, config: dict[str, Any], extra: Any = None) -> None:
+                 startup_timeout_s: float, config: dict[str, Any], extra: Any = None,
+                 preload: tuple[str, ...] = ()) -> None:
         self.run_dir = Path(run_dir)
         self.world = world
         self.start_method = start_method
         self.startup_timeout_s = startup_timeout_s
         self.config = config
         self.extra = extra  #: sent with the configuration (the PS's wire format), or None
+        self.preload = (*preload, *PRELOAD)  #: the modules the fork server imports once
         self.procs: list[Any] = []  #: rank r is procs[r − 1] (local launch)
         self._rendezvous: Path | None = None
 
@@ -117,7 +121,7 @@ class Launch:
     def _spawn(self, init_method: str) -> None:
         ctx = multiprocessing.get_context(self.start_method)
         if self.start_method == "forkserver":
-            ctx.set_forkserver_preload(list(PRELOAD))
+            ctx.set_forkserver_preload(list(self.preload))
         for rank in range(1, self.world):
             proc = ctx.Process(target=process_main, name=f"agc-rank-{rank}",
                                args=(rank, self.world, init_method, self.startup_timeout_s),
@@ -149,6 +153,16 @@ class Launch:
                 proc.kill()
                 proc.join(5.0)
 
+    def exited(self, wait_s: float = 2.0) -> list[int]:
+        """The ranks whose processes (started here) have exited, waiting up to ``wait_s``
+        seconds for one: a peer's closed connection can be seen before its exit is."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            dead = [r for r, p in enumerate(self.procs, 1) if not p.is_alive()]
+            if dead or not self.procs or time.monotonic() >= deadline:
+                return dead
+            time.sleep(0.02)
+
     def kill(self, rank: int, pid: int = 0, host: str = "") -> None:
         """SIGKILL ``rank``: a process started here, or ``pid`` when it runs on this host
         (a local torchrun)."""
@@ -178,8 +192,10 @@ def rank_main(rank: int, world_size: int, init_method: str, startup_timeout_s: f
     torch.set_num_threads(1)  # the ranks share the machine's cores
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is rank 0's to handle
     config, extra = join(rank, world_size, init_method, startup_timeout_s)
-    settings_class = get_class(config["trainer"]["_target_"])
-    serve = get_method(settings_class.rank_main)
+    runtime = get_class(config["trainer"]["_target_"])
+    require(getattr(runtime, "processes", False) and runtime.rank_main is not None,
+            f"trainer={runtime.name} runs in one process: it has no rank {rank} to serve")
+    serve = runtime.rank_main
     if extra is None:
         return int(serve(config, rank, world_size))
     return int(serve(config, rank, world_size, extra))

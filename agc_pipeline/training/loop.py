@@ -1,10 +1,11 @@
 """The training loop every runtime plugs into: progress, metrics rows, checkpoint cadence and
 graceful stop (SIGINT/SIGTERM at an iteration boundary).
 
-:func:`fit` runs the remaining iterations of a :class:`~agc_pipeline.training.runtime.Runtime`:
-a checkpoint before the first iteration (a run killed at any point can be resumed), every
-``trainer.checkpoint_every`` iterations, at the end and on any error or interruption — always
-the state after the last completed iteration, with the number of metrics rows logged up to it.
+:func:`fit` runs the remaining iterations of a :class:`~agc_pipeline.training.runtime.Runtime`
+and commits each one (:func:`advance`): a checkpoint before the first iteration (a run
+killed at any point can be resumed), every ``trainer.checkpoint_every`` iterations, at the
+end and on any error or interruption — always the state after the last completed iteration,
+with the number of metrics rows logged up to it.
 """
 
 from __future__ import annotations
@@ -22,51 +23,62 @@ from agc_pipeline.reporting.sinks import Sink
 from agc_pipeline.training.checkpoint import save_checkpoint
 from agc_pipeline.training.runtime import Runtime
 
-__all__ = ["TrainingInterrupted", "fit"]
+__all__ = ["TrainingInterrupted", "advance", "fit"]
 
 
 class TrainingInterrupted(RuntimeError):
     """The run was stopped (SIGINT/SIGTERM) at an iteration boundary; a checkpoint is saved."""
+
+    exit_status = 130  #: the train app's exit status
 
 
 class _Stop:
     requested = False
 
 
+def advance(runtime: Runtime, evaluate: bool = False) -> dict[str, Any]:
+    """One iteration: ``runtime.step`` and the commit of its result (optimizer step with
+    the one divergence check, totals, clock, iteration). Returns the metrics row."""
+    result = runtime.step(evaluate=evaluate)
+    runtime.state.commit(result)
+    return result.row
+
+
 def fit(runtime: Runtime, sink: Sink, checkpoint: Path, extra_state: dict[str, Any],
-        logged_rows: int = 0) -> None:
-    """Run ``runtime``'s remaining iterations, logging rows to ``sink`` (every
-    ``trainer.log_every`` iterations, the last one and every skipped one) and checkpointing to
-    ``checkpoint`` (see the module docstring); ``logged_rows`` rows were logged before."""
-    core, s = runtime.core, runtime.core.settings
+        logged_rows: int = 0, *, config: dict[str, Any], run_dir: Path) -> None:
+    """Run ``runtime``'s remaining iterations inside its session (started with the resolved
+    ``config`` and the ``run_dir``), logging rows to ``sink`` (every ``trainer.log_every``
+    iterations, the last one and every skipped one) and checkpointing to ``checkpoint``
+    with ``extra_state`` (see the module docstring); ``logged_rows`` rows were logged before."""
+    state, s = runtime.state, runtime.settings
     rows = logged_rows
     stop = _Stop()
     lap = [time.perf_counter()]
 
     def save() -> None:
         now = time.perf_counter()
-        core.totals.seconds += now - lap[0]
+        state.totals.seconds += now - lap[0]
         lap[0] = now
         save_checkpoint(checkpoint, {**runtime.state_dict(), "metrics_rows": rows,
                                      **extra_state})
 
-    bar = progress(total=s.iterations, initial=core.iteration, disable=not s.progress,
+    bar = progress(total=s.iterations, initial=state.iteration, disable=not s.progress,
                    desc="train", unit="it")
     try:
-        with runtime.session(extra_state, Path(checkpoint).parent):
+        with runtime.session(config, Path(run_dir)):
             lap[0] = time.perf_counter()  # the session's start-up (e.g. workers) is not training
             save()
             with _graceful_stop(stop):
-                while core.iteration < s.iterations:
-                    t = core.iteration
-                    row = runtime.step(evaluate=s.eval_every > 0 and t % s.eval_every == 0)
+                while state.iteration < s.iterations:
+                    t = state.iteration
+                    row = advance(runtime, evaluate=s.eval_every > 0 and t % s.eval_every == 0)
                     if t % s.log_every == 0 or t == s.iterations - 1 or row["skipped"]:
                         sink.log(row, step=t)
                         rows += 1
                     if row.get("train_loss") is not None:  # None on rows not logged
                         bar.set_postfix(loss=f"{row['train_loss']:.4f}", refresh=False)
                     bar.update(1)
-                    if s.checkpoint_every and core.iteration % s.checkpoint_every == 0:
+                    if s.checkpoint_every and state.iteration % s.checkpoint_every == 0:
                         save()
                     if stop.requested:
                         raise TrainingInterrupted(

@@ -18,21 +18,19 @@ Each iteration t:
 4. decode R for exactly the set that arrived (the n × m system, in float64), form
    ĝ = Σ_j message_j R(j, :) in the messages' dtype with one matrix product
    (:func:`~agc_pipeline.training.coded_step.combine_into`; no float64 copy of d-vectors),
-   and take the SGD step.
+   and return it: the shared loop takes the SGD step.
 
 The arithmetic is the simulated trainer's (same partial gradients, encoder draws, decoder
 and SGD; messages travel in the model's dtype), so with the same seeds and survivor sets
 both runtimes give the same parameters to float tolerance (with ``param_dtype=float32``).
-The class composes the shared :class:`~agc_pipeline.training.core.CodedTraining`
-(validation, α, evaluation, optimizer, state) and plugs into the shared loop
-(:mod:`~agc_pipeline.training.loop`: checkpoints, graceful stop); only the iteration is its
-own.
+The class is a :class:`~agc_pipeline.training.runtime.CodedRuntime` (workload, code, α,
+run state) and plugs into the shared loop (:mod:`~agc_pipeline.training.loop`: the commit,
+checkpoints, graceful stop); only the iteration and the processes are its own.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 import os
@@ -41,46 +39,35 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
 from agc_pipeline.errors import require
-from agc_pipeline.training.coded_step import (
-    TrainingDiverged,
-    check_finite,
-    combine_into,
-)
-from agc_pipeline.training.core import CodedTraining, Totals
+from agc_pipeline.training.coded_step import check_finite, combine_into
 from agc_pipeline.training.distributed import (
     PARAM_DTYPES,
-    Cluster,
     DistributedSettings,
     WorkersLost,
     resolve_timing,
     torchrun_env,
 )
+from agc_pipeline.training.processes import Cluster
+from agc_pipeline.training.runtime import CodedRuntime
+from agc_pipeline.training.settings import TrainerSettings
+from agc_pipeline.training.state import StepResult
 from agc_pipeline.training.wire import HEADER_BYTES, Arrival, Kind, WireFormat
 
-__all__ = ["DistributedTotals", "ParameterServer"]
+if TYPE_CHECKING:
+    from agc_pipeline.build import RunSpec
+
+__all__ = ["ParameterServer"]
 
 log = logging.getLogger("agc_pipeline.train")
 
 #: longest single wait on the inbox, so that silence is checked regularly
 POLL_S = 0.05
-
-
-@dataclass
-class DistributedTotals(Totals):
-    """Running totals (checkpointed), plus the measured ones."""
-
-    wall_time: float = 0.0  #: sum of the iterations' wall-clock times
-    decode_time: float = 0.0
-    late: int = 0
-    rejected: int = 0
-    bytes_received: int = 0
-    grad_errors: int = 0  #: iterations whose grad_error was computed
 
 
 @dataclass
@@ -111,62 +98,63 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-class ParameterServer:
+class ParameterServer(CodedRuntime):
     """Rank 0: the model, the code, the optimizer and the workers' messages.
 
-    Composes the shared :class:`~agc_pipeline.training.core.CodedTraining` (validation, α,
-    evaluation; the data is the PS's copy, for metrics); :meth:`session` starts (or joins) the
-    workers around the shared training loop, :meth:`step` runs one iteration on them.
+    A :class:`~agc_pipeline.training.runtime.CodedRuntime` (the data is the PS's copy, for
+    metrics); :meth:`session` starts (or joins) the workers around the shared training loop,
+    :meth:`step` runs one iteration on them.
     """
 
-    name = "distributed"
+    name: ClassVar[str] = "distributed"
+    settings_class: ClassVar[type[TrainerSettings]] = DistributedSettings
+    processes: ClassVar[bool] = True
+    preload: ClassVar[tuple[str, ...]] = ("agc_pipeline.training.worker",)
+    #: measured totals (checkpointed) besides the shared ones
+    counters: ClassVar[dict[str, float]] = {
+        "wall_time": 0.0,  # sum of the iterations' wall-clock times
+        "decode_time": 0.0, "late": 0, "rejected": 0, "bytes_received": 0,
+        "grad_errors": 0}  # iterations whose grad_error was computed
 
-    def __init__(self, core: CodedTraining) -> None:
-        self.core = core
-        settings = core.settings
-        require(isinstance(settings, DistributedSettings),
-                "ParameterServer needs trainer=distributed settings")
+    @staticmethod
+    def rank_main(config: dict[str, Any], rank: int, world_size: int, wire: WireFormat) -> int:
+        """A worker's rank (:func:`~agc_pipeline.training.worker.serve_rank`)."""
+        from agc_pipeline.training.worker import serve_rank
+
+        return serve_rank(config, rank, world_size, wire)
+
+    def __init__(self, spec: RunSpec) -> None:
+        super().__init__(spec)
+        settings = spec.settings
         assert isinstance(settings, DistributedSettings)
         self.settings: DistributedSettings = settings
-        n = core.n
-        require(settings.workers in (None, n),
-                f"trainer.workers={settings.workers} but the assignment has n = {n} "
-                "workers (leave trainer.workers null, or change the assignment)")
-        require(settings.min_workers <= n,
-                f"trainer.min_workers={settings.min_workers} but the assignment has only "
-                f"n = {n} workers")
-        settings.fault.validate(n)
-        require(settings.backend != "nccl" or torchrun_env() is not None
-                or torch.cuda.device_count() >= n + 1,
-                f"trainer.backend=nccl needs one GPU per rank (n + 1 = {n + 1}); found "
-                f"{torch.cuda.device_count()}: use trainer.backend=gloo")
-        self.timing = resolve_timing(settings, core.straggler, n)
-        core.totals = DistributedTotals()
+        coded = self.coded_part
+        self.n = coded.n
+        self.timing = resolve_timing(settings, spec.straggler, self.n)
+        self.state = self._make_state()
         self.events: list[dict[str, Any]] = []
         self.cluster: Cluster | None = None
         self._backlog: deque[Arrival] = deque()
-        self.params = list(core.model.parameters())
+        self.params = list(self.model.parameters())
         dtype = self.params[0].dtype
-        self.wire = WireFormat(core.d, core.length, dtype, PARAM_DTYPES[settings.param_dtype])
+        self.wire = WireFormat(coded.d, coded.length, dtype,
+                               PARAM_DTYPES[settings.param_dtype])
         #: ĝ as (m, L) blocks, reused
-        self._blocks = torch.empty(core.m, core.length, dtype=dtype, device=core.device)
+        self._blocks = torch.empty(coded.m, coded.length, dtype=dtype, device=coded.device)
 
     # ------------------------------------------------------------------ the loop
 
     @contextlib.contextmanager
-    def session(self, extra_state: dict[str, Any], run_dir: Path) -> Iterator[None]:
-        """Start (or join) the workers for the loop; stop them after it. The shared loop
-        (:func:`~agc_pipeline.training.loop.fit`) runs inside; :class:`WorkersLost` is
-        raised (after the checkpoint) when fewer than ``trainer.min_workers`` are alive."""
-        config = extra_state.get("config")
-        require(isinstance(config, dict), "the distributed trainer needs the run's resolved "
-                                          "configuration (extra_state['config'])")
-        core = self.core
-        cluster = Cluster(self.settings, core.n, Path(run_dir), config, self.wire,
-                          core.device, self.events)
+    def session(self, config: dict[str, Any], run_dir: Path) -> Iterator[None]:
+        """Start (or join) the workers, sending them the resolved ``config``; stop them
+        after the loop. The shared loop (:func:`~agc_pipeline.training.loop.fit`) runs
+        inside; :class:`WorkersLost` is raised (after the checkpoint) when fewer than
+        ``trainer.min_workers`` are alive."""
+        cluster = Cluster(self.settings, self.n, Path(run_dir), config, self.wire,
+                          self.coded_part.device, self.events, self.preload)
         threads = torch.get_num_threads()
         if self.settings.threads is None:
-            torch.set_num_threads(ps_threads(threads, core.n))
+            torch.set_num_threads(ps_threads(threads, self.n))
         with cluster:
             self.cluster = cluster
             try:
@@ -181,26 +169,26 @@ class ParameterServer:
         """The dtype of the workers' messages: the model's."""
         return self.wire.grad_dtype
 
-    def step(self, evaluate: bool = False) -> dict[str, Any]:
-        """Run iteration ``self.core.iteration`` on the cluster; return its metrics row."""
+    def step(self, evaluate: bool = False) -> StepResult:
+        """Run iteration ``state.iteration`` on the cluster: its metrics row and ĝ."""
         cluster = self.cluster
         require(cluster is not None, "ParameterServer.step runs inside session()")
         assert cluster is not None
-        t, s = self.core.iteration, self.settings
+        t, s = self.state.iteration, self.settings
         row: dict[str, Any] = {"iteration": t}
         start = time.perf_counter()
         bytes_out = cluster.send_params(t, self.params)
         sent = time.perf_counter()
         if evaluate:
-            row.update(self.core.evaluate())
+            row.update(self.workload.evaluate())
         logged = t % s.log_every == 0 or t == s.iterations - 1
         loss, exact = self._metrics(t) if logged else (None, None)
         metrics_time = time.perf_counter() - sent
-        b = self.core.coded.encoding(t)
+        b = self.coded_part.code.encoding(t)
         got = self._collect(t, start)
         waited = time.perf_counter()
         self._require_workers(t)
-        mask = np.zeros(self.core.n, dtype=bool)
+        mask = np.zeros(self.n, dtype=bool)
         mask[sorted(got.accepted)] = True
         estimate, condition, approx = self._decode(b, mask, got)
         decoded = time.perf_counter()
@@ -210,23 +198,25 @@ class ParameterServer:
             diff2 = float((estimate.to(exact.dtype) - exact).square().sum())
             error = diff2 / norm2 if norm2 > 0 else math.nan
         survivors = int(mask.sum())
-        if survivors and not self.core.optimizer.step(estimate):
-            raise TrainingDiverged(f"iteration {t}: the SGD step would overflow the "
-                                   "parameters to NaN/Inf (diverged: lower trainer.lr)")
         end = time.perf_counter()
         payload = sum(a.nbytes - HEADER_BYTES for a in got.accepted.values())
-        tot = self._add_totals(t, survivors, payload, got, error, end - start,
-                               decoded - waited)
+        counted = error is not None and math.isfinite(error)
+        increments = {"survivors": survivors, "bytes_to_ps": payload,
+                      "skipped": int(survivors == 0), "wall_time": end - start,
+                      "decode_time": decoded - waited, "late": got.late,
+                      "rejected": got.rejected, "bytes_received": got.bytes,
+                      "grad_error": error if counted else 0.0, "grad_errors": int(counted)}
+        tot = self.state.totals
         row.update(
             train_loss=loss, grad_error=error, survivors=survivors, bytes_to_ps=payload,
-            total_bytes_to_ps=tot.bytes_to_ps, bytes_received=got.bytes,
-            bytes_discarded=got.discarded, bytes_from_ps=bytes_out, wall_time=tot.wall_time,
-            iteration_time=end - start, wait_time=waited - sent, decode_time=decoded - waited,
-            metrics_time=metrics_time, **self._worker_times(got), late=got.late,
-            rejected=got.rejected, live_workers=len(cluster.live), decode_condition=condition,
+            total_bytes_to_ps=tot.bytes_to_ps + payload, bytes_received=got.bytes,
+            bytes_discarded=got.discarded, bytes_from_ps=bytes_out,
+            wall_time=tot["wall_time"] + (end - start), iteration_time=end - start,
+            wait_time=waited - sent, decode_time=decoded - waited, metrics_time=metrics_time,
+            **self._worker_times(got), late=got.late, rejected=got.rejected,
+            live_workers=len(cluster.live), decode_condition=condition,
             approx_error=float(approx), skipped=survivors == 0)
-        self.core.iteration += 1
-        return row
+        return StepResult(row, estimate if survivors else None, increments)
 
     def _require_workers(self, t: int) -> None:
         """Stop (before iteration t changes anything) when too few workers are alive."""
@@ -236,7 +226,7 @@ class ParameterServer:
             return
         dead = sorted({e["worker"] for e in self.events if e["event"] == "dead"})
         raise WorkersLost(
-            f"iteration {t}: {live} of {self.core.n} workers alive, fewer than trainer.min_workers "
+            f"iteration {t}: {live} of {self.n} workers alive, fewer than trainer.min_workers "
             f"= {least} (dead: {dead}); stopped at iteration {t} with a checkpoint: continue "
             "with fresh workers by trainer.resume=true and the same hydra.run.dir")
 
@@ -257,16 +247,16 @@ class ParameterServer:
     def _metrics(self, t: int) -> tuple[float, torch.Tensor | None]:
         """Train loss at the current parameters and, with ``trainer.grad_error``, the true
         gradient (float64) on the workers' minibatch, as the simulated runtime computes them."""
-        core = self.core
-        x, y = core.minibatch(t)
+        model, work = self.model, self.workload
+        x, y = work.minibatch(t)
         x, y = x.reshape(-1, *x.shape[2:]), y.reshape(-1, *y.shape[2:])
         if not self.settings.grad_error:
             with torch.no_grad():
-                return float(core.model.loss_sum(core.model(x), y)) / core.batch_samples, None
-        loss = core.model.loss_sum(core.model(x), y)
-        grads = torch.autograd.grad(loss, list(core.model.parameters()))
+                return float(model.loss_sum(model(x), y)) / work.batch_samples, None
+        loss = model.loss_sum(model(x), y)
+        grads = torch.autograd.grad(loss, list(model.parameters()))
         exact = torch.cat([g.reshape(-1) for g in grads]).to(torch.float64)
-        return float(loss.detach()) / core.batch_samples, exact / core.batch_samples
+        return float(loss.detach()) / work.batch_samples, exact / work.batch_samples
 
     def _collect(self, t: int, start: float) -> Collected:
         """Take arrivals until the waiting rule is met (see the module docstring)."""
@@ -277,7 +267,7 @@ class ParameterServer:
         while True:
             live = cluster.live
             waiting = [j for j in live if j not in got.answered]
-            if not waiting or len(got.accepted) >= timing.target(len(live), self.core.n):
+            if not waiting or len(got.accepted) >= timing.target(len(live), self.n):
                 break
             now = time.perf_counter()
             if now >= deadline:
@@ -336,9 +326,10 @@ class ParameterServer:
         assert h is not None
         if h.iteration > t:
             return f"tagged with a future iteration {h.iteration}"
-        if payload is None or payload.numel() != self.core.length:
+        length = self.coded_part.length
+        if payload is None or payload.numel() != length:
             return (f"{0 if payload is None else payload.numel()} values instead of "
-                    f"⌈d/m⌉ = {self.core.length}")
+                    f"⌈d/m⌉ = {length}")
         # a NaN/Inf makes the sum non-finite; only then (or on overflow) scan every value
         if not math.isfinite(float(payload.sum())) and not bool(torch.isfinite(payload).all()):
             return "NaN/Inf values"
@@ -347,71 +338,50 @@ class ParameterServer:
     def _decode(self, b: np.ndarray, mask: np.ndarray,
                 got: Collected) -> tuple[torch.Tensor, float, float]:
         """ĝ from exactly the messages that arrived (zero without any), cond(B_𝓕), Err."""
+        coded = self.coded_part
         if not mask.any():
-            core = self.core
-            return (torch.zeros(core.d, dtype=self.wire.grad_dtype, device=core.device), math.inf,
-                    core.coded.target_norm2)
-        dec = self.core.coded.decode(b, mask)  # the n × m system, float64
+            return (torch.zeros(coded.d, dtype=self.wire.grad_dtype, device=coded.device),
+                    math.inf, coded.code.target_norm2)
+        dec = coded.code.decode(b, mask)  # the n × m system, float64
         assert self.cluster is not None and self.cluster.inbox is not None
         # rows of 𝓕 cannot change now: a survivor's next message needs the next parameters
         blocks = combine_into(self.cluster.inbox.messages, dec.r, mask, self._blocks)
-        if self.core.decoder.rescale:
-            assert self.core.alpha is not None, "call estimate_alpha() before training"
-            blocks.div_(self.core.alpha.value)
-        estimate = blocks.reshape(-1)[:self.core.d]
+        if coded.decoder.rescale:
+            assert coded.alpha is not None, "call estimate_alpha() before training"
+            blocks.div_(coded.alpha.value)
+        estimate = blocks.reshape(-1)[:coded.d]
         # the messages were checked finite, so ĝ is unless R is not (or the sum overflows,
         # which the optimizer's step refuses): no pass over ĝ here
         if not np.isfinite(dec.r).all():
-            check_finite(estimate, self.core.iteration)
+            check_finite(estimate, self.state.iteration)
         return estimate, dec.condition_number, dec.error
-
-    def _add_totals(self, t: int, survivors: int, payload: int, got: Collected,
-                    error: float | None, seconds: float, decode: float) -> DistributedTotals:
-        tot = self.core.totals
-        tot.iterations = t + 1
-        tot.survivors += survivors
-        tot.bytes_to_ps += payload
-        tot.skipped += int(survivors == 0)
-        if error is not None and math.isfinite(error):
-            tot.grad_error += error
-            tot.grad_errors += 1
-        tot.wall_time += seconds
-        tot.decode_time += decode
-        tot.late += got.late
-        tot.rejected += got.rejected
-        tot.bytes_received += got.bytes
-        return tot
 
     # ------------------------------------------------------------------ state and summary
 
     def state_dict(self) -> dict[str, Any]:
-        """The simulated trainer's state plus the measured totals and the events."""
-        return {**self.core.state_dict(), "events": list(self.events)}
+        """The coded runtime's state plus the events."""
+        return {**super().state_dict(), "events": list(self.events)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`."""
-        totals = state["totals"]
-        base = {f.name: totals[f.name] for f in dataclasses.fields(Totals)}
-        self.core.load_state_dict({**state, "totals": base})
-        self.core.totals = DistributedTotals(**totals)
+        super().load_state_dict(state)
         self.events[:] = list(state.get("events", []))
 
     def summary_extra(self) -> dict[str, Any]:
         """summary.json fields of the distributed runtime (they override the shared ones)."""
-        tot, timing = self.core.totals, self.timing
+        tot, timing = self.state.totals, self.timing
         done = max(tot.iterations, 1)
+        wall, decode, counted = tot["wall_time"], tot["decode_time"], tot["grad_errors"]
         return {
-            "clock": "wall",  # measured time: reports plot wall_time
-            "runtime": "distributed", "virtual_time": None, "wall_time": tot.wall_time,
-            "mean_iteration_time": tot.wall_time / done,
-            "mean_decode_time": tot.decode_time / done,
-            "decode_fraction": tot.decode_time / tot.wall_time if tot.wall_time else None,
-            "mean_grad_error": tot.grad_error / tot.grad_errors if tot.grad_errors else None,
-            "late_messages": tot.late, "rejected_messages": tot.rejected,
-            "total_bytes_received": tot.bytes_received,
+            "runtime": "distributed", "virtual_time": None, "wall_time": wall,
+            "mean_iteration_time": wall / done, "mean_decode_time": decode / done,
+            "decode_fraction": decode / wall if wall else None,
+            "mean_grad_error": tot.grad_error / counted if counted else None,
+            "late_messages": tot["late"], "rejected_messages": tot["rejected"],
+            "total_bytes_received": tot["bytes_received"],
             "dead_workers": sorted({e["worker"] for e in self.events if e["event"] == "dead"}),
             "events": list(self.events),
-            "distributed": {"workers": self.core.n, "backend": self.settings.backend,
+            "distributed": {"workers": self.n, "backend": self.settings.backend,
                             "launch": "torchrun" if torchrun_env() else "local",
                             "wait": timing.wait, "s": timing.s, "deadline_s": timing.deadline_s,
                             "time_scale": timing.time_scale,

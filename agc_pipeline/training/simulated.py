@@ -3,7 +3,7 @@
 Each iteration t (paper Sections II, III and VII):
 
 1. the minibatch of iteration t: ``trainer.batch_size`` samples of every data subset D_i
-   (:meth:`~agc_pipeline.training.core.CodedTraining.minibatch`; all of D_i by default);
+   (:meth:`~agc_pipeline.training.workload.Workload.minibatch`; all of D_i by default);
 2. the encoding matrix B of iteration t (:func:`~agc_pipeline.training.coded_step.encoder_rng`
    for randomised schemes such as construction (7));
 3. the straggler model's draw for iteration t (seeded by (seed, t): common random numbers
@@ -12,7 +12,8 @@ Each iteration t (paper Sections II, III and VII):
    messages Z B(:, j) — formed in one weighted backward pass
    (``trainer.coded_gradient=weighted``, :mod:`~agc_pipeline.training.coded_gradient`) or
    from the k partial gradients in float64 (``per_subset``; ``materialize_messages`` builds
-   the messages explicitly), divided by α when ``decoder.rescale``, and the optimizer step.
+   the messages explicitly) and divided by α when ``decoder.rescale``; the shared loop takes
+   the optimizer step (:meth:`~agc_pipeline.training.state.RunState.commit`).
    No survivors: the update is skipped (and logged). NaN/Inf in ĝ, or a step that would
    overflow the parameters: :class:`TrainingDiverged` (the state stays the last good one).
 
@@ -29,100 +30,99 @@ after ``straggler_slowdown × compute_time`` plus their communication time.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from agc_pipeline.coding.stragglers import VirtualClock
 from agc_pipeline.training.coded_step import check_finite
-from agc_pipeline.training.core import CodedTraining, Pending, Totals
-from agc_pipeline.training.settings import TrainerSettings
+from agc_pipeline.training.runtime import CodedRuntime
+from agc_pipeline.training.settings import CodedSettings, TrainerSettings
+from agc_pipeline.training.state import StepResult
+from agc_pipeline.validation import require_bool, require_finite
+
+if TYPE_CHECKING:
+    from agc_pipeline.build import RunSpec
 
 __all__ = ["SimulatedRuntime", "SimulatedSettings"]
 
 
 @dataclass
-class SimulatedSettings(TrainerSettings):
-    """``trainer=simulated`` options (``conf/trainer/simulated.yaml``): the shared keys of
-    :class:`~agc_pipeline.training.settings.TrainerSettings`."""
+class SimulatedSettings(CodedSettings):
+    """``trainer=simulated`` options (``conf/trainer/simulated.yaml``): the coded runtimes'
+    keys plus the simulation's own."""
 
-    runtime: ClassVar[str] = "agc_pipeline.training.simulated.SimulatedRuntime"
+    decode_cost: float = 0.0  #: virtual time the PS spends decoding, per iteration
+    materialize_messages: bool = False  #: build every worker's message (slower; a check)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_finite(self.decode_cost, "trainer.decode_cost", minimum=0.0)
+        require_bool(self.materialize_messages, "trainer.materialize_messages")
 
 
-class SimulatedRuntime:
+class SimulatedRuntime(CodedRuntime):
     """n workers and the PS in one process: the survivors' messages are combined in closed
     form, ĝ = Z (B R), and time is the straggler model's virtual clock."""
 
-    name = "simulated"
+    name: ClassVar[str] = "simulated"
+    settings_class: ClassVar[type[TrainerSettings]] = SimulatedSettings
+    virtual_clock: ClassVar[bool] = True
 
-    def __init__(self, core: CodedTraining) -> None:
-        self.core = core
+    def __init__(self, spec: RunSpec) -> None:
+        super().__init__(spec, materialize=spec.settings.materialize_messages)
+        self.state = self._make_state(VirtualClock(decode_cost=spec.settings.decode_cost))
 
-    @contextlib.contextmanager
-    def session(self, extra_state: dict[str, Any], run_dir: Path) -> Iterator[None]:
-        """Nothing to start: the cluster is simulated."""
-        yield
-
-    def step(self, evaluate: bool = False) -> dict[str, Any]:
-        """Run iteration ``core.iteration``; return its metrics row (at the parameters before
-        the update: ``train_loss``, test metrics when ``evaluate``)."""
-        core = self.core
-        t, m = core.iteration, core.m
+    def step(self, evaluate: bool = False) -> StepResult:
+        """Run iteration ``state.iteration``: its metrics row (at the parameters before the
+        update: ``train_loss``, test metrics when ``evaluate``) and ĝ to step with."""
+        coded, work = self.coded_part, self.workload
+        t, m = self.state.iteration, coded.m
         row: dict[str, Any] = {"iteration": t}
         if evaluate:
-            row.update(core.evaluate())
-        x, y = core.minibatch(t)
-        b = core.coded.encoding(t)
-        draw = core.draw(b, t)
+            row.update(work.evaluate())
+        x, y = work.minibatch(t)
+        b = coded.code.encoding(t)
+        draw = coded.draw(b, t)
         mask = draw.survivors
         if mask.any():
-            dec = core.coded.decode(b, mask)
-            weights = core.coded.weights(b, dec.r)  # B R, (mk × m)
+            dec = coded.code.decode(b, mask)
+            weights = coded.code.weights(b, dec.r)  # B R, (mk × m)
             condition, approx = dec.condition_number, dec.error
         else:
-            dec, weights = None, np.zeros((core.k * m, m))
-            condition, approx = math.inf, core.coded.target_norm2
-        estimate, exact, loss = core.coded_gradient(x, y, b, weights, mask, dec)
-        row["train_loss"] = loss / core.batch_samples
-        if core.decoder.rescale and dec is not None:
-            assert core.alpha is not None, "call estimate_alpha() before training"
-            estimate = estimate / core.alpha.value
-        if exact is None:  # a NaN/Inf entry is caught by the optimizer's guard (commit)
-            error = None
-        else:
-            diff2 = float((estimate.to(exact.dtype) - exact).square().sum())
-            if not math.isfinite(diff2):  # the only full NaN/Inf scan, when something is off
-                check_finite(estimate, t)
-            norm2 = float(exact.square().sum())
-            error = diff2 / norm2 if norm2 > 0 else math.nan
+            dec, weights = None, np.zeros((coded.k * m, m))
+            condition, approx = math.inf, coded.code.target_norm2
+        estimate, exact, loss = coded.gradient(x, y, b, weights, mask, dec)
+        row["train_loss"] = loss / work.batch_samples
+        if coded.decoder.rescale and dec is not None:
+            assert coded.alpha is not None, "call estimate_alpha() before training"
+            estimate = estimate / coded.alpha.value
+        error = self._error(estimate, exact, t)
         survivors = int(mask.sum())
-        sent = survivors * core.length * core.wire_bytes
-        pending = Pending(core.clock.virtual_time, Totals(**asdict(core.totals)), estimate)
-        pending.virtual_time = core.clock.after(draw)
-        tot = pending.totals
-        tot.iterations, tot.survivors = t + 1, tot.survivors + survivors
-        tot.bytes_to_ps += sent
-        tot.skipped += int(survivors == 0)
-        tot.grad_error += error if error is not None and math.isfinite(error) else 0.0
+        sent = survivors * coded.length * coded.wire_bytes
+        assert self.state.clock is not None
+        virtual_time = self.state.clock.after(draw)
         row.update(grad_error=error, survivors=survivors, bytes_to_ps=sent,
-                   total_bytes_to_ps=tot.bytes_to_ps, virtual_time=pending.virtual_time,
-                   iteration_time=float(draw.iteration_time), decode_condition=condition,
-                   approx_error=float(approx), skipped=survivors == 0)
-        core.commit(pending, update=survivors > 0)
-        return row
+                   total_bytes_to_ps=self.state.totals.bytes_to_ps + sent,
+                   virtual_time=virtual_time, iteration_time=float(draw.iteration_time),
+                   decode_condition=condition, approx_error=float(approx),
+                   skipped=survivors == 0)
+        increments = {"survivors": survivors, "bytes_to_ps": sent,
+                      "skipped": int(survivors == 0),
+                      "grad_error": error if error is not None and math.isfinite(error)
+                      else 0.0}
+        return StepResult(row, estimate if survivors > 0 else None, increments, virtual_time)
 
-    def state_dict(self) -> dict[str, Any]:
-        """The shared state (model, optimizer, clock, totals, α)."""
-        return self.core.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`."""
-        self.core.load_state_dict(state)
-
-    def summary_extra(self) -> dict[str, Any]:
-        """summary.json fields of the simulated runtime."""
-        return {"runtime": self.name, "clock": "virtual"}
+    @staticmethod
+    def _error(estimate: Any, exact: Any, t: int) -> float | None:
+        """‖ĝ − g‖² / ‖g‖² (None without g); a NaN/Inf ĝ raises TrainingDiverged here, or
+        at the optimizer's guard (the commit) when g is not formed."""
+        if exact is None:
+            return None
+        diff2 = float((estimate.to(exact.dtype) - exact).square().sum())
+        if not math.isfinite(diff2):  # the only full NaN/Inf scan, when something is off
+            check_finite(estimate, t)
+        norm2 = float(exact.square().sum())
+        return diff2 / norm2 if norm2 > 0 else math.nan

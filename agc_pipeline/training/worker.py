@@ -1,8 +1,9 @@
 """A worker of ``trainer=distributed`` (rank j + 1 runs worker j of the assignment).
 
 It joins the process group and receives the PS's configuration
-(:mod:`~agc_pipeline.training.launch`), builds the same code, data
-split, model and straggler model, keeps only the data subsets it holds, says HELLO, then
+(:mod:`~agc_pipeline.training.launch`), builds the same run with the app's composition root
+(:func:`~agc_pipeline.build.build_run`: code, data split, model, straggler model), keeps only
+the data subsets it holds, says HELLO, then
 serves: newest parameters in, partial gradients of its subsets, encode ``Z B(:, j)`` with
 the B of that iteration (drawn from the shared seed), sleep the straggler model's delay,
 send. It exits on the PS's STOP, or when the PS is lost (a broken link, or no parameters
@@ -22,18 +23,8 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from agc_pipeline.build import (
-    build_assignment,
-    build_dataset,
-    build_decoder,
-    build_model,
-    build_scheme,
-    build_straggler,
-    build_trainer_settings,
-)
+from agc_pipeline.build import build_run
 from agc_pipeline.coding.stragglers import Delay, StragglerContext, worker_samples
-from agc_pipeline.data import split_subsets
-from agc_pipeline.training.batches import batch_indices, take
 from agc_pipeline.training.coded_gradient import CodedGradient
 from agc_pipeline.training.coded_step import (
     CodedStep,
@@ -61,6 +52,7 @@ from agc_pipeline.training.wire import (
     error_text,
     load_parameters,
 )
+from agc_pipeline.training.workload import Workload
 
 __all__ = ["Worker", "serve_rank"]
 
@@ -73,35 +65,31 @@ class Worker:
 
     def __init__(self, config: dict[str, Any], rank: int, transport: Transport,
                  wire: WireFormat) -> None:
-        cfg = OmegaConf.create(config)
-        settings = build_trainer_settings(cfg)
+        spec = build_run(OmegaConf.create(config))
+        settings = spec.settings
         assert isinstance(settings, DistributedSettings)
         self.settings = settings
         self.j = rank - 1
         self.transport = transport
         self.device = rank_device(settings.torch_device.type == "cuda", rank)
-        assignment = build_assignment(cfg)
-        scheme = build_scheme(cfg.scheme, assignment, int(cfg.m))
-        self.decoder = build_decoder(cfg)
-        self.straggler = build_straggler(cfg)
-        dataset = build_dataset(cfg)
-        self.model = build_model(cfg, dataset).to(self.device)
+        scheme, assignment = spec.scheme, spec.scheme.assignment
+        self.decoder = spec.decoder
+        self.straggler = spec.straggler
+        self.model = spec.model.to(self.device)
         self.n, self.k, self.m = assignment.n, assignment.k, scheme.m
         self.matrix = assignment.matrix
         self.timing = resolve_timing(settings, self.straggler, self.n)
-        seed = int(cfg.seed)
-        subsets = split_subsets(int(dataset.y_train.shape[0]), self.k, seed)
+        seed = spec.seed
         self.held = held_subsets(self.matrix, self.j)
-        rows = torch.as_tensor(self.held)
-        self.x = dataset.x_train[subsets[rows]].to(self.device)  # (h, b, D): only its own
-        self.y = dataset.y_train[subsets[rows]].to(self.device)
-        self.subset_size = int(subsets.shape[1])
-        self.seed = seed
+        #: only its own subsets (h, |D_i|, …), no test set
+        self.workload = Workload(self.model, spec.dataset, self.k, seed, settings.batch_size,
+                                 self.device, self.held)
         #: N of g_i = ∇loss_sum(D_i)/N: all samples of the iteration, over the k subsets
-        self.num_samples = self.k * (settings.batch_size or self.subset_size)
+        self.num_samples = self.workload.batch_samples
         #: samples every worker processes per iteration (load-proportional delays)
-        self.work = worker_samples(self.matrix, settings.batch_size or self.subset_size)
-        del dataset
+        self.work = worker_samples(self.matrix,
+                                   settings.batch_size or self.workload.subset_size)
+        del spec
         self.params = list(self.model.parameters())
         self.d = sum(p.numel() for p in self.params)
         self.dtype = self.params[0].dtype
@@ -124,9 +112,7 @@ class Worker:
         """``(message, compute seconds, encode seconds)`` at parameters ``flat``."""
         start = time.perf_counter()
         load_parameters(flat, self.params)
-        index = batch_indices(self.seed, t, self.held, self.subset_size,
-                              self.settings.batch_size)
-        x, y = take(self.x, index), take(self.y, index)
+        x, y = self.workload.minibatch(t)
         b = self.coded.encoding(t)
         coefficients = worker_coefficients(b, self.k, self.m, self.j, self.held)
         if self.engine is not None:  # one weighted backward: the message directly (Section III)

@@ -1,0 +1,159 @@
+"""Every rule that spans components of a run (trainer, code, straggler model, cluster, data,
+model), in one place.
+
+:func:`check_plan` runs the rules that need only the configuration and the cheap objects
+built from it (settings, assignment, scheme, decoder, straggler and cluster models): the
+train app's :func:`~agc_pipeline.build.validate` calls it before any data set or model is
+built. :func:`check_data` and :func:`check_trainable` need the built data and model; they run
+right after building them, still before training. A runtime whose settings span other
+components adds its rules here (see :func:`_ddp_rules`, :func:`_distributed_rules`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from agc_pipeline.errors import ConfigError, require
+from agc_pipeline.validation import is_int
+
+if TYPE_CHECKING:
+    import torch
+
+    from agc_pipeline.build import Plan
+    from agc_pipeline.coding.decoding import Decoder
+    from agc_pipeline.data import Dataset
+
+__all__ = ["SYMMETRIC_KINDS", "check_alpha", "check_data", "check_m", "check_model_task",
+           "check_plan", "check_trainable"]
+
+#: assignment families for which E[B_F R] = α F is proven (Section VII: BIBDs, strongly
+#: regular graphs, coset graphs, circulant/cyclic assignments); decoder.rescale relies on it
+SYMMETRIC_KINDS = ("bibd", "srg", "coset", "cyclic")
+
+
+def check_m(m: Any) -> int:
+    """``m`` (the communication reduction factor) is a positive integer."""
+    require(is_int(m) and m >= 1, f"m must be a positive integer (got {m!r})")
+    return int(m)
+
+
+def check_plan(plan: Plan, code: str | None = None) -> None:
+    """The config-only rules of a run (``code``: the ``code=`` choice, for messages)."""
+    assignment, settings, runtime = plan.scheme.assignment, plan.settings, plan.runtime
+    built_m = assignment.params.get("m")
+    require(assignment.kind != "coset" or built_m == plan.m,
+            f"the coset graph was built for m = {built_m} but m = {plan.m}; the coset graph "
+            "(k, m, delta) has n = m·k workers (set assignment.m=${m})")
+    if plan.cluster is not None:
+        require(runtime.virtual_clock,
+                f"cluster={plan.cluster.name} sets the simulated trainer's virtual clock; "
+                "trainer=simulated only (other runtimes measure real time): use cluster=none")
+        require(getattr(plan.straggler, "wait_for", None) != "deadline",
+                f"cluster={plan.cluster.name} retimes the straggler model's survivors, which "
+                "straggler.wait_for=deadline chooses by arrival time: use wait_for=first")
+    if runtime.coded:
+        require(not plan.decoder.rescale or settings.alpha_samples >= 2,
+                "decoder.rescale=true needs trainer.alpha_samples ≥ 2 (α is estimated by "
+                "Monte Carlo at start-up)")
+    else:
+        _uncoded_rules(plan, code)
+    from agc_pipeline.training.ddp_settings import DdpSettings
+    from agc_pipeline.training.distributed import DistributedSettings
+
+    if isinstance(settings, DdpSettings):
+        _ddp_rules(settings, plan.scheme.n)
+    if isinstance(settings, DistributedSettings):
+        _distributed_rules(plan)
+
+
+def _uncoded_rules(plan: Plan, code: str | None) -> None:
+    """A runtime without a code (``coded = False``, e.g. DDP) trains on the uncoded
+    partition, waiting for every worker (Section II's uncoded baseline)."""
+    scheme, a = plan.scheme, plan.scheme.assignment
+    wait_for_all = bool(getattr(plan.settings, "wait_for_all", False))
+    if a.kind == "identity" and scheme.name == "stack" and plan.m == 1 and wait_for_all:
+        return
+    name = plan.runtime.name
+    raise ConfigError(
+        f"trainer={name} is plain data-parallel SGD on the uncoded partition: it needs "
+        "code=uncoded_wait (assignment=identity, scheme=stack, m=1, "
+        f"trainer.wait_for_all=true); got {f'code={code}: ' if code else ''}"
+        f"assignment={a.kind}, scheme={scheme.name}, m={plan.m}, "
+        f"wait_for_all={str(wait_for_all).lower()}")
+
+
+def _ddp_rules(settings: Any, n: int) -> None:
+    """``trainer=ddp``: one rank per worker, all of them needed."""
+    require(settings.min_workers in (None, n),
+            f"trainer.min_workers={settings.min_workers}: trainer=ddp needs all n = {n} "
+            "ranks (DDP cannot continue without one; a lost rank stops the run with a "
+            "checkpoint, exit status 4); leave it null")
+    kill = settings.fault.kill_worker
+    require(kill is None or (is_int(kill) and 1 <= kill < n),
+            f"trainer.fault.kill_worker must be null or a rank 1..n-1 = {n - 1} for "
+            f"trainer=ddp (rank 0 is the app; got {kill!r})")
+
+
+def _distributed_rules(plan: Plan) -> None:
+    """``trainer=distributed``: n workers of the assignment, a waiting rule the straggler
+    model allows, one GPU per rank with NCCL."""
+    import torch
+
+    from agc_pipeline.training.distributed import resolve_timing
+    from agc_pipeline.training.launch import torchrun_env
+
+    settings, n = plan.settings, plan.scheme.n
+    require(settings.workers in (None, n),
+            f"trainer.workers={settings.workers} but the assignment has n = {n} "
+            "workers (leave trainer.workers null, or change the assignment)")
+    require(settings.min_workers <= n,
+            f"trainer.min_workers={settings.min_workers} but the assignment has only "
+            f"n = {n} workers")
+    settings.fault.validate(n)
+    require(settings.backend != "nccl" or torchrun_env() is not None
+            or torch.cuda.device_count() >= n + 1,
+            f"trainer.backend=nccl needs one GPU per rank (n + 1 = {n + 1}); found "
+            f"{torch.cuda.device_count()}: use trainer.backend=gloo")
+    resolve_timing(settings, plan.straggler, n)
+
+
+def check_data(dataset: Dataset, k: int, batch_size: int | None) -> None:
+    """The data set holds the k subsets D_i, and a minibatch fits in one."""
+    n_train = int(dataset.y_train.shape[0])
+    require(k <= n_train,
+            f"assignment has k = {k} data subsets but the data set has only "
+            f"{n_train} training samples (each subset needs at least one); use a smaller "
+            "design or a larger dataset.train_size")
+    subset = n_train // k
+    require(batch_size is None or batch_size <= subset,
+            f"trainer.batch_size={batch_size} exceeds the {subset} samples of each "
+            f"data subset (N = {n_train} split into k = {k}); use at most "
+            f"{subset} or null (the whole subset)")
+
+
+def check_model_task(name: str, task: Any, dataset: Dataset, hint: str = "") -> None:
+    """The model's task (classification | regression) is the data set's."""
+    if isinstance(task, str) and task != dataset.task:
+        raise ConfigError(f"model {name} is a {task} model but dataset {dataset.name} is a "
+                          f"{dataset.task} data set{hint}")
+
+
+def check_trainable(model: Any, dataset: Dataset, x: torch.Tensor, y: torch.Tensor) -> None:
+    """The model takes the data set's samples (``x, y``: a few of them) and its
+    ``loss_sum`` is a scalar: a mismatch fails at start, in one line."""
+    name = type(model).__name__
+    try:
+        loss = model.loss_sum(model(x), y)
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"model {name} cannot train on dataset {dataset.name} (samples of "
+                          f"shape {tuple(x.shape[1:])}): {first}") from None
+    require(loss.dim() == 0, f"model {name}: loss_sum must return a scalar "
+                             f"(got shape {tuple(loss.shape)})")
+
+
+def check_alpha(decoder: Decoder, alpha: float) -> None:
+    """``decoder.rescale`` divides by α: it must not vanish (Section VII)."""
+    require(not decoder.rescale or abs(alpha) > 1e-8,
+            f"decoder.rescale=true but α ≈ {alpha:.3g}: the decoded gradient "
+            "is zero on average and cannot be rescaled")

@@ -1,0 +1,239 @@
+"""The parameter server's side of the processes of ``trainer=distributed``
+(:class:`Cluster`): launch, the workers' links, liveness and the parameter sends."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agc_pipeline.training.distributed import DistributedSettings, data_groups
+from agc_pipeline.training.launch import Launch, rank_device, require_world
+from agc_pipeline.training.wire import (
+    FOREVER,
+    TAG_PARAMS,
+    Arrival,
+    Command,
+    Inbox,
+    Kind,
+    Transport,
+    WireFormat,
+    error_text,
+    write_parameters,
+)
+
+__all__ = ["Cluster"]
+
+log = logging.getLogger("agc_pipeline.train")
+
+#: parameter messages kept for reuse once every worker has them
+PARAMS_POOL = 3
+
+
+@dataclass
+class _Peer:
+    """What the PS knows about one worker."""
+
+    pid: int = 0
+    host: str = ""
+    alive: bool = True
+    heard: float = 0.0  #: perf_counter of the last message
+    posted: float = 0.0  #: perf_counter when the current parameters were posted to it
+    sends: deque[tuple[int, Any, torch.Tensor]] = field(default_factory=deque)
+
+
+class Cluster:
+    """The PS's side of the processes: the process group, the workers it started (none
+    under torchrun), their links (:class:`~agc_pipeline.training.wire.Inbox`), liveness
+    and the parameter sends. A context manager: entering starts everything and waits for
+    every worker's HELLO; leaving stops the workers and tears down.
+    """
+
+    def __init__(self, settings: DistributedSettings, n: int, run_dir: Path,
+                 config: dict[str, Any], wire: WireFormat, device: torch.device,
+                 events: list[dict[str, Any]], preload: tuple[str, ...] = ()) -> None:
+        self.settings = settings
+        self.n = n
+        self.run_dir = Path(run_dir)
+        self.config = config
+        self.wire = wire
+        self.device = device  #: the PS's compute device (its message matrix lives there)
+        self.peers = [_Peer() for _ in range(n)]
+        self.events = events  #: shared with the PS: worker deaths are appended here
+        self.launch = Launch(self.run_dir, n + 1, settings.start_method,
+                             settings.startup_timeout_s, config, wire, preload)
+        self.procs = self.launch.procs  #: worker j's process is procs[j] (local launch)
+        self.inbox: Inbox | None = None
+        self.transport: Transport | None = None
+        self._graveyard: list[Any] = []  #: sends to dead workers, kept alive, never waited
+        #: parameter messages posted and not yet released by every worker: id → [msg, count]
+        self._pending: dict[int, list[Any]] = {}
+        self._spare: list[torch.Tensor] = []  #: released parameter messages, for reuse
+
+    # ------------------------------------------------------------------ start and stop
+
+    def __enter__(self) -> Cluster:
+        try:
+            self._start()
+        except BaseException:
+            self._teardown()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._teardown()
+
+    def _start(self) -> None:
+        started = time.perf_counter()
+        s = self.settings
+        world = self.n + 1
+        require_world(s.backend, world, f"the assignment has n = {self.n} workers: use "
+                                        f"--nproc_per_node={world} (n + 1, rank 0 = the PS)")
+        who = self.launch.start()
+        for peer, (pid, host) in zip(self.peers, who[1:], strict=True):
+            peer.pid, peer.host = int(pid), str(host)
+        cuda = s.torch_device.type == "cuda" or s.backend == "nccl"
+        self.transport = Transport(s.backend, rank_device(cuda, 0), data_groups(s.backend))
+        self.transport.bind()
+        self.inbox = Inbox(self.transport, self.n, self.wire, self.device)
+        self.inbox.start()
+        self._await_hellos(s.startup_timeout_s)
+        self.launch.forget_rendezvous()  # every rank is connected: the file is no longer read
+        self._write_roster(who[0])
+        log.info("%d workers ready in %.1f s (%s launch, %s)", self.n,
+                 time.perf_counter() - started, "local" if self.procs else "torchrun",
+                 s.backend)
+
+    def _await_hellos(self, timeout: float) -> None:
+        assert self.inbox is not None
+        ready: set[int] = set()
+        end = time.perf_counter() + timeout
+        while len(ready) < self.n:
+            arrival = self.inbox.get(end - time.perf_counter())
+            if arrival is None:
+                missing = sorted(set(range(self.n)) - ready)
+                raise RuntimeError(f"workers {missing} did not report ready within "
+                                   f"trainer.startup_timeout_s = {timeout:g} s")
+            h = arrival.header
+            if arrival.error is not None or h is None or h.kind != Kind.HELLO:
+                raise RuntimeError(f"worker {arrival.worker} failed to start "
+                                   f"({arrival.error or 'see its stderr'})")
+            ready.add(arrival.worker)
+            self.peers[arrival.worker].heard = arrival.time
+
+    def _write_roster(self, ps: tuple[int, str]) -> None:
+        roster = {"ps": {"rank": 0, "pid": ps[0], "host": ps[1]},
+                  "workers": [{"worker": j, "rank": j + 1, "pid": p.pid, "host": p.host}
+                              for j, p in enumerate(self.peers)]}
+        (self.run_dir / "workers.json").write_text(json.dumps(roster, indent=2) + "\n")
+
+    def _teardown(self) -> None:
+        """Stop the live workers, end every link, destroy the group, reap the processes."""
+        grace = min(self.settings.timeout_s, 30.0)
+        if self.inbox is not None:
+            for j in self.live:
+                self._send_command(j, Command.STOP)
+            if self.inbox.join(grace):
+                self._kill(self.inbox.open_links())
+                if self.inbox.join(10.0):  # e.g. a stopped (SIGSTOP) worker on another node
+                    log.error("the links to workers %s cannot be closed (hung workers on "
+                              "another host?); this process may abort at exit",
+                              self.inbox.open_links())
+                    return
+        self.launch.stop(grace)
+
+    def _kill(self, workers: list[int]) -> None:
+        """SIGKILL workers on this host (spawned here or by a local torchrun)."""
+        for j in workers:
+            peer = self.peers[j]
+            self.launch.kill(j + 1, peer.pid, peer.host)
+            log.warning("worker %d did not stop; killed it", j)
+
+    # ------------------------------------------------------------------ liveness
+
+    @property
+    def live(self) -> list[int]:
+        """Workers not (yet) declared dead."""
+        return [j for j, p in enumerate(self.peers) if p.alive]
+
+    def heard(self, arrival: Arrival) -> None:
+        """Record that a worker spoke (for the silence timeout)."""
+        self.peers[arrival.worker].heard = arrival.time
+
+    def silent(self, workers: list[int], since: float, now: float) -> list[int]:
+        """Those of ``workers`` silent for ``timeout_s`` (counted from ``since`` at most)."""
+        limit = self.settings.timeout_s
+        return [j for j in workers if now - max(self.peers[j].heard, since) > limit]
+
+    def mark_dead(self, j: int, iteration: int, reason: str, link_broken: bool) -> None:
+        """Treat worker j as a permanent straggler from now on (logged once)."""
+        peer = self.peers[j]
+        if not peer.alive:
+            return
+        peer.alive = False
+        self._graveyard.extend(peer.sends)
+        peer.sends.clear()
+        self.events.append({"iteration": iteration, "worker": j, "event": "dead",
+                            "reason": reason})
+        log.warning("iteration %d: worker %d is dead (%s); continuing with %d workers",
+                    iteration, j, reason, len(self.live))
+        if not link_broken:
+            self._send_command(j, Command.STOP)  # a merely silent worker: ask it to leave
+
+    # ------------------------------------------------------------------ parameters
+
+    def send_params(self, iteration: int, params: list[torch.Tensor]) -> int:
+        """Write the parameters once into one flat message (in ``trainer.param_dtype``) and
+        post it to every live worker (non-blocking); return the bytes posted."""
+        assert self.transport is not None
+        msg = self._spare.pop() if self._spare else self.transport.empty(self.wire.params_bytes)
+        write_parameters(msg, iteration, Command.RUN, params, self.wire.param_dtype)
+        sent = 0
+        for j in self.live:
+            if self._post(j, iteration, msg):
+                self.peers[j].posted = time.perf_counter()
+                sent += msg.numel()
+        return sent
+
+    def round_trip(self, arrival: Arrival) -> float:
+        """Seconds from posting the parameters to worker j to its message's arrival."""
+        return arrival.time - self.peers[arrival.worker].posted
+
+    def release(self, j: int, iteration: int) -> None:
+        """Worker j has answered ``iteration``: the sends up to it are complete (a message
+        every worker has is reused)."""
+        sends = self.peers[j].sends
+        while sends and sends[0][0] <= iteration:
+            _, work, msg = sends.popleft()
+            work.wait(FOREVER)  # complete already: returns at once
+            entry = self._pending.get(id(msg))
+            if entry is not None:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._pending[id(msg)]
+                    if len(self._spare) < PARAMS_POOL:
+                        self._spare.append(msg)
+
+    def _send_command(self, j: int, command: Command) -> None:
+        assert self.transport is not None
+        msg = write_parameters(self.transport.empty(self.wire.params_bytes), -1, command, None,
+                               self.wire.param_dtype)
+        self._post(j, -1, msg)
+
+    def _post(self, j: int, iteration: int, msg: torch.Tensor) -> bool:
+        assert self.transport is not None
+        try:
+            work = self.transport.send(msg, j + 1, TAG_PARAMS)
+        except RuntimeError as exc:
+            self.mark_dead(j, iteration, error_text(exc), link_broken=True)
+            return False
+        self.peers[j].sends.append((iteration if iteration >= 0 else 1 << 62, work, msg))
+        if iteration >= 0:
+            self._pending.setdefault(id(msg), [msg, 0])[1] += 1
+        return True
