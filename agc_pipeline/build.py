@@ -34,8 +34,6 @@ if TYPE_CHECKING:
     from agc_pipeline.coding.stragglers import StragglerModel
     from agc_pipeline.data import Dataset
     from agc_pipeline.models import CodedModel
-    from agc_pipeline.training.runtime import Runtime
-    from agc_pipeline.training.settings import TrainerSettings
 
 
 def _instantiate(node: DictConfig, what: str, **kwargs: Any) -> Any:
@@ -212,7 +210,7 @@ def build_scheduler(cfg: DictConfig, iterations: int) -> Callable[[Any], Any]:
     return factory
 
 
-def runtime_class(cfg: DictConfig) -> type[Runtime]:
+def runtime_class(cfg: DictConfig) -> type:
     """The runtime class that ``trainer._target_`` names (e.g. SimulatedRuntime)."""
     node = cfg.get("trainer")
     if node is None or "_target_" not in node:
@@ -228,7 +226,7 @@ def runtime_class(cfg: DictConfig) -> type[Runtime]:
     return cls
 
 
-def build_trainer_settings(cfg: DictConfig) -> TrainerSettings:
+def build_trainer_settings(cfg: DictConfig) -> Any:
     """The validated settings of ``trainer=...``: the runtime class's ``settings_class``
     built from the other keys; a key the runtime does not have is refused in one line."""
     cls = runtime_class(cfg)
@@ -247,8 +245,8 @@ class Plan:
     """A validated train configuration: everything but the data set and the model."""
 
     config: dict[str, Any]  #: the resolved configuration
-    settings: TrainerSettings  #: the runtime's settings (its ``settings_class``)
-    runtime: type[Runtime]  #: the runtime class
+    settings: Any  #: the runtime's settings (its ``settings_class``, a TrainerSettings)
+    runtime: type  #: the runtime class (training.runtime.Runtime)
     scheme: Scheme  #: on the assignment (``scheme.assignment``), with reduction m
     decoder: Decoder
     straggler: StragglerModel
@@ -300,7 +298,7 @@ def build_run(cfg: DictConfig) -> RunSpec:
                    model=model)
 
 
-def build_runtime(spec: RunSpec) -> Runtime:
+def build_runtime(spec: RunSpec) -> Any:
     """The runtime of ``spec`` (rank 0 of a multi-process runtime)."""
     return spec.runtime(spec)
 

@@ -6,7 +6,8 @@ built from it (settings, assignment, scheme, decoder, straggler and cluster mode
 train app's :func:`~agc_pipeline.build.validate` calls it before any data set or model is
 built. :func:`check_data` and :func:`check_trainable` need the built data and model; they run
 right after building them, still before training. A runtime whose settings span other
-components adds its rules here (see :func:`_ddp_rules`, :func:`_distributed_rules`).
+components declares them as its static ``check_plan(plan)`` (e.g. DDP: one rank per worker),
+which :func:`check_plan` calls; the rules module knows no runtime.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from agc_pipeline.validation import is_int
 if TYPE_CHECKING:
     import torch
 
-    from agc_pipeline.build import Plan
     from agc_pipeline.coding.decoding import Decoder
     from agc_pipeline.data import Dataset
 
@@ -37,8 +37,9 @@ def check_m(m: Any) -> int:
     return int(m)
 
 
-def check_plan(plan: Plan, code: str | None = None) -> None:
-    """The config-only rules of a run (``code``: the ``code=`` choice, for messages)."""
+def check_plan(plan: Any, code: str | None = None) -> None:
+    """The config-only rules of a run, a :class:`~agc_pipeline.build.Plan` (``code``: the
+    ``code=`` choice, for messages)."""
     assignment, settings, runtime = plan.scheme.assignment, plan.settings, plan.runtime
     built_m = assignment.params.get("m")
     require(assignment.kind != "coset" or built_m == plan.m,
@@ -57,16 +58,12 @@ def check_plan(plan: Plan, code: str | None = None) -> None:
                 "Monte Carlo at start-up)")
     else:
         _uncoded_rules(plan, code)
-    from agc_pipeline.training.ddp_settings import DdpSettings
-    from agc_pipeline.training.distributed import DistributedSettings
-
-    if isinstance(settings, DdpSettings):
-        _ddp_rules(settings, plan.scheme.n)
-    if isinstance(settings, DistributedSettings):
-        _distributed_rules(plan)
+    runtime_rules = getattr(runtime, "check_plan", None)
+    if runtime_rules is not None:  # the runtime's own rules (its settings against the rest)
+        runtime_rules(plan)
 
 
-def _uncoded_rules(plan: Plan, code: str | None) -> None:
+def _uncoded_rules(plan: Any, code: str | None) -> None:
     """A runtime without a code (``coded = False``, e.g. DDP) trains on the uncoded
     partition, waiting for every worker (Section II's uncoded baseline)."""
     scheme, a = plan.scheme, plan.scheme.assignment
@@ -80,41 +77,6 @@ def _uncoded_rules(plan: Plan, code: str | None) -> None:
         f"trainer.wait_for_all=true); got {f'code={code}: ' if code else ''}"
         f"assignment={a.kind}, scheme={scheme.name}, m={plan.m}, "
         f"wait_for_all={str(wait_for_all).lower()}")
-
-
-def _ddp_rules(settings: Any, n: int) -> None:
-    """``trainer=ddp``: one rank per worker, all of them needed."""
-    require(settings.min_workers in (None, n),
-            f"trainer.min_workers={settings.min_workers}: trainer=ddp needs all n = {n} "
-            "ranks (DDP cannot continue without one; a lost rank stops the run with a "
-            "checkpoint, exit status 4); leave it null")
-    kill = settings.fault.kill_worker
-    require(kill is None or (is_int(kill) and 1 <= kill < n),
-            f"trainer.fault.kill_worker must be null or a rank 1..n-1 = {n - 1} for "
-            f"trainer=ddp (rank 0 is the app; got {kill!r})")
-
-
-def _distributed_rules(plan: Plan) -> None:
-    """``trainer=distributed``: n workers of the assignment, a waiting rule the straggler
-    model allows, one GPU per rank with NCCL."""
-    import torch
-
-    from agc_pipeline.training.distributed import resolve_timing
-    from agc_pipeline.training.launch import torchrun_env
-
-    settings, n = plan.settings, plan.scheme.n
-    require(settings.workers in (None, n),
-            f"trainer.workers={settings.workers} but the assignment has n = {n} "
-            "workers (leave trainer.workers null, or change the assignment)")
-    require(settings.min_workers <= n,
-            f"trainer.min_workers={settings.min_workers} but the assignment has only "
-            f"n = {n} workers")
-    settings.fault.validate(n)
-    require(settings.backend != "nccl" or torchrun_env() is not None
-            or torch.cuda.device_count() >= n + 1,
-            f"trainer.backend=nccl needs one GPU per rank (n + 1 = {n + 1}); found "
-            f"{torch.cuda.device_count()}: use trainer.backend=gloo")
-    resolve_timing(settings, plan.straggler, n)
 
 
 def check_data(dataset: Dataset, k: int, batch_size: int | None) -> None:

@@ -22,7 +22,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("agc_pipeline.codes", "agc_pipeline.data", "agc_pipeline.models"),
     ("agc_pipeline.analysis",),                                     # Monte Carlo engine
     ("agc_pipeline.cluster", "agc_pipeline.reporting"),             # cost model, records
-    ("agc_pipeline.build", "agc_pipeline.rules"),                   # the composition root
+    ("agc_pipeline.rules",),                                        # cross-component rules
+    ("agc_pipeline.build",),                                        # the composition root
     ("agc_pipeline.training",),                                     # runtimes and the loop
     ("agc_pipeline.train", "agc_pipeline.analyze", "agc_pipeline.plan",
      "agc_pipeline.report", "agc_pipeline.repro"),                  # the apps

@@ -51,7 +51,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -59,6 +59,7 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
+from agc_pipeline.build import Plan, RunSpec, build_run
 from agc_pipeline.coding.stragglers import Delay, worker_samples
 from agc_pipeline.errors import require
 from agc_pipeline.training.batches import batch_indices, take
@@ -71,9 +72,7 @@ from agc_pipeline.training.runtime import BaseRuntime
 from agc_pipeline.training.settings import TrainerSettings
 from agc_pipeline.training.state import StepResult
 from agc_pipeline.training.wire import error_text
-
-if TYPE_CHECKING:
-    from agc_pipeline.build import RunSpec
+from agc_pipeline.validation import is_int
 
 __all__ = ["DdpRuntime", "DdpSettings", "ring_allreduce_bytes", "serve_rank"]
 
@@ -116,6 +115,21 @@ class DdpRuntime(BaseRuntime):
     def rank_main(config: dict[str, Any], rank: int, world_size: int) -> int:
         """A rank > 0 (:func:`serve_rank`)."""
         return serve_rank(config, rank, world_size)
+
+    @staticmethod
+    def check_plan(plan: Plan) -> None:
+        """``trainer=ddp``'s rules against the rest of the run (:func:`agc_pipeline.rules.
+        check_plan` calls them before any data or model is built): one rank per worker, all
+        of them needed."""
+        settings, n = plan.settings, plan.scheme.n
+        require(settings.min_workers in (None, n),
+                f"trainer.min_workers={settings.min_workers}: trainer=ddp needs all n = {n} "
+                "ranks (DDP cannot continue without one; a lost rank stops the run with a "
+                "checkpoint, exit status 4); leave it null")
+        kill = settings.fault.kill_worker
+        require(kill is None or (is_int(kill) and 1 <= kill < n),
+                f"trainer.fault.kill_worker must be null or a rank 1..n-1 = {n - 1} for "
+                f"trainer=ddp (rank 0 is the app; got {kill!r})")
 
     def __init__(self, spec: RunSpec, rank: int = 0) -> None:
         super().__init__(spec, held=None if rank == 0 else [rank])
@@ -352,8 +366,6 @@ def serve_rank(config: dict[str, Any], rank: int, world_size: int) -> int:
     :func:`~agc_pipeline.training.launch.rank_main`): build the same run from rank 0's
     configuration (:func:`~agc_pipeline.build.build_run`), report ready, serve. Returns the
     exit status."""
-    from agc_pipeline.build import build_run
-
     error = None
     try:
         cfg = OmegaConf.create(config)

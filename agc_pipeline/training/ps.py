@@ -39,11 +39,12 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from agc_pipeline.build import Plan, RunSpec
 from agc_pipeline.errors import require
 from agc_pipeline.training.coded_step import check_finite, combine_into
 from agc_pipeline.training.distributed import (
@@ -58,9 +59,6 @@ from agc_pipeline.training.runtime import CodedRuntime
 from agc_pipeline.training.settings import TrainerSettings
 from agc_pipeline.training.state import StepResult
 from agc_pipeline.training.wire import HEADER_BYTES, Arrival, Kind, WireFormat
-
-if TYPE_CHECKING:
-    from agc_pipeline.build import RunSpec
 
 __all__ = ["ParameterServer"]
 
@@ -122,6 +120,26 @@ class ParameterServer(CodedRuntime):
         from agc_pipeline.training.worker import serve_rank
 
         return serve_rank(config, rank, world_size, wire)
+
+    @staticmethod
+    def check_plan(plan: Plan) -> None:
+        """``trainer=distributed``'s rules against the rest of the run
+        (:func:`agc_pipeline.rules.check_plan` calls them before any data or model is built):
+        n workers of the assignment, a waiting rule the straggler model allows, one GPU per
+        rank with NCCL."""
+        settings, n = plan.settings, plan.scheme.n
+        require(settings.workers in (None, n),
+                f"trainer.workers={settings.workers} but the assignment has n = {n} "
+                "workers (leave trainer.workers null, or change the assignment)")
+        require(settings.min_workers <= n,
+                f"trainer.min_workers={settings.min_workers} but the assignment has only "
+                f"n = {n} workers")
+        settings.fault.validate(n)
+        require(settings.backend != "nccl" or torchrun_env() is not None
+                or torch.cuda.device_count() >= n + 1,
+                f"trainer.backend=nccl needs one GPU per rank (n + 1 = {n + 1}); found "
+                f"{torch.cuda.device_count()}: use trainer.backend=gloo")
+        resolve_timing(settings, plan.straggler, n)
 
     def __init__(self, spec: RunSpec) -> None:
         super().__init__(spec)

@@ -23,8 +23,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
+from agc_pipeline.build import RunSpec
 from agc_pipeline.coding.stragglers import VirtualClock
 from agc_pipeline.training.coded import CodedPart
 from agc_pipeline.training.coded_step import AlphaEstimate
@@ -32,9 +33,6 @@ from agc_pipeline.training.optim import Optimizer
 from agc_pipeline.training.settings import CodedSettings, TrainerSettings
 from agc_pipeline.training.state import RunState, StepResult, Totals
 from agc_pipeline.training.workload import Workload
-
-if TYPE_CHECKING:
-    from agc_pipeline.build import RunSpec
 
 __all__ = ["BaseRuntime", "CodedRuntime", "Runtime"]
 

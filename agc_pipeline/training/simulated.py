@@ -32,19 +32,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
+from agc_pipeline.build import RunSpec
 from agc_pipeline.coding.stragglers import VirtualClock
 from agc_pipeline.training.coded_step import check_finite
 from agc_pipeline.training.runtime import CodedRuntime
 from agc_pipeline.training.settings import CodedSettings, TrainerSettings
 from agc_pipeline.training.state import StepResult
 from agc_pipeline.validation import require_bool, require_finite
-
-if TYPE_CHECKING:
-    from agc_pipeline.build import RunSpec
 
 __all__ = ["SimulatedRuntime", "SimulatedSettings"]
 
