@@ -248,6 +248,8 @@ class Star:
         self.built.clear()
         if self in _LIVE:
             _LIVE.remove(self)
+        if not _LIVE:
+            _restore_handlers()
         if errors:
             raise EmulationError("teardown: " + "; ".join(errors))
 
@@ -317,17 +319,30 @@ _PREVIOUS: dict[int, Any] = {}
 
 
 def _install_handlers() -> None:
-    """atexit, SIGINT and SIGTERM handlers (once; signals only from the main thread)."""
+    """atexit (once), SIGINT and SIGTERM handlers while a star is alive (signals only from
+    the main thread); :func:`_restore_handlers` puts the previous ones back."""
     global _HANDLERS_INSTALLED
-    if _HANDLERS_INSTALLED:
-        return
-    atexit.register(_teardown_all)
+    if not _HANDLERS_INSTALLED:
+        atexit.register(_teardown_all)
+        _HANDLERS_INSTALLED = True
+    if _PREVIOUS:
+        return  # installed for a star that is still alive
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
             _PREVIOUS[sig] = signal.signal(sig, _on_signal)
     except ValueError:  # not the main thread: atexit and the context manager only
         pass
-    _HANDLERS_INSTALLED = True
+
+
+def _restore_handlers() -> None:
+    """The signal handlers as they were before the first live star (after the last one is
+    torn down), so that a star leaves the process as it found it."""
+    try:
+        for sig, previous in list(_PREVIOUS.items()):
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+            del _PREVIOUS[sig]
+    except ValueError:  # not the main thread
+        pass
 
 
 def _alive(pid: int) -> bool:

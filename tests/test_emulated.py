@@ -86,3 +86,15 @@ def test_signal_tears_down(sig: str) -> None:
             proc.kill()
             proc.wait(5)
     assert [n for n in emulated.namespaces() if n.startswith(prefix)] == []
+
+
+def test_a_star_leaves_the_signal_handlers_as_it_found_them() -> None:
+    """While a star is alive SIGINT/SIGTERM tear it down; afterwards the process's own
+    handlers are back (a star once left its handler installed for the rest of the test
+    session, and a later test of the training loop's handlers failed)."""
+    import signal
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    with emulated.Star(2, RATE_MBIT):
+        assert signal.getsignal(signal.SIGTERM) is not before[signal.SIGTERM]
+    assert {sig: signal.getsignal(sig) for sig in before} == before

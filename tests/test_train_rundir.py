@@ -247,7 +247,7 @@ def test_every_experiment_preset_declares_its_app() -> None:
     apps = {p.stem: preset_app(p.stem) for p in (CONFIG_DIR / "experiment").glob("*.yaml")}
     assert set(apps.values()) == {"train", "analyze", "plan"}, apps
     assert {name for name, app in apps.items() if app == "analyze"} == {"fig3", "fig4", "fig5"}
-    assert {name for name, app in apps.items() if app == "plan"} == {"scale_study"}
+    assert {name for name, app in apps.items() if app == "plan"} == {"scale_study", "hsgd_blog"}
 
 
 def test_train_refuses_an_analyze_preset() -> None:

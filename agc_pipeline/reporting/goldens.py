@@ -131,8 +131,8 @@ def reference(golden: dict[str, Any], cpu: str) -> tuple[dict[str, list[Any]], s
 
 
 
-def _check_metrics(metrics: Any, where: str) -> None:
-    if not isinstance(metrics, dict) or not metrics:
+def _check_metrics(metrics: Any, where: str, allow_empty: bool = False) -> None:
+    if not isinstance(metrics, dict) or not (metrics or allow_empty):
         raise GoldenError(f"{where}: 'metrics' must map each metric to a list of numbers")
     for name, values in metrics.items():
         if not isinstance(values, list) or not all(
@@ -161,5 +161,5 @@ def read_golden(path: Path) -> dict[str, Any]:
         raise GoldenError(f"golden file {path}: 'cpus' must map a CPU to its entry")
     for cpu, entry in cpus.items():
         _check_metrics(entry.get("metrics") if isinstance(entry, dict) else None,
-                       f"golden file {path}, the entry of {cpu}")
+                       f"golden file {path}, the entry of {cpu}", allow_empty=True)
     return golden
