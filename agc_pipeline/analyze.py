@@ -16,6 +16,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from agc_pipeline.analysis.engine import ErrorStudy, paper_grid
@@ -30,7 +31,8 @@ from agc_pipeline.build import (
 )
 from agc_pipeline.codes.stack import Stack
 from agc_pipeline.conf_path import CONFIG_DIR
-from agc_pipeline.reporting.jobs import app_job, run_group, run_name
+from agc_pipeline.errors import require
+from agc_pipeline.reporting.jobs import app_job, run_group, run_name, save_run_record
 from agc_pipeline.reporting.progress import progress
 from agc_pipeline.reporting.provenance import record
 from agc_pipeline.reporting.sinks import make_logger_sink, write_json
@@ -70,11 +72,20 @@ def build_study(cfg: DictConfig) -> ErrorStudy:
                       baseline=baseline, compare=compare)
 
 
-def run_analysis(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Run the study of ``cfg``, write ``results.json`` and the plot into ``out_dir``."""
+def run_analysis(cfg: DictConfig, out_dir: Path, replace: bool = False) -> dict[str, Any]:
+    """Run the study of ``cfg``, write ``results.json`` and the plot into ``out_dir``.
+
+    A finished analysis already in ``out_dir`` is refused (nothing written) unless
+    ``analysis.overwrite=true`` or ``replace`` (the app passes it for the jobs of a re-run
+    sweep, which run again only when unfinished or changed)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     study = build_study(cfg)
+    overwrite = require_bool(cfg.analysis.get("overwrite", False), "analysis.overwrite")
+    require(replace or overwrite or not (out_dir / "results.json").exists(),
+            f"{out_dir} already holds an analysis (results.json): pass a new hydra.run.dir, "
+            "or replace it with analysis.overwrite=true")
+    save_run_record(cfg, out_dir)  # every check passed: the run dir is this run's now
     config = OmegaConf.to_container(cfg, resolve=True)
     keys = run_keys(study, cfg)
     sink = make_logger_sink(cfg.get("logger"), out_dir, config,
@@ -151,13 +162,13 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def _job(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
+def _job(cfg: DictConfig, out_dir: Path, multirun: bool = False) -> dict[str, Any] | None:
     """One run (or sweep job); no torch threads to pin: the study is numpy on one BLAS
     thread (:mod:`agc_pipeline.analysis.engine`)."""
     if skip_finished_job(cfg, out_dir, ("results.json",)):
         return None  # a re-run sweep: this job's complete run is already there
     with app_job(cfg, out_dir, "analyze") as job:
-        results = run_analysis(cfg, out_dir)
+        results = run_analysis(cfg, out_dir, replace=multirun)
         last = max(results["points"], key=lambda p: p["s"])
         job.result = (f"mean error {last['empirical_mean']:.4f} at s={last['s']} "
                       f"-> {out_dir}")
@@ -167,7 +178,8 @@ def _job(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
 @hydra.main(config_path=str(CONFIG_DIR), config_name="analyze", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    run_app(lambda: _job(cfg, out_dir), "agc-analyze")
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    run_app(lambda: _job(cfg, out_dir, multirun), "agc-analyze")
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ from agc_pipeline.cluster.costmodel import ClusterModel
 from agc_pipeline.cluster.planner import PlanSettings, load_convergence, run_plan
 from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.errors import require
+from agc_pipeline.reporting.jobs import save_run_record
 from agc_pipeline.reporting.provenance import record
 from agc_pipeline.reporting.sinks import write_json
 from agc_pipeline.validation import require_bool, require_finite, require_optional_str
@@ -64,6 +65,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cluster, settings, convergence = build_plan(cfg)
+    save_run_record(cfg, out_dir)
     result = run_plan(cluster, settings, convergence, progress=log.debug)
     result["name"] = str(cfg.name)
     result.update(record())

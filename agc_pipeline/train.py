@@ -44,7 +44,7 @@ from agc_pipeline.build import (
 )
 from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.errors import ConfigError, require
-from agc_pipeline.reporting.jobs import app_job, run_group, run_name
+from agc_pipeline.reporting.jobs import app_job, run_group, run_name, save_run_record
 from agc_pipeline.reporting.provenance import record
 from agc_pipeline.reporting.sinks import JsonlSink, MultiSink, make_logger_sink
 from agc_pipeline.reporting.summary import Alpha, RunSummary
@@ -56,8 +56,9 @@ from agc_pipeline.training.checkpoint import (
     check_metrics_rows,
     config_differences,
     load_checkpoint,
+    metrics_rows_before,
+    rewrite_metrics,
     run_dir_lock,
-    truncate_metrics,
 )
 from agc_pipeline.training.coded_step import TrainingDiverged, block_length
 from agc_pipeline.training.distributed import WorkersLost, torchrun_env
@@ -127,13 +128,21 @@ def _run_locked(cfg: DictConfig, out_dir: Path, replace: bool,
                 f"trainer.resume=true with trainer.iterations={settings.iterations}, "
                 f"but the checkpoint in {out_dir} is at iteration {done}: a run cannot be "
                 f"shortened (pass trainer.iterations ≥ {done}, or start a new run)")
-        runtime.load_state_dict(saved)
+        try:
+            runtime.load_state_dict(saved)
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:  # another model's
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(f"checkpoint {checkpoint} does not fit this run ({first}); "
+                              "delete it to start over, or pass another hydra.run.dir") from None
         wandb_id = saved.get("wandb_id")
-        logged_rows = truncate_metrics(metrics, state.iteration)
-        check_metrics_rows(metrics, logged_rows, saved.get("metrics_rows"), done)
+        rows = metrics_rows_before(metrics, state.iteration)
+        check_metrics_rows(metrics, len(rows), saved.get("metrics_rows"), done)
+        save_run_record(cfg, out_dir)  # every check passed: the run dir is this run's now
+        logged_rows = rewrite_metrics(metrics, rows) if metrics.exists() else 0
         log.info("resuming at iteration %d (%d metrics rows kept)", done, logged_rows)
     else:
         _clear_previous_run(out_dir, replace or settings.overwrite)
+        save_run_record(cfg, out_dir)
         runtime.estimate_alpha()
     _report_alpha(runtime)
     keys = run_keys(runtime, cfg)

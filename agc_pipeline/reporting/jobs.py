@@ -4,11 +4,15 @@ and clean console lines in parallel sweeps.
 - :func:`run_group` / :func:`run_name`: a run's W&B group is ``<name>-<timestamp of the sweep
   dir>`` (of the run dir for single runs), unique per sweep and shared by its jobs; its name
   is the job's swept overrides (``code=stack,seed=1``).
-- :func:`app_job`: saves the resolved config as ``config_resolved.yaml`` in the run dir (and
-  prints it with ``extras.print_config=true``), runs the job under cProfile with
-  ``extras.profile=true`` (``profile.txt``, ``profile.prof``), and in jobs of a parallel sweep
-  (``hydra/launcher=local``) keeps the console to warnings and whole progress lines led by
-  ``job <num> (<swept overrides>)``: the job's full log is ``<run dir>/<app>.log``.
+- :func:`save_run_record`: once the app has accepted the run (every check passed, so that a
+  refused command writes nothing into an existing run), the resolved config as
+  ``config_resolved.yaml`` and Hydra's record ``.hydra/{config,hydra,overrides}.yaml`` (the
+  apps set ``hydra.output_subdir: null``: Hydra itself would write them before any check).
+- :func:`app_job`: prints the resolved config with ``extras.print_config=true``, runs the
+  job under cProfile with ``extras.profile=true`` (``profile.txt``, ``profile.prof``), and
+  in jobs of a parallel sweep (``hydra/launcher=local``) keeps the console to warnings and
+  whole progress lines led by ``job <num> (<swept overrides>)``: the job's full log is
+  ``<run dir>/<app>.log``.
 """
 
 from __future__ import annotations
@@ -165,6 +169,25 @@ def write_profile(profiler: cProfile.Profile, out_dir: Path) -> Path:
     return path
 
 
+def save_run_record(cfg: DictConfig, out_dir: Path) -> None:
+    """Write the accepted run's record into ``out_dir``: ``config_resolved.yaml`` and, under
+    Hydra, ``.hydra/config.yaml`` (the composed config), ``.hydra/hydra.yaml`` and
+    ``.hydra/overrides.yaml`` — what Hydra writes with its default ``output_subdir``."""
+    out_dir = Path(out_dir)
+    (out_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True),
+                                                  encoding="utf-8")
+    if not HydraConfig.initialized():
+        return
+    record = out_dir / ".hydra"
+    record.mkdir(exist_ok=True)
+    hydra_cfg = HydraConfig.get()
+    (record / "config.yaml").write_text(OmegaConf.to_yaml(cfg), encoding="utf-8")
+    (record / "hydra.yaml").write_text(OmegaConf.to_yaml({"hydra": hydra_cfg}),
+                                       encoding="utf-8")
+    (record / "overrides.yaml").write_text(
+        OmegaConf.to_yaml(list(hydra_cfg.overrides.task)), encoding="utf-8")
+
+
 @contextlib.contextmanager
 def app_job(cfg: DictConfig, out_dir: Path, app: str) -> Iterator[Job]:
     """The job of ``app`` writing into ``out_dir`` (see the module docstring)."""
@@ -175,9 +198,8 @@ def app_job(cfg: DictConfig, out_dir: Path, app: str) -> Iterator[Job]:
              else str(cfg.name))
     job = Job(label, out_dir, parallel)
     out_dir.mkdir(parents=True, exist_ok=True)
-    resolved = OmegaConf.to_yaml(cfg, resolve=True)
-    (out_dir / "config_resolved.yaml").write_text(resolved, encoding="utf-8")
     if show_config:
+        resolved = OmegaConf.to_yaml(cfg, resolve=True)
         progress.emit(f"resolved config ({out_dir / 'config_resolved.yaml'}):\n{resolved}")
     if parallel:
         _console_to_warnings()

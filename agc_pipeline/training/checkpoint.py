@@ -89,14 +89,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def truncate_metrics(path: Path, next_iteration: int) -> int:
-    """Keep the complete JSON rows of ``path`` whose ``iteration`` < ``next_iteration``.
-
-    Returns the number of rows kept. A missing file counts as empty.
-    """
+def metrics_rows_before(path: Path, next_iteration: int) -> list[str]:
+    """The complete JSON rows of ``path`` whose ``iteration`` < ``next_iteration`` (read
+    only: a resume checks them before anything is rewritten). A missing file has none."""
     path = Path(path)
     if not path.is_file():
-        return 0
+        return []
     kept = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
@@ -106,10 +104,16 @@ def truncate_metrics(path: Path, next_iteration: int) -> int:
         if isinstance(row, dict) and isinstance(row.get("iteration"), int) \
                 and row["iteration"] < next_iteration:
             kept.append(line)
+    return kept
+
+
+def rewrite_metrics(path: Path, rows: list[str]) -> int:
+    """Replace ``path`` by ``rows`` (atomically); return their number."""
+    path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    tmp.write_text("".join(f"{line}\n" for line in rows), encoding="utf-8")
     os.replace(tmp, path)
-    return len(kept)
+    return len(rows)
 
 
 def check_metrics_rows(path: Path, kept: int, expected: int | None, iteration: int) -> None:
