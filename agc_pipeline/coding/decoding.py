@@ -26,6 +26,8 @@ import numpy as np
 import scipy.linalg
 from threadpoolctl import ThreadpoolController
 
+from agc_pipeline.validation import require_bool
+
 #: Gram matrices with a larger condition number are evaluated by the direct path
 SCHUR_CONDITION_LIMIT = 1e5
 #: relative eigenvalue threshold of the pseudo-inverse (on the Gram matrix)
@@ -278,7 +280,7 @@ class Decoder:
 
     def __init__(self, rescale: bool = False) -> None:
         #: divide the decoded gradient by the Monte Carlo estimate of α (Section VII)
-        self.rescale = bool(rescale)
+        self.rescale = require_bool(rescale, "decoder.rescale")
 
     def decoding_matrix(self, b: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarray:
         raise NotImplementedError

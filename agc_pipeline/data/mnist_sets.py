@@ -23,6 +23,7 @@ import torch
 from agc_pipeline.data.base import Dataset, check_size
 from agc_pipeline.data.readers import find_file, load_idx
 from agc_pipeline.errors import ConfigError, require
+from agc_pipeline.validation import require_bool
 
 __all__ = ["MNIST_FILES", "MNIST_MIRRORS", "fashion_mnist", "mnist"]
 
@@ -166,6 +167,7 @@ def mnist(root: str | None = None, train_size: int | None = None,
     """
     train_size = check_size(train_size, "train_size", 1)
     test_size = check_size(test_size, "test_size", 0)
+    download = require_bool(download, "dataset.download")
     rng = np.random.default_rng(seed)
     if root is None:
         images, labels = _bundled_mnist()

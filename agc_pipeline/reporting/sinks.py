@@ -24,7 +24,7 @@ from typing import Any
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 
-from agc_pipeline.errors import ConfigError
+from agc_pipeline.errors import ConfigError, require
 from agc_pipeline.reporting.provenance import record
 from agc_pipeline.validation import require_choice, require_int
 
@@ -240,6 +240,9 @@ class WandbLogger(WandbSink):
         env = os.environ.get
         mode = require_choice(mode or env("WANDB_MODE") or "offline", f"{key}.mode",
                               ("offline", "online", "disabled"))
+        require(tags is None or (not isinstance(tags, str) and all(
+            isinstance(tag, str) for tag in tags)),
+            f"{key}.tags must be a list of strings, e.g. [a, b] (got {tags!r})")
         super().__init__(run_dir, config, project=project or env("WANDB_PROJECT")
                          or "agc_pipeline", group=group or env("WANDB_RUN_GROUP") or run_group,
                          job_type=env("WANDB_JOB_TYPE") or job_type, mode=mode,
