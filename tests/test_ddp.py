@@ -196,6 +196,8 @@ def test_the_app_and_torchrun_launch_the_ranks(tmp_path: Path) -> None:
     torchrun (--nproc_per_node=n) rank 0 is the only rank that writes."""
     proc = run_cli(*overrides(*DDP), f"hydra.run.dir={tmp_path / 'app'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # issue 20: the ranks imported the app module (runpy's "found in sys.modules" warning)
+    assert "RuntimeWarning" not in proc.stderr, proc.stderr[-3000:]
     roster = json.loads((tmp_path / "app" / "workers.json").read_text())
     assert [r["rank"] for r in roster["ranks"]] == list(range(N))
     assert not list((tmp_path / "app").glob("rendezvous-*"))

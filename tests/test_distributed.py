@@ -330,6 +330,8 @@ def test_workers_exit_when_the_ps_dies_and_the_run_resumes(tmp_path: Path) -> No
     # the same run without the kill: the same parameters (FRC is exact; no stragglers)
     whole = run_cli(*common[:-1], f"hydra.run.dir={tmp_path / 'whole'}")
     assert whole.returncode == 0, whole.stderr[-3000:]
+    # issue 20: the workers imported the app module (runpy's "found in sys.modules" warning)
+    assert "RuntimeWarning" not in whole.stderr, whole.stderr[-3000:]
     for p, q in zip(final_params(tmp_path), final_params(tmp_path / "whole"), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
