@@ -44,8 +44,15 @@ class Dataset:
     partition: str = "iid"
 
     def __post_init__(self) -> None:
-        assert self.kind in KINDS, self.kind
-        assert self.x_train.shape[1:] == self.x_test.shape[1:], "train/test sample shapes"
+        require(self.kind in KINDS, f"dataset {self.name}: kind must be one of "
+                                    f"{', '.join(KINDS)} (got {self.kind!r})")
+        require(self.x_train.shape[1:] == self.x_test.shape[1:],
+                f"dataset {self.name}: training samples have shape "
+                f"{tuple(self.x_train.shape[1:])} but test samples "
+                f"{tuple(self.x_test.shape[1:])}")
+        if self.num_classes is not None:  # class labels (or next tokens) in [0, classes)
+            for split, y in (("training", self.y_train), ("test", self.y_test)):
+                _check_labels(y, self.num_classes, f"dataset {self.name}: {split} labels")
         self.partition = check_partition(self.partition, self.kind, self.num_classes)
 
     @property
@@ -89,6 +96,17 @@ class Dataset:
 def check_size(value: int | None, name: str, minimum: int) -> int | None:
     """``dataset.<name>``: null or an integer ≥ ``minimum``."""
     return None if value is None else require_int(value, f"dataset.{name}", minimum)
+
+
+def _check_labels(y: torch.Tensor, classes: int, what: str) -> None:
+    """Class labels are integers in [0, ``classes``): a label out of range would train a
+    model on a class it does not have (issue 20: negative IDX labels "converged")."""
+    require(not torch.is_floating_point(y) and not torch.is_complex(y),
+            f"{what} must be integers (got dtype {y.dtype})")
+    if y.numel():
+        low, high = int(y.min()), int(y.max())
+        require(low >= 0 and high < classes,
+                f"{what} must be in [0, {classes}) (found {low if low < 0 else high})")
 
 
 def check_partition(partition: object, kind: str = "features",
