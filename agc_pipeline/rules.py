@@ -100,18 +100,46 @@ def check_model_task(name: str, task: Any, dataset: Dataset, hint: str = "") -> 
                           f"{dataset.task} data set{hint}")
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 def check_trainable(model: Any, dataset: Dataset, x: torch.Tensor, y: torch.Tensor) -> None:
-    """The model takes the data set's samples (``x, y``: a few of them) and its
-    ``loss_sum`` is a scalar: a mismatch fails at start, in one line."""
-    name = type(model).__name__
+    """The model contract, on a few of the data set's samples (``x, y``), at start and in one
+    line naming the model and the rule it breaks: trainable parameters; ``model(x)`` returns
+    a tensor with one row per sample (any exception it raises is reported, not re-raised);
+    ``loss_sum`` returns a scalar that depends on the parameters."""
+    import torch
+
+    from agc_pipeline.models import WithLoss
+
+    name = type(model.module if isinstance(model, WithLoss) else model).__name__
+    require(any(p.requires_grad for p in model.parameters()),
+            f"model {name} has no trainable parameters (nothing for SGD to update)")
     try:
-        loss = model.loss_sum(model(x), y)
-    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        out = model(x)
+    except Exception as exc:  # noqa: BLE001 - any failure of the user's forward is one line
         raise ConfigError(f"model {name} cannot train on dataset {dataset.name} (samples of "
-                          f"shape {tuple(x.shape[1:])}): {first}") from None
-    require(loss.dim() == 0, f"model {name}: loss_sum must return a scalar "
-                             f"(got shape {tuple(loss.shape)})")
+                          f"shape {tuple(x.shape[1:])}): {_first_line(exc)}") from None
+    require(isinstance(out, torch.Tensor) and out.dim() >= 1 and out.shape[0] == x.shape[0],
+            f"model {name}: forward must return a tensor with one row per sample (dim 0 = "
+            f"{x.shape[0]} samples; got {_describe(out)})")
+    try:
+        loss = model.loss_sum(out, y)
+    except Exception as exc:  # noqa: BLE001 - e.g. outputs that do not fit the loss
+        raise ConfigError(f"model {name} cannot train on dataset {dataset.name}: its loss "
+                          f"fails on the outputs: {_first_line(exc)}") from None
+    require(isinstance(loss, torch.Tensor) and loss.dim() == 0,
+            f"model {name}: loss_sum must return a scalar (got {_describe(loss)})")
+    require(loss.requires_grad,
+            f"model {name}: the loss does not depend on the parameters (is the output "
+            "detached, or computed under torch.no_grad()?)")
+
+
+def _describe(value: Any) -> str:
+    shape = getattr(value, "shape", None)
+    return f"a tensor of shape {tuple(shape)}" if shape is not None else type(value).__name__
 
 
 def check_alpha(decoder: Decoder, alpha: float) -> None:

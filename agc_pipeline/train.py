@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -265,11 +266,11 @@ def _summary(runtime: Runtime, cfg: DictConfig, config: dict[str, Any], status: 
     spec, state, work, settings = runtime.spec, runtime.state, runtime.workload, runtime.settings
     tot, alpha = state.totals, runtime.alpha
     done = max(tot.iterations, 1)
-    final = work.evaluate()
+    final, final_loss = _final_metrics(runtime, status)
     decoder = spec.decoder
     return RunSummary(
         name=str(cfg.name), status=status, error=error,
-        final_train_loss=work.train_loss(),
+        final_train_loss=final_loss,
         test_accuracy=final.get("test_accuracy"), test_mse=final.get("test_mse"),
         test_loss=final["test_loss"],
         # seconds: this invocation, end to end; train_seconds: training, all sessions
@@ -298,6 +299,17 @@ def _summary(runtime: Runtime, cfg: DictConfig, config: dict[str, Any], status: 
                     **runtime.summary_extra()})  # the runtime's name and measured fields
 
 
+def _final_metrics(runtime: Runtime, status: str) -> tuple[dict[str, Any], float | None]:
+    """Test metrics and the training loss at the final parameters; None when a failed run's
+    model cannot evaluate them (a model that raised mid-run raises again here)."""
+    try:
+        return runtime.workload.evaluate(), runtime.workload.train_loss()
+    except Exception:  # noqa: BLE001 - the summary of a failed run is still written
+        if status == "completed":
+            raise
+        return {"test_accuracy": None, "test_mse": None, "test_loss": None}, None
+
+
 def _choices() -> dict[str, Any]:
     """Hydra's config-group choices (e.g. ``code``), when run under Hydra."""
     if not HydraConfig.initialized():
@@ -323,6 +335,24 @@ def _hydra_main(cfg: DictConfig) -> None:
             # the sweep redoes a job that lost its workers
             return
         raise SystemExit(exc.exit_status) from None
+    except Exception as exc:  # e.g. the user's model raised mid-run, after the run started
+        if not _failed_run(out_dir):
+            raise
+        trace = out_dir / "traceback.txt"
+        trace.write_text(traceback.format_exc(), encoding="utf-8")
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"agc-train: training failed: {type(exc).__name__}: {first} (checkpoint and "
+              f"summary.json in {out_dir}; the stack trace is in {trace})", file=sys.stderr)
+        if not multirun:
+            raise SystemExit(1) from None
+
+
+def _failed_run(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds the summary of a run that failed (this one, once started)."""
+    try:
+        return RunSummary.read(out_dir / "summary.json").status == "failed"
+    except ValueError:
+        return False
 
 
 def _job(cfg: DictConfig, out_dir: Path, multirun: bool) -> dict[str, Any] | None:
