@@ -121,11 +121,14 @@ def test_adamw_with_cosine_warmup_resumes_bit_identically() -> None:
     ("+optimizer.bogus=1", "optimizer: .*bogus"),
     ("scheduler=step", "scheduler: .*step_size|scheduler.step_size"),
     ("scheduler.warmup=-1", "scheduler.warmup must be a non-negative integer"),
+    # issue 20: a shortened preset's warm-up; the message says what to pass
+    ("scheduler=cosine scheduler.warmup=30", "scheduler.warmup=30 must be shorter than "
+     r"trainer.iterations=\d+ .*pass|needs scheduler.warmup=<n>"),
 ])
 def test_bad_optimizer_and_scheduler_settings_fail_in_one_line(override: str,
                                                                message: str) -> None:
     extra = ["scheduler=step", "scheduler.step_size=null"] if override == "scheduler=step" \
-        else [override]
+        else override.split()
     with pytest.raises(ConfigError, match=message):
         _trainer(*extra)
 

@@ -12,6 +12,7 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from agc_pipeline.errors import require
 from agc_pipeline.validation import require_finite, require_int
 
 __all__ = ["constant", "cosine", "step"]
@@ -31,7 +32,12 @@ def cosine(optimizer: Optimizer, iterations: int, warmup: int = 0,
            min_ratio: float = 0.0) -> LambdaLR:
     """Cosine decay from lr to ``min_ratio · lr`` over the iterations after the warm-up."""
     iterations = require_int(iterations, "trainer.iterations", 1)
-    warmup = require_int(warmup, "scheduler.warmup", 0, iterations - 1)
+    warmup = require_int(warmup, "scheduler.warmup", 0)
+    require(warmup < iterations,
+            f"scheduler.warmup={warmup} must be shorter than trainer.iterations={iterations} "
+            f"(the cosine decay follows the warm-up): shortening a preset also needs "
+            f"scheduler.warmup=<n> with n < {iterations}, e.g. scheduler.warmup="
+            f"{max(iterations // 10, 0)}")
     min_ratio = require_finite(min_ratio, "scheduler.min_ratio", 0.0, 1.0)
     span = max(iterations - warmup, 1)
 
