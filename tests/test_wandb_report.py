@@ -190,3 +190,61 @@ def test_spec_builds_the_librarys_objects(sweep: Path, tmp_path: Path) -> None:
     for grid in built:
         parsed = expr.expr_to_filters(grid.runsets[0].filters)
         assert {f.key.name for f in parsed.filters} >= {"group", "jobType"}
+
+
+def test_the_whole_report_serialises_offline_and_plots_only_logged_keys(
+        sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20: the report was never serialised in a test. Built and serialised offline
+    (only the project-id lookup of each run set is stubbed), and every panel's keys are ones
+    the runs logged: the train rows through the W&B sink (which adds ``mb_to_ps``), the
+    analyze runs' points."""
+    pytest.importorskip("wandb_workspaces.reports.v2")
+    import importlib
+
+    from agc_pipeline.reporting.sinks import WandbSink
+
+    interface = importlib.import_module("wandb_workspaces.reports.v2.interface")
+    monkeypatch.setattr(interface, "_get_api", lambda: None)
+    monkeypatch.setattr(interface, "execute_graphql",
+                        lambda api, query, variables: {"project": {"internalId": "P1"}})
+    make_report([sweep], tmp_path, wandb_report=WandbOptions(entity="team"))
+    spec = json.loads((tmp_path / "wandb_report.json").read_text())
+    model = json.loads(build_report(spec)._to_model().model_dump_json())
+    assert "team" in json.dumps(model["project"]) and model["spec"]["blocks"]
+
+    logged: set[str] = set()
+
+    class Recorder:  # what the W&B sink hands to wandb's run.log
+        def log(self, row: dict[str, Any], step: int, commit: bool) -> None:
+            logged.update(row)
+
+    sink = object.__new__(WandbSink)
+    sink.run = Recorder()
+    for metrics in sweep.glob("*/metrics.jsonl"):
+        for line in metrics.read_text().splitlines():
+            sink.log(json.loads(line), step=0)
+    points = json.loads((sweep / "analysis" / "results.json").read_text())["points"]
+    logged |= {key for point in points for key in point}
+    plotted = {key for panel in panels(spec) for key in [panel["x"], *panel["y"]]}
+    assert plotted <= logged, sorted(plotted - logged)
+
+
+def test_a_report_without_an_entity_offline_is_one_line(sweep: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """W&B's default entity needs the API: offline and logged out, one line says what to do
+    (it was a pydantic/API traceback)."""
+    pytest.importorskip("wandb_workspaces.reports.v2")
+    import importlib
+
+    from agc_pipeline.reporting.wandb_report import PublishError
+
+    interface = importlib.import_module("wandb_workspaces.reports.v2.interface")
+
+    def logged_out() -> None:
+        raise Exception("not logged in to W&B, try `wandb login --relogin`")
+
+    monkeypatch.setattr(interface, "_get_api", logged_out)
+    make_report([sweep], tmp_path, wandb_report=WandbOptions())
+    spec = json.loads((tmp_path / "wandb_report.json").read_text())
+    with pytest.raises(PublishError, match="needs `wandb login` \\(or pass --wandb-entity\\)"):
+        build_report(spec)

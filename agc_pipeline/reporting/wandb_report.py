@@ -228,14 +228,21 @@ def build_report(spec: dict[str, Any]) -> Any:
                            f"'agc_pipeline[reports]' ({exc})") from None
 
     def make(value: Any) -> Any:
-        if isinstance(value, dict) and "type" in value:
-            fields = {k: make(v) for k, v in value.items() if k != "type"}
+        if isinstance(value, dict) and "type" in value:  # None fields: the library's default
+            fields = {k: make(v) for k, v in value.items() if k != "type" and v is not None}
             return getattr(wr, value["type"])(**fields)
         if isinstance(value, list):
             return [make(v) for v in value]
         return value
 
-    report = make(spec["report"])
+    try:
+        report = make(spec["report"])
+    except Exception as exc:  # noqa: BLE001 - without an entity, W&B's API is asked for one
+        if spec["report"].get("entity"):
+            raise
+        raise PublishError(f"a W&B report without an entity takes W&B's default entity, which "
+                           f"needs `wandb login` (or pass --wandb-entity): "
+                           f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     for block in report.blocks:  # runsets without an entity: the report's (its default)
         for runset in getattr(block, "runsets", None) or []:
             if not getattr(runset, "entity", None):
