@@ -12,6 +12,7 @@ models, in milliseconds.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -92,6 +93,14 @@ MODEL_DATA_KEYS = ("input_dim", "num_classes", "in_channels", "image_size", "voc
 def _check_model_class(cls: type, target: str, dataset: Dataset) -> None:
     """Task and input kind of the model class against the data set (before building)."""
     name = target.rsplit(".", 1)[-1]
+    from torch import nn
+
+    if isinstance(cls, type) and issubclass(cls, nn.Module) and not all(
+            callable(getattr(cls, attr, None)) for attr in ("loss_sum", "metric")):
+        raise ConfigError(f"model {name} is a plain torch.nn.Module: the trainer needs its "
+                          f"loss_sum and metric, which WithLoss adds: model=custom "
+                          f"model.module._target_={target} (its arguments as "
+                          "+model.module.<name>=<value>)")
     check_model_task(name, getattr(cls, "task", None), dataset,
                      " (use model=linear with dataset=synthetic_linear, a classifier otherwise)")
     inputs = getattr(cls, "inputs", None)
@@ -127,6 +136,11 @@ def build_model(cfg: DictConfig, dataset: Dataset) -> CodedModel:
     node = cfg.model
     if node is None or "_target_" not in node:
         raise ConfigError("model has no _target_: choose an option, e.g. model=<name>")
+    module = node.get("module")
+    if module is not None and "_target_" in module and module._target_ is None:
+        raise ConfigError("model.module._target_ is not set: name your nn.Module class, e.g. "
+                          "model=custom model.module._target_=mynet.TinyCNN (a module in the "
+                          "folder you run in, or in an installed package)")
     target = str(node._target_)
     try:
         cls = get_class(target)
@@ -343,7 +357,12 @@ def refuse_foreign_presets(app: str, argv: Sequence[str] | None = None) -> None:
 
 
 def run_app(main: Callable[[], Any], app: str) -> Any:
-    """Run ``main``; report a ConfigError as one line on stderr and exit with status 2."""
+    """Run ``main``; report a ConfigError as one line on stderr and exit with status 2.
+
+    The folder the app runs in goes first on ``sys.path`` (as ``python -m`` puts it), so that a
+    ``_target_`` names a module of the user's own folder under the console scripts too."""
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         return main()
     except ConfigError as exc:

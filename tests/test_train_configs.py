@@ -48,13 +48,17 @@ def test_dataset_options(option: str, tmp_path: Path) -> None:
 #: a data set each model can train on
 MODEL_DATA = {"linear": "synthetic_linear", "logistic": "synthetic_logistic",
               "mlp": "synthetic_logistic", "paper_mlp": "synthetic_logistic", "cnn": "mnist",
-              "gpt": "text", "custom_example": "mnist"}
+              "gpt": "text", "custom_example": "mnist", "custom": "synthetic_logistic"}
+#: the user's module of model=custom (a plain nn.Module, wrapped by WithLoss)
+CUSTOM = ["model.module._target_=torch.nn.Linear", "+model.module.in_features=20",
+          "+model.module.out_features=2"]
 
 
 @pytest.mark.parametrize("option", options("model"))
 def test_model_options(option: str) -> None:
     assert option in MODEL_DATA, f"add {option} to MODEL_DATA"
-    cfg = compose_config("train", [f"model={option}", f"dataset={MODEL_DATA[option]}"])
+    cfg = compose_config("train", [f"model={option}", f"dataset={MODEL_DATA[option]}",
+                                   *(CUSTOM if option == "custom" else [])])
     data = build_dataset(cfg)
     model = build_model(cfg, data)
     assert isinstance(model, CodedModel) and model.task == data.task
@@ -183,6 +187,8 @@ IMPOSSIBLE["text_gpt"] = {**{key: why for key, why in IMPOSSIBLE["fig6_bibd7"].i
 #: sets ("trainer.alpha_samples does not apply to trainer=ddp")
 for _table in IMPOSSIBLE.values():
     _table[("trainer", "ddp")] = "trainer=ddp"
+    # model=custom names no module until the user does (model.module._target_=...)
+    _table[("model", "custom")] = "model.module._target_ is not set"
 
 
 @pytest.fixture(scope="module")

@@ -103,3 +103,41 @@ def test_a_model_that_fails_mid_run_leaves_a_summary_and_one_line(tmp_path: Path
     assert summary["final_train_loss"] is None and 0 < summary["iterations"] < 30
     assert (tmp_path / "checkpoint.pt").is_file()
     assert "RuntimeError: mid-run failure" in (tmp_path / "traceback.txt").read_text()
+
+
+MYNET = '''import torch
+from torch import nn
+
+
+class TinyCNN(nn.Module):
+    def __init__(self, channels: int = 4, classes: int = 10) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, channels, 3, padding=1)
+        self.head = nn.Linear(channels * 28 * 28, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(x)).flatten(1))
+'''
+
+
+def test_your_own_model_from_your_own_folder_with_the_console_script(tmp_path: Path) -> None:
+    """Issue 20: agc-train could not import a module of the current folder, a plain module
+    given as model._target_ failed with an unexpected keyword and no pointer to WithLoss, and
+    the documented override inherited custom_example's arguments. As the docs say it now."""
+    (tmp_path / "mynet.py").write_text(MYNET)
+    agc_train = Path(sys.executable).parent / "agc-train"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(agc_train), "debug=fast", *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+
+    plain = run("model._target_=mynet.TinyCNN", f"hydra.run.dir={tmp_path / 'plain'}")
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr, plain.stderr[-2000:]
+    assert "model=custom model.module._target_=mynet.TinyCNN" in plain.stderr
+    unnamed = run("model=custom", f"hydra.run.dir={tmp_path / 'unnamed'}")
+    assert unnamed.returncode == 2 and "model.module._target_ is not set" in unnamed.stderr
+    proc = run("model=custom", "model.module._target_=mynet.TinyCNN", "+model.module.channels=2",
+               f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["model"] == "WithLoss" and summary["parameters"] == 2 * 9 + 2 + 2 * 784 * 10 + 10
