@@ -1,4 +1,4 @@
-"""trainer=local_sgd: simulated local SGD (n model copies in one process) against a
+"""trainer=local_sgd_simulated: local SGD (n model copies in one process) against a
 hand-written averaging loop, synchronous SGD at period 1, resume and one-line refusals."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ FAST = ["dataset=synthetic_logistic", "dataset.n_samples=240", "dataset.dim=8",
         "dataset.num_classes=3", "model=mlp", "model.hidden=16", "trainer.iterations=7",
         "trainer.progress=false", "trainer.eval_every=0", "trainer.checkpoint_every=0",
         "trainer.lr=0.5", "code=uncoded_wait", "trainer.batch_size=4"]
-LOCAL = ["trainer=local_sgd", *FAST]
+LOCAL = ["trainer=local_sgd_simulated", *FAST]
 
 
 def rows(run_dir: Path) -> list[dict]:
@@ -103,7 +103,7 @@ def test_period_one_is_synchronous_sgd(tmp_path: Path) -> None:
     """period = 1 with plain SGD: the simulated uncoded wait-for-all run's losses,
     parameters and virtual clock (the slowest worker each step), to float tolerance."""
     cfg = [*FAST, "assignment.n=3", "straggler=slowdown", "straggler.p=0.3"]
-    local = run_training(compose_config("train", [*cfg, "trainer=local_sgd",
+    local = run_training(compose_config("train", [*cfg, "trainer=local_sgd_simulated",
                                                   "trainer.period=1"]), tmp_path / "local")
     sync = run_training(compose_config("train", [*cfg, "trainer.alpha_samples=0"]),
                         tmp_path / "sync")
@@ -115,7 +115,7 @@ def test_period_one_is_synchronous_sgd(tmp_path: Path) -> None:
     for p, q in zip(final_params(tmp_path / "local"), final_params(tmp_path / "sync"),
                     strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
-    assert local["runtime"] == "local_sgd" and local["local_sgd"]["averages"] == 7
+    assert local["runtime"] == "local_sgd_simulated" and local["local_sgd"]["averages"] == 7
     assert sync["virtual_time"] == pytest.approx(local["virtual_time"])
 
 
@@ -166,7 +166,7 @@ def test_resume_is_bit_identical(tmp_path: Path) -> None:
     (["trainer.hierarchy={2: true}"], "positive integers"),
     (["trainer.hierarchy=3"], "non-empty mapping"),
     (["trainer.hierarchy={2: 2, 4: 4}"], "the last .* must be n"),
-    (["+trainer.bucket_cap_mb=1"], "does not apply to trainer=local_sgd"),
+    (["+trainer.bucket_cap_mb=1"], "does not apply to trainer=local_sgd_simulated"),
     (["code=uncoded_ignore"], "needs code=uncoded_wait"),
     (["cluster=ethernet_10g"], "cluster=ethernet_10g"),
 ])

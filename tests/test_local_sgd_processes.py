@@ -1,0 +1,121 @@
+"""trainer=local_sgd: n processes over gloo with PyTorch's PeriodicModelAverager /
+HierarchicalModelAverager, against the simulated local SGD, DDP at period 1, and resume.
+
+Runs go through ``run_training`` in this process (rank 0) with the other ranks from the
+fork server; a watchdog kills the session if one hangs.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agc_pipeline.build import validate
+from agc_pipeline.errors import ConfigError
+from agc_pipeline.train import run_training
+from agc_pipeline.training.checkpoint import load_checkpoint
+from tests.conftest import compose_config
+
+FAST = ["dataset=synthetic_logistic", "dataset.n_samples=240", "dataset.dim=8",
+        "dataset.num_classes=3", "model=mlp", "model.hidden=16", "trainer.iterations=7",
+        "trainer.progress=false", "trainer.eval_every=0", "trainer.checkpoint_every=0",
+        "trainer.lr=0.5", "code=uncoded_wait", "trainer.batch_size=4",
+        "straggler=slowdown", "straggler.p=0.3"]
+PROCESSES = ["trainer=local_sgd", "trainer.time_scale=0", "trainer.timeout_s=30"]
+
+
+@pytest.fixture(autouse=True)
+def watchdog() -> Iterator[None]:
+    faulthandler.dump_traceback_later(240, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def rank_params(run_dir: Path, n: int) -> list[list[torch.Tensor]]:
+    """Every rank's final parameters: rank 0's checkpoint and the ranks' own files."""
+    files = [run_dir / "checkpoint.pt", *(run_dir / "ranks" / f"rank{r}.pt"
+                                          for r in range(1, n))]
+    return [list(load_checkpoint(f)["model"].values()) for f in files]
+
+
+@pytest.mark.parametrize(("n", "extra"), [
+    (3, ["trainer.period=3", "optimizer.momentum=0.9"]),
+    (3, ["trainer.period=2", "trainer.warmup_steps=2"]),
+    (4, ["trainer.hierarchy={2: 2, 4: 4}", "optimizer.momentum=0.9"]),
+])
+def test_processes_equal_the_simulated_local_sgd(n: int, extra: list[str],
+                                                 tmp_path: Path) -> None:
+    """PyTorch's averagers on n gloo ranks: the simulated runtime's losses, every rank's
+    final parameters, and its clock (modelled_time) to float tolerance."""
+    cfg = [*FAST, f"assignment.n={n}", *extra]
+    summary = run_training(compose_config("train", [*cfg, *PROCESSES]), tmp_path / "ranks")
+    run_training(compose_config("train", [*cfg, "trainer=local_sgd_simulated"]),
+                 tmp_path / "sim")
+    ours, theirs = rows(tmp_path / "ranks"), rows(tmp_path / "sim")
+    np.testing.assert_allclose([r["train_loss"] for r in ours],
+                               [r["train_loss"] for r in theirs], rtol=1e-6)
+    np.testing.assert_allclose([r["modelled_time"] for r in ours],
+                               [r["virtual_time"] for r in theirs], rtol=1e-12)
+    replicas = load_checkpoint(tmp_path / "sim" / "checkpoint.pt")["replicas"]
+    for params, replica in zip(rank_params(tmp_path / "ranks", n), replicas, strict=True):
+        for p, q in zip(params, replica.values(), strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    averaged = [r["averaged"] for r in theirs]  # after step t; the processes: start of t + 1
+    assert [r["averaged"] for r in ours] == [None, *averaged[:-1]]
+    assert summary["runtime"] == "local_sgd" and summary["local_sgd"]["simulated"] is False
+
+
+def test_period_one_equals_ddp(tmp_path: Path) -> None:
+    """period = 1 with plain SGD: DDP's losses and final parameters to float tolerance."""
+    cfg = [*FAST, "assignment.n=3"]
+    run_training(compose_config("train", [*cfg, *PROCESSES, "trainer.period=1"]),
+                 tmp_path / "local")
+    run_training(compose_config("train", [*cfg, "trainer=ddp", "trainer.time_scale=0"]),
+                 tmp_path / "ddp")
+    np.testing.assert_allclose([r["train_loss"] for r in rows(tmp_path / "local")],
+                               [r["train_loss"] for r in rows(tmp_path / "ddp")], rtol=1e-5)
+    ddp = list(load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")["model"].values())
+    for p, q in zip(rank_params(tmp_path / "local", 3)[0], ddp, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_resume_inside_a_period_is_bit_identical(tmp_path: Path) -> None:
+    """3 iterations (inside a period of 4, momentum per rank), then resumed to 7: every
+    rank's parameters and the losses of the 7-iteration run, bit for bit."""
+    cfg = [*FAST, *PROCESSES, "assignment.n=3", "optimizer.momentum=0.9", "trainer.period=4"]
+    run_training(compose_config("train", cfg), tmp_path / "whole")
+    short = [o for o in cfg if not o.startswith("trainer.iterations")]
+    run_training(compose_config("train", [*short, "trainer.iterations=3"]), tmp_path / "cut")
+    run_training(compose_config("train", [*cfg, "trainer.resume=true"]), tmp_path / "cut")
+    whole, cut = rows(tmp_path / "whole"), rows(tmp_path / "cut")
+    assert [r["train_loss"] for r in cut] == [r["train_loss"] for r in whole]
+    assert [r["modelled_time"] for r in cut] == [r["modelled_time"] for r in whole]
+    for a, b in zip(rank_params(tmp_path / "whole", 3), rank_params(tmp_path / "cut", 3),
+                    strict=True):
+        for p, q in zip(a, b, strict=True):
+            assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["trainer.period=0"], "trainer.period must be a positive integer"),
+    (["trainer.period=false"], "trainer.period must be a positive integer"),
+    (["trainer.warmup_steps=1.5"], "trainer.warmup_steps must be a non-negative integer"),
+    (["trainer.hierarchy={2: 2, 4: 3}"], "the last .* must be n"),
+    (["trainer.start_method=fork"], "trainer.start_method"),
+    (["code=frc"], "needs code=uncoded_wait"),
+    (["cluster=ethernet_10g"], "trainer=simulated only"),
+])
+def test_bad_keys_are_refused_in_one_line(extra: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        validate(compose_config("train", [*FAST, *PROCESSES, "assignment.n=3", *extra]))
+    assert "\n" not in str(info.value)
