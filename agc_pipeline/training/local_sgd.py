@@ -23,9 +23,10 @@ shared loop, ranks > 0 serve (:mod:`~agc_pipeline.training.launch`, as
 4. its own optimizer step (rank 0: the shared loop's commit; ranks > 0: :meth:`serve`).
 
 ``trainer.period=1`` with plain SGD is synchronous SGD (DDP's losses to float tolerance).
-Rows (rank 0): ``train_loss`` (Σ_r loss_r / (k·b), one 8-byte all-reduce on logged
-iterations), ``wall_time``, ``iteration_time``, ``sleep_time``, ``averaged`` (the group size
-averaged at the start of the iteration, or null), ``modelled_time`` (the planner's
+Rows (rank 0): ``train_loss`` (Σ_r loss_r / (k·b), one 8-byte all-reduce, only on logged
+iterations where the ranks are in step anyway: :meth:`LocalSgdRuntime.logs_loss`),
+``wall_time``, ``iteration_time``, ``sleep_time``, ``averaged`` (the group size averaged at
+the start of the iteration, or null), ``modelled_time`` (the planner's
 local-SGD clock on the same draws, :mod:`~agc_pipeline.training.local_sgd_simulated`, time
 units), ``bytes_per_rank`` (ring all-reduce of d values per average). Test metrics are rank
 0's parameters (the mean right after an average).
@@ -334,11 +335,22 @@ class LocalSgdRuntime(BaseRuntime):
             flat.div_(n)
             dist.all_reduce(flat, group=self.control)
         value = None
-        if t % s.log_every == 0 or t == s.iterations - 1:
+        if self.logs_loss(t):
             total = torch.tensor([float(loss.detach())], dtype=torch.float64)
             dist.all_reduce(total, group=self.control)
             value = float(total) / work.batch_samples
         return value, slept, flat
+
+    def logs_loss(self, t: int) -> bool:
+        """Whether iteration t's row has ``train_loss`` (one all-reduce, which waits for every
+        rank): logged iterations (``trainer.log_every``) where the ranks are in step anyway —
+        the first and the last, warm-up steps and those that start with an average of all n —
+        so that the loss never synchronises the local steps."""
+        s, n = self.settings, self.n
+        logged = t % s.log_every == 0 or t == s.iterations - 1
+        in_step = (t in (0, s.iterations - 1) or t <= s.warmup_steps
+                   or averaging_group(t - 1, s, n) == n)
+        return logged and in_step
 
     def _rank_file(self) -> Path:
         assert self.run_dir is not None
