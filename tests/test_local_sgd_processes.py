@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import faulthandler
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from agc_pipeline.build import validate
 from agc_pipeline.errors import ConfigError
 from agc_pipeline.train import run_training
 from agc_pipeline.training.checkpoint import load_checkpoint
-from tests.conftest import compose_config
+from tests.conftest import ROOT, compose_config
 
 FAST = ["dataset=synthetic_logistic", "dataset.n_samples=240", "dataset.dim=8",
         "dataset.num_classes=3", "model=mlp", "model.hidden=16", "trainer.iterations=7",
@@ -113,7 +115,33 @@ def test_resume_inside_a_period_is_bit_identical(tmp_path: Path) -> None:
             assert torch.equal(p, q)
 
 
+def test_a_lost_rank_stops_with_status_4_and_the_run_resumes(tmp_path: Path) -> None:
+    """Rank 1 exits abruptly at iteration 3; rank 0 notices at the next collective (the
+    average of step 4, at the start of iteration 5): exit status 4, one line naming it, the
+    checkpoint of iteration 5; the resumed run completes, the ranks without their own state
+    of iteration 5 starting from rank 0's parameters (and saying so)."""
+    cfg = [*FAST, *PROCESSES, "assignment.n=3", "trainer.period=4", "trainer.timeout_s=10"]
+    run_dir = tmp_path / "cut"
+    proc = subprocess.run([sys.executable, "-m", "agc_pipeline.train", *cfg,
+                           "trainer.fault.kill_worker=1", "trainer.fault.at_iteration=3",
+                           f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == 4, proc.stderr[-3000:]
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("agc-train")]
+    assert "iteration 5: rank 1 exited" in line and "trainer.resume=true" in line
+    assert load_checkpoint(run_dir / "checkpoint.pt")["iteration"] == 5
+    resumed = subprocess.run([sys.executable, "-m", "agc_pipeline.train", *cfg,
+                              "trainer.resume=true", f"hydra.run.dir={run_dir}"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "starting from rank 0's parameters" in resumed.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["iterations"] == 7
+
+
 @pytest.mark.parametrize(("extra", "message"), [
+    (["trainer.fault.kill_worker=0"], "kill_worker must be null or a rank 1..n-1"),
+    (["+trainer.fault.bad_message_worker=1"], "does not apply to trainer=local_sgd"),
     (["trainer.period=0"], "trainer.period must be a positive integer"),
     (["trainer.period=false"], "trainer.period must be a positive integer"),
     (["trainer.warmup_steps=1.5"], "trainer.warmup_steps must be a non-negative integer"),

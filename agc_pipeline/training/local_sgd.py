@@ -322,6 +322,10 @@ class LocalSgdRuntime(BaseRuntime):
         """Sleep, forward, backward (warm-up: the mean gradient): ``(train loss or None,
         seconds slept, this rank's gradient)``."""
         s, work, n = self.settings, self.workload, self.n
+        if s.fault.kill_worker == self.rank and t >= s.fault.at_iteration:
+            print(f"agc-local-sgd rank {self.rank}: trainer.fault.kill_worker: exiting abruptly "
+                  f"at iteration {t}", file=sys.stderr, flush=True)
+            os._exit(0)  # status 0: torchrun's agent would stop every rank on a failure
         slept = float(self.compute_times(t)[self.rank]) * self.time_scale
         if slept > 0:
             time.sleep(slept)

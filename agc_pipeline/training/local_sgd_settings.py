@@ -9,6 +9,7 @@ from typing import Any
 
 from agc_pipeline.build import Plan
 from agc_pipeline.errors import require
+from agc_pipeline.training.distributed import FaultSettings
 from agc_pipeline.training.settings import ProcessKeys, WaitSettings
 from agc_pipeline.validation import is_int, require_int
 
@@ -71,6 +72,10 @@ def check_local_plan(plan: Plan) -> None:
     """The hierarchy against n: every group size divides n and the last (largest period)
     is n, as HierarchicalModelAverager requires."""
     settings, n = plan.settings, plan.scheme.n
+    kill = getattr(getattr(settings, "fault", None), "kill_worker", None)
+    require(kill is None or 1 <= kill < n,
+            f"trainer.fault.kill_worker must be null or a rank 1..n-1 = {n - 1} for "
+            f"trainer=local_sgd (rank 0 is the app; got {kill!r})")
     if settings.hierarchy is not None:
         sizes = list(settings.hierarchy.values())
         require(sizes[-1] == n and all(n % g == 0 for g in sizes),
@@ -83,8 +88,15 @@ class LocalSgdProcessSettings(LocalSgdSettings, ProcessKeys):
     """``trainer=local_sgd`` options (``conf/trainer/local_sgd.yaml``): the local-SGD keys and
     the processes' keys (:class:`~agc_pipeline.training.settings.ProcessKeys`); gloo only."""
 
+    fault: Any = None  #: FaultSettings (kill_worker = a rank 1..n−1, at_iteration)
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self.validate_processes()
+        fault = FaultSettings.from_config(self.fault)
+        require(fault.bad_message_worker is None,
+                "trainer.fault.bad_message_worker does not apply to trainer=local_sgd (no "
+                "messages to corrupt: the ranks all-reduce)")
+        self.fault = fault
         require(self.torch_device.type == "cpu",
                 "trainer=local_sgd runs on the CPU over gloo; use trainer.device=cpu")
