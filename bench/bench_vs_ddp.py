@@ -22,6 +22,12 @@ rank 0, or the parameter server) with worker processes on this machine (gloo, CP
     share this machine's cores. Schemes: DDP, uncoded wait-for-all PS, exact FRC (load 4,
     the PS waits for the first n − 3), construction (7) with m = 2 (cyclic, load 2) and m = 4
     (cyclic, load 4), the PS waiting for the first n − 2, optimal decoding divided by α.
+    Baselines besides DDP: the uncoded PS waiting for all, **backup workers**
+    (``code=uncoded_ignore`` on the PS: it waits for the first n − 2 of the n uncoded
+    workers and averages what came, fixed decoding) and **local SGD** (``trainer=local_sgd``:
+    n gloo processes with PyTorch's PeriodicModelAverager, period 4: each rank takes 4 local
+    steps on its subset, sleeping the same delays, then the n average their parameters).
+    Its modelled time is its own clock (the slowest rank's summed delays per period).
     The PS's workers run with ``trainer.abandon_stale=true``: a worker still sleeping when the
     PS has moved on drops that iteration, so every iteration starts afresh as in the delay
     model (otherwise a slow worker's 10× delay spills into the following iterations).
@@ -36,7 +42,9 @@ critical path alone (a core per process), which is what a cluster would see.
 
 Prints the delay model's parameters, bytes per iteration next to the times, the load
 (``uptime``) before and after, and as its last line
-``vs DDP: iteration <(a): coded PS / DDP>, time-to-loss speed-up <(b): DDP / (7) m=2>``.
+``vs DDP: iteration <r1>, time-to-loss speed-up <r2>; best baseline <name>, coded vs it <r3>``
+with r1 = (a) coded PS / DDP, r2 = (b) DDP / (7) m=2, and r3 = (b) the best baseline's
+time to the loss / the best coded scheme's (measured times; r3 < 1: coding loses).
 Targets (issue 9): (a) ≤ 1.5, (b) ≥ 1.5; the numbers are this machine's, not a cluster's.
 """
 
@@ -69,17 +77,23 @@ DDP = ["trainer=ddp", "code=uncoded_wait", f"assignment.n={N}"]
 PS = ["trainer=distributed", "trainer.grad_error=false", "trainer.abandon_stale=true"]
 CODE7_M2 = [*PS, "assignment=cyclic", f"assignment.n={N}", "assignment.s=0", "m=2",
             "scheme=random_diagonal", "decoder.rescale=true", "trainer.alpha_samples=300"]
+LOCAL_SGD = "local SGD, period 4"
 SCHEMES_B: dict[str, list[str]] = {
     "DDP": DDP,
     "uncoded PS, wait for all": [*PS, "code=uncoded_wait", f"assignment.n={N}"],
     "exact FRC, load 4, n-3": [*PS, "assignment=fractional", f"assignment.n={N}",
                                "assignment.s=3", "m=1", "scheme=frc", "straggler.s=3"],
+    "backup workers, n-2": [*PS, "code=uncoded_ignore", f"assignment.n={N}", "straggler.s=2"],
+    LOCAL_SGD: ["trainer=local_sgd", "code=uncoded_wait", f"assignment.n={N}",
+                "trainer.period=4"],
     "(7) m=2, load 2, n-2": [*CODE7_M2, "straggler.s=2"],
     "(7) m=4, load 4, n-2": [*PS, "assignment=cyclic", f"assignment.n={N}", "assignment.s=0",
                              "m=4", "scheme=random_diagonal", "decoder.rescale=true",
                              "trainer.alpha_samples=300", "straggler.s=2"],
 }
 CODED = "(7) m=2, load 2, n-2"
+#: the coded schemes of (b); the others are baselines
+CODED_B = ("exact FRC, load 4, n-3", CODED, "(7) m=4, load 4, n-2")
 
 
 def compose_train(overrides: list[str]):  # noqa: ANN201 - DictConfig
@@ -110,6 +124,9 @@ def settled(rows: list[dict], key: str = "iteration_time", skip: int = 3) -> flo
 
 def bytes_per_iteration(summary: dict[str, Any], rows: list[dict]) -> str:
     """The busiest link's traffic per iteration: per rank for DDP, in/out at the PS."""
+    if summary["runtime"] == "local_sgd":
+        per = summary["total_bytes_per_rank"] / max(summary["iterations"], 1) / 1e6
+        return f"{per:.2f} MB per rank (mean: an all-reduce every 4th)"
     if summary["runtime"] == "ddp":
         return f"{summary['ddp']['bytes_per_rank_per_iteration'] / 1e6:.2f} MB per rank"
     into = statistics.mean(r["bytes_received"] for r in rows) / 1e6
@@ -251,8 +268,9 @@ def part_a(args: argparse.Namespace, out: Path, clusters: list[ClusterModel]) ->
 
 
 def part_b(args: argparse.Namespace, out: Path,
-           clusters: list[ClusterModel]) -> float | None:
-    """(b): time to the loss target under the delay model; returns DDP / (7) m=2."""
+           clusters: list[ClusterModel]) -> tuple[float | None, str | None, float | None]:
+    """(b): time to the loss target under the delay model; returns (DDP / (7) m=2, the best
+    baseline, its time / the best coded scheme's)."""
     delay = ["straggler=slowdown", f"straggler.p={args.p}", f"straggler.r={args.r}",
              f"straggler.per_sample={1 / PER_WORKER}", "straggler.comm_per_unit=0"]
     common = ["dataset=mnist", f"dataset.train_size={N * PER_WORKER}", "dataset.test_size=200",
@@ -275,35 +293,20 @@ def part_b(args: argparse.Namespace, out: Path,
     cfgs = {label: compose_train([*common, *overrides]) for label, overrides in schemes.items()}
     allreduces = ddp_allreduces(cfgs["DDP"], results["DDP"][0])
     both = {label: modelled_times(cfg, args.iterations, args.time_scale, clusters[0],
-                                  allreduces) for label, cfg in cfgs.items()}
+                                  allreduces) for label, cfg in cfgs.items()
+            if label != LOCAL_SGD}
     modelled = {label: pair[0] for label, pair in both.items()}
-    ddp_reached = time_to_loss(results["DDP"][1], args.target_loss)
-    ddp_model = None if ddp_reached is None else \
-        sum(modelled["DDP"][:ddp_reached[1]]) * args.time_scale
-    print(f"\n  {'':26s} {'measured':^33s}  {'modelled (slept) only':^24s}")
-    print(f"  {'scheme':26s} {'s/iter':>7s} {'to loss':>8s} {'iters':>5s} {'speed-up':>9s}  "
-          f"{'s/iter':>7s} {'to loss':>7s} {'speed-up':>8s}  bytes per iteration")
-    for label, (summary, rows) in results.items():
-        reached = time_to_loss(rows, args.target_loss)
-        model = [u * args.time_scale for u in modelled[label]]
-        seconds = f"{reached[0]:8.1f}" if reached else f"{'-':>8s}"
-        speedup = (f"{ddp_reached[0] / reached[0]:8.2f}x" if reached and ddp_reached
-                   else f"{'-':>9s}")
-        model_loss = None if reached is None else sum(model[:reached[1]])
-        model_speedup = (f"{ddp_model / model_loss:7.2f}x" if model_loss and ddp_model
-                         else f"{'-':>8s}")
-        print(f"  {label:26s} {summary['mean_iteration_time']:7.3f} {seconds} "
-              f"{reached[1] if reached else '-':>5} {speedup}  {statistics.mean(model):7.3f} "
-              f"{'-' if model_loss is None else f'{model_loss:7.1f}':>7s} {model_speedup}  "
-              f"{bytes_per_iteration(summary, rows)}")
-    print("  (speed-up: DDP's time to the loss / the scheme's. modelled: the delay model's "
-          "time alone — the PS's (n − s)-th\n  arrival, or the slowest of the n workers — "
-          "over the same iterations: what the simulated trainer's clock shows; the measured\n"
-          "  time adds the real compute, the messages and the PS's decode and logging on "
-          "this machine's shared cores)")
+    if LOCAL_SGD in results:  # its own clock: the slowest rank's summed delays per period
+        clock = [0.0, *(r["modelled_time"] for r in results[LOCAL_SGD][1])]
+        modelled[LOCAL_SGD] = list(np.diff(clock))
+    reached = {label: time_to_loss(rows, args.target_loss)
+               for label, (_, rows) in results.items()}
+    print_table_b(args, results, modelled, reached)
     for cluster in clusters:
         print(f"\n  cost model ({cluster.name}) against the measured mean iteration time:")
         for label, (summary, _) in results.items():
+            if label == LOCAL_SGD:
+                continue
             predicted = statistics.mean(
                 both[label][1] if cluster is clusters[0] else
                 modelled_times(cfgs[label], args.iterations, args.time_scale, cluster,
@@ -311,12 +314,54 @@ def part_b(args: argparse.Namespace, out: Path,
             measured = summary["mean_iteration_time"]
             print(f"  {label:26s} predicted {predicted:6.3f} s, measured {measured:6.3f} s: "
                   f"{100 * (predicted / measured - 1):+5.1f}% (target within ±25%)")
-    coded = time_to_loss(results[CODED][1], args.target_loss)
-    if ddp_reached is None or coded is None:
+    ddp_reached, coded = reached["DDP"], reached[CODED]
+    speedup = None if ddp_reached is None or coded is None else ddp_reached[0] / coded[0]
+    if speedup is None:
         print(f"  the loss target {args.target_loss} was not reached by "
               f"{'DDP' if ddp_reached is None else CODED}: raise --iterations")
-        return None
-    return ddp_reached[0] / coded[0]
+    return (speedup, *best_against_baselines(reached))
+
+
+def best_against_baselines(reached: dict[str, tuple[float, int] | None],
+                           ) -> tuple[str | None, float | None]:
+    """The fastest baseline to the loss and its time / the fastest coded scheme's."""
+    base = {k: v[0] for k, v in reached.items() if k not in CODED_B and v is not None}
+    coded = {k: v[0] for k, v in reached.items() if k in CODED_B and v is not None}
+    if not base or not coded:
+        return (min(base, key=base.get) if base else None), None
+    best = min(base, key=base.get)
+    return best, base[best] / min(coded.values())
+
+
+def print_table_b(args: argparse.Namespace, results: dict[str, Any],
+                  modelled: dict[str, list[float]],
+                  reached: dict[str, tuple[float, int] | None]) -> None:
+    """(b)'s table: measured and modelled time per iteration and to the loss, speed-ups."""
+    ddp_reached = reached["DDP"]
+    ddp_model = None if ddp_reached is None else \
+        sum(modelled["DDP"][:ddp_reached[1]]) * args.time_scale
+    print(f"\n  {'':26s} {'measured':^33s}  {'modelled (slept) only':^24s}")
+    print(f"  {'scheme':26s} {'s/iter':>7s} {'to loss':>8s} {'iters':>5s} {'speed-up':>9s}  "
+          f"{'s/iter':>7s} {'to loss':>7s} {'speed-up':>8s}  bytes per iteration")
+    for label, (summary, rows) in results.items():
+        hit = reached[label]
+        model = [u * args.time_scale for u in modelled[label]]
+        seconds = f"{hit[0]:8.1f}" if hit else f"{'-':>8s}"
+        speedup = (f"{ddp_reached[0] / hit[0]:8.2f}x" if hit and ddp_reached
+                   else f"{'-':>9s}")
+        model_loss = None if hit is None else sum(model[:hit[1]])
+        model_speedup = (f"{ddp_model / model_loss:7.2f}x" if model_loss and ddp_model
+                         else f"{'-':>8s}")
+        print(f"  {label:26s} {summary['mean_iteration_time']:7.3f} {seconds} "
+              f"{hit[1] if hit else '-':>5} {speedup}  {statistics.mean(model):7.3f} "
+              f"{'-' if model_loss is None else f'{model_loss:7.1f}':>7s} {model_speedup}  "
+              f"{bytes_per_iteration(summary, rows)}")
+    print("  (speed-up: DDP's time to the loss / the scheme's. modelled: the delay model's "
+          "time alone — the PS's (n − s)-th\n  arrival, or the slowest of the n workers — "
+          "over the same iterations: what the simulated trainer's clock shows; the measured\n"
+          "  time adds the real compute, the messages and the PS's decode and logging on "
+          "this machine's shared cores; local SGD's modelled time: the slowest rank's delays "
+          "summed over each period)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -354,11 +399,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{now.transfer_cpu_per_byte * 1e9:.3f} CPU ns per byte, "
               f"{now.message_cpu * 1e6:.1f} CPU us per message", flush=True)
     ratio = None if args.skip_a else part_a(args, out, clusters)
-    speedup = None if args.skip_b else part_b(args, out, clusters)
+    speedup, baseline, against = (None, None, None) if args.skip_b else \
+        part_b(args, out, clusters)
     print(f"\n{time.perf_counter() - started:.0f} s in all; {load()}; run dirs: {out}")
     iteration = "n/a" if ratio is None else f"{ratio:.2f}"
     faster = "n/a" if speedup is None else f"{speedup:.2f}"
-    print(f"vs DDP: iteration {iteration}, time-to-loss speed-up {faster}")
+    versus = "n/a" if against is None else f"{against:.2f}"
+    print(f"vs DDP: iteration {iteration}, time-to-loss speed-up {faster}; best baseline "
+          f"{baseline or 'n/a'}, coded vs it {versus}")
     return 0
 
 
