@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import faulthandler
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from agc_pipeline.errors import ConfigError
 from agc_pipeline.train import build_trainer, run_training
 from agc_pipeline.training.checkpoint import load_checkpoint
 from agc_pipeline.training.sharded import sharded_bytes_per_node
-from tests.conftest import compose_config
+from tests.conftest import ROOT, compose_config
 
 FAST = ["dataset=synthetic_logistic", "dataset.n_samples=240", "dataset.dim=8",
         "dataset.num_classes=3", "model=mlp", "model.hidden=16", "trainer.iterations=5",
@@ -31,6 +33,11 @@ def watchdog() -> Iterator[None]:
     faulthandler.dump_traceback_later(240, exit=True)
     yield
     faulthandler.cancel_dump_traceback_later()
+
+
+def run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agc_pipeline.train", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def rows(run_dir: Path) -> list[dict]:
@@ -68,3 +75,39 @@ def test_bad_keys_are_one_line_config_errors() -> None:
             build_trainer(compose_config("train", [*FAST, "code=uncoded_wait",
                                                    "assignment.n=3", *SHARDED, bad]))
         assert "\n" not in str(info.value), bad
+
+
+def test_a_lost_node_stops_with_status_4_and_the_run_resumes_bit_identically(
+        tmp_path: Path) -> None:
+    """Rank 1 exits abruptly at iteration 3: exit status 4, one line, the checkpoint of
+    iteration 3 (a periodic one: every shard's momentum gathered); the resumed run ends with
+    exactly the parameters and losses of an uninterrupted run."""
+    cfg = [*FAST, "code=uncoded_wait", "assignment.n=3", *SHARDED, "trainer.iterations=6",
+           "trainer.batch_size=4", "optimizer.momentum=0.9", "trainer.checkpoint_every=3"]
+    run_training(compose_config("train", cfg), tmp_path / "whole")
+    run_dir = tmp_path / "cut"
+    proc = run_cli(*cfg, "trainer.fault.kill_worker=1", "trainer.fault.at_iteration=3",
+                   f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 4, proc.stderr[-3000:]
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("agc-train")]
+    assert "iteration 3: rank 1 exited" in line and "trainer.resume=true" in line
+    assert load_checkpoint(run_dir / "checkpoint.pt")["iteration"] == 3
+    resumed = run_training(compose_config("train", [*cfg, "trainer.resume=true"]), run_dir)
+    assert resumed["status"] == "completed" and resumed["iterations"] == 6
+    whole, cut = rows(tmp_path / "whole"), rows(run_dir)
+    assert [r["iteration"] for r in cut] == list(range(6))
+    assert [r["train_loss"] for r in cut] == [r["train_loss"] for r in whole]
+    for p, q in zip(final_params(run_dir), final_params(tmp_path / "whole"), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_stragglers_each_owner_waits_for_n_minus_s(tmp_path: Path) -> None:
+    """straggler=fixed (1 of 4 sleeps 4 windows): each owner proceeds at n − s = 3 slices
+    and the run trains."""
+    cfg = [*FAST, "code=ce_frc", "assignment.n=4", "assignment.s=2", "m=2", *SHARDED,
+           "trainer.time_scale=0.02", "straggler=fixed", "straggler.s=1"]
+    summary = run_training(compose_config("train", cfg), tmp_path / "sh")
+    assert summary["status"] == "completed" and summary["sharded"]["target"] == 3
+    losses = [r["train_loss"] for r in rows(tmp_path / "sh")]
+    assert all(r["survivors"] >= 3 for r in rows(tmp_path / "sh"))
+    assert losses[-1] < losses[0]

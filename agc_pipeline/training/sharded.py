@@ -13,7 +13,7 @@ n processes; rank r is worker r of the assignment and the owner of shard r. Each
    slice of an earlier iteration is discarded), decodes R for exactly that set (decoding
    (3)/(4), float64, as the PS does), forms its slice of ĝ = Z (B R) (divided by α with
    ``decoder.rescale``) and steps its shard's optimizer;
-3. every owner's new shard is all-gathered (one gloo ``all_gather_into_tensor``, with a flag
+3. every owner's new shard is all-gathered (one gloo ``all_gather``, with a flag
    for a step that would overflow and the owner's survivor count), and the next parameters
    are handed to the worker thread. A straggling worker's own shard is served meanwhile.
 
@@ -173,6 +173,8 @@ class ShardedRuntime(CodedRuntime):
         self.bytes_per_iteration = sharded_bytes_per_node(self.n, self.d, self.m,
                                                           self.params[0].element_size())
         self.node: ShardNode | None = None
+        #: rank 0: every shard's optimizer state at the last periodic checkpoint (iteration)
+        self.gathered: tuple[int, list[Any]] | None = None
         self.launch: Launch | None = None
 
     # ------------------------------------------------------------------ worker side
@@ -285,7 +287,7 @@ class ShardedRuntime(CodedRuntime):
             completed = True
         finally:
             node, self.node = self.node, None
-            if node is not None:
+            if node is not None and not completed:
                 node.stopped.set()
             if completed and node is not None:
                 try:
@@ -352,11 +354,8 @@ class ShardedRuntime(CodedRuntime):
         """The coded runtime's state plus every shard's optimizer state (gathered at the
         periodic checkpoints; see the module docstring)."""
         state = super().state_dict()
-        node = self.node
-        gathered = None if node is None or node.gathered is None else node.gathered[1]
-        if gathered is None:
-            gathered = self._loaded_shards
-        state["optimizer_shards"] = gathered
+        state["optimizer_shards"] = (self._loaded_shards if self.gathered is None
+                                     else self.gathered[1])
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

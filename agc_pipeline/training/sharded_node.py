@@ -72,7 +72,6 @@ class ShardNode:
         self.threads = [threading.Thread(target=self._receive, args=(j,), daemon=True)
                         for j in range(rt.n) if j != rt.rank]
         self.threads.append(threading.Thread(target=self._work, daemon=True))
-        self.gathered: tuple[int, list[Any]] | None = None  #: rank 0: shards' optimizer states
         self.stopped = threading.Event()
 
     def start(self, t: int, flat: torch.Tensor) -> None:
@@ -179,9 +178,9 @@ class ShardNode:
         flat = reassemble(out[:, :size].reshape(rt.n, rt.layout.m, rt.layout.width),
                           rt.d).clone()
         load_flat(flat, rt.params)
-        self.params.put(t + 1, flat)
-        if rt.save_point(t + 1):
+        if rt.save_point(t + 1):  # before the worker sees iteration t + 1 (a fault there)
             self.gather_states(t + 1)
+        self.params.put(t + 1, flat)
         return int(out[:, size + 1].min()), waited
 
     def gather_states(self, t: int) -> None:
@@ -190,4 +189,4 @@ class ShardNode:
         states: list[Any] | None = [None] * rt.n if rt.rank == 0 else None
         dist.gather_object(rt.state.optimizer.state_dict(), states, dst=0, group=self.gather)
         if states is not None:
-            self.gathered = (t, states)
+            rt.gathered = (t, states)
