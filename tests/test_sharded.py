@@ -18,6 +18,7 @@ from agc_pipeline.errors import ConfigError
 from agc_pipeline.train import build_trainer, run_training
 from agc_pipeline.training.checkpoint import load_checkpoint
 from agc_pipeline.training.sharded import sharded_bytes_per_node
+from agc_pipeline.training.sharded_maths import ShardLayout
 from tests.conftest import ROOT, compose_config
 
 FAST = ["dataset=synthetic_logistic", "dataset.n_samples=240", "dataset.dim=8",
@@ -66,6 +67,7 @@ def test_sharded_losses_equal_the_simulated_run(code: list[str], tmp_path: Path)
     n, d, m = summary["sharded"]["nodes"], summary["parameters"], summary["sharded"]["m"]
     assert all(r["bytes_per_node"] == sharded_bytes_per_node(n, d, m) for r in sh)
     assert all(r["survivors"] == n for r in sh)
+    assert all(r["bytes_to_ps"] == n * n * ShardLayout(d, m, n).width * 4 for r in sh)
 
 
 def test_bad_keys_are_one_line_config_errors() -> None:

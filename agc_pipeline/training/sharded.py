@@ -320,14 +320,14 @@ class ShardedRuntime(CodedRuntime):
                                                  y.reshape(-1, *y.shape[2:])))
             loss /= self.workload.batch_samples
         try:
-            survivors, waited = node.own(t)
+            survivors, decoded, waited = node.own(t)
         except RuntimeError as exc:
             if isinstance(exc, TrainingDiverged):
                 raise
             raise WorkersLost(self._lost(t, exc)) from None
         end = time.perf_counter()
         tot, per_node = self.state.totals, self.bytes_per_iteration
-        used = survivors * self.layout.width * self.params[0].element_size() * self.n
+        used = decoded * self.layout.width * self.params[0].element_size()
         row.update(train_loss=loss, grad_error=None, survivors=survivors,
                    bytes_to_ps=used, bytes_per_node=per_node,
                    total_bytes_per_node=tot["bytes_per_node"] + per_node,

@@ -152,10 +152,10 @@ class ShardNode:
                 rows[j], mask[j] = values, True
         return rows, mask
 
-    def own(self, t: int) -> tuple[int, float]:
+    def own(self, t: int) -> tuple[int, int, float]:
         """Owner step of iteration t (every rank): decode the slice, step the shard,
-        all-gather, hand the parameters on. Returns (fewest survivors of an owner, seconds
-        waited for slices)."""
+        all-gather, hand the parameters on. Returns (fewest survivors of an owner, slices
+        decoded by all owners, seconds waited for slices)."""
         rt = self.rt
         start = time.perf_counter()
         rows, mask = self.collect(t)
@@ -181,7 +181,8 @@ class ShardNode:
         if rt.save_point(t + 1):  # before the worker sees iteration t + 1 (a fault there)
             self.gather_states(t + 1)
         self.params.put(t + 1, flat)
-        return int(out[:, size + 1].min()), waited
+        counts = out[:, size + 1]
+        return int(counts.min()), int(counts.sum()), waited
 
     def gather_states(self, t: int) -> None:
         """Every shard's optimizer state to rank 0 (the checkpoints of iteration t)."""
