@@ -36,8 +36,9 @@ def watchdog() -> Iterator[None]:
     faulthandler.cancel_dump_traceback_later()
 
 
-def run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "agc_pipeline.train", *args], cwd=ROOT,
+def run_cli(*args: str, timeout: float = 180,
+            launcher: tuple[str, ...] = (sys.executable, "-m")) -> subprocess.CompletedProcess:
+    return subprocess.run([*launcher, "agc_pipeline.train", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -113,3 +114,20 @@ def test_stragglers_each_owner_waits_for_n_minus_s(tmp_path: Path) -> None:
     losses = [r["train_loss"] for r in rows(tmp_path / "sh")]
     assert all(r["survivors"] >= 3 for r in rows(tmp_path / "sh"))
     assert losses[-1] < losses[0]
+
+
+def test_torchrun_launches_the_nodes(tmp_path: Path) -> None:
+    """Under torchrun (--nproc_per_node=n) rank 0 is the only rank that writes; the losses
+    are the app's own launch's."""
+    cfg = [*FAST, "code=uncoded_wait", "assignment.n=3", *SHARDED]
+    run_training(compose_config("train", cfg), tmp_path / "app")
+    torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node=3", "-m")
+    proc = run_cli(*cfg, f"hydra.run.dir={tmp_path / 'tr' / 'run'}", timeout=240,
+                   launcher=torchrun)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "tr").iterdir()) == ["run"]
+    summary = json.loads((tmp_path / "tr" / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["sharded"]["launch"] == "torchrun"
+    assert [r["train_loss"] for r in rows(tmp_path / "tr" / "run")] == \
+        [r["train_loss"] for r in rows(tmp_path / "app")]
