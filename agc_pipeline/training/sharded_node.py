@@ -97,7 +97,7 @@ class ShardNode:
                 if float(buf[0]) == BYE:
                     return
                 self.inbox.put((j, int(buf[0]), buf[1:]))
-        except RuntimeError as exc:
+        except (RuntimeError, ValueError) as exc:  # ValueError: the group was destroyed
             if not self.stopped.is_set():
                 self.inbox.put(RuntimeError(f"node {j}: {error_text(exc)}"))
 
@@ -114,8 +114,9 @@ class ShardNode:
                     return
                 self._send(float(last), message)
             self._send(BYE, None)
-        except RuntimeError as exc:
-            self.inbox.put(RuntimeError(f"worker {rt.rank}: {error_text(exc)}"))
+        except (RuntimeError, ValueError) as exc:
+            if not self.stopped.is_set():
+                self.inbox.put(RuntimeError(f"worker {rt.rank}: {error_text(exc)}"))
 
     def _send(self, header: float, message: torch.Tensor | None) -> None:
         rt = self.rt
