@@ -175,6 +175,8 @@ class ShardedRuntime(CodedRuntime):
         self.node: ShardNode | None = None
         #: rank 0: every shard's optimizer state at the last periodic checkpoint (iteration)
         self.gathered: tuple[int, list[Any]] | None = None
+        #: rank 0: the shards' optimizer states of the checkpoint resumed from (None: fresh)
+        self._loaded_shards: list[Any] | None = None
         self.launch: Launch | None = None
 
     # ------------------------------------------------------------------ worker side
@@ -206,6 +208,7 @@ class ShardedRuntime(CodedRuntime):
         return finish * self.time_scale
 
     def fault_exit(self, t: int) -> None:
+        """``trainer.fault.kill_worker``: this rank exits abruptly at iteration t."""
         fault = self.settings.fault
         if fault.kill_worker == self.rank and t >= fault.at_iteration:
             print(f"agc-sharded rank {self.rank}: trainer.fault.kill_worker: exiting abruptly "
@@ -225,8 +228,7 @@ class ShardedRuntime(CodedRuntime):
         node = self.node = ShardNode(self)
         box: list[Any] = [None]
         if self.rank == 0:
-            gathered = self._loaded_shards
-            box[0] = {"iteration": self.state.iteration, "shards": gathered,
+            box[0] = {"iteration": self.state.iteration, "shards": self._loaded_shards,
                       "alpha": self.coded_part.alpha}
         dist.broadcast_object_list(box, src=0, group=node.gather)
         flat = torch.cat([p.detach().reshape(-1) for p in self.params])
@@ -241,8 +243,6 @@ class ShardedRuntime(CodedRuntime):
         node.gather_states(self.state.iteration)
         node.start(self.state.iteration, flat.clone())
         return node
-
-    _loaded_shards: list[Any] | None = None
 
     def serve(self) -> int:
         """A rank > 0: connect, own the remaining iterations, finish."""
