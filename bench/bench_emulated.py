@@ -6,21 +6,23 @@ an emulated star (bench/emulated.py: tbf-shaped links, both directions), env:// 
     python bench/bench_emulated.py --calibrate           # link figures for conf/cluster/
 
 Runs (no stragglers, MNIST, the MLP 784-``hidden``-10: d = 1,009,660 at hidden = 1270,
-``--samples`` per worker): DDP (``trainer=ddp code=uncoded_wait``, rank r in node r) and the
-PS (``trainer=distributed``, the PS in node 0, worker j in node j + 1) with m = 1 (the
-uncoded wait-for-all code) and m = 2, 4 (construction (7): ``assignment=cyclic``, load m,
+``--samples`` per worker): DDP (``trainer=ddp code=uncoded_wait``, rank r in node r), the
+PS (``trainer=distributed``, the PS in node 0, worker j in node j + 1) and the sharded
+coded aggregation (``trainer=sharded``, node r in node r) with m = 1 (the uncoded
+wait-for-all code) and m = 2, 4 (construction (7): ``assignment=cyclic``, load m,
 ``scheme=random_diagonal``). Every rank runs ``python -m agc_pipeline.train`` in its
 namespace with ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` (node 0), ``MASTER_PORT`` and
 ``GLOO_SOCKET_IFNAME=eth0``; rank 0 writes the run dir. Seconds per iteration: the median
 ``iteration_time`` of ``metrics.jsonl`` after the first 3 iterations (start-up excluded).
 
-Prediction: the cost model (costmodel.py ``ddp_iteration_times``/``ps_iteration_times``)
+Prediction: the cost model (costmodel.py ``ddp_iteration_times``/``ps_iteration_times``/
+``sharded_iteration_times``)
 with ``--cluster`` (default ``emulated_100mbit``; its bandwidth scaled by ``--rate-mbit`` /
 100), each worker's compute from its samples (``worker_compute``), and the shared-host
 bound (all processes share this host's cores). Last line:
-``emulated <rate> n=<n> d=<d>: sharded n/a, PS <t_PS/t_DDP>x DDP, model error <e>%``
-(the ratio of seconds per iteration, the PS's best m; e: the largest |predicted/measured −
-1| over the runs, with its sign; the sharded runtime does not exist yet). The table also
+``emulated <rate> n=<n> d=<d>: sharded <t_sh/t_DDP>x DDP, PS <t_PS/t_DDP>x DDP, model
+error <e>%`` (ratios of seconds per iteration, each runtime's best m; e: the largest
+|predicted/measured − 1| over the runs, with its sign). The table also
 shows the PS predicted as it really sends: all n copies posted at once share its link, so
 every worker starts after n copies, not the j-th after j (``sends at once``).
 
@@ -105,16 +107,19 @@ def run_ranks(star: emulated.Star, world: int, argv: list[str], port: int, log_d
 
 
 def schemes(n: int, ms: list[int]) -> dict[str, tuple[list[str], int]]:
-    """label -> (overrides, world size)."""
-    ps = ["trainer=distributed", "trainer.grad_error=false"]
+    """label -> (overrides, world size): DDP, then the PS and the sharded runtime with each m
+    (m = 1: the uncoded wait-for-all code; m > 1: construction (7) on the cyclic assignment
+    of load m)."""
     out = {"DDP": (["trainer=ddp", "code=uncoded_wait", f"assignment.n={n}"], n)}
-    for m in ms:
-        if m == 1:
-            out["PS m=1"] = ([*ps, "code=uncoded_wait", f"assignment.n={n}"], n + 1)
-        else:
-            out[f"PS m={m}"] = ([*ps, "assignment=cyclic", f"assignment.n={n}",
-                                 "assignment.s=0", f"m={m}", "scheme=random_diagonal",
-                                 "decoder.rescale=false", "trainer.alpha_samples=0"], n + 1)
+    runtimes = {"PS": (["trainer=distributed", "trainer.grad_error=false"], n + 1),
+                "sharded": (["trainer=sharded"], n)}
+    for name, (trainer, world) in runtimes.items():
+        for m in ms:
+            code = (["code=uncoded_wait", f"assignment.n={n}"] if m == 1 else
+                    ["assignment=cyclic", f"assignment.n={n}", "assignment.s=0", f"m={m}",
+                     "scheme=random_diagonal", "decoder.rescale=false",
+                     "trainer.alpha_samples=0"])
+            out[f"{name} m={m}"] = ([*trainer, *code], world)
     return out
 
 
@@ -152,37 +157,48 @@ def cluster_model(name: str, rate_mbit: float) -> Any:
     return cluster
 
 
-def predict(cluster: Any, overrides: list[str], summary: dict[str, Any]) -> float:
-    """The cost model's seconds per iteration of the run ``overrides`` (built, not run)."""
-    from agc_pipeline.cluster.costmodel import ddp_iteration_times, ps_iteration_times
+def run_shape(overrides: list[str]) -> tuple[np.ndarray, int, int, int]:
+    """``(samples per worker, d, m, k)`` of the run ``overrides`` (built, not run)."""
+    from agc_pipeline.coding.stragglers import worker_samples
     from agc_pipeline.train import build_trainer
 
-    cfg = compose_train(overrides)
-    core = build_trainer(cfg).core
-    cpu = cluster.worker_compute(np.asarray(core.work, dtype=np.float64), 6.0 * core.d, core.d)
+    runtime = build_trainer(compose_train(overrides))
+    a = runtime.spec.scheme.assignment
+    work = worker_samples(a.matrix, runtime.settings.batch_size or runtime.workload.subset_size)
+    return np.asarray(work, dtype=np.float64), runtime.d, runtime.spec.scheme.m, a.k
+
+
+def predict(cluster: Any, overrides: list[str], summary: dict[str, Any]) -> float:
+    """The cost model's seconds per iteration of the run ``overrides`` (built, not run)."""
+    from agc_pipeline.cluster.costmodel import (
+        ddp_iteration_times,
+        ps_iteration_times,
+        sharded_iteration_times,
+    )
+
+    work, d, m, k = run_shape(overrides)
+    cpu = cluster.worker_compute(work, 6.0 * d, d)
     n = cpu.shape[-1]
     if summary.get("runtime") == "ddp":
         buckets = (summary.get("ddp") or {}).get("buckets") or 1
-        allreduces = int(buckets) + (1 if int(cfg.trainer.get("log_every", 0)) == 1 else 0)
-        return float(ddp_iteration_times(cluster, cpu, core.d, 4.0, cpu=cpu,
-                                         allreduces=allreduces))
-    return float(ps_iteration_times(cluster, cpu, n, core.d, core.m, core.k, 4.0, 4.0,
-                                    cpu=cpu))
+        log_every = int(compose_train(overrides).trainer.get("log_every", 0))
+        allreduces = int(buckets) + (1 if log_every == 1 else 0)
+        return float(ddp_iteration_times(cluster, cpu, d, 4.0, cpu=cpu, allreduces=allreduces))
+    if summary.get("runtime") == "sharded":
+        return float(sharded_iteration_times(cluster, cpu, n, d, m, k, 4.0, cpu=cpu))
+    return float(ps_iteration_times(cluster, cpu, n, d, m, k, 4.0, 4.0, cpu=cpu))
 
 
 def predict_concurrent(cluster: Any, overrides: list[str]) -> float | None:
     """The PS's iteration as it sends (n copies posted at once, sharing its link: every
     worker holds the parameters at ``α + n·d·4/β``), then the same FIFO uploads, decode,
-    update and shared-host bound as ``ps_iteration_times``; None for DDP."""
+    update and shared-host bound as ``ps_iteration_times``; None for DDP and sharded."""
     from agc_pipeline.cluster.costmodel import fifo_deliveries, order_statistic, ps_cpu_work
-    from agc_pipeline.train import build_trainer
 
-    cfg = compose_train(overrides)
-    if "trainer=ddp" in overrides:
+    if "trainer=distributed" not in overrides:
         return None
-    core = build_trainer(cfg).core
-    d, m, k = core.d, core.m, core.k
-    cpu = cluster.worker_compute(np.asarray(core.work, dtype=np.float64), 6.0 * d, d)
+    work, d, m, k = run_shape(overrides)
+    cpu = cluster.worker_compute(work, 6.0 * d, d)
     n = cpu.shape[-1]
     length = -(-d // m)
     starts = cluster.latency + n * d * 4.0 / cluster.bandwidth
@@ -218,10 +234,10 @@ def bench(args: argparse.Namespace, out: Path) -> int:
             concurrent = predict_concurrent(cluster, [*common, *overrides])
             d = int(summary["parameters"])
             results[label] = (measured, predicted, concurrent, _traffic(summary, rows), d)
-            print(f"  {label:8s} {len(rows)} iterations, {time.perf_counter() - started:5.1f} s "
+            print(f"  {label:11s} {len(rows)} iterations, {time.perf_counter() - started:5.1f} s "
                   f"end to end, {measured:.3f} s/iteration", flush=True)
     t_ddp = results["DDP"][0]
-    print(f"\n  {'run':8s} {'s/iter':>7s} {'vs DDP':>7s} {'model':>7s} {'error':>7s} "
+    print(f"\n  {'run':11s} {'s/iter':>7s} {'vs DDP':>7s} {'model':>7s} {'error':>7s} "
           f"{'sends at once':>14s}  bytes per iteration (cost model: {cluster.name})")
     errors = []
     for label, (measured, predicted, concurrent, traffic, _) in results.items():
@@ -229,22 +245,27 @@ def bench(args: argparse.Namespace, out: Path) -> int:
         errors.append(error)
         other = ("" if concurrent is None else
                  f"{concurrent:.3f} {100 * (concurrent / measured - 1):+4.0f}%")
-        print(f"  {label:8s} {measured:7.3f} {measured / t_ddp:7.2f} {predicted:7.3f} "
+        print(f"  {label:11s} {measured:7.3f} {measured / t_ddp:7.2f} {predicted:7.3f} "
               f"{100 * error:+6.1f}% {other:>14s}  {traffic}")
     print("  (model: costmodel.py, the PS's copies one after another; sends at once: the n "
           "copies share the PS's link, every worker starts when all are through)")
     best_ps = min(m for label, (m, *_) in results.items() if label.startswith("PS"))
+    best_sharded = min(m for label, (m, *_) in results.items() if label.startswith("sharded"))
     worst = max(errors, key=abs)
     d = results["DDP"][4]
     print(f"\n{load()}; run dirs: {out}")
-    print(f"emulated {args.rate_mbit:g}mbit n={args.n} d={d}: sharded n/a, PS "
-          f"{best_ps / t_ddp:.2f}x DDP, model error {100 * worst:+.0f}%")
+    print(f"emulated {args.rate_mbit:g}mbit n={args.n} d={d}: sharded "
+          f"{best_sharded / t_ddp:.2f}x DDP, PS {best_ps / t_ddp:.2f}x DDP, model error "
+          f"{100 * worst:+.0f}%")
     return 0
 
 
 def _traffic(summary: dict[str, Any], rows: list[dict]) -> str:
     if summary.get("runtime") == "ddp":
         return f"{summary['ddp']['bytes_per_rank_per_iteration'] / 1e6:.2f} MB per rank"
+    if summary.get("runtime") == "sharded":
+        per_node = summary["sharded"]["bytes_per_node_per_iteration"]
+        return f"{per_node / 1e6:.2f} MB per node"
     into = statistics.mean(r["bytes_received"] for r in rows) / 1e6
     sent = statistics.mean(r["bytes_from_ps"] for r in rows) / 1e6
     return f"PS in {into:.2f} + out {sent:.2f} MB"

@@ -300,3 +300,47 @@ def ddp_iteration_times(cluster: ClusterModel, compute: np.ndarray, d: int,
                             allreduces)
         total = np.maximum(total, cluster.shared_host_bound(work))
     return total
+
+
+def sharded_cpu_work(cluster: ClusterModel, cpu: np.ndarray, wait: int, d: int, m: int, k: int,
+                     grad_bytes: float) -> np.ndarray:
+    """CPU seconds (…,) of a ``trainer=sharded`` iteration on a shared host: the n nodes'
+    compute ``cpu`` (…, n), n decodes of ``wait`` slices of W = ⌈⌈d/m⌉/n⌉ values, the update
+    (d·t_p over all shards) and the transfers: n(n−1) slices of W values and n(n−1) shards of
+    m·W values, 2n(n−1) messages."""
+    cpu = np.asarray(cpu, dtype=np.float64)
+    n = cpu.shape[-1]
+    width = math.ceil(math.ceil(d / m) / n)
+    nodes = n * cluster.decode_time(wait, m, k, width, grad_bytes)
+    traffic = cluster.transfer_cpu(n * (n - 1) * (1 + m) * width * grad_bytes, 2 * n * (n - 1))
+    return cpu.sum(axis=-1) + nodes + d * cluster.step_time_per_parameter + traffic
+
+
+def sharded_iteration_times(cluster: ClusterModel, compute: np.ndarray, wait: int, d: int,
+                            m: int, k: int, grad_bytes: float,
+                            cpu: np.ndarray | None = None) -> np.ndarray:
+    """``trainer=sharded`` iteration times (…,) for per-node compute times ``compute``
+    (…, n). Reduce-scatter: node j's n − 1 slices of W = ⌈⌈d/m⌉/n⌉ values leave its link
+    one after another (each owner's link takes n − 1 at once: the same time), so slice
+    arrivals are ``compute_j + α + (n−1)·W·b/β`` (its own: ``compute_j``); an owner proceeds
+    at the ``wait``-th, decodes W-value slices and steps d/n parameters; then the all-gather
+    of the shards (m·W values each, n − 1 steps): ``(n−1)·(α + m·W·b/β)``. On a shared host
+    at least :func:`sharded_cpu_work` / c."""
+    compute = np.asarray(compute, dtype=np.float64)
+    n = compute.shape[-1]
+    require_int(n, "n", minimum=2)
+    require_int(wait, "wait", minimum=1, maximum=n)
+    width = math.ceil(math.ceil(d / m) / n)
+    scatter = cluster.latency + (n - 1) * width * grad_bytes / cluster.bandwidth
+    # owner σ's arrivals: its own slice at compute_σ, the others' after the scatter; the
+    # slowest owner sets the pace (the all-gather needs every shard)
+    arrivals = compute[..., None, :] + scatter * (1.0 - np.eye(n))
+    owners = order_statistic(arrivals, wait).max(axis=-1)
+    gather = (n - 1) * (cluster.latency + m * width * grad_bytes / cluster.bandwidth)
+    total = (owners + cluster.decode_time(wait, m, k, width, grad_bytes)
+             + d / n * cluster.step_time_per_parameter + gather)
+    if cluster.shared_cores is not None:
+        work = sharded_cpu_work(cluster, compute if cpu is None else cpu, wait, d, m, k,
+                                grad_bytes)
+        total = np.maximum(total, cluster.shared_host_bound(work))
+    return total
