@@ -67,7 +67,14 @@ from agc_pipeline.training.coded import draw_stragglers
 from agc_pipeline.training.coded_step import CodedStep, TrainingDiverged, block_length
 from agc_pipeline.training.ddp_settings import DdpSettings, ring_allreduce_bytes
 from agc_pipeline.training.distributed import DEFAULT_TIME_SCALE, WorkersLost
-from agc_pipeline.training.launch import Launch, rank_device, require_world, torchrun_env
+from agc_pipeline.training.launch import (
+    Launch,
+    handshake,
+    rank_device,
+    require_world,
+    serve_built,
+    torchrun_env,
+)
 from agc_pipeline.training.runtime import BaseRuntime
 from agc_pipeline.training.settings import TrainerSettings
 from agc_pipeline.training.state import StepResult
@@ -82,15 +89,6 @@ log = logging.getLogger("agc_pipeline.train")
 EXIT_PEER_LOST = 3
 
 
-def _handshake(error: str | None, world: int) -> None:
-    """Every rank reports whether it could build its state (None: ready); raise on rank 0
-    with the first failure."""
-    reports: list[Any] = [None] * world
-    dist.all_gather_object(reports, error)
-    failed = [(r, e) for r, e in enumerate(reports) if e]
-    if failed:
-        rank, message = failed[0]
-        raise RuntimeError(f"DDP rank {rank} could not start: {message}")
 
 
 class DdpRuntime(BaseRuntime):
@@ -178,7 +176,7 @@ class DdpRuntime(BaseRuntime):
         try:
             self.launch = launch
             who = launch.start()
-            _handshake(None, n)
+            handshake(None, n, "DDP")
             self._connect()
             launch.forget_rendezvous()
             roster = {"ranks": [{"rank": r, "pid": pid, "host": host}
@@ -366,20 +364,11 @@ def serve_rank(config: dict[str, Any], rank: int, world_size: int) -> int:
     :func:`~agc_pipeline.training.launch.rank_main`): build the same run from rank 0's
     configuration (:func:`~agc_pipeline.build.build_run`), report ready, serve. Returns the
     exit status."""
-    error = None
-    try:
+
+    def build() -> DdpRuntime:
         cfg = OmegaConf.create(config)
         if str(cfg.trainer.device).startswith("cuda"):
             torch.cuda.set_device(rank_device(True, rank))
-        runtime = DdpRuntime(build_run(cfg), rank)
-    except Exception as exc:  # noqa: BLE001 - reported to rank 0
-        error = f"{type(exc).__name__}: {exc}"
-    try:
-        _handshake(error, world_size)
-    except RuntimeError:
-        if error is None:  # another rank failed: rank 0 reports it
-            return 1
-    if error is not None:
-        print(f"agc-ddp rank {rank}: cannot start: {error}", file=sys.stderr, flush=True)
-        return 1
-    return runtime.serve()
+        return DdpRuntime(build_run(cfg), rank)
+
+    return serve_built(build, rank, world_size, "DDP")

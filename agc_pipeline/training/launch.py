@@ -27,6 +27,7 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,8 @@ from hydra.utils import get_class
 
 from agc_pipeline.errors import require
 
-__all__ = ["Launch", "process_main", "rank_device", "rank_main", "require_world",
-           "run_from_env", "torchrun_env"]
+__all__ = ["Launch", "handshake", "process_main", "rank_device", "rank_main", "require_world",
+           "run_from_env", "serve_built", "torchrun_env"]
 
 #: imported once by the fork server besides the runtime's ``preload``, so that each forked
 #: rank starts in milliseconds (symbolic_shapes: torch imports it, and sympy, lazily when a
@@ -214,3 +215,35 @@ def run_from_env() -> int:
     """A torchrun rank > 0: join via ``env://`` (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``)."""
     timeout = float(os.environ.get(STARTUP_TIMEOUT_ENV, "300"))
     return rank_main(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), "env://", timeout)
+
+
+def handshake(error: str | None, world: int, label: str) -> None:
+    """Every rank reports whether it could build its state (``error`` None: ready); raise on
+    every rank with the first failure (``label`` names the runtime, e.g. ``DDP``)."""
+    reports: list[Any] = [None] * world
+    dist.all_gather_object(reports, error)
+    failed = [(r, e) for r, e in enumerate(reports) if e]
+    if failed:
+        rank, message = failed[0]
+        raise RuntimeError(f"{label} rank {rank} could not start: {message}")
+
+
+def serve_built(build: Callable[[], Any], rank: int, world_size: int, label: str) -> int:
+    """A rank > 0 of a multi-process runtime, once joined: ``build()`` its runtime (from rank
+    0's configuration, through the composition root), report ready (:func:`handshake`), then
+    ``serve()``. Returns the exit status (1 when this or another rank could not start)."""
+    error = None
+    try:
+        runtime = build()
+    except Exception as exc:  # noqa: BLE001 - reported to rank 0
+        error = f"{type(exc).__name__}: {exc}"
+    try:
+        handshake(error, world_size, label)
+    except RuntimeError:
+        if error is None:  # another rank failed: rank 0 reports it
+            return 1
+    if error is not None:
+        print(f"agc-{label.lower()} rank {rank}: cannot start: {error}", file=sys.stderr,
+              flush=True)
+        return 1
+    return int(runtime.serve())

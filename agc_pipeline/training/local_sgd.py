@@ -70,7 +70,7 @@ from agc_pipeline.training.coded import draw_stragglers
 from agc_pipeline.training.coded_step import CodedStep, TrainingDiverged, block_length
 from agc_pipeline.training.ddp_settings import ring_allreduce_bytes
 from agc_pipeline.training.distributed import DEFAULT_TIME_SCALE, WorkersLost
-from agc_pipeline.training.launch import Launch, require_world
+from agc_pipeline.training.launch import Launch, handshake, require_world, serve_built
 from agc_pipeline.training.local_sgd_settings import (
     LocalSgdProcessSettings,
     averaging_group,
@@ -178,7 +178,7 @@ class LocalSgdRuntime(BaseRuntime):
         try:
             self.launch = launch
             launch.start()
-            _handshake(None, n)
+            handshake(None, n, "local-SGD")
             self._connect()
             launch.forget_rendezvous()
             log.info("%d local-SGD ranks ready (%s launch, gloo)", n, launch.kind)
@@ -419,30 +419,9 @@ class LocalSgdRuntime(BaseRuntime):
                               "time_scale": self.time_scale}}
 
 
-def _handshake(error: str | None, world: int) -> None:
-    """Every rank reports whether it could build its state; raise on rank 0 with the first
-    failure."""
-    reports: list[Any] = [None] * world
-    dist.all_gather_object(reports, error)
-    failed = [(r, e) for r, e in enumerate(reports) if e]
-    if failed:
-        rank, message = failed[0]
-        raise RuntimeError(f"local-SGD rank {rank} could not start: {message}")
 
 
 def serve_rank(config: dict[str, Any], rank: int, world_size: int) -> int:
     """Rank ``rank`` > 0: build the run from rank 0's configuration, report ready, serve."""
-    error = None
-    try:
-        runtime = LocalSgdRuntime(build_run(OmegaConf.create(config)), rank)
-    except Exception as exc:  # noqa: BLE001 - reported to rank 0
-        error = f"{type(exc).__name__}: {exc}"
-    try:
-        _handshake(error, world_size)
-    except RuntimeError:
-        if error is None:
-            return 1
-    if error is not None:
-        print(f"agc-local-sgd rank {rank}: cannot start: {error}", file=sys.stderr, flush=True)
-        return 1
-    return runtime.serve()
+    return serve_built(lambda: LocalSgdRuntime(build_run(OmegaConf.create(config)), rank),
+                       rank, world_size, "local-SGD")

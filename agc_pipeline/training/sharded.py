@@ -60,7 +60,13 @@ from agc_pipeline.training.coded_step import (
     worker_coefficients,
 )
 from agc_pipeline.training.distributed import DEFAULT_TIME_SCALE, FaultSettings, WorkersLost
-from agc_pipeline.training.launch import Launch, require_world, torchrun_env
+from agc_pipeline.training.launch import (
+    Launch,
+    handshake,
+    require_world,
+    serve_built,
+    torchrun_env,
+)
 from agc_pipeline.training.optim import Optimizer
 from agc_pipeline.training.runtime import BaseRuntime, CodedRuntime
 from agc_pipeline.training.settings import CodedSettings, ProcessKeys, TrainerSettings
@@ -277,7 +283,7 @@ class ShardedRuntime(CodedRuntime):
         try:
             self.launch = launch
             who = launch.start()
-            _handshake(None, n)
+            handshake(None, n, "sharded")
             self.connect()
             launch.forget_rendezvous()
             roster = {"ranks": [{"rank": r, "pid": pid, "host": host}
@@ -383,31 +389,10 @@ def _stragglers(settings: ShardedSettings, straggler: Any) -> int:
     return settings.s if settings.s is not None else int(getattr(straggler, "s", None) or 0)
 
 
-def _handshake(error: str | None, world: int) -> None:
-    """Every rank reports whether it could build its state; raise on rank 0 with the first
-    failure."""
-    reports: list[Any] = [None] * world
-    dist.all_gather_object(reports, error)
-    failed = [(r, e) for r, e in enumerate(reports) if e]
-    if failed:
-        rank, message = failed[0]
-        raise RuntimeError(f"sharded rank {rank} could not start: {message}")
 
 
 def serve_rank(config: dict[str, Any], rank: int, world_size: int) -> int:
     """Rank ``rank`` > 0 of ``trainer=sharded``: build the same run from rank 0's
     configuration, report ready, serve. Returns the exit status."""
-    error = None
-    try:
-        runtime = ShardedRuntime(build_run(OmegaConf.create(config)), rank)
-    except Exception as exc:  # noqa: BLE001 - reported to rank 0
-        error = f"{type(exc).__name__}: {exc}"
-    try:
-        _handshake(error, world_size)
-    except RuntimeError:
-        if error is None:
-            return 1
-    if error is not None:
-        print(f"agc-sharded rank {rank}: cannot start: {error}", file=sys.stderr, flush=True)
-        return 1
-    return runtime.serve()
+    return serve_built(lambda: ShardedRuntime(build_run(OmegaConf.create(config)), rank),
+                       rank, world_size, "sharded")
