@@ -97,10 +97,9 @@ def _check_model_class(cls: type, target: str, dataset: Dataset) -> None:
 
     if isinstance(cls, type) and issubclass(cls, nn.Module) and not all(
             callable(getattr(cls, attr, None)) for attr in ("loss_sum", "metric")):
-        raise ConfigError(f"model {name} is a plain torch.nn.Module: the trainer needs its "
-                          f"loss_sum and metric, which WithLoss adds: model=custom "
-                          f"model.module._target_={target} (its arguments as "
-                          "+model.module.<name>=<value>)")
+        raise ConfigError(f"model {name} has no loss_sum / metric (a plain torch.nn.Module): "
+                          f"wrap it in WithLoss with model=custom model.module._target_="
+                          f"{target} (its arguments as +model.module.<name>=<value>)")
     check_model_task(name, getattr(cls, "task", None), dataset,
                      " (use model=linear with dataset=synthetic_linear, a classifier otherwise)")
     inputs = getattr(cls, "inputs", None)
