@@ -187,8 +187,14 @@ IMPOSSIBLE["text_gpt"] = {**{key: why for key, why in IMPOSSIBLE["fig6_bibd7"].i
 #: sets ("trainer.alpha_samples does not apply to trainer=ddp")
 for _table in IMPOSSIBLE.values():
     _table[("trainer", "ddp")] = "trainer=ddp"
+    _table[("trainer", "local_sgd")] = "trainer=local_sgd"  # uncoded too, as DDP
+    _table[("trainer", "local_sgd_simulated")] = "trainer=local_sgd_simulated"
     # model=custom names no module until the user does (model.module._target_=...)
     _table[("model", "custom")] = "model.module._target_ is not set"
+
+
+#: trainer options without a code: no trainer.alpha_samples key
+UNCODED = {("trainer", "ddp"), ("trainer", "local_sgd"), ("trainer", "local_sgd_simulated")}
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +213,7 @@ def test_every_option_of_every_group_after_a_preset(preset: str, cifar_root: Pat
         for group in GROUPS:
             for option in options(group):
                 dataset = option if group == "dataset" else PRESET_DATA.get(preset, "mnist")
-                no_alpha = [] if (group, option) == ("trainer", "ddp") else [
+                no_alpha = [] if (group, option) in UNCODED else [
                     "trainer.alpha_samples=0"]  # the coded runtimes' key
                 overrides = [f"experiment={preset}", f"{group}={option}", *no_alpha,
                              *SHRINK[dataset]]
