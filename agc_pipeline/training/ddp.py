@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import logging
 import os
 import sys
@@ -69,9 +68,8 @@ from agc_pipeline.training.ddp_settings import DdpSettings, ring_allreduce_bytes
 from agc_pipeline.training.distributed import DEFAULT_TIME_SCALE, WorkersLost
 from agc_pipeline.training.launch import (
     Launch,
-    handshake,
     rank_device,
-    require_world,
+    rank_session,
     serve_built,
     torchrun_env,
 )
@@ -164,31 +162,9 @@ class DdpRuntime(BaseRuntime):
     def session(self, config: dict[str, Any], run_dir: Path) -> Iterator[None]:
         """Start (or join) ranks 1..n−1, sending them the resolved ``config``, and connect
         them for the loop; stop them after it."""
-        s, n = self.settings, self.n
-        require_world(s.backend, n, f"trainer=ddp runs one rank per worker, n = {n}: use "
-                                    f"--nproc_per_node={n}")
-        started = time.perf_counter()
-        launch = Launch(Path(run_dir), n, s.start_method, s.startup_timeout_s, config,
-                        preload=self.preload)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        completed = False
-        try:
-            self.launch = launch
-            who = launch.start()
-            handshake(None, n, "DDP")
-            self._connect()
-            launch.forget_rendezvous()
-            roster = {"ranks": [{"rank": r, "pid": pid, "host": host}
-                                for r, (pid, host) in enumerate(who)]}
-            (Path(run_dir) / "workers.json").write_text(json.dumps(roster, indent=2) + "\n")
-            log.info("%d DDP ranks ready in %.1f s (%s launch, %s)", n,
-                     time.perf_counter() - started, launch.kind, s.backend)
+        with rank_session(self, config, run_dir, self.settings.backend, "DDP", self._connect,
+                          self._stop):
             yield
-            completed = True
-        finally:
-            self._stop(launch, completed)
-            torch.set_num_threads(threads)
 
     def _stop(self, launch: Launch, completed: bool) -> None:
         """After the last iteration: a barrier (every rank done), then reap the ranks. After

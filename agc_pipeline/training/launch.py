@@ -19,7 +19,10 @@ server imports the runtime's ``preload`` modules once.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import json
+import logging
 import multiprocessing
 import os
 import signal
@@ -27,7 +30,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +40,10 @@ from hydra.utils import get_class
 
 from agc_pipeline.errors import require
 
-__all__ = ["Launch", "handshake", "process_main", "rank_device", "rank_main", "require_world",
+log = logging.getLogger("agc_pipeline.train")
+
+__all__ = ["Launch", "handshake", "process_main", "rank_device", "rank_main", "rank_session",
+           "require_world",
            "run_from_env", "serve_built", "torchrun_env"]
 
 #: imported once by the fork server besides the runtime's ``preload``, so that each forked
@@ -247,3 +253,39 @@ def serve_built(build: Callable[[], Any], rank: int, world_size: int, label: str
               flush=True)
         return 1
     return int(runtime.serve())
+
+
+@contextlib.contextmanager
+def rank_session(runtime: Any, config: dict[str, Any], run_dir: Path, backend: str,
+                 label: str, connect: Callable[[], None],
+                 stop: Callable[[Launch, bool], None], unit: str = "worker") -> Iterator[Launch]:
+    """Rank 0 of a multi-process runtime, around the training loop: start (or join) ranks
+    1..n−1 with the resolved ``config``, wait until every rank is ready (:func:`handshake`),
+    ``connect()`` them, list them in ``<run dir>/workers.json``; afterwards
+    ``stop(launch, completed)``. Torch runs on one thread meanwhile (the ranks share the
+    cores). ``label`` names the runtime in messages (e.g. ``DDP``)."""
+    s, n = runtime.settings, runtime.n
+    require_world(backend, n, f"trainer={runtime.name} runs one rank per {unit}, n = {n}: use "
+                              f"--nproc_per_node={n}")
+    started = time.perf_counter()
+    launch = Launch(Path(run_dir), n, s.start_method, s.startup_timeout_s, config,
+                    preload=runtime.preload)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    completed = False
+    try:
+        runtime.launch = launch
+        who = launch.start()
+        handshake(None, n, label)
+        connect()
+        launch.forget_rendezvous()
+        roster = {"ranks": [{"rank": r, "pid": pid, "host": host}
+                            for r, (pid, host) in enumerate(who)]}
+        (Path(run_dir) / "workers.json").write_text(json.dumps(roster, indent=2) + "\n")
+        log.info("%d %s ranks ready in %.1f s (%s launch, %s)", n, label,
+                 time.perf_counter() - started, launch.kind, backend)
+        yield launch
+        completed = True
+    finally:
+        stop(launch, completed)
+        torch.set_num_threads(threads)

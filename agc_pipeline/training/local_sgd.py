@@ -70,7 +70,7 @@ from agc_pipeline.training.coded import draw_stragglers
 from agc_pipeline.training.coded_step import CodedStep, TrainingDiverged, block_length
 from agc_pipeline.training.ddp_settings import ring_allreduce_bytes
 from agc_pipeline.training.distributed import DEFAULT_TIME_SCALE, WorkersLost
-from agc_pipeline.training.launch import Launch, handshake, require_world, serve_built
+from agc_pipeline.training.launch import Launch, rank_session, serve_built
 from agc_pipeline.training.local_sgd_settings import (
     LocalSgdProcessSettings,
     averaging_group,
@@ -166,27 +166,10 @@ class LocalSgdRuntime(BaseRuntime):
     def session(self, config: dict[str, Any], run_dir: Path) -> Iterator[None]:
         """Start (or join) ranks 1..n−1 and connect them; after the loop, the last pending
         average, a barrier and the ranks' exit."""
-        s, n = self.settings, self.n
-        require_world("gloo", n, f"trainer=local_sgd runs one rank per worker, n = {n}: use "
-                                 f"--nproc_per_node={n}")
-        launch = Launch(Path(run_dir), n, s.start_method, s.startup_timeout_s, config,
-                        preload=self.preload)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        completed = False
         self.run_dir = Path(run_dir)
-        try:
-            self.launch = launch
-            launch.start()
-            handshake(None, n, "local-SGD")
-            self._connect()
-            launch.forget_rendezvous()
-            log.info("%d local-SGD ranks ready (%s launch, gloo)", n, launch.kind)
+        with rank_session(self, config, run_dir, "gloo", "local-SGD", self._connect,
+                          self._stop):
             yield
-            completed = True
-        finally:
-            self._stop(launch, completed)
-            torch.set_num_threads(threads)
 
     def _stop(self, launch: Launch, completed: bool) -> None:
         grace = min(self.settings.timeout_s, 30.0)

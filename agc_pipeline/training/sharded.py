@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import os
 import sys
@@ -62,8 +61,7 @@ from agc_pipeline.training.coded_step import (
 from agc_pipeline.training.distributed import DEFAULT_TIME_SCALE, FaultSettings, WorkersLost
 from agc_pipeline.training.launch import (
     Launch,
-    handshake,
-    require_world,
+    rank_session,
     serve_built,
     torchrun_env,
 )
@@ -272,40 +270,27 @@ class ShardedRuntime(CodedRuntime):
     @contextlib.contextmanager
     def session(self, config: dict[str, Any], run_dir: Path) -> Iterator[None]:
         """Start (or join) ranks 1..n−1 with the resolved ``config``; stop them after."""
-        s, n = self.settings, self.n
-        require_world("gloo", n, f"trainer=sharded runs one rank per node, n = {n}: use "
-                                 f"--nproc_per_node={n}")
-        launch = Launch(Path(run_dir), n, s.start_method, s.startup_timeout_s, config,
-                        preload=self.preload)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        completed = False
-        try:
-            self.launch = launch
-            who = launch.start()
-            handshake(None, n, "sharded")
-            self.connect()
-            launch.forget_rendezvous()
-            roster = {"ranks": [{"rank": r, "pid": pid, "host": host}
-                                for r, (pid, host) in enumerate(who)]}
-            (Path(run_dir) / "workers.json").write_text(json.dumps(roster, indent=2) + "\n")
+        with rank_session(self, config, run_dir, "gloo", "sharded", self.connect, self._stop,
+                          unit="node"):
             yield
-            completed = True
-        finally:
-            node, self.node = self.node, None
-            if node is not None and not completed:
-                node.stopped.set()
-            if completed and node is not None:
-                try:
-                    node.finish(s.timeout_s)
-                except RuntimeError as exc:
-                    print(f"sharded ranks did not all finish cleanly: {error_text(exc)}",
-                          file=sys.stderr)
-            if not completed and dist.is_initialized():
-                dist.destroy_process_group()
-            launch.stop(min(s.timeout_s, 30.0))
-            self.launch = None
-            torch.set_num_threads(threads)
+
+    def _stop(self, launch: Launch, completed: bool) -> None:
+        """After the loop: every node finishes its last iteration, then the ranks exit;
+        after an error or a stop: the group is destroyed at once."""
+        timeout = self.settings.timeout_s
+        node, self.node = self.node, None
+        if node is not None and not completed:
+            node.stopped.set()
+        if completed and node is not None:
+            try:
+                node.finish(timeout)
+            except RuntimeError as exc:
+                print(f"sharded ranks did not all finish cleanly: {error_text(exc)}",
+                      file=sys.stderr)
+        if not completed and dist.is_initialized():
+            dist.destroy_process_group()
+        launch.stop(min(timeout, 30.0))
+        self.launch = None
 
     def step(self, evaluate: bool = False) -> StepResult:
         """Iteration ``state.iteration`` on every node: rank 0's metrics row (the shards are
