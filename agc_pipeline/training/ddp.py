@@ -67,6 +67,7 @@ from agc_pipeline.training.coded_step import CodedStep, TrainingDiverged, block_
 from agc_pipeline.training.ddp_settings import DdpSettings, ring_allreduce_bytes
 from agc_pipeline.training.distributed import DEFAULT_TIME_SCALE, WorkersLost
 from agc_pipeline.training.launch import (
+    EXIT_PEER_LOST,
     Launch,
     rank_device,
     rank_session,
@@ -83,8 +84,6 @@ __all__ = ["DdpRuntime", "DdpSettings", "ring_allreduce_bytes", "serve_rank"]
 
 log = logging.getLogger("agc_pipeline.train")
 
-#: exit status of a rank > 0 whose rank 0 or peer is gone
-EXIT_PEER_LOST = 3
 
 
 
@@ -207,12 +206,7 @@ class DdpRuntime(BaseRuntime):
         return StepResult(row, gradient, increments)
 
     def _lost(self, t: int, exc: RuntimeError) -> str:
-        launch = self.launch
-        dead = [] if launch is None else launch.exited()
-        # the rank that left first, not those that exit because it did (EXIT_PEER_LOST)
-        first = [r for r in dead if launch is not None
-                 and launch.procs[r - 1].exitcode != EXIT_PEER_LOST]
-        dead = first or dead
+        dead = [] if self.launch is None else self.launch.lost()
         who = f"rank {', '.join(map(str, dead))} exited" if dead else "a rank is gone"
         return (f"iteration {t}: {who} ({error_text(exc)}); DDP cannot continue without all "
                 f"{self.n} ranks: stopped at iteration {t} with a checkpoint: continue with "

@@ -42,9 +42,11 @@ from agc_pipeline.errors import require
 
 log = logging.getLogger("agc_pipeline.train")
 
-__all__ = ["Launch", "handshake", "process_main", "rank_device", "rank_main", "rank_session",
-           "require_world",
-           "run_from_env", "serve_built", "torchrun_env"]
+#: exit status of a rank > 0 whose rank 0 or a peer is gone (it is not to blame)
+EXIT_PEER_LOST = 3
+
+__all__ = ["EXIT_PEER_LOST", "Launch", "handshake", "process_main", "rank_device", "rank_main",
+           "rank_session", "require_world", "run_from_env", "serve_built", "torchrun_env"]
 
 #: imported once by the fork server besides the runtime's ``preload``, so that each forked
 #: rank starts in milliseconds (symbolic_shapes: torch imports it, and sympy, lazily when a
@@ -169,6 +171,13 @@ class Launch:
             if dead or not self.procs or time.monotonic() >= deadline:
                 return dead
             time.sleep(0.02)
+
+    def lost(self) -> list[int]:
+        """The ranks that left first (:meth:`exited`), not those that exited only because a
+        peer did (exit status :data:`EXIT_PEER_LOST`); all exited ranks if none is first."""
+        dead = self.exited()
+        first = [r for r in dead if self.procs[r - 1].exitcode != EXIT_PEER_LOST]
+        return first or dead
 
     def kill(self, rank: int, pid: int = 0, host: str = "") -> None:
         """SIGKILL ``rank``: a process started here, or ``pid`` when it runs on this host

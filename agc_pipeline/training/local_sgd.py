@@ -70,7 +70,7 @@ from agc_pipeline.training.coded import draw_stragglers
 from agc_pipeline.training.coded_step import CodedStep, TrainingDiverged, block_length
 from agc_pipeline.training.ddp_settings import ring_allreduce_bytes
 from agc_pipeline.training.distributed import DEFAULT_TIME_SCALE, WorkersLost
-from agc_pipeline.training.launch import Launch, rank_session, serve_built
+from agc_pipeline.training.launch import EXIT_PEER_LOST, Launch, rank_session, serve_built
 from agc_pipeline.training.local_sgd_settings import (
     LocalSgdProcessSettings,
     averaging_group,
@@ -86,8 +86,6 @@ __all__ = ["LocalSgdProcessSettings", "LocalSgdRuntime", "serve_rank"]
 
 log = logging.getLogger("agc_pipeline.train")
 
-#: exit status of a rank > 0 whose rank 0 or peer is gone (as DDP's)
-EXIT_PEER_LOST = 3
 
 
 class _AveragingState(RunState):
@@ -226,11 +224,8 @@ class LocalSgdRuntime(BaseRuntime):
         return float(ready.max()) - before
 
     def _lost(self, t: int, exc: RuntimeError) -> str:
-        launch = self.launch
-        dead = [] if launch is None else launch.exited()
-        first = [r for r in dead if launch is not None
-                 and launch.procs[r - 1].exitcode != EXIT_PEER_LOST]
-        who = f"rank {', '.join(map(str, first or dead))} exited" if dead else "a rank is gone"
+        dead = [] if self.launch is None else self.launch.lost()
+        who = f"rank {', '.join(map(str, dead))} exited" if dead else "a rank is gone"
         return (f"iteration {t}: {who} ({error_text(exc)}); local SGD cannot continue without "
                 f"all {self.n} ranks: stopped at iteration {t} with a checkpoint: continue with "
                 "trainer.resume=true and the same hydra.run.dir")

@@ -60,6 +60,7 @@ from agc_pipeline.training.coded_step import (
 )
 from agc_pipeline.training.distributed import DEFAULT_TIME_SCALE, FaultSettings, WorkersLost
 from agc_pipeline.training.launch import (
+    EXIT_PEER_LOST,
     Launch,
     rank_session,
     serve_built,
@@ -77,8 +78,6 @@ from agc_pipeline.validation import is_int, require_int
 
 __all__ = ["ShardedRuntime", "ShardedSettings", "sharded_bytes_per_node"]
 
-#: exit status of a rank > 0 whose rank 0 or peer is gone
-EXIT_PEER_LOST = 3
 
 
 def sharded_bytes_per_node(n: int, d: int, m: int, element_size: int = 4) -> int:
@@ -329,11 +328,7 @@ class ShardedRuntime(CodedRuntime):
         return StepResult(row, None, increments)
 
     def _lost(self, t: int, exc: RuntimeError) -> str:
-        launch = self.launch
-        dead = [] if launch is None else launch.exited()
-        first = [r for r in dead if launch is not None
-                 and launch.procs[r - 1].exitcode != EXIT_PEER_LOST]
-        dead = first or dead
+        dead = [] if self.launch is None else self.launch.lost()
         who = f"rank {', '.join(map(str, dead))} exited" if dead else "a node is lost"
         return (f"iteration {t}: {who} ({error_text(exc)}); trainer=sharded cannot continue "
                 f"without all {self.n} shards: stopped at iteration {t} with a checkpoint: "
