@@ -57,9 +57,11 @@ matplotlib.use("Agg")
 from hydra.experimental.callback import Callback  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from agc_pipeline.errors import ConfigError  # noqa: E402
 from agc_pipeline.reporting.analysis_runs import (  # noqa: E402
     analysis_section,
 )
+from agc_pipeline.reporting.arena import ArenaTargets, write_arena  # noqa: E402
 from agc_pipeline.reporting.figures import plot, table  # noqa: E402
 from agc_pipeline.reporting.groups import Group, differing_keys, group_runs  # noqa: E402
 from agc_pipeline.reporting.jobs import sweep_group  # noqa: E402
@@ -94,7 +96,8 @@ def provenance_lines(configs_and_records: list[dict[str, Any]]) -> list[str]:
 def make_report(paths: list[Path], out: Path | None = None, title: str | None = None, *,
                 html: bool = False, wandb: WandbOptions | None = None,
                 yscale: str = "log", strict: bool = False,
-                wandb_report: WandbOptions | None = None) -> dict[str, Any]:
+                wandb_report: WandbOptions | None = None,
+                arena: ArenaTargets | None = None) -> dict[str, Any]:
     """Write the figures, ``report.md`` and ``report.json`` (``report.html`` with ``html``)
     for the train and analyze runs under ``paths``; log them to W&B with ``wandb``; write
     (and with mode online, save) a W&B report with native panels with ``wandb_report``.
@@ -149,6 +152,14 @@ def make_report(paths: list[Path], out: Path | None = None, title: str | None = 
                                + [r.results for r in analysis_runs]),
              ""]
     markdown = "\n".join(text)
+    arena_doc = None
+    if arena is not None and runs:  # the arena's verdicts (reporting/arena.py)
+        arena_doc = write_arena(runs, out, arena, heading)
+        markdown += ("\n## Arena\n\nTime to target per regime × placement × mitigation, and "
+                     "the verdicts: [arena.md](arena.md) (figures arena_*.png, data arena.json)."
+                     "\n\n" + "\n".join(f"- {v['setting']}: {v['line']}"
+                                          for v in arena_doc["verdicts"]["accuracy"]) + "\n")
+        figures += [out / name for name in arena_doc["figures"]]
     (out / "report.md").write_text(markdown, encoding="utf-8")
     if html:
         (out / "report.html").write_text(markdown_to_html(markdown, heading), encoding="utf-8")
@@ -156,6 +167,9 @@ def make_report(paths: list[Path], out: Path | None = None, title: str | None = 
               "analysis_runs": len(analysis_runs), "analysis": analysis_records,
               "warnings": warnings, "figures": [str(f) for f in figures],
               "inputs": [str(p) for p in paths]}
+    if arena_doc is not None:
+        report["arena"] = {"file": str(out / "arena.json"),
+                           "verdicts": [v["line"] for v in arena_doc["verdicts"]["accuracy"]]}
     write_json(out / "report.json", report)
     if wandb is not None:
         target = wandb_target(run_configs(runs, analysis_runs), wandb,
@@ -176,9 +190,12 @@ class ReportCallback(Callback):
     sweep's group), write the W&B report spec ``wandb_report.json`` (saved to W&B when the
     logger is online) and print the ``wandb sync`` line of the jobs' offline runs."""
 
-    def __init__(self, title: str | None = None, html: bool = True) -> None:
+    def __init__(self, title: str | None = None, html: bool = True,
+                 arena: dict[str, Any] | None = None) -> None:
         self.title = title
         self.html = html
+        #: the arena's targets (``accuracy``, ``loss``, ``loss_smooth``): also write arena.md
+        self.arena = None if arena is None else ArenaTargets(**dict(arena))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -194,7 +211,8 @@ class ReportCallback(Callback):
                                 entity=logger.get("entity"))
         try:
             report = make_report([sweep_dir], sweep_dir, self.title or str(config.get("name", "")),
-                                 html=self.html, wandb=wandb, wandb_report=spec)
+                                 html=self.html, wandb=wandb, wandb_report=spec,
+                                 arena=self.arena)
             for warning in report["warnings"]:
                 log.warning("report: %s", warning)
             log.info("report: %s", sweep_dir / "report.md")
@@ -238,6 +256,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="write wandb_report.json, a W&B report of the runs' group with "
                              "native panels (saved to W&B with --wandb-mode online; needs "
                              "pip install 'agc_pipeline[reports]')")
+    parser.add_argument("--arena", nargs=2, type=float, metavar=("ACCURACY", "LOSS"),
+                        default=None,
+                        help="also write the arena report (arena.md: time to test accuracy ≥ "
+                             "ACCURACY and train loss ≤ LOSS per regime × placement × "
+                             "mitigation, verdicts, figures); experiment=arena uses 0.8 0.6")
     parser.add_argument("--strict", action="store_true",
                         help="fail (exit 2) on a damaged input file instead of warning")
     args = parser.parse_args(argv)
@@ -247,14 +270,17 @@ def main(argv: list[str] | None = None) -> int:
         report = make_report(args.run_dirs, args.out, args.title, html=args.html,
                              wandb=options if args.wandb else None, yscale=args.yscale,
                              strict=args.strict,
-                             wandb_report=options if args.wandb_report else None)
-    except (ReportError, PublishError, OSError) as exc:
+                             wandb_report=options if args.wandb_report else None,
+                             arena=None if args.arena is None else ArenaTargets(*args.arena))
+    except (ReportError, PublishError, OSError, ConfigError) as exc:
         print(f"agc-report: {exc}", file=sys.stderr)
         return 2
     for warning in report["warnings"]:
         print(f"agc-report: warning: {warning} (left out; --strict makes this an error)",
               file=sys.stderr)
     out = args.out or args.run_dirs[0]
+    for line in (report.get("arena") or {}).get("verdicts", []):
+        print(f"arena: {line}")
     print(f"{report['runs']} train runs in {len(report['groups'])} groups, "
           f"{report['analysis_runs']} analyze runs -> {out / 'report.md'}")
     done = report.get("wandb_report")

@@ -28,8 +28,11 @@ and the checkpoint's ``model`` are at the mean of the workers' parameters. The v
 (:mod:`agc_pipeline.cluster.mitigations`) on the draws DDP's ranks sleep: worker j's local
 step takes its wait-for-all finish time minus the communication time of d values
 (``straggler.comm_per_unit``); a synchronisation (warm-up step or average) waits for the
-slowest worker of the group and adds that communication time. A row's ``virtual_time`` is
-the latest worker's time. ``cluster=`` is not supported (time units only).
+slowest worker of the group and adds that communication time. With a ``cluster=`` model
+(:mod:`agc_pipeline.cluster.costmodel`; straggler times then in seconds) the communication
+of a synchronisation is instead the cluster's ring all-reduce of the d values among the
+group's g workers, 2(g−1)·latency + 2(g−1)/g · d·b/bandwidth (the simulated DDP of the
+arena, ``mitigation=ddp``: period 1). A row's ``virtual_time`` is the latest worker's time.
 
 The keys and the averaging rule are ``trainer=local_sgd``'s
 (:mod:`~agc_pipeline.training.local_sgd`: n processes over gloo with PyTorch's own averager
@@ -48,7 +51,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from agc_pipeline.build import Plan, RunSpec
 from agc_pipeline.coding.stragglers import VirtualClock, worker_samples
-from agc_pipeline.errors import ConfigError, require
+from agc_pipeline.errors import ConfigError
 from agc_pipeline.training.coded import draw_stragglers
 from agc_pipeline.training.coded_step import CodedStep, TrainingDiverged, block_length
 from agc_pipeline.training.ddp_settings import ring_allreduce_bytes
@@ -80,17 +83,14 @@ class LocalSgdState(RunState):
     def commit(self, result: StepResult) -> None:
         gradients, t = result.gradient, self.iteration
         assert gradients is not None and gradients.shape[0] == len(self.optimizers)
-        saved = [([p.detach().clone() for p in o.params], copy.deepcopy(o.state_dict()))
-                 for o in self.optimizers]
+        stepped: list[Optimizer] = []
         try:
             for optimizer, gradient in zip(self.optimizers, gradients, strict=True):
                 apply_gradient(optimizer, gradient, t)
-        except TrainingDiverged:
-            with torch.no_grad():
-                for optimizer, (params, state) in zip(self.optimizers, saved, strict=True):
-                    for p, old in zip(optimizer.params, params, strict=True):
-                        p.copy_(old)
-                    optimizer.load_state_dict(state)
+                stepped.append(optimizer)
+        except TrainingDiverged:  # the workers that stepped go back: all or nothing
+            for optimizer in stepped:
+                optimizer.undo_step()
             raise
         self.after_steps(t)
         super().commit(StepResult(result.row, None, result.increments, result.virtual_time))
@@ -117,12 +117,7 @@ class LocalSgdSimulatedRuntime(BaseRuntime):
 
     @staticmethod
     def check_plan(plan: Plan) -> None:
-        """Its settings against the rest of the run (:func:`check_local_plan`); no
-        ``cluster=`` retiming."""
-        require(plan.cluster is None,
-                f"cluster={getattr(plan.cluster, 'name', plan.cluster)}: "
-                "trainer=local_sgd_simulated keeps the straggler model's clock in time units "
-                "only; use cluster=none")
+        """Its settings against the rest of the run (:func:`check_local_plan`)."""
         check_local_plan(plan)
 
     def __init__(self, spec: RunSpec) -> None:
@@ -142,7 +137,12 @@ class LocalSgdSimulatedRuntime(BaseRuntime):
         self.length = block_length(self.d, 1)
         self.comm = float(spec.straggler.comm_time(self.length))
         wire_bytes = next(self.model.parameters()).element_size()
+        self.cluster = spec.cluster
+        self.wire_bytes = wire_bytes
         self.bytes_per_average = ring_allreduce_bytes(self.n, self.d, wire_bytes)
+        #: no batch statistics (BatchNorm): a warm-up step may take one pass over all samples
+        self._per_sample_model = not any(isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+                                         for module in self.model.modules())
         #: every worker's virtual time after its last step (time units)
         self.ready = np.zeros(self.n)
         optimizers = [Optimizer(list(r.parameters()), spec.make_optimizer,
@@ -163,7 +163,14 @@ class LocalSgdSimulatedRuntime(BaseRuntime):
     def synchronised(self, ready: np.ndarray, group: int) -> np.ndarray:
         """Each block of ``group`` consecutive workers waits for its slowest, then all-reduces."""
         blocks = ready.reshape(-1, group)
-        return np.repeat(blocks.max(axis=1) + self.comm, group)
+        return np.repeat(blocks.max(axis=1) + self.sync_time(group), group)
+
+    def sync_time(self, group: int) -> float:
+        """The communication of one synchronisation of ``group`` workers: the straggler
+        model's time of d values, or with ``cluster=`` its ring all-reduce."""
+        if self.cluster is None:
+            return self.comm
+        return float(self.cluster.ring_allreduce_time(group, self.d, self.wire_bytes))
 
     def step(self, evaluate: bool = False) -> StepResult:
         """Iteration ``state.iteration``: the metrics row and the (n, d) worker gradients."""
@@ -172,18 +179,13 @@ class LocalSgdSimulatedRuntime(BaseRuntime):
         if evaluate:
             row.update(work.evaluate())
         x, y = work.minibatch(t)
-        scale = n / work.batch_samples
-        losses, gradients = [], []
-        for j, replica in enumerate(self.replicas):
-            params = list(replica.parameters())
-            loss = replica.loss_sum(replica(x[j]), y[j])
-            grads = torch.autograd.grad(loss * scale, params)
-            gradients.append(torch.cat([g.reshape(-1) for g in grads]))
-            losses.append(float(loss.detach()))
-        stacked = torch.stack(gradients)
         warmup = t < self.settings.warmup_steps
-        if warmup:  # the warm-up's gradient all-reduce: every worker steps with the mean
-            stacked = (stacked / n).sum(0).expand(n, -1)
+        if warmup and self._per_sample_model:
+            losses, stacked = self._warmup_gradient(x, y)
+        else:
+            losses, stacked = self._worker_gradients(x, y)
+            if warmup:  # the warm-up's gradient all-reduce: every worker steps with the mean
+                stacked = (stacked / n).sum(0).expand(n, -1)
         group = n if warmup else averaging_group(t, self.settings, n)
         ready = self.ready + self.compute_times(t)
         if group is not None:
@@ -199,6 +201,32 @@ class LocalSgdSimulatedRuntime(BaseRuntime):
                       "bytes_per_rank": sent}
         self._pending_ready = ready
         return StepResult(row, stacked, increments, virtual_time)
+
+    def _worker_gradients(self, x: torch.Tensor,
+                          y: torch.Tensor) -> tuple[list[float], torch.Tensor]:
+        """Every worker's minibatch loss and gradient g_j at its own parameters, (n, d)."""
+        scale = self.n / self.workload.batch_samples
+        losses, gradients = [], []
+        for j, replica in enumerate(self.replicas):
+            params = list(replica.parameters())
+            loss = replica.loss_sum(replica(x[j]), y[j])
+            grads = torch.autograd.grad(loss * scale, params)
+            gradients.append(torch.cat([g.reshape(-1) for g in grads]))
+            losses.append(float(loss.detach()))
+        return losses, torch.stack(gradients)
+
+    def _warmup_gradient(self, x: torch.Tensor,
+                         y: torch.Tensor) -> tuple[list[float], torch.Tensor]:
+        """A warm-up step (all steps so far synchronous, so every replica holds the same
+        parameters and optimizer state): the mean of the g_j in one pass over the n workers'
+        samples — Σ_j ∇ loss_j = ∇ Σ_j loss_j for a model without batch statistics (the
+        simulated DDP, ``mitigation=ddp``). Equal to the per-worker mean to float tolerance."""
+        replica = self.replicas[0]
+        params = list(replica.parameters())
+        loss = replica.loss_sum(replica(x.flatten(0, 1)), y.flatten(0, 1))
+        grads = torch.autograd.grad(loss / self.workload.batch_samples, params)
+        mean = torch.cat([g.reshape(-1) for g in grads])
+        return [float(loss.detach())], mean.expand(self.n, -1)
 
     def _after_steps(self, t: int) -> None:
         """After every worker's optimizer step of iteration t (the commit): average as the

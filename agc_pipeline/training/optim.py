@@ -38,6 +38,8 @@ class Optimizer:
         self._backup: list[torch.Tensor] | None = None
         self._state_backup: dict[tuple[int, str], torch.Tensor] = {}
         self._saved_state: dict[tuple[int, str], Any] = {}
+        self._saved_schedule: dict[str, Any] | None = None
+        self._saved_lrs: list[float] = []
 
     @property
     def lr(self) -> float:
@@ -92,6 +94,9 @@ class Optimizer:
                 else:
                     saved[(index, key)] = copy.deepcopy(value)
         self._saved_state = saved
+        self._saved_schedule = (None if self.scheduler is None
+                                else copy.deepcopy(self.scheduler.state_dict()))
+        self._saved_lrs = [group["lr"] for group in self.optimizer.param_groups]
 
     def _restore(self) -> None:
         """Undo the last step: parameters and optimizer state as :meth:`_save` left them."""
@@ -101,6 +106,15 @@ class Optimizer:
         for (index, key), value in self._saved_state.items():
             state = self.optimizer.state[self.params[index]]
             state[key] = value.clone() if isinstance(value, torch.Tensor) else value
+
+    def undo_step(self) -> None:
+        """Undo the last committed :meth:`step` (parameters, optimizer state and schedule as
+        before it): n workers' steps are all or nothing (local SGD)."""
+        self._restore()
+        if self.scheduler is not None and self._saved_schedule is not None:
+            self.scheduler.load_state_dict(self._saved_schedule)
+            for group, lr in zip(self.optimizer.param_groups, self._saved_lrs, strict=True):
+                group["lr"] = lr
 
     def state_dict(self) -> dict[str, Any]:
         """Optimizer and schedule state (momentum buffers, Adam moments, step counts)."""

@@ -58,10 +58,12 @@ class Delay(StragglerModel):
       iterations × workers, ≥ n columns, the first n used; ``shift``/``rate`` are then unused);
     * a worker is slow with probability ``p``, independently per worker and iteration, and
       then ``r`` times slower (the straggler model of the time-to-accuracy comparison);
-    * L_j = ``per_sample`` × the samples worker j processes in the iteration (its load δ_j
-      subsets × the samples per subset, :attr:`StragglerContext.work`), so a load-δ coded
-      worker pays δ× the compute of an uncoded one; ``per_sample: null`` makes L_j = 1 (the
-      compute time does not depend on the load).
+    * L_j = ``per_step`` + ``per_sample`` × the samples worker j processes in the iteration
+      (its load δ_j subsets × the samples per subset, :attr:`StragglerContext.work`), so a
+      load-δ coded worker pays δ× the per-sample compute of an uncoded one plus the same
+      fixed cost of a step (``per_step``, default 0: compute ∝ load; a measured step at
+      small batches is mostly fixed cost, ``bench/arena_compute.py``); ``per_sample: null``
+      makes L_j = 1 (the compute time does not depend on the load).
 
     Every draw is a function of (seed, t) only — the same for every scheme and runtime.
     A message arrives at ``c_{j,t} + comm_per_unit · message_length``.
@@ -83,7 +85,7 @@ class Delay(StragglerModel):
                  comm_per_unit: float = 1e-6, wait_for: str = "first", s: int | None = None,
                  deadline: float | None = None, trace: str | None = None,
                  time_scale: float = 1.0, seed: int = 0, p: float = 0.0, r: float = 1.0,
-                 per_sample: float | None = None) -> None:
+                 per_sample: float | None = None, per_step: float = 0.0) -> None:
         self.shift = _nonneg_float(shift, "shift")
         super().__init__(seed, compute_time=self.shift, comm_per_unit=comm_per_unit)
         # rate null: no exponential part
@@ -111,6 +113,10 @@ class Delay(StragglerModel):
         # per_sample (time units per sample) null: compute time independent of the load
         self.per_sample = None if per_sample is None else require_finite(
             per_sample, "straggler.per_sample", 0.0, strict_minimum=True)
+        self.per_step = require_finite(per_step, "straggler.per_step", 0.0)
+        require(self.per_step == 0.0 or self.per_sample is not None,
+                "straggler.per_step (fixed compute of a step) needs straggler.per_sample; "
+                "with per_sample=null the compute time is shift alone")
 
     def slowdowns(self, iteration: int, n: int) -> np.ndarray:
         """Per-worker slow-down factors of ``iteration``: r with probability p, else 1."""
@@ -135,7 +141,8 @@ class Delay(StragglerModel):
             require(work is not None and np.shape(work) == (n,),
                     "straggler.per_sample needs the samples each worker processes (the "
                     "trainers pass them); use per_sample=null outside training")
-            base = base * (self.per_sample * np.asarray(work, dtype=np.float64))
+            load = self.per_sample * np.asarray(work, dtype=np.float64)
+            base = base * (load + self.per_step if self.per_step else load)
         return base * self.slowdowns(iteration, n)
 
     def draw(self, iteration: int, n: int, message_length: int,
@@ -164,7 +171,7 @@ class Delay(StragglerModel):
         return {**params, "shift": self.shift, "rate": self.rate,
                 "wait_for": self.wait_for, "s": self.s, "deadline": self.deadline,
                 "trace": self.trace_path, "time_scale": self.time_scale, "p": self.p,
-                "r": self.r, "per_sample": self.per_sample}
+                "r": self.r, "per_sample": self.per_sample, "per_step": self.per_step}
 
 
 class Slowdown(Delay):
@@ -177,9 +184,11 @@ class Slowdown(Delay):
     def __init__(self, per_sample: float | None = 0.01, p: float = 0.1, r: float = 10.0,
                  shift: float = 1.0, rate: float | None = None, comm_per_unit: float = 0.0,
                  wait_for: str = "first", s: int | None = 1, deadline: float | None = None,
-                 trace: str | None = None, time_scale: float = 1.0, seed: int = 0) -> None:
+                 trace: str | None = None, time_scale: float = 1.0, seed: int = 0,
+                 per_step: float = 0.0) -> None:
         super().__init__(shift=shift, rate=rate, comm_per_unit=comm_per_unit,
                          wait_for=wait_for, s=s, deadline=deadline, trace=trace,
-                         time_scale=time_scale, seed=seed, p=p, r=r, per_sample=per_sample)
+                         time_scale=time_scale, seed=seed, p=p, r=r, per_sample=per_sample,
+                         per_step=per_step)
 
 

@@ -44,11 +44,12 @@ class Stall(Delay):
                  s: int | None = 1, shift: float = 1.0, rate: float | None = None,
                  comm_per_unit: float = 0.0, wait_for: str = "first",
                  deadline: float | None = None, trace: str | None = None,
-                 time_scale: float = 1.0, seed: int = 0) -> None:
+                 time_scale: float = 1.0, seed: int = 0,
+                 per_step: float = 0.0) -> None:
         super().__init__(shift=shift, rate=rate, comm_per_unit=comm_per_unit,
                          wait_for=wait_for, s=s, deadline=deadline, trace=trace,
                          time_scale=time_scale, seed=seed, p=0.0, r=1.0,
-                         per_sample=per_sample)
+                         per_sample=per_sample, per_step=per_step)
         self.p = require_interval(p, "straggler.p (probability that a worker stalls)", 0.0, 1.0)
         self.duration = require_finite(duration, "straggler.duration (stall length)", 0.0)
 
@@ -95,11 +96,12 @@ class Persistent(Delay):
                  per_sample: float | None = 0.01, s: int | None = 1, shift: float = 1.0,
                  rate: float | None = None, comm_per_unit: float = 0.0,
                  wait_for: str = "first", deadline: float | None = None,
-                 trace: str | None = None, time_scale: float = 1.0, seed: int = 0) -> None:
+                 trace: str | None = None, time_scale: float = 1.0, seed: int = 0,
+                 per_step: float = 0.0) -> None:
         super().__init__(shift=shift, rate=rate, comm_per_unit=comm_per_unit,
                          wait_for=wait_for, s=s, deadline=deadline, trace=trace,
                          time_scale=time_scale, seed=seed, p=0.0, r=1.0,
-                         per_sample=per_sample)
+                         per_sample=per_sample, per_step=per_step)
         # an empty list is allowed: no slow host (a control run)
         self.ranks = require_int_list(ranks, "straggler.ranks", minimum=0)
         require(len(set(self.ranks)) == len(self.ranks),
