@@ -23,13 +23,24 @@ from omegaconf import DictConfig, OmegaConf
 
 from agc_pipeline.build import build_cluster, refuse_foreign_presets, require_app, run_app
 from agc_pipeline.cluster.costmodel import ClusterModel
-from agc_pipeline.cluster.planner import PlanSettings, load_convergence, run_plan
+from agc_pipeline.cluster.planner import (
+    PlanSettings,
+    load_arena_convergence,
+    load_convergence,
+    run_plan,
+)
 from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.errors import require
 from agc_pipeline.reporting.jobs import save_run_record
 from agc_pipeline.reporting.provenance import record
 from agc_pipeline.reporting.sinks import write_json
-from agc_pipeline.validation import require_bool, require_finite, require_optional_str
+from agc_pipeline.validation import (
+    require_bool,
+    require_choice,
+    require_finite,
+    require_optional_str,
+    require_str,
+)
 
 log = logging.getLogger("agc_pipeline.plan")
 
@@ -55,8 +66,16 @@ def build_plan(cfg: DictConfig) -> tuple[ClusterModel, PlanSettings, Any]:
                               strict_minimum=True)
     kappa = None if p.kappa is None else require_finite(p.kappa, "plan.kappa", 0.0)
     require_optional_str(p.get("title"), "plan.title")
-    convergence = load_convergence(require_optional_str(p.convergence, "plan.convergence"),
-                                   fraction, kappa)
+    source = require_choice(p.get("iterations", "curves"), "plan.iterations",
+                            ("arena", "curves"))
+    if source == "arena":
+        convergence = load_arena_convergence(
+            require_optional_str(p.get("arena"), "plan.arena"),
+            require_str(p.get("arena_regime", "slowdown"), "plan.arena_regime"),
+            require_str(p.get("arena_placement", "iid"), "plan.arena_placement"), kappa)
+    else:
+        convergence = load_convergence(require_optional_str(p.convergence, "plan.convergence"),
+                                       fraction, kappa)
     return cluster, settings, convergence
 
 

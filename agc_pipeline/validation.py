@@ -120,3 +120,10 @@ def require_optional_str(value: Any, name: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise ConfigError(f"{name} must be a string or null (got {value!r})")
     return value
+
+
+def require_str(value: Any, name: str) -> str:
+    """``value`` if it is a non-empty string."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{name} must be a non-empty string (got {value!r})")
+    return value

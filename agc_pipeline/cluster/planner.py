@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from agc_pipeline.cluster.arena_iterations import arena_points
 from agc_pipeline.cluster.costmodel import (
     ClusterModel,
     ddp_iteration_times,
@@ -59,7 +60,7 @@ from agc_pipeline.cluster.plan_summary import best_per_setting, crossovers, head
 from agc_pipeline.errors import ConfigError, require
 
 __all__ = ["ASSUMPTIONS", "FAMILIES", "METHOD", "Code", "Convergence", "PlanSettings",
-           "family_codes", "load_convergence", "run_plan"]
+           "family_codes", "load_arena_convergence", "load_convergence", "run_plan"]
 
 #: a code and its normalised decoding error ē(s) per s
 CodeError = tuple[Code, dict[int, float]]
@@ -129,10 +130,14 @@ class Convergence:
 
     source: str
     target_loss: float
-    iterations_exact: int
+    iterations_exact: float  #: I_0, the exact gradient's iterations to the target
     kappa: float  #: the κ used
     fitted_kappa: float  #: least-squares κ of the measured runs
     points: list[dict[str, Any]] = field(default_factory=list)
+    #: arena measurements (mitigation → ratio, spread; :mod:`.arena_iterations`), or None
+    measured: dict[str, Any] | None = None
+    #: iterations of local / hierarchical SGD relative to I_0 (measured in the arena, else 1)
+    local_sgd_factor: float = 1.0
 
     def factor(self, error: float, kappa: float | None = None) -> float:
         """Iterations relative to the exact gradient's at normalised error ``error``."""
@@ -142,15 +147,45 @@ class Convergence:
         return 1.0 + kappa * max(error, 0.0) / (1.0 - error)
 
     def describe(self) -> dict[str, Any]:
-        return {"source": self.source, "target_loss": self.target_loss,
-                "iterations_exact": self.iterations_exact, "kappa": self.kappa,
-                "fitted_kappa": self.fitted_kappa, "points": self.points}
+        out = {"source": self.source, "target_loss": self.target_loss,
+               "iterations_exact": self.iterations_exact, "kappa": self.kappa,
+               "fitted_kappa": self.fitted_kappa, "points": self.points}
+        if self.measured is not None:
+            out.update(measured=self.measured, local_sgd_factor=self.local_sgd_factor,
+                       extrapolation=ARENA_EXTRAPOLATION)
+        return out
+
+
+#: what a plan from arena measurements extrapolates, and how
+ARENA_EXTRAPOLATION = (
+    "iterations measured in the arena (the MNIST CNN, n = 12, its batch) are applied "
+    "unchanged at every (n, d): I0 = DDP's mean iterations to the target; backup workers and "
+    "the codes at the plan's s through I0 (1 + kappa e/(1 - e)) with kappa fitted to the "
+    "arena's measured (e, ratio) points; local and hierarchical SGD at the arena's measured "
+    "local-SGD ratio (its period, not the plan's schedule)")
+
+
+def load_arena_convergence(path: str | Path | None, regime: str, placement: str,
+                           kappa: float | None) -> Convergence:
+    """The planner's iteration model from an arena measurement
+    (:func:`~agc_pipeline.cluster.arena_iterations.arena_points`; None: the packaged one)."""
+    found = arena_points(path, regime, placement)
+    fitted = fit_kappa(found["points"])
+    local = found["measured"].get("local_sgd", {}).get("ratio")
+    return Convergence(source=found["source"], target_loss=found["target"],
+                       iterations_exact=found["iterations_exact"],
+                       kappa=fitted if kappa is None else float(kappa), fitted_kappa=fitted,
+                       points=found["points"], measured=found["measured"],
+                       local_sgd_factor=1.0 if local is None else float(local))
 
 
 def iterations_label(kind: str, convergence: Convergence) -> dict[str, Any]:
     """Where a row's iterations to the loss come from (``plan.json``'s ``iterations``): every
-    count is extrapolated from the convergence curves' model; local SGD's is assumed."""
+    count is extrapolated — from the arena's measurements (:func:`load_arena_convergence`) or
+    from the convergence curves' model (local SGD then assumed)."""
     source = convergence.source
+    if convergence.measured is not None:
+        return _arena_label(kind, convergence)
     if kind == "ddp":
         return {"source": source, "model": "I0, the exact gradient's iterations to the loss",
                 "extrapolated": True}
@@ -159,6 +194,28 @@ def iterations_label(kind: str, convergence: Convergence) -> dict[str, Any]:
                 "kappa": convergence.kappa, "extrapolated": True}
     return {"source": "assumed: I0, as many iterations as DDP (not measured; arena "
                       "measurements will replace it)", "model": "I0", "extrapolated": True}
+
+
+def _arena_label(kind: str, convergence: Convergence) -> dict[str, Any]:
+    """``iterations`` of a row whose counts come from the arena: the measured ratio of the
+    mitigation the row stands for (with its spread) and the model that extrapolates it."""
+    measured = convergence.measured or {}
+    name = {"ddp": "ddp", "backup": "backup_workers"}.get(kind, "local_sgd")
+    label: dict[str, Any] = {"source": convergence.source, "extrapolated": True}
+    if kind == "ddp":
+        label["model"] = "I0 = DDP's measured mean iterations (applied at this n, d)"
+    elif kind in ("code", "backup"):
+        label.update(model="I0 (1 + kappa e/(1 - e)), kappa fitted to the arena's measured "
+                           "backup workers and approximate codes", kappa=convergence.kappa)
+        if kind == "code":
+            label["measured"] = {k: v for k, v in measured.items()
+                                 if k not in ("ddp", "local_sgd", "backup_workers")}
+    else:
+        label["model"] = ("I0 x the arena's measured local-SGD ratio "
+                          f"{convergence.local_sgd_factor:.3g} (its period, not this schedule)")
+    if name in measured and kind != "code":
+        label["measured"] = measured[name]
+    return label
 
 
 def _first_hit(loss: np.ndarray, target: float) -> int | None:
@@ -304,7 +361,9 @@ def _baseline_rows(cluster: ClusterModel, st: PlanSettings, convergence: Converg
     for spec in st.averaging:
         row = local_sgd_row(cluster, spec, compute, d, st.grad_bytes)
         if row["available"]:
-            row.update(time_to_loss=i0 * row["iteration_time"],
+            factor = convergence.local_sgd_factor
+            row.update(time_to_loss=i0 * factor * row["iteration_time"],
+                       iterations_factor=factor,
                        iterations=iterations_label(spec.kind, convergence))
         rows.append({**where, "coded": False, "broadcast": None, **row})
     return rows

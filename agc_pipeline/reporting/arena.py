@@ -3,9 +3,9 @@ time to a target test accuracy and to a target training loss (mean ± standard d
 seeds, :mod:`agc_pipeline.reporting.targets`), a table and a figure per regime, and a verdict
 line naming the winner and its margin — including where coding loses.
 
-A run's cell is read from its run dir: the ``mitigation=`` and ``regime=`` choices from
-``.hydra/hydra.yaml`` (``hydra.runtime.choices``; a run without them is labelled by its
-runtime and ``code=`` choice, and by its straggler model), the placement
+A run's cell is read from its run dir: the ``mitigation=`` and ``regime=`` choices from its
+summary (else ``.hydra/hydra.yaml``'s ``hydra.runtime.choices``; a run without them is
+labelled by its runtime and ``code=`` choice, and by its straggler model), the placement
 (``dataset.partition``), the seed and the setting (model / data set) from the summary's
 config. Times are on the runs' clock (``virtual_time`` of the simulated runtimes).
 
@@ -25,14 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import OmegaConf
 
 from agc_pipeline.reporting.runs import Run
 from agc_pipeline.reporting.targets import aggregate, time_to_accuracy, time_to_loss
 from agc_pipeline.validation import require_finite, require_int
 
-__all__ = ["ArenaTargets", "NON_CODES", "arena_cells", "arena_tables", "cell_of", "verdicts",
-           "write_arena"]
+__all__ = ["ArenaTargets", "NON_CODES", "arena_cells", "arena_tables", "cell_of",
+           "normalised_error", "verdicts", "write_arena"]
 
 #: mitigations that are not gradient codes (the rest count as codes in the verdicts)
 NON_CODES = ("ddp", "local_sgd", "backup_workers")
@@ -73,7 +74,7 @@ def _choices(run_dir: Path) -> dict[str, Any]:
 def cell_of(run: Run) -> dict[str, Any]:
     """The run's arena cell: setting, regime, placement, mitigation, seed."""
     config = run.summary.config or {}
-    choices = _choices(run.path)
+    choices = getattr(run.summary, "choices", None) or _choices(run.path)
     dataset = config.get("dataset") or {}
     mitigation = choices.get("mitigation") or (
         f"{run.summary.runtime}/{choices.get('code') or 'no code'}")
@@ -97,12 +98,34 @@ def arena_cells(runs: list[Run], targets: ArenaTargets) -> list[dict[str, Any]]:
         accuracy = aggregate(time_to_accuracy(r.rows, clock, targets.accuracy) for r in members)
         loss = aggregate(time_to_loss(r.rows, clock, targets.loss, targets.loss_smooth)
                          for r in members)
+        errors = [e for e in map(normalised_error, members) if e is not None]
         out.append({"setting": setting, "regime": regime, "placement": placement,
                     "mitigation": mitigation, "label": LABELS.get(mitigation, mitigation),
                     "code": mitigation not in NON_CODES, "clock": clock,
+                    "normalised_error": float(np.mean(errors)) if errors else None,
                     "seeds": sorted(cell_of(r)["seed"] for r in members),
                     "accuracy": accuracy, "loss": loss})
     return out
+
+
+def normalised_error(run: Run) -> float | None:
+    """ē of the run's gradient (the planner's measure, Section VII): 1 − α for a coded run
+    with optimal decoding (α estimated at start-up), s/n for backup workers (A = I, eq. 3),
+    0 for the runs that wait for every worker (DDP, local SGD) and for exact codes; None
+    when the summary does not say."""
+    summary, mitigation = run.summary, cell_of(run)["mitigation"]
+    if mitigation in ("ddp", "local_sgd", "frc", "ce_frc"):
+        return 0.0
+    config = summary.config or {}
+    if mitigation == "backup_workers":
+        n = (config.get("assignment") or {}).get("n")
+        s = (config.get("straggler") or {}).get("s")
+        return s / n if isinstance(n, int) and isinstance(s, int) and n else None
+    alpha = getattr(summary, "alpha", None)
+    value = getattr(alpha, "value", None) if alpha is not None else None
+    if value is None and isinstance(alpha, dict):
+        value = alpha.get("value")
+    return None if value is None else 1.0 - float(value)
 
 
 def _winner(cells: list[dict[str, Any]], measure: str) -> list[dict[str, Any]]:
