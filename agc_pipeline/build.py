@@ -31,7 +31,13 @@ from agc_pipeline.codes.base import Scheme
 from agc_pipeline.coding.decoding import Decoder
 from agc_pipeline.conf_path import preset_app, unknown_key_error
 from agc_pipeline.errors import ConfigError, WriteFailed, require, write_failed
-from agc_pipeline.rules import check_data, check_m, check_model_task, check_plan
+from agc_pipeline.rules import (
+    check_data,
+    check_m,
+    check_model_memory,
+    check_model_task,
+    check_plan,
+)
 
 if TYPE_CHECKING:
     from agc_pipeline.cluster.costmodel import ClusterModel
@@ -313,6 +319,7 @@ def build_run(cfg: DictConfig) -> RunSpec:
     dataset = build_dataset(cfg)
     check_data(dataset, plan.scheme.k, plan.settings.batch_size)
     model = build_model(cfg, dataset)
+    check_model_memory(plan, sum(p.numel() for p in model.parameters()))
     return RunSpec(**{f.name: getattr(plan, f.name) for f in fields(Plan)}, dataset=dataset,
                    model=model)
 

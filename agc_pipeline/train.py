@@ -176,16 +176,21 @@ def _run_locked(cfg: DictConfig, out_dir: Path, replace: bool,
         # workers' start-up, the final evaluation (train_seconds: the iterations)
         summary.startup_seconds = max(seconds - (state.totals.seconds - trained), 0.0)
         summary.keys, summary.wandb = keys, wandb_run
-        try:
-            _write_last(status, lambda: summary.write(out_dir / "summary.json"))
-            sink.summary(headline(summary))
-        finally:
-            _write_last(status, sink.close)
+        _close_run(status, summary, sink, out_dir)
     test = summary.test_accuracy
     log.info("final train loss %.4f, test accuracy %s, %d iterations in %.1f s -> %s",
              summary.final_train_loss, "n/a" if test is None else f"{test:.4f}",
              summary.iterations, summary.seconds, out_dir)
     return summary.to_dict()
+
+
+def _close_run(status: str, summary: RunSummary, sink: MultiSink, out_dir: Path) -> None:
+    """Write summary.json, give the summary to the sinks and close them."""
+    try:
+        _write_last(status, lambda: summary.write(out_dir / "summary.json"))
+        sink.summary(headline(summary))
+    finally:
+        _write_last(status, sink.close)
 
 
 def _write_last(status: str, write: Callable[[], None]) -> None:
