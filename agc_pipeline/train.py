@@ -346,17 +346,22 @@ def _hydra_main(cfg: DictConfig) -> None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         run_app(lambda: _job(cfg, out_dir, multirun), "agc-train")
-    except (TrainingDiverged, WorkersLost, TrainingInterrupted) as exc:
+    except (TrainingDiverged, WorkersLost, TrainingInterrupted, KeyboardInterrupt) as exc:
+        # KeyboardInterrupt: a second Ctrl-C stopped the iteration at once (never inside an
+        # update or a checkpoint write: the checkpoint holds the last completed iteration),
+        # or a Ctrl-C after the loop
         what = (f"training diverged: {exc} (checkpoint saved in {out_dir})"
                 if isinstance(exc, TrainingDiverged) else
                 f"too few workers: {exc}" if isinstance(exc, WorkersLost) else
-                f"interrupted: {exc}")
+                f"interrupted: {exc}" if isinstance(exc, TrainingInterrupted) else
+                f"interrupted at once by a second Ctrl-C (checkpoint {out_dir / CHECKPOINT_NAME}"
+                "); continue with trainer.resume=true and the same hydra.run.dir")
         print(f"agc-train: {what}", file=sys.stderr)
-        if multirun and not isinstance(exc, TrainingInterrupted):
+        if multirun and isinstance(exc, TrainingDiverged | WorkersLost):
             # a result of the sweep (summary.json: "diverged" or "workers_lost"); re-running
             # the sweep redoes a job that lost its workers
             return
-        raise SystemExit(exc.exit_status) from None
+        raise SystemExit(getattr(exc, "exit_status", TrainingInterrupted.exit_status)) from None
     except Exception as exc:  # e.g. the user's model raised mid-run, after the run started
         if not _failed_run(out_dir):
             raise
