@@ -210,6 +210,11 @@ def build_optimizer(cfg: DictConfig) -> Callable[[list], Any]:
     if node is None or "_target_" not in node:
         raise ConfigError("optimizer has no _target_: choose optimizer=sgd or optimizer=adamw")
     require_finite(node.get("lr"), "optimizer.lr", 0.0, strict_minimum=True)
+    for key, value in node.items():  # e.g. weight_decay=nan: torch takes it, and the first
+        values = list(value) if OmegaConf.is_list(value) else [value]  # step's NaN would be
+        for v in values:  # blamed on the learning rate (betas: a list)
+            if isinstance(v, float):
+                require_finite(v, f"optimizer.{key}")
     factory = _instantiate(node, "optimizer")
     try:
         factory([torch.nn.Parameter(torch.zeros(1))])

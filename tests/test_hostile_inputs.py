@@ -4,8 +4,11 @@ line naming the file (or the key) and what is wrong with it."""
 from __future__ import annotations
 
 import json
+import os
+import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from agc_pipeline.cluster.planner import load_convergence
@@ -65,3 +68,105 @@ def test_a_convergence_curve_with_nan_is_named(tmp_path: Path, curve: dict, says
 def test_a_convergence_path_that_is_a_directory_is_not_called_missing(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="is not a regular file"):
         load_convergence(tmp_path, 0.5, None)
+
+
+# ------------------------------------------------------------------------------------------
+# values and data files that were blamed on the wrong thing, or on nothing
+
+
+@pytest.mark.parametrize("override, key", [("optimizer.weight_decay=nan", "weight_decay"),
+                                           ("optimizer.momentum=inf", "momentum")])
+def test_a_nan_optimizer_value_is_blamed_on_its_key(override: str, key: str) -> None:
+    """weight_decay=nan ran and stopped as 'diverged: lower trainer.lr'."""
+    from agc_pipeline.build import build_optimizer
+    from tests.conftest import compose_config
+
+    with pytest.raises(ConfigError, match=rf"^optimizer.{key} must be a finite number"):
+        build_optimizer(compose_config("train", [override]))
+
+
+def test_a_nan_in_adamw_betas_is_blamed_on_betas() -> None:
+    from agc_pipeline.build import build_optimizer
+    from tests.conftest import compose_config
+
+    with pytest.raises(ConfigError, match=r"^optimizer.betas must be a finite number"):
+        build_optimizer(compose_config("train", ["optimizer=adamw", "optimizer.betas=[0.9,nan]"]))
+
+
+MNIST = Path("/work/shared/data/mnist")
+BUNDLED = Path(__file__).resolve().parents[1] / "agc_pipeline" / "data" / "mnist_t10k"
+
+
+def _mnist_copy(root: Path) -> Path:
+    """A full-MNIST folder built from the bundled 10k split (its files as both splits)."""
+    source = MNIST if (MNIST / "t10k-labels-idx1-ubyte.gz").is_file() else BUNDLED
+    root.mkdir()
+    for split in ("train", "t10k"):
+        for kind in ("images-idx3", "labels-idx1"):
+            (root / f"{split}-{kind}-ubyte.gz").write_bytes(
+                (source / f"t10k-{kind}-ubyte.gz").read_bytes())
+    return root
+
+
+@pytest.mark.parametrize("damage", ["deflate data", "truncated", "header"])
+def test_a_damaged_gzip_mnist_file_is_named(tmp_path: Path, damage: str) -> None:
+    """Damaged deflate data raised zlib.error, a traceback naming no file."""
+    from agc_pipeline.data import mnist
+
+    root = _mnist_copy(tmp_path / "mnist")
+    bad = root / "train-labels-idx1-ubyte.gz"
+    raw = bad.read_bytes()
+    bad.write_bytes({"deflate data": raw[:10] + bytes(50) + raw[60:],
+                     "truncated": raw[: len(raw) // 2],
+                     "header": b"\x1f\x8b" + bytes(20)}[damage])
+    with pytest.raises(ConfigError, match=rf"^{bad}: cannot read IDX file \("):
+        mnist(root=str(root), train_size=100, test_size=10, download=False)
+
+
+def test_a_fifo_as_dataset_path_is_not_called_missing(tmp_path: Path) -> None:
+    from agc_pipeline.data import text
+    from agc_pipeline.data.readers import load_idx
+
+    fifo = tmp_path / "corpus"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match=rf"^dataset.path={fifo}: not a regular file or a "
+                                          "folder$"):
+        text(path=str(fifo))
+    with pytest.raises(ConfigError, match=rf"^{fifo}: not a regular file"):
+        load_idx(fifo)
+
+
+def _cifar_folder(root: Path, labels: list) -> Path:
+    """A fake CIFAR-10 folder: five training batches and a test batch of 4 images each, the
+    first training batch with ``labels``."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for index, name in enumerate([*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]):
+        batch = {b"data": np.zeros((4, 3072), dtype=np.uint8),
+                 b"labels": labels if index == 0 else [0, 1, 2, 3]}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    return folder
+
+
+@pytest.mark.parametrize("labels, says", [
+    ([b"cat", b"dog", b"cat", b"dog"], "b'labels' must be integers in 0..9 (got |S3 values"),
+    ([0.0, float("nan"), 1.0, 2.0], "b'labels' must be integers in 0..9 (got float64 values"),
+    ([0.5, 1.5, 2.5, 3.5], "b'labels' must be integers in 0..9 (got float64 values"),
+    ([0, 1, 2, 10], "b'labels' must hold 4 labels in 0..9"),
+])
+def test_cifar_labels_that_are_not_classes_are_named(tmp_path: Path, labels: list,
+                                                     says: str) -> None:
+    """Strings and NaN were a ValueError traceback; 0.5 was silently class 0."""
+    from agc_pipeline.data import cifar10
+
+    folder = _cifar_folder(tmp_path, labels)
+    with pytest.raises(ConfigError, match=rf"^{folder / 'data_batch_1'}: ") as info:
+        cifar10(root=str(tmp_path))
+    assert says in str(info.value)
+
+
+def test_a_sound_fake_cifar_folder_is_read(tmp_path: Path) -> None:
+    from agc_pipeline.data import cifar10
+
+    _cifar_folder(tmp_path, [3, 2, 1, 0])
+    assert cifar10(root=str(tmp_path)).y_train.shape == (20,)
