@@ -170,3 +170,31 @@ def test_a_sound_fake_cifar_folder_is_read(tmp_path: Path) -> None:
 
     _cifar_folder(tmp_path, [3, 2, 1, 0])
     assert cifar10(root=str(tmp_path)).y_train.shape == (20,)
+
+
+@pytest.mark.parametrize("bounds, says", [
+    ("[bogus]", "analysis.plot_bounds: 'bogus' is not a bound of scheme random_diagonal "
+                "(allowed: eq10, lemma1_mean, lemma1_max)"),
+    ("[eq10,lemma1]", "analysis.plot_bounds: 'lemma1' is not a bound"),
+    ("eq10", "analysis.plot_bounds must be a list of bound names or null (got 'eq10')"),
+])
+def test_unknown_plot_bounds_are_refused_before_the_study(tmp_path: Path, bounds: str,
+                                                          says: str) -> None:
+    """An unknown bound name drew nothing, silently, after the whole study had run."""
+    from agc_pipeline.analyze import run_analysis
+    from tests.conftest import compose_config
+
+    cfg = compose_config("analyze", ["experiment=fig3", "debug=fast", "analysis.progress=false",
+                                     f"analysis.plot_bounds={bounds}"])
+    with pytest.raises(ConfigError) as info:
+        run_analysis(cfg, tmp_path)
+    assert str(info.value) == says or str(info.value).startswith(says)
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_presets_plot_bounds_are_allowed(tmp_path: Path) -> None:
+    from agc_pipeline.analyze import bound_names, build_study
+    from tests.conftest import compose_config
+
+    cfg = compose_config("analyze", ["experiment=fig4", "debug=fast"])
+    assert set(cfg.analysis.plot_bounds) <= set(bound_names(build_study(cfg)))
