@@ -176,12 +176,19 @@ def _run_locked(cfg: DictConfig, out_dir: Path, replace: bool,
         # workers' start-up, the final evaluation (train_seconds: the iterations)
         summary.startup_seconds = max(seconds - (state.totals.seconds - trained), 0.0)
         summary.keys, summary.wandb = keys, wandb_run
+        summary.threads = _torch_threads()
         _close_run(status, summary, sink, out_dir)
     test = summary.test_accuracy
     log.info("final train loss %.4f, test accuracy %s, %d iterations in %.1f s -> %s",
              summary.final_train_loss, "n/a" if test is None else f"{test:.4f}",
              summary.iterations, summary.seconds, out_dir)
     return summary.to_dict()
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _close_run(status: str, summary: RunSummary, sink: MultiSink, out_dir: Path) -> None:

@@ -143,6 +143,20 @@ def test_the_disk_fills_up_at_a_checkpoint(tmp_path: Path, capsys: pytest.Captur
     assert summary["status"] == "failed" and NO_SPACE in summary["error"]
 
 
+def test_the_summary_records_the_threads_and_older_ones_still_read(tmp_path: Path) -> None:
+    """summary.json's ``threads`` (torch's intra-op threads of the run); a summary written
+    before the field existed reads as threads None."""
+    import torch
+
+    from agc_pipeline.reporting.summary import RunSummary
+
+    run_training(compose_config("train", [*FAST, "trainer.iterations=1"]), tmp_path)
+    data = json.loads((tmp_path / "summary.json").read_text())
+    assert data["threads"] == torch.get_num_threads()
+    del data["threads"]
+    assert RunSummary.from_dict(data).threads is None
+
+
 def test_the_disk_fills_up_at_the_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """summary.json, the last file of a completed run, meets a full disk: one line naming it;
