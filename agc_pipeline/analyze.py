@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -81,6 +82,7 @@ def run_analysis(cfg: DictConfig, out_dir: Path, replace: bool = False) -> dict[
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     study = build_study(cfg)
+    _check_plot_bounds(cfg.analysis.get("plot_bounds"), study)
     overwrite = require_bool(cfg.analysis.get("overwrite", False), "analysis.overwrite")
     require(replace or overwrite or not (out_dir / "results.json").exists(),
             f"{out_dir} already holds an analysis (results.json): pass a new hydra.run.dir, "
@@ -123,6 +125,34 @@ def run_analysis(cfg: DictConfig, out_dir: Path, replace: bool = False) -> dict[
         return results
     finally:
         sink.close()
+
+
+def bound_names(study: ErrorStudy) -> list[str]:
+    """The bounds results.json will hold for ``study`` (keys of its points' ``bounds``): the
+    scheme's closed-form bounds and the mean and max of its per-set bounds (one cheap
+    encoding and survivor set give their names)."""
+    scheme, s = study.scheme, min(study.s_values)
+    names = list(scheme.closed_form_bounds(s))
+    mask = np.ones((1, scheme.n), dtype=bool)
+    mask[0, :s] = False
+    b = scheme.encode(np.random.default_rng(study.seed))
+    for name in scheme.set_bounds(b, mask):
+        names += [f"{name}_mean", f"{name}_max"]
+    return names
+
+
+def _check_plot_bounds(bounds: Any, study: ErrorStudy) -> None:
+    """``analysis.plot_bounds`` is null or a list of the study's bound names (an unknown name
+    drew nothing, silently)."""
+    if bounds is None:
+        return
+    require(OmegaConf.is_list(bounds) or isinstance(bounds, list),
+            f"analysis.plot_bounds must be a list of bound names or null (got {bounds!r})")
+    allowed = bound_names(study)
+    for name in bounds:
+        require(name in allowed,
+                f"analysis.plot_bounds: {name!r} is not a bound of scheme "
+                f"{study.scheme.name} (allowed: {', '.join(allowed) or 'none'})")
 
 
 def run_keys(study: ErrorStudy, cfg: DictConfig) -> dict[str, Any]:

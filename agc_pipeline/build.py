@@ -12,14 +12,17 @@ models, in milliseconds.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.experimental.callback import Callback
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -27,14 +30,23 @@ from agc_pipeline.codes.assignment import Assignment
 from agc_pipeline.codes.base import Scheme
 from agc_pipeline.coding.decoding import Decoder
 from agc_pipeline.conf_path import preset_app, unknown_key_error
-from agc_pipeline.errors import ConfigError, require
-from agc_pipeline.rules import check_data, check_m, check_model_task, check_plan
+from agc_pipeline.errors import ConfigError, WriteFailed, require, write_failed
+from agc_pipeline.rules import (
+    check_data,
+    check_m,
+    check_model_memory,
+    check_model_task,
+    check_plan,
+)
 
 if TYPE_CHECKING:
     from agc_pipeline.cluster.costmodel import ClusterModel
     from agc_pipeline.coding.stragglers import StragglerModel
     from agc_pipeline.data import Dataset
     from agc_pipeline.models import CodedModel
+
+#: the errors of a storage that cannot take a write: reported in one line by :func:`run_app`
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
 
 
 def _instantiate(node: DictConfig, what: str, **kwargs: Any) -> Any:
@@ -198,6 +210,11 @@ def build_optimizer(cfg: DictConfig) -> Callable[[list], Any]:
     if node is None or "_target_" not in node:
         raise ConfigError("optimizer has no _target_: choose optimizer=sgd or optimizer=adamw")
     require_finite(node.get("lr"), "optimizer.lr", 0.0, strict_minimum=True)
+    for key, value in node.items():  # e.g. weight_decay=nan: torch takes it, and the first
+        values = list(value) if OmegaConf.is_list(value) else [value]  # step's NaN would be
+        for v in values:  # blamed on the learning rate (betas: a list)
+            if isinstance(v, float):
+                require_finite(v, f"optimizer.{key}")
     factory = _instantiate(node, "optimizer")
     try:
         factory([torch.nn.Parameter(torch.zeros(1))])
@@ -307,6 +324,7 @@ def build_run(cfg: DictConfig) -> RunSpec:
     dataset = build_dataset(cfg)
     check_data(dataset, plan.scheme.k, plan.settings.batch_size)
     model = build_model(cfg, dataset)
+    check_model_memory(plan, sum(p.numel() for p in model.parameters()))
     return RunSpec(**{f.name: getattr(plan, f.name) for f in fields(Plan)}, dataset=dataset,
                    model=model)
 
@@ -355,8 +373,61 @@ def refuse_foreign_presets(app: str, argv: Sequence[str] | None = None) -> None:
                 raise SystemExit(2)
 
 
+def check_output_dir(path: str | Path, key: str) -> str | None:
+    """Create the directory ``path`` (the value of ``key``, e.g. ``hydra.run.dir``) if need be;
+    return what is wrong with it (one line naming ``key``), or None when the app can write
+    there: an existing file, a parent that is a file, a name the file system refuses (too
+    long, invalid), a directory this user may not write."""
+    path = Path(path)
+    if _is_file(path):
+        return f"{key}={path} exists and is not a directory: pass another {key}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in (path, *path.parents) if _is_file(p)), None)
+        why = (f"{blocker} is not a directory" if blocker is not None
+               else exc.strerror or str(exc))
+        return f"{key}={path}: cannot create the directory ({why}): pass another {key}"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{key}={path}: this user may not write into the directory: pass another {key}"
+    return None
+
+
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` exists and is no directory (False for a name the system refuses)."""
+    return os.path.lexists(path) and not os.path.isdir(path)
+
+
+class OutputDirCheck(Callback):
+    """Hydra callback: before Hydra creates the run dir (``hydra.run.dir``) or the sweep dir
+    (``hydra.sweep.dir``), refuse one it cannot create or the app cannot write into, in one
+    line naming the key, with status 2 (Hydra's own error is an OSError traceback)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(config: DictConfig, key: str) -> None:
+        try:
+            path = OmegaConf.select(config, key)
+        except Exception:  # noqa: BLE001 - an interpolation only Hydra resolves: its call
+            return
+        if path is None:
+            return
+        problem = check_output_dir(str(path), key)
+        if problem is not None:
+            app = OmegaConf.select(config, "hydra.help.app_name", default="agc")
+            print(f"{app}: configuration error: {problem}", file=sys.stderr)
+            raise SystemExit(2)
+
+
 def run_app(main: Callable[[], Any], app: str) -> Any:
-    """Run ``main``; report a ConfigError as one line on stderr and exit with status 2.
+    """Run ``main``; report a ConfigError as one line on stderr and exit with status 2, a file
+    that cannot be written (:class:`~agc_pipeline.errors.WriteFailed`; no space left on the
+    device, a read-only file system) as one line naming the file, with status 1.
 
     The folder the app runs in goes first on ``sys.path`` (as ``python -m`` puts it), so that a
     ``_target_`` names a module of the user's own folder under the console scripts too."""
@@ -367,3 +438,11 @@ def run_app(main: Callable[[], Any], app: str) -> Any:
     except ConfigError as exc:
         print(f"{app}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except WriteFailed as exc:
+        print(f"{app}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except OSError as exc:  # a write of another library's (e.g. W&B's files)
+        if exc.errno not in STORAGE_ERRNOS:
+            raise
+        print(f"{app}: {write_failed(exc.filename or '?', exc)}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from agc_pipeline.errors import ConfigError, require
-from agc_pipeline.validation import is_int
+from agc_pipeline.validation import is_int, require_memory
 
 if TYPE_CHECKING:
     import torch
@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from agc_pipeline.coding.decoding import Decoder
     from agc_pipeline.data import Dataset
 
-__all__ = ["SYMMETRIC_KINDS", "check_alpha", "check_data", "check_m", "check_model_task",
-           "check_plan", "check_trainable"]
+__all__ = ["SYMMETRIC_KINDS", "check_alpha", "check_data", "check_m", "check_model_memory",
+           "check_model_task", "check_plan", "check_trainable"]
 
 #: assignment families for which E[B_F R] = α F is proven (Section VII: BIBDs, strongly
 #: regular graphs, coset graphs, circulant/cyclic assignments); decoder.rescale relies on it
@@ -37,10 +37,19 @@ def check_m(m: Any) -> int:
     return int(m)
 
 
+def code_bytes(n: int, k: int, m: int) -> int:
+    """Bytes of a coded run's matrices (float64): F and B R (mk × m each), eye(m) in F's
+    construction, B (mk × n)."""
+    return 8 * (2 * k * m * m + m * m + k * m * n)
+
+
 def check_plan(plan: Any, code: str | None = None) -> None:
     """The config-only rules of a run, a :class:`~agc_pipeline.build.Plan` (``code``: the
     ``code=`` choice, for messages)."""
     assignment, settings, runtime = plan.scheme.assignment, plan.settings, plan.runtime
+    n, k, m = assignment.n, assignment.k, plan.m
+    require_memory(f"m={m} (n = {n}, k = {k})", code_bytes(n, k, m),
+                   "the coding matrices grow as k·m² (F and B R are mk × m): use a smaller m")
     built_m = assignment.params.get("m")
     require(assignment.kind != "coset" or built_m == plan.m,
             f"the coset graph was built for m = {built_m} but m = {plan.m}; the coset graph "
@@ -77,6 +86,20 @@ def _uncoded_rules(plan: Any, code: str | None) -> None:
         f"trainer.wait_for_all=true); got {f'code={code}: ' if code else ''}"
         f"assignment={a.kind}, scheme={scheme.name}, m={plan.m}, "
         f"wait_for_all={str(wait_for_all).lower()}")
+
+
+def check_model_memory(plan: Any, d: int) -> None:
+    """The coded gradient's buffers for a model of ``d`` parameters fit in memory: m blocks
+    of ⌈d/m⌉ values (float64), k of them with ``trainer.coded_gradient=per_subset``."""
+    if not plan.runtime.coded:
+        return
+    m, k = plan.m, plan.scheme.assignment.k
+    per_subset = getattr(plan.settings, "coded_gradient", None) == "per_subset"
+    need = 8 * (k if per_subset else 1) * m * -(-int(d) // m)
+    require_memory(f"a model of d = {d} parameters with m={m}"
+                   + (f", k = {k} and trainer.coded_gradient=per_subset" if per_subset else ""),
+                   need, "use a smaller model" + (", or trainer.coded_gradient=weighted"
+                                                  if per_subset else ""))
 
 
 def check_data(dataset: Dataset, k: int, batch_size: int | None) -> None:

@@ -18,8 +18,10 @@ already holds a run unless ``trainer.resume=true`` (continue it) or ``trainer.ov
 impossible configuration, 3 when training diverges (NaN/Inf gradient), 4 when fewer than
 ``trainer.min_workers`` distributed workers are alive (``trainer=ddp``: any lost rank), 130
 when interrupted (SIGINT/SIGTERM stop at the end of the iteration); a checkpoint is saved in
-the last three cases. In a multirun a diverged job (or one that lost its workers) is reported
-and the sweep goes on (its summary.json says ``"status": "diverged"`` or ``"workers_lost"``).
+the last three cases; 1 when a file of the run cannot be written (disk full: one line naming
+the file; the previous checkpoint is kept). In a multirun a diverged job (or one that lost
+its workers) is reported and the sweep goes on (its summary.json says ``"status":
+"diverged"`` or ``"workers_lost"``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import logging
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +47,7 @@ from agc_pipeline.build import (
     run_app,
 )
 from agc_pipeline.conf_path import CONFIG_DIR
-from agc_pipeline.errors import ConfigError, require
+from agc_pipeline.errors import ConfigError, WriteFailed, require
 from agc_pipeline.reporting.jobs import app_job, run_group, run_name, save_run_record
 from agc_pipeline.reporting.provenance import record
 from agc_pipeline.reporting.sinks import JsonlSink, MultiSink, make_logger_sink
@@ -173,14 +176,40 @@ def _run_locked(cfg: DictConfig, out_dir: Path, replace: bool,
         # workers' start-up, the final evaluation (train_seconds: the iterations)
         summary.startup_seconds = max(seconds - (state.totals.seconds - trained), 0.0)
         summary.keys, summary.wandb = keys, wandb_run
-        summary.write(out_dir / "summary.json")
-        sink.summary(headline(summary))
-        sink.close()
+        summary.threads = _torch_threads()
+        _close_run(status, summary, sink, out_dir)
     test = summary.test_accuracy
     log.info("final train loss %.4f, test accuracy %s, %d iterations in %.1f s -> %s",
              summary.final_train_loss, "n/a" if test is None else f"{test:.4f}",
              summary.iterations, summary.seconds, out_dir)
     return summary.to_dict()
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _close_run(status: str, summary: RunSummary, sink: MultiSink, out_dir: Path) -> None:
+    """Write summary.json, give the summary to the sinks and close them."""
+    try:
+        _write_last(status, lambda: summary.write(out_dir / "summary.json"))
+        sink.summary(headline(summary))
+    finally:
+        _write_last(status, sink.close)
+
+
+def _write_last(status: str, write: Callable[[], None]) -> None:
+    """``write()`` a file at the end of a run; when the run is ending with an error already
+    (e.g. the checkpoint could not be written: disk full), a second failure is logged and
+    the first one stays the one reported."""
+    try:
+        write()
+    except WriteFailed as exc:
+        if status == "completed":
+            raise
+        log.warning("%s", exc)
 
 
 def _clear_previous_run(out_dir: Path, replace: bool) -> None:
@@ -324,17 +353,22 @@ def _hydra_main(cfg: DictConfig) -> None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         run_app(lambda: _job(cfg, out_dir, multirun), "agc-train")
-    except (TrainingDiverged, WorkersLost, TrainingInterrupted) as exc:
+    except (TrainingDiverged, WorkersLost, TrainingInterrupted, KeyboardInterrupt) as exc:
+        # KeyboardInterrupt: a second Ctrl-C stopped the iteration at once (never inside an
+        # update or a checkpoint write: the checkpoint holds the last completed iteration),
+        # or a Ctrl-C after the loop
         what = (f"training diverged: {exc} (checkpoint saved in {out_dir})"
                 if isinstance(exc, TrainingDiverged) else
                 f"too few workers: {exc}" if isinstance(exc, WorkersLost) else
-                f"interrupted: {exc}")
+                f"interrupted: {exc}" if isinstance(exc, TrainingInterrupted) else
+                f"interrupted at once by a second Ctrl-C (checkpoint {out_dir / CHECKPOINT_NAME}"
+                "); continue with trainer.resume=true and the same hydra.run.dir")
         print(f"agc-train: {what}", file=sys.stderr)
-        if multirun and not isinstance(exc, TrainingInterrupted):
+        if multirun and isinstance(exc, TrainingDiverged | WorkersLost):
             # a result of the sweep (summary.json: "diverged" or "workers_lost"); re-running
             # the sweep redoes a job that lost its workers
             return
-        raise SystemExit(exc.exit_status) from None
+        raise SystemExit(getattr(exc, "exit_status", TrainingInterrupted.exit_status)) from None
     except Exception as exc:  # e.g. the user's model raised mid-run, after the run started
         if not _failed_run(out_dir):
             raise

@@ -9,6 +9,7 @@ never numbers here, even where Python or YAML would convert them.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ __all__ = [
     "require_int_list",
     "require_interval",
     "require_list",
+    "require_memory",
     "require_optional_str",
 ]
 
@@ -127,3 +129,27 @@ def require_str(value: Any, name: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{name} must be a non-empty string (got {value!r})")
     return value
+
+
+def physical_memory() -> int:
+    """This machine's physical memory in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def format_bytes(size: float) -> str:
+    """``size`` bytes as a short figure with its unit (``"7.3 GiB"``, ``"6.9e+06 TiB"``)."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            value = size / scale
+            return f"{value:.3g} {unit}" if value < 1e4 else f"{value:.2g} {unit}"
+    return f"{int(size)} B"
+
+
+def require_memory(what: str, need: float, fix: str) -> None:
+    """Refuse, before allocating anything, sizes whose arrays (``need`` bytes, estimated from
+    the sizes alone) exceed the machine's physical memory: one line naming ``what`` (the
+    parameter and its value), the estimate, the memory and ``fix``."""
+    have = physical_memory()
+    if need > have:
+        raise ConfigError(f"{what} needs about {format_bytes(need)} of memory for its arrays, "
+                          f"more than this machine's {format_bytes(have)}: {fix}")

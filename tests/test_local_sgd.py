@@ -168,7 +168,8 @@ def test_resume_is_bit_identical(tmp_path: Path) -> None:
     (["trainer.hierarchy={2: 2, 4: 4}"], "the last .* must be n"),
     (["+trainer.bucket_cap_mb=1"], "does not apply to trainer=local_sgd_simulated"),
     (["code=uncoded_ignore"], "needs code=uncoded_wait"),
-    (["cluster=ethernet_10g", "straggler=delay", "straggler.wait_for=deadline", "straggler.deadline=1"],
+    (["cluster=ethernet_10g", "straggler=delay", "straggler.wait_for=deadline",
+      "straggler.deadline=1"],
      "cluster=ethernet_10g retimes"),
 ])
 def test_bad_keys_are_refused_in_one_line(extra: list[str], message: str) -> None:

@@ -46,7 +46,7 @@ def test_a_run_writes_the_schema_and_reads_back_the_same(tmp_path: Path) -> None
     assert data["schema"] == SCHEMA_VERSION and data["clock"] == "virtual"
     assert summary == data  # run_training returns what it wrote
     # today's keys: those of a file written before the schema, plus schema and clock
-    assert set(data) == set(old_data()) | {"schema", "clock"}
+    assert set(data) == set(old_data()) | {"schema", "clock", "threads"}  # threads: added later
     typed = RunSummary.read(tmp_path / "summary.json")
     assert typed.to_dict() == data and list(typed.to_dict()) == list(data)
     assert typed.runtime == "simulated" and typed.runtime_fields == {}

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from agc_pipeline.analyze import run_analysis
 from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.reporting import provenance
-from agc_pipeline.reporting.sweeps import finished_run, limit_threads
+from agc_pipeline.reporting.sweeps import finished_run, free_cores, limit_threads
 from agc_pipeline.train import build_trainer, run_training
 from tests.conftest import ROOT, compose_config
 from tests.data_fixtures import fake_cifar10
@@ -231,8 +231,10 @@ def test_limit_threads_from_the_config_not_the_environment(
     before = torch.get_num_threads()
     monkeypatch.setenv("AGC_TORCH_THREADS", "1")  # a former switch: ignored
     try:
-        assert limit_threads(compose_config("train")) is None  # not under joblib: unchanged
-        assert torch.get_num_threads() == before
+        free = free_cores()  # a single run: the cores free now
+        assert 1 <= free <= len(os.sched_getaffinity(0))
+        assert limit_threads(compose_config("train")) in (free, free_cores())
+        assert torch.get_num_threads() == limit_threads(compose_config("train"))
         assert limit_threads(compose_config("train", ["trainer.threads=1"])) == 1
         assert torch.get_num_threads() == 1
     finally:

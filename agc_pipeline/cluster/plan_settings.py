@@ -16,7 +16,14 @@ from agc_pipeline.validation import (
     require_int,
     require_int_list,
     require_list,
+    require_memory,
 )
+
+
+def plan_bytes(n: int, m: int, draws: int) -> int:
+    """Bytes of the planner's largest arrays at n workers (float64/int64): the assignments
+    and a code's B (k ≈ n subsets: (m + 2)·n²) and the Monte Carlo draws (4 × draws × n)."""
+    return 8 * ((m + 2) * n * n + 4 * draws * n)
 
 
 @dataclass
@@ -87,6 +94,11 @@ class PlanSettings:
             self.samples_per_worker = positive(self.samples_per_worker, "samples_per_worker")
         self.local_sgd = averaging_spec(self.local_sgd, "local_sgd")
         self.hierarchical_sgd = averaging_spec(self.hierarchical_sgd, "hierarchical_sgd")
+        for n in self.n:  # before any array: the codes' matrices, the Monte Carlo draws
+            require_memory(f"plan.n={n} (with plan.m up to {max(self.m)} and plan.draws="
+                           f"{self.draws})", plan_bytes(n, max(self.m), self.draws),
+                           "the planner's arrays grow as n² (assignments, codes) and "
+                           "draws × n: use a smaller plan.n")
         for spec in self.averaging:
             top = spec.global_period or spec.period
             require(self.draws >= top, f"plan.draws must be ≥ {top}, the averaging period of "

@@ -232,6 +232,31 @@ def fit_kappa(points: list[dict[str, Any]]) -> float:
     return max(float(v @ r / (v @ v)), 0.0)
 
 
+def _read_curves(raw: bytes, source: str) -> tuple[str, dict[str, tuple[float, np.ndarray]]]:
+    """The curves of a convergence file's bytes: (the exact curve's label, label →
+    (normalised error, losses)); ConfigError naming ``source`` for anything else (not UTF-8,
+    not JSON, missing keys, a NaN or infinite value)."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+        curves = {str(label): (float(curve["normalised_error"]),
+                               np.asarray(curve["loss"], dtype=np.float64).reshape(-1))
+                  for label, curve in data["curves"].items()}
+        exact = str(data["exact"])
+        curves[exact]  # noqa: B018 - the exact curve is one of them
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        why = ("not UTF-8 text" if isinstance(exc, UnicodeDecodeError)
+               else f"{type(exc).__name__}: {exc}")
+        raise ConfigError(f"plan.convergence {source}: not a convergence-curves file ({why})"
+                          ) from None
+    for label, (error, loss) in curves.items():
+        require(bool(np.isfinite(loss).all()) and np.isfinite(error),
+                f"plan.convergence {source}: curve {label!r} holds a NaN or infinite value")
+        require(label == exact or 0.0 <= error < 1.0,
+                f"plan.convergence {source}: curve {label!r} has normalised_error {error}, "
+                "outside [0, 1)")
+    return exact, curves
+
+
 def load_convergence(path: str | Path | None, target_fraction: float,
                      kappa: float | None) -> Convergence:
     """Read measured curves (``bench/measure_convergence.py``'s JSON; None: the packaged
@@ -239,30 +264,25 @@ def load_convergence(path: str | Path | None, target_fraction: float,
     run and fit κ (used unless ``kappa`` is given)."""
     if path is None:
         ref = resources.files("agc_pipeline") / "data" / "convergence" / "mnist_mlp.json"
-        text, source = ref.read_text(), "agc_pipeline/data/convergence/mnist_mlp.json"
+        raw, source = ref.read_bytes(), "agc_pipeline/data/convergence/mnist_mlp.json"
     else:
         file = Path(path).expanduser()
-        require(file.is_file(), f"plan.convergence: no such file {str(file)!r}")
-        text, source = file.read_text(), str(file)
-    try:
-        data = json.loads(text)
-        curves = data["curves"]
-        exact = np.asarray(curves[data["exact"]]["loss"], dtype=np.float64)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"plan.convergence {source}: not a convergence-curves file "
-                          f"({type(exc).__name__}: {exc})") from None
+        require(file.exists(), f"plan.convergence: no such file {str(file)!r}")
+        require(file.is_file(), f"plan.convergence: {str(file)!r} is not a regular file")
+        raw, source = file.read_bytes(), str(file)
+    exact_label, curves = _read_curves(raw, source)
+    exact = curves[exact_label][1]
     require(exact.size >= 2, f"plan.convergence {source}: the exact curve needs ≥ 2 points")
     at = max(1, int(round(target_fraction * exact.size)))
     target = float(exact[at - 1])
     base = _first_hit(exact, target)
     assert base is not None
     points = []
-    for label, curve in curves.items():
-        if label == data["exact"]:
+    for label, (error, loss) in curves.items():
+        if label == exact_label:
             continue
-        loss = np.asarray(curve["loss"], dtype=np.float64)
         hit = _first_hit(loss, target)
-        points.append({"label": label, "normalised_error": float(curve["normalised_error"]),
+        points.append({"label": label, "normalised_error": error,
                        "iterations": hit if hit is not None else int(loss.size),
                        "censored": hit is None,
                        "ratio": (hit if hit is not None else loss.size) / base})

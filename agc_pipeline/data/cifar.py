@@ -49,7 +49,11 @@ def _read(folder: Path, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
         require(isinstance(batch, dict) and b"data" in batch and b"labels" in batch,
                 f"{path}: not a CIFAR-10 batch (a dict with b'data' and b'labels')")
         data = np.asarray(batch[b"data"])
-        label = np.asarray(batch[b"labels"], dtype=np.int64)
+        label = np.asarray(batch[b"labels"])
+        require(label.dtype.kind in "iu" or label.size == 0,
+                f"{path}: b'labels' must be integers in 0..9 (got {label.dtype} values, e.g. "
+                f"{label.reshape(-1)[:1].tolist()})")
+        label = label.astype(np.int64)
         require(data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3 * 32 * 32,
                 f"{path}: b'data' must be uint8 of shape (N, 3072) (got {data.dtype} "
                 f"{data.shape})")

@@ -135,6 +135,8 @@ def read_corpus(path: str) -> str:
     elif root.is_dir():
         files = sorted(p for p in root.rglob("*") if p.is_file() and not any(
             part.startswith(".") for part in p.relative_to(root).parts))
+    elif root.exists():  # a FIFO, a device, a socket: not text to read whole
+        raise ConfigError(f"dataset.path={path}: not a regular file or a folder")
     else:
         raise ConfigError(f"dataset.path={path}: no such file or folder")
     require(bool(files), f"dataset.path={path}: the folder holds no files")

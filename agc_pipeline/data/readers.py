@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +38,15 @@ def load_idx(path: str | os.PathLike[str]) -> np.ndarray:
     Raises :class:`ConfigError` for a missing, truncated or corrupt file.
     """
     path = Path(path)
-    require(path.is_file(), f"IDX file not found: {path}")
+    require(path.exists(), f"IDX file not found: {path}")
+    require(path.is_file(), f"{path}: not a regular file (an IDX file is read whole)")
     try:
         with open(path, "rb") as fh:
             gzipped = fh.read(2) == b"\x1f\x8b"
         opener = gzip.open if gzipped else open
         with opener(path, "rb") as fh:
             raw = fh.read()
-    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
         raise ConfigError(f"{path}: cannot read IDX file ({exc})") from exc
     require(len(raw) >= 4 and raw[0] == 0 and raw[1] == 0 and raw[2] in _IDX_TYPES,
             f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")

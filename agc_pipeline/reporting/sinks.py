@@ -24,7 +24,7 @@ from typing import Any
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 
-from agc_pipeline.errors import ConfigError, require
+from agc_pipeline.errors import ConfigError, atomic_write, require, write_failed
 from agc_pipeline.reporting.provenance import record
 from agc_pipeline.validation import require_choice, require_int
 
@@ -46,10 +46,10 @@ def to_jsonable(value: Any) -> Any:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as indented strict JSON, atomically (temp file + rename)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    """Write ``data`` as indented strict JSON, atomically (temp file + rename; WriteFailed
+    naming ``path`` when it cannot be written)."""
+    text = json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n"
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 class Sink:
@@ -84,11 +84,17 @@ class JsonlSink(Sink):
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         row = to_jsonable(metrics)
-        self._fh.write(json.dumps(row, allow_nan=False) + "\n")
-        self._fh.flush()
+        try:
+            self._fh.write(json.dumps(row, allow_nan=False) + "\n")
+            self._fh.flush()
+        except OSError as exc:  # e.g. no space left on device
+            raise write_failed(self.path, exc) from None
 
     def close(self) -> None:
-        self._fh.close()
+        try:
+            self._fh.close()
+        except OSError as exc:
+            raise write_failed(self.path, exc) from None
 
 
 class WandbSink(Sink):

@@ -143,6 +143,9 @@ class RunSummary:
     config: dict[str, Any] | None = None
     #: this invocation's seconds outside the iterations (build, α, start-up, evaluation)
     startup_seconds: float | None = None
+    #: torch's intra-op threads of the run (trainer.threads, or the cores free at its start;
+    #: None in summaries written before it was recorded)
+    threads: int | None = None
     #: the flat W&B config keys (code, scheme, n, k, m, runtime, seed, ...)
     keys: dict[str, Any] | None = None
     #: where the W&B sink keeps the run (None: not logged to W&B)
@@ -177,6 +180,8 @@ class RunSummary:
                 out.update(self.runtime_fields)
             elif name == "alpha":
                 out["alpha"] = None if self.alpha is None else self.alpha.to_dict()
+            elif name in OPTIONAL and getattr(self, name) is None:
+                continue  # a summary written before the field existed reads back as it was
             else:
                 out[name] = getattr(self, name)
         return out
@@ -241,7 +246,9 @@ ORDER = ("schema", "name", "status", "error", "final_train_loss", "test_accuracy
          "alpha", "alpha_residual", "rescaled", "scheme", "assignment", "decoder", "straggler",
          "m", "wait_for_all", "lr", "model", "parameters", "message_length", "dataset",
          "train_samples", "seed", "runtime", "clock", "runtime_fields", "choices", "versions",
-         "provenance", "config", "startup_seconds", "keys", "wandb")
+         "provenance", "config", "startup_seconds", "threads", "keys", "wandb")
+#: fields added after schema 1, written only when set
+OPTIONAL = ("threads",)
 #: the top-level keys that are fields of their own (every other key is a runtime field)
 _FIELDS = frozenset(ORDER) - {"runtime_fields"}
 #: the types each typed field may hold (None is allowed for every optional field)
@@ -257,7 +264,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "rescaled": (bool,), "parameters": (int,), "message_length": (int,), "seed": (int,),
     "runtime": (str,), "clock": (str,), "choices": (dict,), "versions": (dict,),
     "provenance": (dict,), "config": (dict,), "startup_seconds": _NUMBER, "keys": (dict,),
-    "wandb": (dict,),
+    "wandb": (dict,), "threads": (int,),
 }
 #: required fields whose value may still be None (a non-finite loss is written as null)
 _NULLABLE_REQUIRED = ("final_train_loss",)

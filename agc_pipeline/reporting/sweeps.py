@@ -116,12 +116,27 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+def free_cores() -> int:
+    """The cores free now: the machine's cores less the 1-minute load average, at least 1 and
+    at most the cores this process may run on."""
+    cores = _cores()
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # pragma: no cover - no load average
+        load = 0.0
+    return max(1, min(cores, (os.cpu_count() or cores) - round(load)))
+
+
 def limit_threads(cfg: DictConfig | None = None) -> int | None:
     """Set torch's intra-op threads for this job and return the number (None: unchanged).
 
     ``trainer.threads`` of ``cfg`` wins; otherwise, under the joblib
     launcher (``hydra/launcher=local``), ``max(1, cores // n_jobs)`` so that parallel jobs do
-    not oversubscribe the cores. torch is only touched when the app has imported it.
+    not oversubscribe the cores, and for a single run (or a sequential sweep's job) the cores
+    free when it starts (:func:`free_cores`: other jobs on the machine are not slowed down by
+    oversubscription). torch is only touched when the app has imported it. CPU results may
+    differ in their last bits between thread counts: the golden checks pin
+    ``trainer.threads=1`` (docs/reproducibility.md).
     """
     name, threads = app_option(cfg, "threads", None) if cfg is not None else ("", None)
     if threads is not None:
@@ -132,6 +147,10 @@ def limit_threads(cfg: DictConfig | None = None) -> int | None:
             n_jobs = int(launcher.get("n_jobs") or 1)
             cores = _cores()
             threads = 1 if n_jobs < 0 else max(1, cores // max(n_jobs, 1))
+        else:
+            threads = free_cores()
+    elif cfg is not None:
+        threads = free_cores()
     torch = sys.modules.get("torch")
     if threads is not None and torch is not None:
         torch.set_num_threads(threads)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from agc_pipeline.errors import ConfigError
+from agc_pipeline.errors import ConfigError, atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
 #: checkpoint format version (bumped on incompatible changes)
@@ -61,11 +61,11 @@ def run_dir_lock(run_dir: Path) -> Iterator[None]:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` (tensors, numbers, strings, lists and dicts) to ``path`` atomically."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"version": CHECKPOINT_VERSION, **state}, tmp)
-    os.replace(tmp, path)
+    """Write ``state`` (tensors, numbers, strings, lists and dicts) to ``path`` atomically;
+    a failed write leaves the previous checkpoint and no temporary file."""
+    # through a file object: torch.save(obj, path) reports a full disk as an obscure
+    # RuntimeError, a file object's write as OSError(ENOSPC) (WriteFailed naming ``path``)
+    atomic_write(path, lambda fh: torch.save({"version": CHECKPOINT_VERSION, **state}, fh))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -109,10 +109,8 @@ def metrics_rows_before(path: Path, next_iteration: int) -> list[str]:
 
 def rewrite_metrics(path: Path, rows: list[str]) -> int:
     """Replace ``path`` by ``rows`` (atomically); return their number."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(f"{line}\n" for line in rows), encoding="utf-8")
-    os.replace(tmp, path)
+    text = "".join(f"{line}\n" for line in rows)
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
     return len(rows)
 
 

@@ -2,10 +2,11 @@
 graceful stop (SIGINT/SIGTERM at an iteration boundary).
 
 :func:`fit` runs the remaining iterations of a :class:`~agc_pipeline.training.runtime.Runtime`
-and commits each one (:func:`advance`): a checkpoint before the first iteration (a run
-killed at any point can be resumed), every ``trainer.checkpoint_every`` iterations, at the
-end and on any error or interruption — always the state after the last completed iteration,
-with the number of metrics rows logged up to it.
+and commits each one (as :func:`advance` does): a checkpoint before the first iteration (a
+run killed at any point can be resumed), every ``trainer.checkpoint_every`` iterations, at
+the end and on any error or interruption — always the state after the last completed
+iteration, with the number of metrics rows logged up to it. A Ctrl-C never cuts a commit or
+a checkpoint write (it only asks to stop there).
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ def fit(runtime: Runtime, sink: Sink, checkpoint: Path, extra_state: dict[str, A
         now = time.perf_counter()
         state.totals.seconds += now - lap[0]
         lap[0] = now
-        save_checkpoint(checkpoint, {**runtime.state_dict(), "metrics_rows": rows,
-                                     **extra_state})
+        with _deferred_stop(stop):  # a Ctrl-C while saving waits for the checkpoint
+            save_checkpoint(checkpoint, {**runtime.state_dict(), "metrics_rows": rows,
+                                         **extra_state})
 
     bar = progress(total=s.iterations, initial=state.iteration, disable=not s.progress,
                    desc="train", unit="it")
@@ -71,7 +73,10 @@ def fit(runtime: Runtime, sink: Sink, checkpoint: Path, extra_state: dict[str, A
             with _graceful_stop(stop):
                 while state.iteration < s.iterations:
                     t = state.iteration
-                    row = advance(runtime, evaluate=s.eval_every > 0 and t % s.eval_every == 0)
+                    result = runtime.step(evaluate=s.eval_every > 0 and t % s.eval_every == 0)
+                    with _deferred_stop(stop):  # a second Ctrl-C never cuts an update
+                        state.commit(result)
+                    row = result.row
                     if t % s.log_every == 0 or t == s.iterations - 1 or row["skipped"]:
                         sink.log(row, step=t)
                         rows += 1
@@ -92,17 +97,38 @@ def fit(runtime: Runtime, sink: Sink, checkpoint: Path, extra_state: dict[str, A
 @contextlib.contextmanager
 def _graceful_stop(stop: _Stop) -> Iterator[None]:
     """SIGTERM, or a first SIGINT, asks the loop to stop at the end of the iteration
-    (a second SIGINT interrupts at once). Only in the main thread; handlers are restored."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    (a second SIGINT interrupts at once, but never a checkpoint being written: see
+    :func:`_deferred_stop`). Only in the main thread; handlers are restored."""
 
     def handler(signum: int, frame: object) -> None:
         if signum == signal.SIGINT and stop.requested:
             raise KeyboardInterrupt
         stop.requested = True
 
+    with _handling(handler):
+        yield
+
+
+@contextlib.contextmanager
+def _deferred_stop(stop: _Stop) -> Iterator[None]:
+    """SIGINT and SIGTERM only ask to stop during the block (a checkpoint being written):
+    a second Ctrl-C there would cut the write, lose the checkpoint and end in a
+    KeyboardInterrupt traceback."""
+
+    def handler(signum: int, frame: object) -> None:
+        stop.requested = True
+
+    with _handling(handler):
+        yield
+
+
+@contextlib.contextmanager
+def _handling(handler: Any) -> Iterator[None]:
+    """``handler`` for SIGINT and SIGTERM during the block (main thread only; restored)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     for sig in previous:
         signal.signal(sig, handler)
     try:
