@@ -212,3 +212,14 @@ def test_the_arena_sweep_writes_its_report(tmp_path: Path) -> None:
     assert doc["runs"] == 2 and {c["mitigation"] for c in doc["cells"]} == {"ddp", "code7_m2"}
     assert "## Verdicts" in (sweep / "arena.md").read_text()
     assert "Arena" in (sweep / "report.md").read_text()
+
+
+@pytest.mark.parametrize("mitigation", ["ddp", "local_sgd", "backup_workers", "frc",
+                                        "code7_m2"])
+def test_the_gpt_arena_composes(mitigation: str) -> None:
+    sweep = OmegaConf.load(CONFIG_DIR / "experiment" / "arena_gpt.yaml").hydra.sweeper.params
+    assert mitigation in sweep["mitigation"].split(",")
+    plan = validate(compose_config("train", ["experiment=arena_gpt",
+                                             f"mitigation={mitigation}"]))
+    assert plan.straggler.name == "stall" and plan.straggler.p == 0.3
+    assert plan.straggler.per_step == pytest.approx(0.00638)
