@@ -329,3 +329,32 @@ def test_conv_per_subset_products(monkeypatch: pytest.MonkeyPatch, chunk: int,
         res = engine(x, y, subset, coef, plain_weight=1.0)
         assert float((res.blocks.double() - ref).norm() / ref.norm()) < 1e-5
         assert float((res.plain.double() - plain).norm() / plain.norm()) < 1e-5
+
+
+def test_group_norm_uses_the_forward_statistics(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GroupNorm's Σ δ ⊙ x̂ comes from the mean and 1/σ the forward kept (no recomputed x̂),
+    and equals the reference (input far from zero mean: the centring is exact enough)."""
+    from agc_pipeline.training import weight_gradients
+
+    torch.manual_seed(0)
+    model = _Model(nn.Sequential(nn.Conv2d(2, 8, 3), nn.GroupNorm(4, 8), nn.ReLU(),
+                                 nn.GroupNorm(2, 8), nn.Flatten(), nn.Linear(8 * 16, 5)))
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 2, 6, 6, generator=gen) * 3 + 20
+    y = torch.randint(0, 5, (8,), generator=gen)
+    subset = torch.arange(4).repeat_interleave(2)
+    coef = np.random.default_rng(0).normal(size=(2, 4, 2))
+    ref, plain = _reference(model, x, y, subset, 4, 2, coef)
+    engine = CodedGradient(model, 2)
+    original = F.group_norm
+    calls = []
+
+    def counting(inp: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(inp.requires_grad or torch.is_grad_enabled())
+        return original(inp, *args, **kwargs)
+
+    monkeypatch.setattr(weight_gradients.F, "group_norm", counting)
+    res = engine(x, y, subset, coef, plain_weight=1.0)
+    assert calls and all(calls)  # only the forward's calls (grad enabled), none under no_grad
+    assert float((res.blocks.double() - ref).norm() / ref.norm()) < 1e-5
+    assert float((res.plain.double() - plain).norm() / plain.norm()) < 1e-5

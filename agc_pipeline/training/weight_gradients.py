@@ -21,7 +21,8 @@ blocks and, as column c, the plain gradient):
 * ``nn.Conv2d``: per subset, P_i = Σ_{s ∈ D_i} δ_s ⋆ x_s by one grouped convolution
   backward (the subsets as groups: the plain weight-gradient flops), then
   G[v] = Σ_i C[u, i, v] P_i;
-* ``nn.LayerNorm`` / ``nn.GroupNorm``: per-sample sums of δ ⊙ x̂ (x̂ recomputed), weighted;
+* ``nn.LayerNorm`` / ``nn.GroupNorm``: per-sample sums of δ ⊙ x̂ (LayerNorm: x̂ recomputed;
+  GroupNorm: from the forward's statistics), weighted;
 * ``nn.Embedding``: the weighted δ rows added at their token ids;
 * anything else: a vector–Jacobian product of the module's output per (block, column).
 
@@ -300,16 +301,36 @@ def layer_norm(module: nn.LayerNorm, inputs: tuple, y: torch.Tensor, delta: torc
 
 def group_norm(module: nn.GroupNorm, inputs: tuple, y: torch.Tensor, delta: torch.Tensor,
                w: Weighting, segments: Segments, out: Accumulator) -> None:
-    """``nn.GroupNorm``: weight Σ_hw δ ⊙ x̂ and bias Σ_hw δ per sample and channel, weighted."""
+    """``nn.GroupNorm``: weight Σ_hw δ ⊙ x̂ and bias Σ_hw δ per sample and channel, weighted.
+    With the forward's statistics (mean μ, 1/σ per sample and group, kept by autograd for
+    the norm's own backward) Σ_hw δ ⊙ x̂ = (Σ_hw δ x − μ Σ_hw δ)/σ: no x̂ is recomputed."""
     x = inputs[0].detach()
     n, c = x.shape[0], module.num_channels
     d3 = delta.reshape(n, c, -1)
+    sums = d3.sum(dim=2)  # (N, C): Σ_hw δ
     for name, p, segs in _owned(module, ("weight", "bias"), segments):
         if name == "weight":
-            xhat = F.group_norm(x, module.num_groups, None, None, module.eps).reshape(n, c, -1)
-            _sample_sums(p, segs, (d3 * xhat).sum(dim=2), w, out)
+            _sample_sums(p, segs, _group_norm_products(module, x, y, d3, sums), w, out)
         else:
-            _sample_sums(p, segs, d3.sum(dim=2), w, out)
+            _sample_sums(p, segs, sums, w, out)
+
+
+def _group_norm_products(module: nn.GroupNorm, x: torch.Tensor, y: torch.Tensor,
+                         d3: torch.Tensor, sums: torch.Tensor) -> torch.Tensor:
+    """(N, C): Σ_hw δ ⊙ x̂ per sample and channel."""
+    n, c = d3.shape[:2]
+    fn = y.grad_fn
+    mean = getattr(fn, "_saved_result1", None) if fn is not None else None
+    rstd = getattr(fn, "_saved_result2", None) if fn is not None else None
+    per = c // module.num_groups
+    if (mean is None or rstd is None or mean.shape != (n, module.num_groups)
+            or rstd.shape != mean.shape or mean.dtype != x.dtype):
+        xhat = F.group_norm(x, module.num_groups, None, None, module.eps).reshape(n, c, -1)
+        return (d3 * xhat).sum(dim=2)
+    dx = torch.einsum("nch,nch->nc", d3, x.reshape(n, c, -1))
+    mean = mean.repeat_interleave(per, dim=1)
+    rstd = rstd.repeat_interleave(per, dim=1)
+    return (dx - mean * sums) * rstd
 
 
 def embedding(module: nn.Embedding, inputs: tuple, y: torch.Tensor, delta: torch.Tensor,
