@@ -114,21 +114,22 @@ class Weighting:
 
 
 class Scratch:
-    """A work buffer reused by every kernel call (and across steps): fresh multi-MiB
-    temporaries per tile cost page faults that were a fifth of a coded step on CPU."""
+    """Work buffers reused by every kernel call (and across steps): fresh multi-MiB
+    temporaries per tile cost page faults that were a fifth of a coded step on CPU.
+    ``slot`` picks one of several buffers that are needed at the same time."""
 
     def __init__(self) -> None:
-        self._buf: torch.Tensor | None = None
+        self._bufs: dict[int, torch.Tensor] = {}
 
-    def take(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    def take(self, shape: tuple[int, ...], like: torch.Tensor, slot: int = 0) -> torch.Tensor:
         """An uninitialised tensor of ``shape`` with ``like``'s dtype and device (valid until
-        the next call)."""
+        the next call with this ``slot``)."""
         n = math.prod(shape)
-        buf = self._buf
+        buf = self._bufs.get(slot)
         if buf is None or buf.numel() < n or buf.dtype != like.dtype or \
                 buf.device != like.device:
-            buf = self._buf = torch.empty(max(n, TILE_ELEMENTS), dtype=like.dtype,
-                                          device=like.device)
+            buf = self._bufs[slot] = torch.empty(max(n, TILE_ELEMENTS), dtype=like.dtype,
+                                                 device=like.device)
         return buf[:n].view(shape)
 
 
@@ -257,26 +258,37 @@ def conv2d(module: nn.Conv2d, inputs: tuple, y: torch.Tensor, delta: torch.Tenso
         chunk = max(1, min(count, CONV_CHUNK_ELEMENTS // numel))
         for i0 in range(0, count, chunk):
             i1 = min(i0 + chunk, count)
-            flat = _conv_per_subset(module, p, x, delta, w.groups, i0, i1)  # (g, numel)
+            flat = _conv_per_subset(module, p, x, delta, w.groups, i0, i1,
+                                    out.scratch)  # (g, numel)
             for seg in segs:
                 coef = w.per_group[seg.block, i0:i1].T  # (cols, g)
                 out.add_product(p, seg, seg.start, coef, flat[:, seg.start:seg.stop])
 
 
 def _conv_per_subset(module: nn.Conv2d, p: nn.Parameter, x: torch.Tensor,
-                     delta: torch.Tensor, groups: Groups, i0: int, i1: int) -> torch.Tensor:
+                     delta: torch.Tensor, groups: Groups, i0: int, i1: int,
+                     scratch: Scratch) -> torch.Tensor:
     """(i1 - i0, numel): the weight gradients of groups i0..i1-1 (of ``groups``), one
     convolution backward with the groups' samples side by side along the channels
     (batch: the group size; short groups padded with zero samples, which add nothing)."""
     g, size = i1 - i0, groups.size
     xs = groups.gather(x)[i0:i1]  # (g, size, C_in, H, W)
     ds = groups.gather(delta)[i0:i1]
-    # few input channels (the stem): channels-last runs the grouped backward far faster
-    fmt = torch.channels_last if x.shape[1] <= 4 else torch.contiguous_format
-    xg = xs.transpose(0, 1).reshape(size, g * x.shape[1], *x.shape[2:]).contiguous(
-        memory_format=fmt)
-    dg = ds.transpose(0, 1).reshape(size, g * delta.shape[1], *delta.shape[2:]).contiguous(
-        memory_format=fmt)
+    if x.shape[1] <= 4:
+        # few input channels (the stem): channels-last runs the grouped backward far faster
+        fmt = torch.channels_last
+        xg = xs.transpose(0, 1).reshape(size, g * x.shape[1], *x.shape[2:]).contiguous(
+            memory_format=fmt)
+        dg = ds.transpose(0, 1).reshape(size, g * delta.shape[1], *delta.shape[2:]
+                                        ).contiguous(memory_format=fmt)
+    else:  # side by side in reused buffers (fresh ones cost page faults every step)
+        fmt = torch.contiguous_format
+        xg = scratch.take((size, g, *x.shape[1:]), x, slot=1)
+        xg.copy_(xs.transpose(0, 1))
+        xg = xg.view(size, g * x.shape[1], *x.shape[2:])
+        dg = scratch.take((size, g, *delta.shape[1:]), delta, slot=2)
+        dg.copy_(ds.transpose(0, 1))
+        dg = dg.view(size, g * delta.shape[1], *delta.shape[2:])
     weight = p.new_empty((g * p.shape[0], *p.shape[1:])).contiguous(memory_format=fmt)
     grad = torch.ops.aten.convolution_backward(
         dg, xg, weight, None, module.stride, module.padding, module.dilation, False, [0, 0],
@@ -327,7 +339,7 @@ def _group_norm_products(module: nn.GroupNorm, x: torch.Tensor, y: torch.Tensor,
             or rstd.shape != mean.shape or mean.dtype != x.dtype):
         xhat = F.group_norm(x, module.num_groups, None, None, module.eps).reshape(n, c, -1)
         return (d3 * xhat).sum(dim=2)
-    dx = torch.einsum("nch,nch->nc", d3, x.reshape(n, c, -1))
+    dx = torch.linalg.vecdot(d3, x.reshape(n, c, -1))  # Σ_hw δ x, no temporary
     mean = mean.repeat_interleave(per, dim=1)
     rstd = rstd.repeat_interleave(per, dim=1)
     return (dx - mean * sums) * rstd
