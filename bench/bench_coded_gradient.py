@@ -68,11 +68,48 @@ MODELS = {
     "gpt_10m": (["dataset=text", "dataset.context=64", "model=gpt", "model.layers=8",
                  "model.width=320", "model.heads=8"], 1),
     "mlp_1m": (["model=mlp", "model.hidden=1270"], 16),
+    # the residual CNN (d ≈ 77.6k) on MNIST 28×28 and on CIFAR-10-shaped 32×32×3 images
+    # (random pixels in a temporary folder: the timing does not depend on their values)
+    "cnn_mnist": (["model=cnn", "dataset=mnist"], 10),
+    "cnn_cifar": (["model=cnn", "dataset=cifar10", "dataset.train_size=1000",
+                   "dataset.test_size=10"], 10),
+    # the paper's Fig. 6 MLP (784-128-10), 16 and 10 samples per subset
+    "paper_mlp": (["model=paper_mlp", "dataset=mnist"], 16),
+    "paper_mlp_10": (["model=paper_mlp", "dataset=mnist"], 10),
 }
+
+
+def fake_cifar_root() -> str:
+    """A folder with CIFAR-10-format batches of random pixels (200 images each), made once
+    per process (``dataset.root`` of ``cnn_cifar``)."""
+    import pickle
+    import tempfile
+
+    import numpy as np
+
+    global _CIFAR_ROOT
+    _CIFAR_ROOT = _CIFAR_ROOT or os.environ.get("BENCH_CIFAR_ROOT")
+    if _CIFAR_ROOT is None:
+        root = tempfile.mkdtemp(prefix="bench_cifar_")
+        folder = os.path.join(root, "cifar-10-batches-py")
+        os.makedirs(folder)
+        rng = np.random.default_rng(0)
+        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            batch = {b"labels": [int(v) for v in rng.integers(0, 10, size=200)],
+                     b"data": rng.integers(0, 256, size=(200, 3072), dtype=np.uint8)}
+            with open(os.path.join(folder, name), "wb") as f:
+                pickle.dump(batch, f)
+        _CIFAR_ROOT = os.environ["BENCH_CIFAR_ROOT"] = root  # the memory children's too
+    return _CIFAR_ROOT
+
+
+_CIFAR_ROOT: str | None = None
 
 
 def overrides_for(model: str, k: int, device: str = "cpu") -> list[str]:
     extra, batch = MODELS[model]
+    if "dataset=cifar10" in extra:
+        extra = [*extra, f"dataset.root={fake_cifar_root()}"]
     return [f"trainer.device={device}", *DESIGNS[k], "scheme=random_diagonal", "m=2",
             "straggler=bernoulli", "straggler.q=0.25", "decoder=optimal", *extra,
             f"trainer.batch_size={batch}",

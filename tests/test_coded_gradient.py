@@ -298,3 +298,63 @@ def test_a_module_returning_a_tuple_is_refused_in_one_line() -> None:
     x, y = torch.randn(3, 4), torch.tensor([0, 1, 2])
     with pytest.raises(ConfigError, match="Pair returned a tuple, not a tensor"):
         CodedGradient(model, 1).check(x, y)
+
+
+@pytest.mark.parametrize("chunk", [1 << 23, 200], ids=["one_call", "chunked"])
+@pytest.mark.parametrize("layout", ["equal", "unequal"])
+def test_conv_per_subset_products(monkeypatch: pytest.MonkeyPatch, chunk: int,
+                                  layout: str) -> None:
+    """The grouped (per-subset) convolution weight gradients: a stem with 1 input channel
+    (channels-last), wider convolutions (6 → 8, stride 2, dilation 2, no bias), short and
+    unordered subsets, the subsets split into chunks, block boundaries inside the weights."""
+    from agc_pipeline.training import weight_gradients
+
+    monkeypatch.setattr(weight_gradients, "CONV_CHUNK_ELEMENTS", chunk)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.GroupNorm(3, 6), nn.ReLU(),
+                        nn.Conv2d(6, 8, 3, stride=2, padding=2, dilation=2, bias=False),
+                        nn.GroupNorm(2, 8), nn.ReLU(), nn.Conv2d(8, 8, 1),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+    model = _Model(net)
+    gen = torch.Generator().manual_seed(1)
+    if layout == "equal":
+        k, subset = 4, torch.arange(4).repeat_interleave(3)
+    else:
+        k, subset = 4, torch.tensor([2, 0, 3, 0, 1, 0, 2, 3, 0, 1, 1, 0])
+    x, y = torch.randn(12, 1, 9, 9, generator=gen), torch.randint(0, 5, (12,), generator=gen)
+    for m in (1, 3):
+        engine = CodedGradient(model, m)
+        coef = np.random.default_rng(m).normal(size=(m, k, 2))
+        ref, plain = _reference(model, x, y, subset, k, m, coef)
+        res = engine(x, y, subset, coef, plain_weight=1.0)
+        assert float((res.blocks.double() - ref).norm() / ref.norm()) < 1e-5
+        assert float((res.plain.double() - plain).norm() / plain.norm()) < 1e-5
+
+
+def test_group_norm_uses_the_forward_statistics(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GroupNorm's Σ δ ⊙ x̂ comes from the mean and 1/σ the forward kept (no recomputed x̂),
+    and equals the reference (input far from zero mean: the centring is exact enough)."""
+    from agc_pipeline.training import weight_gradients
+
+    torch.manual_seed(0)
+    model = _Model(nn.Sequential(nn.Conv2d(2, 8, 3), nn.GroupNorm(4, 8), nn.ReLU(),
+                                 nn.GroupNorm(2, 8), nn.Flatten(), nn.Linear(8 * 16, 5)))
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 2, 6, 6, generator=gen) * 3 + 20
+    y = torch.randint(0, 5, (8,), generator=gen)
+    subset = torch.arange(4).repeat_interleave(2)
+    coef = np.random.default_rng(0).normal(size=(2, 4, 2))
+    ref, plain = _reference(model, x, y, subset, 4, 2, coef)
+    engine = CodedGradient(model, 2)
+    original = F.group_norm
+    calls = []
+
+    def counting(inp: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(inp.requires_grad or torch.is_grad_enabled())
+        return original(inp, *args, **kwargs)
+
+    monkeypatch.setattr(weight_gradients.F, "group_norm", counting)
+    res = engine(x, y, subset, coef, plain_weight=1.0)
+    assert calls and all(calls)  # only the forward's calls (grad enabled), none under no_grad
+    assert float((res.blocks.double() - ref).norm() / ref.norm()) < 1e-5
+    assert float((res.plain.double() - plain).norm() / plain.norm()) < 1e-5

@@ -156,10 +156,16 @@ def test_a_worker_frame_is_header_then_payload_in_one_buffer() -> None:
         frame.pack(header, torch.zeros(5 + FRAME_SLACK + 1))
 
 
+@pytest.mark.parametrize("chunk", [1 << 16, 4096, 7], ids=["one_tile", "tiles", "odd"])
 @pytest.mark.parametrize("missing", [[], [2], [0, 7], [2, 5, 6], list(range(8))])
-def test_the_ps_combination_matches_float64_to_float32_rounding(missing: list[int]) -> None:
+def test_the_ps_combination_matches_float64_to_float32_rounding(
+        missing: list[int], chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """ĝ = Σ_{j∈𝓕} R(j, :)ᵀ message_j in float32 from float64 R: within float32 rounding of
-    the float64 result, whatever the runs of survivors; rows outside 𝓕 are never read."""
+    the float64 result, whatever the runs of survivors and the tiles of columns (the last
+    one short); rows outside 𝓕 are never read."""
+    from agc_pipeline.training import coded_step
+
+    monkeypatch.setattr(coded_step, "COMBINE_CHUNK", chunk)
     rng = np.random.default_rng(0)
     n, m, length = 8, 2, 20_000
     messages = torch.randn(n, length)

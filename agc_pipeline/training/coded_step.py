@@ -129,26 +129,38 @@ def combine(messages: torch.Tensor, r: np.ndarray | torch.Tensor, d: int) -> tor
     return from_blocks(coef.T @ messages.to(torch.float64), d)
 
 
+#: columns of the message matrix combined at a time by :func:`combine_into`: the (m × chunk)
+#: output tile stays in cache while every run of survivors adds to it, so ĝ is written to
+#: memory once (n = 8, m = 2: 2 MiB of float32 messages read per tile of 0.5 MiB); also
+#: faster than one product over all columns with a single run (measured on CPU, d = 50M)
+COMBINE_CHUNK = 1 << 16
+
+
 def combine_into(messages: torch.Tensor, r: np.ndarray, mask: np.ndarray,
                  out: torch.Tensor) -> torch.Tensor:
     """:func:`combine` without copies of the messages, for the distributed PS: ``out``
     (m, L) = Σ_{j∈𝓕} R(j, :)ᵀ message_j for the (n × L) message matrix (row j: worker j's
     message; rows outside the survivor mask are never read), in the dtype of ``out`` (the
-    messages', e.g. float32), with R (n × m) computed in float64 and rounded once. One
-    matrix product per run of consecutive survivors (views of the matrix, no gather).
+    messages', e.g. float32: float32 accumulation), with R (n × m) computed in float64 and
+    rounded once. One matrix product per run of consecutive survivors (views of the matrix,
+    no gather), a tile of ``COMBINE_CHUNK`` columns at a time, so that each message is read
+    once and ``out`` written once (no second pass over ĝ when a survivor is missing).
     Returns ``out``."""
     coef = torch.as_tensor(np.asarray(r, dtype=np.float64)).to(out.device, out.dtype)
     index = np.flatnonzero(mask)
     if index.size == 0:
         return out.zero_()
     starts = np.flatnonzero(np.diff(index) != 1) + 1  # where a new run of survivors begins
-    for run, (lo, hi) in enumerate(zip(np.r_[0, starts], np.r_[starts, index.size],
-                                       strict=True)):
-        a, b = int(index[lo]), int(index[hi - 1]) + 1
-        if run == 0:
-            torch.mm(coef[a:b].T, messages[a:b], out=out)
-        else:
-            out.addmm_(coef[a:b].T, messages[a:b])
+    runs = [(int(index[lo]), int(index[hi - 1]) + 1)
+            for lo, hi in zip(np.r_[0, starts], np.r_[starts, index.size], strict=True)]
+    a, b = runs[0]
+    length = out.shape[1]
+    for lo in range(0, length, COMBINE_CHUNK):
+        hi = min(lo + COMBINE_CHUNK, length)
+        tile = out[:, lo:hi]
+        torch.mm(coef[a:b].T, messages[a:b, lo:hi], out=tile)
+        for a2, b2 in runs[1:]:
+            tile.addmm_(coef[a2:b2].T, messages[a2:b2, lo:hi])
     return out
 
 

@@ -18,9 +18,11 @@ blocks and, as column c, the plain gradient):
   k·d is formed). With fewer than ``PER_SUBSET_MIN_ROWS`` rows per subset
   **per sample**: (w ⊙ δ)ᵀ x with every column stacked in one product (cols × the
   weight-gradient flops);
-* ``nn.Conv2d``: one convolution backward with the weighted δ's stacked along the output
-  channels;
-* ``nn.LayerNorm`` / ``nn.GroupNorm``: per-sample sums of δ ⊙ x̂ (x̂ recomputed), weighted;
+* ``nn.Conv2d``: per subset, P_i = Σ_{s ∈ D_i} δ_s ⋆ x_s by one grouped convolution
+  backward (the subsets as groups: the plain weight-gradient flops), then
+  G[v] = Σ_i C[u, i, v] P_i;
+* ``nn.LayerNorm`` / ``nn.GroupNorm``: per-sample sums of δ ⊙ x̂ (LayerNorm: x̂ recomputed;
+  GroupNorm: from the forward's statistics), weighted;
 * ``nn.Embedding``: the weighted δ rows added at their token ids;
 * anything else: a vector–Jacobian product of the module's output per (block, column).
 
@@ -47,6 +49,8 @@ PER_SUBSET_MIN_ROWS = 64
 #: rows R of a tile when not all subsets fit (narrower products run slower); measured on CPU
 TILE_ELEMENTS = 1 << 21
 TILE_ROWS = 128
+#: elements of the per-subset convolution weight gradients formed at once (32 MiB of float32)
+CONV_CHUNK_ELEMENTS = 1 << 23
 
 
 @dataclass(frozen=True)
@@ -110,21 +114,22 @@ class Weighting:
 
 
 class Scratch:
-    """A work buffer reused by every kernel call (and across steps): fresh multi-MiB
-    temporaries per tile cost page faults that were a fifth of a coded step on CPU."""
+    """Work buffers reused by every kernel call (and across steps): fresh multi-MiB
+    temporaries per tile cost page faults that were a fifth of a coded step on CPU.
+    ``slot`` picks one of several buffers that are needed at the same time."""
 
     def __init__(self) -> None:
-        self._buf: torch.Tensor | None = None
+        self._bufs: dict[int, torch.Tensor] = {}
 
-    def take(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    def take(self, shape: tuple[int, ...], like: torch.Tensor, slot: int = 0) -> torch.Tensor:
         """An uninitialised tensor of ``shape`` with ``like``'s dtype and device (valid until
-        the next call)."""
+        the next call with this ``slot``)."""
         n = math.prod(shape)
-        buf = self._buf
+        buf = self._bufs.get(slot)
         if buf is None or buf.numel() < n or buf.dtype != like.dtype or \
                 buf.device != like.device:
-            buf = self._buf = torch.empty(max(n, TILE_ELEMENTS), dtype=like.dtype,
-                                          device=like.device)
+            buf = self._bufs[slot] = torch.empty(max(n, TILE_ELEMENTS), dtype=like.dtype,
+                                                 device=like.device)
         return buf[:n].view(shape)
 
 
@@ -240,27 +245,55 @@ def _linear_per_sample(p: nn.Parameter, x3: torch.Tensor, d3: torch.Tensor, fan_
 
 def conv2d(module: nn.Conv2d, inputs: tuple, y: torch.Tensor, delta: torch.Tensor,
            w: Weighting, segments: Segments, out: Accumulator) -> None:
-    """``nn.Conv2d`` (groups = 1, zero padding): every column's weight gradients in one
-    convolution backward, the weighted δ's stacked along the output channels; bias
-    wᵀ Σ_hw δ."""
+    """``nn.Conv2d`` (groups = 1, zero padding): the weight gradient of every data subset
+    present, P_i = Σ_{s ∈ D_i} δ_s ⋆ x_s, by one grouped convolution backward (the subsets
+    as groups: the plain weight-gradient flops, no weighted copies), then
+    G[v] = Σ_i C[u, i, v] P_i; bias wᵀ Σ_hw δ."""
     x = inputs[0].detach()
-    n, cols = delta.shape[0], w.cols
     for name, p, segs in _owned(module, ("weight", "bias"), segments):
         if name == "bias":
             _sample_sums(p, segs, delta.sum(dim=(2, 3)), w, out)
             continue
-        per = p[0].numel()
-        for seg in segs:
-            ws = w.per_sample[seg.block]  # (cols, N)
-            r0, r1 = seg.start // per, -(-seg.stop // per)
-            stacked = (delta[:, None, r0:r1] * ws.T[:, :, None, None, None]).reshape(
-                n, cols * (r1 - r0), *delta.shape[2:])
-            g = torch.ops.aten.convolution_backward(
-                stacked, x, p.new_empty((cols * (r1 - r0), *p.shape[1:])), None,
-                module.stride, module.padding, module.dilation, False, [0, 0], 1,
-                [False, True, False])[1].reshape(cols, -1)
-            lo = seg.start - r0 * per
-            out.add(p, seg, seg.start, g[:, lo:lo + seg.stop - seg.start])
+        count, numel = w.groups.count, p.numel()
+        chunk = max(1, min(count, CONV_CHUNK_ELEMENTS // numel))
+        for i0 in range(0, count, chunk):
+            i1 = min(i0 + chunk, count)
+            flat = _conv_per_subset(module, p, x, delta, w.groups, i0, i1,
+                                    out.scratch)  # (g, numel)
+            for seg in segs:
+                coef = w.per_group[seg.block, i0:i1].T  # (cols, g)
+                out.add_product(p, seg, seg.start, coef, flat[:, seg.start:seg.stop])
+
+
+def _conv_per_subset(module: nn.Conv2d, p: nn.Parameter, x: torch.Tensor,
+                     delta: torch.Tensor, groups: Groups, i0: int, i1: int,
+                     scratch: Scratch) -> torch.Tensor:
+    """(i1 - i0, numel): the weight gradients of groups i0..i1-1 (of ``groups``), one
+    convolution backward with the groups' samples side by side along the channels
+    (batch: the group size; short groups padded with zero samples, which add nothing)."""
+    g, size = i1 - i0, groups.size
+    xs = groups.gather(x)[i0:i1]  # (g, size, C_in, H, W)
+    ds = groups.gather(delta)[i0:i1]
+    if x.shape[1] <= 4:
+        # few input channels (the stem): channels-last runs the grouped backward far faster
+        fmt = torch.channels_last
+        xg = xs.transpose(0, 1).reshape(size, g * x.shape[1], *x.shape[2:]).contiguous(
+            memory_format=fmt)
+        dg = ds.transpose(0, 1).reshape(size, g * delta.shape[1], *delta.shape[2:]
+                                        ).contiguous(memory_format=fmt)
+    else:  # side by side in reused buffers (fresh ones cost page faults every step)
+        fmt = torch.contiguous_format
+        xg = scratch.take((size, g, *x.shape[1:]), x, slot=1)
+        xg.copy_(xs.transpose(0, 1))
+        xg = xg.view(size, g * x.shape[1], *x.shape[2:])
+        dg = scratch.take((size, g, *delta.shape[1:]), delta, slot=2)
+        dg.copy_(ds.transpose(0, 1))
+        dg = dg.view(size, g * delta.shape[1], *delta.shape[2:])
+    weight = p.new_empty((g * p.shape[0], *p.shape[1:])).contiguous(memory_format=fmt)
+    grad = torch.ops.aten.convolution_backward(
+        dg, xg, weight, None, module.stride, module.padding, module.dilation, False, [0, 0],
+        g, [False, True, False])[1]
+    return grad.contiguous().view(g, -1)
 
 
 def layer_norm(module: nn.LayerNorm, inputs: tuple, y: torch.Tensor, delta: torch.Tensor,
@@ -280,16 +313,36 @@ def layer_norm(module: nn.LayerNorm, inputs: tuple, y: torch.Tensor, delta: torc
 
 def group_norm(module: nn.GroupNorm, inputs: tuple, y: torch.Tensor, delta: torch.Tensor,
                w: Weighting, segments: Segments, out: Accumulator) -> None:
-    """``nn.GroupNorm``: weight Σ_hw δ ⊙ x̂ and bias Σ_hw δ per sample and channel, weighted."""
+    """``nn.GroupNorm``: weight Σ_hw δ ⊙ x̂ and bias Σ_hw δ per sample and channel, weighted.
+    With the forward's statistics (mean μ, 1/σ per sample and group, kept by autograd for
+    the norm's own backward) Σ_hw δ ⊙ x̂ = (Σ_hw δ x − μ Σ_hw δ)/σ: no x̂ is recomputed."""
     x = inputs[0].detach()
     n, c = x.shape[0], module.num_channels
     d3 = delta.reshape(n, c, -1)
+    sums = d3.sum(dim=2)  # (N, C): Σ_hw δ
     for name, p, segs in _owned(module, ("weight", "bias"), segments):
         if name == "weight":
-            xhat = F.group_norm(x, module.num_groups, None, None, module.eps).reshape(n, c, -1)
-            _sample_sums(p, segs, (d3 * xhat).sum(dim=2), w, out)
+            _sample_sums(p, segs, _group_norm_products(module, x, y, d3, sums), w, out)
         else:
-            _sample_sums(p, segs, d3.sum(dim=2), w, out)
+            _sample_sums(p, segs, sums, w, out)
+
+
+def _group_norm_products(module: nn.GroupNorm, x: torch.Tensor, y: torch.Tensor,
+                         d3: torch.Tensor, sums: torch.Tensor) -> torch.Tensor:
+    """(N, C): Σ_hw δ ⊙ x̂ per sample and channel."""
+    n, c = d3.shape[:2]
+    fn = y.grad_fn
+    mean = getattr(fn, "_saved_result1", None) if fn is not None else None
+    rstd = getattr(fn, "_saved_result2", None) if fn is not None else None
+    per = c // module.num_groups
+    if (mean is None or rstd is None or mean.shape != (n, module.num_groups)
+            or rstd.shape != mean.shape or mean.dtype != x.dtype):
+        xhat = F.group_norm(x, module.num_groups, None, None, module.eps).reshape(n, c, -1)
+        return (d3 * xhat).sum(dim=2)
+    dx = torch.linalg.vecdot(d3, x.reshape(n, c, -1))  # Σ_hw δ x, no temporary
+    mean = mean.repeat_interleave(per, dim=1)
+    rstd = rstd.repeat_interleave(per, dim=1)
+    return (dx - mean * sums) * rstd
 
 
 def embedding(module: nn.Embedding, inputs: tuple, y: torch.Tensor, delta: torch.Tensor,
