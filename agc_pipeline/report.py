@@ -93,6 +93,36 @@ def provenance_lines(configs_and_records: list[dict[str, Any]]) -> list[str]:
     return [f"- {count} run(s): {line}" for line, count in seen.items()]
 
 
+def _train_section(runs: list[Any], out: Path, title: str | None, yscale: str,
+                   ) -> tuple[list[Group], list[str], list[dict[str, Any]], list[Path],
+                              list[str]]:
+    """The train runs' groups, differing keys, table records, figures and report lines."""
+    groups = group_runs(runs)
+    differ = differing_keys(groups)
+    md_table, records = table(groups)
+    figures = [plot(groups, out / "train_loss.png", "iteration", title, yscale),
+               plot(groups, out / "train_loss_vs_time.png", "time", title, yscale),
+               plot(groups, out / "loss_vs_bytes.png", "bytes", title, yscale)]
+    keys = ", ".join(f"`{k}`" for k in differ) if differ else "nothing (one configuration)"
+    lines = ["## Training (train runs)", "",
+             f"{len(runs)} runs in {len(groups)} groups of replicates (same config, "
+             "distinct seeds; mean ± std over each group's runs).", "",
+             f"Config keys that differ between groups: {keys}.", "",
+             md_table, *(f"![{f.stem}]({f.name})\n" for f in figures)]
+    return groups, differ, records, figures, lines
+
+
+def _arena_section(runs: list[Any], out: Path, arena: ArenaTargets,
+                   heading: str) -> tuple[dict[str, Any], str]:
+    """Write the arena report (``arena.md``, ``arena.json``, figures); its JSON document
+    and the section of ``report.md`` that points to it."""
+    doc = write_arena(runs, out, arena, heading)
+    lines = "\n".join(f"- {v['setting']}: {v['line']}" for v in doc["verdicts"]["accuracy"])
+    return doc, ("\n## Arena\n\nTime to target per regime × placement × mitigation, and the "
+                 "verdicts: [arena.md](arena.md) (figures arena_*.png, data arena.json).\n\n"
+                 + lines + "\n")
+
+
 def make_report(paths: list[Path], out: Path | None = None, title: str | None = None, *,
                 html: bool = False, wandb: WandbOptions | None = None,
                 yscale: str = "log", strict: bool = False,
@@ -128,20 +158,9 @@ def make_report(paths: list[Path], out: Path | None = None, title: str | None = 
     records: list[dict[str, Any]] = []
     differ: list[str] = []
     if runs:
-        groups = group_runs(runs)
-        differ = differing_keys(groups)
-        md_table, records = table(groups)
-        train_figures = [plot(groups, out / "train_loss.png", "iteration", title, yscale),
-                         plot(groups, out / "train_loss_vs_time.png", "time", title, yscale),
-                         plot(groups, out / "loss_vs_bytes.png", "bytes", title, yscale)]
+        groups, differ, records, train_figures, lines = _train_section(runs, out, title, yscale)
         figures += train_figures
-        keys = (", ".join(f"`{k}`" for k in differ) if differ else
-                "nothing (one configuration)")
-        text += ["## Training (train runs)", "",
-                 f"{len(runs)} runs in {len(groups)} groups of replicates (same config, "
-                 "distinct seeds; mean ± std over each group's runs).", "",
-                 f"Config keys that differ between groups: {keys}.", "",
-                 md_table, *(f"![{f.stem}]({f.name})\n" for f in train_figures)]
+        text += lines
     analysis_records: list[dict[str, Any]] = []
     if analysis_runs:
         section, analysis_records, analysis_figures = analysis_section(analysis_runs, out, title)
@@ -154,11 +173,8 @@ def make_report(paths: list[Path], out: Path | None = None, title: str | None = 
     markdown = "\n".join(text)
     arena_doc = None
     if arena is not None and runs:  # the arena's verdicts (reporting/arena.py)
-        arena_doc = write_arena(runs, out, arena, heading)
-        markdown += ("\n## Arena\n\nTime to target per regime × placement × mitigation, and "
-                     "the verdicts: [arena.md](arena.md) (figures arena_*.png, data arena.json)."
-                     "\n\n" + "\n".join(f"- {v['setting']}: {v['line']}"
-                                          for v in arena_doc["verdicts"]["accuracy"]) + "\n")
+        arena_doc, section = _arena_section(runs, out, arena, heading)
+        markdown += section
         figures += [out / name for name in arena_doc["figures"]]
     (out / "report.md").write_text(markdown, encoding="utf-8")
     if html:
