@@ -28,11 +28,28 @@ def batch_indices(seed: int, iteration: int, subsets: np.ndarray | list[int], si
         return None
     per_epoch = size // batch_size
     epoch, position = divmod(int(iteration), per_epoch)
-    rows = []
-    for i in subsets:
-        perm = np.random.default_rng([int(seed), epoch, int(i), BATCH_TAG]).permutation(size)
-        rows.append(perm[position * batch_size:(position + 1) * batch_size])
+    rows = [_permutation(int(seed), epoch, int(i), size)
+            [position * batch_size:(position + 1) * batch_size] for i in subsets]
     return torch.as_tensor(np.stack(rows), dtype=torch.long)
+
+
+#: the permutations of the epochs in use, {(seed, epoch, subset, size): permutation}: drawn
+#: once per epoch instead of once per iteration (the same values; a minibatch costs a slice)
+_PERMUTATIONS: dict[tuple[int, int, int, int], np.ndarray] = {}
+_CACHED_SAMPLES = 1 << 22  #: at most this many cached positions (older epochs are dropped)
+
+
+def _permutation(seed: int, epoch: int, subset: int, size: int) -> np.ndarray:
+    """Subset ``subset``'s shuffle of epoch ``epoch`` (the generator of (seed, epoch, i))."""
+    key = (seed, epoch, subset, size)
+    perm = _PERMUTATIONS.get(key)
+    if perm is None:
+        perm = np.random.default_rng([seed, epoch, subset, BATCH_TAG]).permutation(size)
+        perm.setflags(write=False)
+        while _PERMUTATIONS and size * (len(_PERMUTATIONS) + 1) > _CACHED_SAMPLES:
+            del _PERMUTATIONS[next(iter(_PERMUTATIONS))]  # the oldest first
+        _PERMUTATIONS[key] = perm
+    return perm
 
 
 def take(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:

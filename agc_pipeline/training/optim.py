@@ -82,17 +82,22 @@ class Optimizer:
             self._backup = [torch.empty_like(p) for p in self.params]
         torch._foreach_copy_(self._backup, [p.detach() for p in self.params])
         saved: dict[tuple[int, str], Any] = {}
+        buffers: list[torch.Tensor] = []
+        values: list[torch.Tensor] = []
         for index, p in enumerate(self.params):
             for key, value in self.optimizer.state.get(p, {}).items():
                 if isinstance(value, torch.Tensor):
                     buffer = self._state_backup.get((index, key))
                     if buffer is None or buffer.shape != value.shape \
-                            or buffer.dtype != value.dtype:
+                            or buffer.dtype != value.dtype or buffer.device != value.device:
                         buffer = self._state_backup[(index, key)] = torch.empty_like(value)
-                    buffer.copy_(value)
+                    buffers.append(buffer)
+                    values.append(value)
                     saved[(index, key)] = buffer
                 else:
                     saved[(index, key)] = copy.deepcopy(value)
+        if buffers:  # one call for all the state's tensors (moments, step counts)
+            torch._foreach_copy_(buffers, values)
         self._saved_state = saved
         self._saved_schedule = (None if self.scheduler is None
                                 else copy.deepcopy(self.scheduler.state_dict()))
