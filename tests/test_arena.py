@@ -163,7 +163,7 @@ def fake_run(root: Path, name: str, mitigation: str, regime: str, placement: str
     rows = [{"iteration": i, "train_loss": loss, "test_accuracy": acc, "virtual_time": t}
             for i, (acc, t) in enumerate(accuracy_times)]
     summary = SimpleNamespace(config={"seed": seed, "dataset": {"partition": placement}},
-                              clock="virtual", runtime="simulated")
+                              clock="virtual", runtime="simulated", iterations=len(rows))
     return Run(path, summary, rows)  # type: ignore[arg-type]
 
 

@@ -95,3 +95,15 @@ def test_the_plan_app_reads_the_packaged_arena_by_default() -> None:
     assert curves.measured is None
     with pytest.raises(ConfigError, match="plan.iterations"):
         build_plan(compose_config("plan", ["plan.iterations=guess"]))
+
+
+def test_a_local_sgd_that_missed_the_target_counts_at_least_its_runs_length(
+        tmp_path: Path) -> None:
+    missed = {**_cell("local_sgd", None, std=None, reached=1), "iterations": 100}
+    conv = load_arena_convergence(_arena(tmp_path, [_cell("ddp", 50.0), missed]),
+                                  "slowdown", "iid", None)
+    assert conv.measured["local_sgd"]["censored"] is True
+    assert conv.local_sgd_factor == pytest.approx(2.0)  # ≥ 100 of DDP's 50 iterations
+    result = run_plan(_cluster(), _settings(families=["uncoded_wait"], p=[0.0]), conv)
+    local = next(r for r in result["results"] if r["family"] == "local_sgd")
+    assert "lower bound" in local["iterations"]["model"]

@@ -11,7 +11,9 @@ the planner's own straggler model) and reads:
 * κ of the planner's iteration model ``I_0 (1 + κ ē/(1 − ē))``, fitted by least squares
   (:func:`~agc_pipeline.cluster.planner.fit_kappa`) to the measured (ē, r) of the mitigations
   with a gradient error: backup workers (ē = s/n) and the approximate codes (ē = 1 − α);
-* local SGD's measured ratio, applied to the planner's local and hierarchical schedules.
+* local SGD's measured ratio, applied to the planner's local and hierarchical schedules —
+  where local SGD missed the target in some seed, the lower bound its runs' length gives
+  (``censored``: the plan's local-SGD times are then optimistic, and say so).
 
 What is extrapolated, and how (stated in ``plan.json``): the counts are those of the
 arena's model (the MNIST CNN, n = 12 workers, its batch): the plan applies I_0 and the
@@ -79,7 +81,11 @@ def arena_points(path: str | Path | None, regime: str,
             continue
         done = agg["reached"] == agg["runs"]
         iterations = agg["mean_iteration"] if done else None
+        # a mitigation that missed the target in some seed needed more than its runs' length
+        bound = cell.get("iterations")
         entry = {"ratio": None if iterations is None else iterations / i0,
+                 "censored": not done,
+                 "ratio_at_least": None if done or not bound else float(bound) / i0,
                  "std_ratio": (None if agg.get("std_iteration") is None or not done
                                else agg["std_iteration"] / i0),
                  "runs": agg["runs"], "reached": agg["reached"],

@@ -72,7 +72,8 @@ def load_arena_convergence(path: str | Path | None, regime: str, placement: str,
     (:func:`~agc_pipeline.cluster.arena_iterations.arena_points`; None: the packaged one)."""
     found = arena_points(path, regime, placement)
     fitted = fit_kappa(found["points"])
-    local = found["measured"].get("local_sgd", {}).get("ratio")
+    entry = found["measured"].get("local_sgd", {})
+    local = entry.get("ratio") if entry.get("ratio") is not None else entry.get("ratio_at_least")
     return Convergence(source=found["source"], target_loss=found["target"],
                        iterations_exact=found["iterations_exact"],
                        kappa=fitted if kappa is None else float(kappa), fitted_kappa=fitted,
@@ -112,8 +113,12 @@ def _arena_label(kind: str, convergence: Convergence) -> dict[str, Any]:
             label["measured"] = {k: v for k, v in measured.items()
                                  if k not in ("ddp", "local_sgd", "backup_workers")}
     else:
+        censored = measured.get("local_sgd", {}).get("censored")
         label["model"] = ("I0 x the arena's measured local-SGD ratio "
-                          f"{convergence.local_sgd_factor:.3g} (its period, not this schedule)")
+                          + ("(a lower bound: it missed the target in some seed) "
+                             if censored else "")
+                          + f"{convergence.local_sgd_factor:.3g} (its period, not this "
+                            "schedule)")
     if name in measured and kind != "code":
         label["measured"] = measured[name]
     return label

@@ -104,6 +104,7 @@ def arena_cells(runs: list[Run], targets: ArenaTargets) -> list[dict[str, Any]]:
                     "code": mitigation not in NON_CODES, "clock": clock,
                     "normalised_error": float(np.mean(errors)) if errors else None,
                     "seeds": sorted(cell_of(r)["seed"] for r in members),
+                    "iterations": max(r.summary.iterations or 0 for r in members),
                     "accuracy": accuracy, "loss": loss})
     return out
 
