@@ -22,9 +22,10 @@ with ``--cluster`` (default ``emulated_100mbit``; its bandwidth scaled by ``--ra
 bound (all processes share this host's cores). Last line:
 ``emulated <rate> n=<n> d=<d>: sharded <t_sh/t_DDP>x DDP, PS <t_PS/t_DDP>x DDP, model
 error <e>%`` (ratios of seconds per iteration, each runtime's best m; e: the largest
-|predicted/measured − 1| over the runs, with its sign). The table also
-shows the PS predicted as it really sends: all n copies posted at once share its link, so
-every worker starts after n copies, not the j-th after j (``sends at once``).
+|predicted/measured − 1| over the runs, with its sign). The PS is predicted as it really
+sends (``broadcast=concurrent``: all n copies posted at once share its link, so every
+worker starts after n copies); the table also shows the older ``unicast`` prediction (the
+j-th worker starting after j copies: ``one by one``).
 
 ``--calibrate`` (separate from the runs it predicts; about a minute): plain gloo point-to-
 point ping-pongs of 4 B-4 MB between nodes 0 and 1 (one-way = half the median round trip,
@@ -189,24 +190,20 @@ def predict(cluster: Any, overrides: list[str], summary: dict[str, Any]) -> floa
     return float(ps_iteration_times(cluster, cpu, n, d, m, k, 4.0, 4.0, cpu=cpu))
 
 
-def predict_concurrent(cluster: Any, overrides: list[str]) -> float | None:
-    """The PS's iteration as it sends (n copies posted at once, sharing its link: every
-    worker holds the parameters at ``α + n·d·4/β``), then the same FIFO uploads, decode,
-    update and shared-host bound as ``ps_iteration_times``; None for DDP and sharded."""
-    from agc_pipeline.cluster.costmodel import fifo_deliveries, order_statistic, ps_cpu_work
+def predict_unicast(cluster: Any, overrides: list[str]) -> float | None:
+    """The PS's iteration with the broadcast the cost model assumed before 2026-12-07 (the
+    copies one after another, worker j starting at ``α + (j+1)·d·4/β``: ``broadcast=
+    unicast``), for comparison with :func:`predict` (the ``concurrent`` broadcast the PS
+    really does); None for DDP and sharded."""
+    from agc_pipeline.cluster.costmodel import ps_iteration_times
 
     if "trainer=distributed" not in overrides:
         return None
     work, d, m, k = run_shape(overrides)
     cpu = cluster.worker_compute(work, 6.0 * d, d)
     n = cpu.shape[-1]
-    length = -(-d // m)
-    starts = cluster.latency + n * d * 4.0 / cluster.bandwidth
-    done = fifo_deliveries(starts + cpu, cluster.latency, length * 4.0 / cluster.bandwidth)
-    total = (order_statistic(done, n) + d * cluster.step_time_per_parameter
-             + cluster.decode_time(n, m, k, length, 4.0))
-    bound = cluster.shared_host_bound(ps_cpu_work(cluster, cpu, n, d, m, k, 4.0, 4.0))
-    return float(max(total, bound))
+    return float(ps_iteration_times(cluster, cpu, n, d, m, k, 4.0, 4.0, broadcast="unicast",
+                                    cpu=cpu))
 
 
 def bench(args: argparse.Namespace, out: Path) -> int:
@@ -231,24 +228,24 @@ def bench(args: argparse.Namespace, out: Path) -> int:
             summary = json.loads((run_dir / "summary.json").read_text())
             measured = statistics.median(r["iteration_time"] for r in rows[SKIP:] or rows)
             predicted = predict(cluster, [*common, *overrides], summary)
-            concurrent = predict_concurrent(cluster, [*common, *overrides])
+            unicast = predict_unicast(cluster, [*common, *overrides])
             d = int(summary["parameters"])
-            results[label] = (measured, predicted, concurrent, _traffic(summary, rows), d)
+            results[label] = (measured, predicted, unicast, _traffic(summary, rows), d)
             print(f"  {label:11s} {len(rows)} iterations, {time.perf_counter() - started:5.1f} s "
                   f"end to end, {measured:.3f} s/iteration", flush=True)
     t_ddp = results["DDP"][0]
     print(f"\n  {'run':11s} {'s/iter':>7s} {'vs DDP':>7s} {'model':>7s} {'error':>7s} "
-          f"{'sends at once':>14s}  bytes per iteration (cost model: {cluster.name})")
+          f"{'one by one':>14s}  bytes per iteration (cost model: {cluster.name})")
     errors = []
-    for label, (measured, predicted, concurrent, traffic, _) in results.items():
+    for label, (measured, predicted, unicast, traffic, _) in results.items():
         error = predicted / measured - 1.0
         errors.append(error)
-        other = ("" if concurrent is None else
-                 f"{concurrent:.3f} {100 * (concurrent / measured - 1):+4.0f}%")
+        other = ("" if unicast is None else
+                 f"{unicast:.3f} {100 * (unicast / measured - 1):+4.0f}%")
         print(f"  {label:11s} {measured:7.3f} {measured / t_ddp:7.2f} {predicted:7.3f} "
               f"{100 * error:+6.1f}% {other:>14s}  {traffic}")
-    print("  (model: costmodel.py, the PS's copies one after another; sends at once: the n "
-          "copies share the PS's link, every worker starts when all are through)")
+    print("  (model: costmodel.py, the PS's n copies posted at once share its link, every "
+          "worker starts when all are through; one by one: the copies one after another)")
     best_ps = min(m for label, (m, *_) in results.items() if label.startswith("PS"))
     best_sharded = min(m for label, (m, *_) in results.items() if label.startswith("sharded"))
     worst = max(errors, key=abs)

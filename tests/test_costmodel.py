@@ -84,13 +84,20 @@ def test_fifo_closed_form_equals_the_recursion(rng: np.random.Generator) -> None
                                    _fifo_loop(ready, latency, service))
 
 
+def _unicast(*args: object, **kw: object) -> np.ndarray:
+    """ps_iteration_times with the one-copy-after-another broadcast (the hand cases below
+    were computed for it; the default is now the concurrent broadcast the PS really does)."""
+    return ps_iteration_times(*args, broadcast="unicast", **kw)  # type: ignore[arg-type]
+
+
 def test_ps_iteration_hand_case() -> None:
     """n = 3, d = 10 float32 parameters, m = 2: messages of 5 values (20 B, τ_u = 2 s),
-    parameter copies of 40 B (τ_b = 4 s), α = 0.5 s."""
+    parameter copies of 40 B (τ_b = 4 s), α = 0.5 s; unicast broadcast."""
     starts = TOY.broadcast_starts(3, 40.0, "unicast")
     np.testing.assert_allclose(starts, [4.5, 8.5, 12.5])  # α + (j+1)·τ_b
     np.testing.assert_allclose(TOY.broadcast_starts(3, 40.0, "pipelined"), [4.5, 5.0, 5.5])
     one = np.ones(3)
+    ps_iteration_times = _unicast
     # compute 1 s each: ready 5.5, 9.5, 13.5; gaps of 4 s > τ_u: no queue, + α + τ_u
     assert ps_iteration_times(TOY, one, 3, 10, 2, 3, 4, 4) == pytest.approx(16.0)
     assert ps_iteration_times(TOY, one, 2, 10, 2, 3, 4, 4) == pytest.approx(12.0)
@@ -104,6 +111,33 @@ def test_ps_iteration_hand_case() -> None:
     # odd d: ⌈d/m⌉ values per message (d = 11, m = 2: 6 values, τ_u = 2.4 s)
     assert ps_iteration_times(TOY, one, 1, 11, 2, 3, 4, 4) == pytest.approx(
         0.5 + 4.4 + 1.0 + 0.5 + 2.4)
+
+
+def test_concurrent_broadcast_hand_case() -> None:
+    """The PS posts all n copies at once (processes.py::send_params: one isend per worker):
+    they share its link fairly and every worker holds the parameters at α + n·τ_b. TOY,
+    n = 3, d = 10, m = 2 as above: τ_b = 4 s, so every worker starts at 0.5 + 12 = 12.5 s
+    (the unicast's last start), τ_u = 2 s."""
+    np.testing.assert_allclose(TOY.broadcast_starts(3, 40.0, "concurrent"), [12.5] * 3)
+    np.testing.assert_allclose(TOY.broadcast_starts(3, 40.0), [12.5] * 3)  # the default
+    np.testing.assert_allclose(TOY.broadcast_starts(1, 40.0, "concurrent"),
+                               TOY.broadcast_starts(1, 40.0, "unicast"))  # one copy: equal
+    one = np.ones(3)
+    # compute 1 s: all ready at 13.5; the messages queue: D = 13.5 + 0.5 + 2, + 2, + 2
+    for wait, expected in ((1, 16.0), (2, 18.0), (3, 20.0)):
+        assert ps_iteration_times(TOY, one, wait, 10, 2, 3, 4, 4,
+                                  broadcast="concurrent") == pytest.approx(expected)
+        assert ps_iteration_times(TOY, one, wait, 10, 2, 3, 4, 4) == pytest.approx(expected)
+    # against unicast (16 s when waiting for all): the workers no longer upload while the
+    # later copies are still going out, so the messages queue behind each other (+ 2·τ_u)
+    assert ps_iteration_times(TOY, one, 3, 10, 2, 3, 4, 4, broadcast="unicast") == \
+        pytest.approx(16.0)
+    # m = 1 and 16-bit parameters: τ_b = 2 s, τ_u = 4 s; ready 6.5 + 1 = 7.5; D = 12, 16, 20
+    assert ps_iteration_times(TOY, one, 3, 10, 1, 3, 4, 2) == pytest.approx(20.0)
+    # a slow worker (compute 3, 0, 0 s): ready 15.5, 12.5, 12.5: D = 15, 17, max(16, 17) + 2
+    compute = np.array([3.0, 0.0, 0.0])
+    assert ps_iteration_times(TOY, compute, 3, 10, 2, 3, 4, 4) == pytest.approx(19.0)
+    assert ps_iteration_times(TOY, compute, 2, 10, 2, 3, 4, 4) == pytest.approx(17.0)
 
 
 def test_decode_time_hand_case() -> None:
@@ -141,7 +175,7 @@ def test_worker_compute_adds_the_fixed_work_per_parameter() -> None:
                                [31.0, 62.0])
     # the PS's own update (d·t_p = 10·0.1 = 1 s) follows the wait: TOY's 16 s case + 1 s
     slow_ps = ClusterModel(**{**TOY.describe(), "step_time_per_parameter": 0.1})
-    assert ps_iteration_times(slow_ps, np.ones(3), 3, 10, 2, 3, 4, 4) == pytest.approx(17.0)
+    assert _unicast(slow_ps, np.ones(3), 3, 10, 2, 3, 4, 4) == pytest.approx(17.0)
     assert TOY.worker_compute(10, 6, 100) == pytest.approx(60.0)  # t_p = 0: samples only
 
 
@@ -158,10 +192,10 @@ def test_ps_cpu_work_and_the_shared_host_bound_hand_case() -> None:
         pytest.approx(96.0 / 2)
     # cheap transfers: the work (3 + 2·180·0.01 = 6.6 core-s) / 2 < 16 s: the path decides
     cheap = _host(transfer_cpu_per_byte=0.01)
-    assert ps_iteration_times(cheap, one, 3, 10, 2, 3, 4, 4) == pytest.approx(16.0)
+    assert _unicast(cheap, one, 3, 10, 2, 3, 4, 4) == pytest.approx(16.0)
     # a processor per node (shared_cores unset): the same figures change nothing
     apart = ClusterModel(**{**host.describe(), "shared_cores": None})
-    assert ps_iteration_times(apart, one, 3, 10, 2, 3, 4, 4) == pytest.approx(16.0)
+    assert _unicast(apart, one, 3, 10, 2, 3, 4, 4) == pytest.approx(16.0)
     assert apart.shared_host_bound(123.0) == 0.0
     # the PS's decode and update are work too (d·t_p = 10·0.5 = 5 core-s)
     busy_ps = _host(transfer_cpu_per_byte=0.25, message_cpu=1.0, step_time_per_parameter=0.5)
@@ -285,17 +319,19 @@ def test_default_clock_has_no_cluster() -> None:
 
 def test_cluster_clock_matches_a_hand_computation() -> None:
     """Fano plane (n = 7), m = 2, logistic regression with d = 42 float32 parameters, every
-    worker computing 1 ms, cluster=ethernet_10g (β = 1.15e9 B/s, α = 25 µs): the PS sends
-    168-byte copies one after another (τ_b = 168/β), the last one starts at α + 7·τ_b; the
-    84-byte messages (τ_u = 84/β < τ_b) never queue, so the iteration ends at
-    α + 7·τ_b + 1 ms + α + τ_u."""
+    worker computing 1 ms, cluster=ethernet_10g (β = 1.15e9 B/s, α = 25 µs): the PS posts
+    the seven 168-byte copies at once (the concurrent broadcast, as its send_params does),
+    so every worker starts at α + 7·τ_b (τ_b = 168/β); the seven 84-byte messages, ready
+    together, queue on the PS's link (τ_u = 84/β), so the iteration ends at
+    α + 7·τ_b + 1 ms + α + 7·τ_u. (With the unicast broadcast this case was
+    α + 7·τ_b + 1 ms + α + τ_u: the earlier workers uploaded while later copies went out.)"""
     cfg = compose_config("train", [*SMALL, "cluster=ethernet_10g", "straggler=none",
                                    "straggler.compute_time=0.001"])
     runtime = build_trainer(cfg)
     coded = runtime.coded_part
     assert (coded.n, coded.d, coded.length, coded.wire_bytes) == (7, 42, 21, 4)
     beta, alpha = 1.15e9, 25e-6
-    expected = alpha + 7 * 168 / beta + 0.001 + alpha + 84 / beta
+    expected = alpha + 7 * 168 / beta + 0.001 + alpha + 7 * 84 / beta
     first = advance(runtime)
     second = advance(runtime)
     assert first["iteration_time"] == pytest.approx(expected, rel=1e-12)
@@ -314,7 +350,7 @@ def test_cluster_clock_with_delays_queues_the_messages() -> None:
     assert cluster is not None
     compute = coded.straggler.draw(0, coded.n, 0).finish_times
     survivors = coded.straggler.draw(0, coded.n, coded.length).survivors
-    starts = cluster.latency + np.arange(1, 8) * coded.d * 4 / cluster.bandwidth
+    starts = np.full(7, cluster.latency + 7 * coded.d * 4 / cluster.bandwidth)  # concurrent
     arrival = _fifo_loop(starts + compute, cluster.latency, coded.length * 4 / cluster.bandwidth)
     row = advance(runtime)
     assert row["survivors"] == 5

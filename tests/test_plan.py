@@ -183,7 +183,7 @@ def test_plan_on_a_shared_host_takes_the_cpu_work_bound() -> None:
     assert row["iteration_time"] == pytest.approx(ps_work / 2, rel=1e-12)
     # the planner's PS path equals the cost model's function (which the benchmark uses)
     assert row["iteration_time"] == pytest.approx(float(ps_iteration_times(
-        cluster, np.full(n, compute), n, d, 1, n, 4, 2)), rel=1e-12)
+        cluster, np.full(n, compute), n, d, 1, n, 4, 2, broadcast="unicast")), rel=1e-12)
     assert any("shared_cores" in a for a in result["assumptions"])
 
 
@@ -216,14 +216,15 @@ def test_plan_app_writes_plan_json_and_the_figure(tmp_path: Path) -> None:
     assert plan["designs"]["16"]["projective_rd"]["available"] is False
     assert plan["designs"]["64"]["affine_rd"]["available"] is True
     assert len(plan["best"]) == 2 * 1 * 2 * 2  # n × d × p × broadcast
-    assert {c["broadcast"] for c in plan["crossovers"]} == {"unicast", "pipelined"}
+    # the default plan.broadcast: the PS's concurrent sends (as implemented) and a chain
+    assert {c["broadcast"] for c in plan["crossovers"]} == {"concurrent", "pipelined"}
     assert plan["headline"].startswith("cluster=ethernet_10g")
 
 
 @pytest.mark.parametrize(("override", "message"), [
     ("plan.n=[1]", "plan.n[0] must be an integer ≥ 2"),
     ("plan.p=[1.5]", "plan.p[0] must be ≤ 1.0"),
-    ("plan.broadcast=[tree]", "plan.broadcast[0] must be one of unicast | pipelined"),
+    ("plan.broadcast=[tree]", "plan.broadcast[0] must be one of concurrent | unicast | pipelined"),
     ("cluster=none", "the plan app needs a cluster model"),
     ("experiment=fig3", "experiment=fig3 is a preset of the analyze app"),
 ])

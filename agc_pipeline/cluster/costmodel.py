@@ -7,11 +7,13 @@ direction) and one-way latency α (s); a transfer of S bytes alone takes ``α + 
 
 Parameter server (Sections II-III: worker j sends one vector Z B(:, j) of ⌈d/m⌉ values):
 
-1. broadcast: the PS sends the d parameters to each worker on its outgoing link.
-   ``unicast`` (what this repository's PS does): one copy after another, so worker j (in the
-   PS's sending order) starts at ``α + (j+1)·τ_b``, ``τ_b = d·b_p/β``; ``pipelined`` (a
-   chain broadcast in fine chunks, as collective libraries implement it): worker j starts at
-   ``(j+1)·α + τ_b``;
+1. broadcast: the PS sends the d parameters to each worker on its outgoing link
+   (``τ_b = d·b_p/β``). ``concurrent`` (what this repository's PS does, the default:
+   ``send_params`` posts one non-blocking ``isend`` per live worker in a loop, so the n
+   copies are on the wire together and share the PS's link fairly): every worker holds the
+   parameters at ``α + n·τ_b``; ``unicast`` (one copy after another): worker j (in the PS's
+   sending order) starts at ``α + (j+1)·τ_b``; ``pipelined`` (a chain broadcast in fine
+   chunks, as collective libraries implement it): worker j starts at ``(j+1)·α + τ_b``;
 2. compute: worker j computes for ``samples_j × flops_per_sample / worker_flops ×
    slowdown_j`` (a load-δ coded worker processes δ/k of the global batch);
 3. upload: the messages share the PS's incoming link, first come first served: sorted by the
@@ -68,20 +70,25 @@ from agc_pipeline.validation import require_choice, require_finite, require_int
 
 __all__ = [
     "BROADCASTS",
+    "PS_BROADCAST",
     "ClusterModel",
     "compute_times",
     "ddp_cpu_work",
     "ddp_iteration_times",
     "fifo_deliveries",
     "order_statistic",
+    "owner_order_statistics",
     "ps_cpu_work",
     "ps_iteration_times",
     "ring_allreduce_time",
     "slowdowns",
 ]
 
-#: how the PS sends the parameters to the workers (see the module docstring)
-BROADCASTS = ("unicast", "pipelined")
+#: how the PS sends the parameters to the workers (see the module docstring); the first is
+#: the default: what ``trainer=distributed`` does (all n sends posted at once)
+BROADCASTS = ("concurrent", "unicast", "pipelined")
+#: the broadcast of this repository's PS (agc_pipeline/training/processes.py::send_params)
+PS_BROADCAST = BROADCASTS[0]
 
 
 @dataclass(frozen=True)
@@ -144,12 +151,16 @@ class ClusterModel:
         return np.asarray(cpu_work, dtype=np.float64) / self.shared_cores
 
     def broadcast_starts(self, n: int, param_bytes: float,
-                         broadcast: str = "unicast") -> np.ndarray:
+                         broadcast: str = PS_BROADCAST) -> np.ndarray:
         """When each of the n workers holds the new parameters (``param_bytes`` per copy), in
-        the PS's sending order; shape (n,)."""
+        the PS's sending order; shape (n,). ``concurrent``: the n copies share the link
+        fairly and all finish at ``α + n·τ``; ``unicast``: ``α + (j+1)·τ``; ``pipelined``:
+        ``(j+1)·α + τ``."""
         require_choice(broadcast, "broadcast", BROADCASTS)
         order = np.arange(1, n + 1, dtype=np.float64)
         tau = param_bytes / self.bandwidth
+        if broadcast == "concurrent":
+            return np.full(n, self.latency + n * tau)
         if broadcast == "unicast":
             return self.latency + order * tau
         return order * self.latency + tau
@@ -263,7 +274,7 @@ def ddp_cpu_work(cluster: ClusterModel, cpu: np.ndarray, d: int, grad_bytes: flo
 
 def ps_iteration_times(cluster: ClusterModel, compute: np.ndarray, wait: int, d: int, m: int,
                        k: int, grad_bytes: float, param_bytes: float,
-                       broadcast: str = "unicast", decode: bool = True,
+                       broadcast: str = PS_BROADCAST, decode: bool = True,
                        cpu: np.ndarray | None = None) -> np.ndarray:
     """PS iteration times (…,) for per-worker compute times ``compute`` (…, n): broadcast,
     compute, FIFO upload of ⌈d/m⌉-value messages, the ``wait``-th delivery, decode and the
@@ -334,8 +345,7 @@ def sharded_iteration_times(cluster: ClusterModel, compute: np.ndarray, wait: in
     scatter = cluster.latency + (n - 1) * width * grad_bytes / cluster.bandwidth
     # owner σ's arrivals: its own slice at compute_σ, the others' after the scatter; the
     # slowest owner sets the pace (the all-gather needs every shard)
-    arrivals = compute[..., None, :] + scatter * (1.0 - np.eye(n))
-    owners = order_statistic(arrivals, wait).max(axis=-1)
+    owners = owner_order_statistics(compute, scatter, wait).max(axis=-1)
     gather = (n - 1) * (cluster.latency + m * width * grad_bytes / cluster.bandwidth)
     total = (owners + cluster.decode_time(wait, m, k, width, grad_bytes)
              + d / n * cluster.step_time_per_parameter + gather)
@@ -344,3 +354,30 @@ def sharded_iteration_times(cluster: ClusterModel, compute: np.ndarray, wait: in
                                 grad_bytes)
         total = np.maximum(total, cluster.shared_host_bound(work))
     return total
+
+
+def owner_order_statistics(compute: np.ndarray, scatter: float, wait: int) -> np.ndarray:
+    """When each owner σ of ``trainer=sharded`` holds ``wait`` slices (…, n): the
+    ``wait``-th smallest of its arrivals, its own slice at ``compute_σ`` and node j's at
+    ``compute_j + scatter``. Equal to ``order_statistic(compute[..., None, :] + scatter·(1 −
+    I), wait)`` without the (…, n, n) array: with y the sorted ``compute + scatter`` and y'
+    those without σ's entry, the answer is ``min(y'_(w−1), max(y'_(w−2), compute_σ))``
+    (0-based, y'_(−1) = −inf, y'_(n−1) = +inf)."""
+    compute = np.asarray(compute, dtype=np.float64)
+    n = compute.shape[-1]
+    require(1 <= wait <= n, f"order statistic rank must lie in [1, {n}] (got {wait})")
+    x = compute + scatter
+    order = np.argsort(x, axis=-1, kind="stable")
+    y = np.take_along_axis(x, order, axis=-1)
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(n), axis=-1)  # σ's position in y
+    pad = np.concatenate([np.full((*y.shape[:-1], 1), -np.inf), y,
+                          np.full((*y.shape[:-1], 2), np.inf)], axis=-1)
+
+    def without_own(i: int) -> np.ndarray:
+        """y'_i for every σ (index i of y with σ's entry removed), from the padded y."""
+        return np.where(i < rank, pad[..., i + 1, None], pad[..., i + 2, None])
+
+    upper = without_own(wait - 1)
+    lower = without_own(wait - 2) if wait >= 2 else np.full_like(compute, -np.inf)
+    return np.minimum(upper, np.maximum(lower, compute))

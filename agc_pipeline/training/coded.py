@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from agc_pipeline.cluster.costmodel import ClusterModel
+from agc_pipeline.cluster.costmodel import PS_BROADCAST, ClusterModel
 from agc_pipeline.codes.base import Scheme
 from agc_pipeline.coding.decoding import Decoder, Decoding
 from agc_pipeline.coding.stragglers import (
@@ -106,14 +106,16 @@ class CodedPart:
 
     def _cluster_times(self, draw: StragglerDraw) -> StragglerDraw:
         """The clock's communication time from the cluster model
-        (:mod:`agc_pipeline.cluster.costmodel`): the PS sends the d parameters to each worker in
-        turn (unicast), worker j computes for the straggler model's time (seconds: the draw made
-        with message length 0), and the messages of ⌈d/m⌉ values queue on the PS's link.
+        (:mod:`agc_pipeline.cluster.costmodel`): the PS posts the d parameters to every worker
+        at once (the ``concurrent`` broadcast, as ``trainer=distributed``'s send_params does:
+        the n copies share its link, every worker holds them at α + n·τ_b), worker j computes
+        for the straggler model's time (seconds: the draw made with message length 0), and the
+        messages of ⌈d/m⌉ values queue on the PS's link.
         The survivors stay the straggler model's; the PS waits for the last of their
         messages (no survivor: the end of the compute window plus one message)."""
         assert self.cluster is not None
         nbytes = self.wire_bytes
-        starts = self.cluster.broadcast_starts(self.n, self.d * nbytes)
+        starts = self.cluster.broadcast_starts(self.n, self.d * nbytes, PS_BROADCAST)
         arrival = self.cluster.ps_deliveries(starts + draw.finish_times, self.length * nbytes)
         survivors = draw.survivors
         if survivors.any():
