@@ -1,6 +1,7 @@
-"""What ``plan.json`` concludes from the planner's rows: per setting the best code, the best
-baseline (DDP, backup workers, local / hierarchical SGD) and the winner — "don't code" is a
-valid answer — the crossovers in n, and the headline."""
+"""What ``plan.json`` concludes from the planner's rows: per setting the best code on the PS,
+the best scheme on the sharded runtime (``trainer=sharded``), the best baseline (DDP, backup
+workers, local / hierarchical SGD) and the winner — "don't code" is a valid answer — the
+crossovers in n, and the headline."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ UNCODED_PS = ("uncoded_wait", "uncoded_ignore")
 def _brief(row: dict[str, Any] | None) -> dict[str, Any] | None:
     if row is None:
         return None
-    keys = ("scheme", "family", "m", "s", "construction", "load", "normalised_error",
-            "iterations_factor", "iteration_time", "time_to_loss")
+    keys = ("scheme", "family", "runtime", "m", "s", "construction", "load",
+            "normalised_error", "iterations_factor", "iteration_time", "time_to_loss")
     return {key: row.get(key) for key in keys if key in row}
 
 
@@ -29,17 +30,44 @@ def _fastest(rows: list[dict[str, Any]], key: str = "time_to_loss") -> dict[str,
     return min(rows, default=None, key=lambda r: r[key])
 
 
+def _winner(base: dict[str, Any], *others: dict[str, Any] | None) -> dict[str, Any]:
+    """The fastest to the loss of the best baseline and ``others`` (a tie: the first)."""
+    winner = base
+    for row in others:
+        if row is not None and row["time_to_loss"] < winner["time_to_loss"]:
+            winner = row
+    return winner
+
+
+def _sharded(here: list[dict[str, Any]], ddp: dict[str, Any],
+             ps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sharded runtime's part of a ``best`` entry: its fastest scheme (coded or not) and
+    fastest code, and how the former compares with DDP and with the fastest PS scheme."""
+    rows = [r for r in here if r.get("runtime") == "sharded"]
+    top, coded = _fastest(rows), _fastest([r for r in rows if r["coded"]])
+    best_ps = _fastest(ps)
+    return {
+        "best_sharded": _brief(top),
+        "best_sharded_coded": _brief(coded),
+        "sharded_speedup_vs_ddp": ddp["time_to_loss"] / top["time_to_loss"] if top else None,
+        "sharded_speedup_vs_ps": (best_ps["time_to_loss"] / top["time_to_loss"]
+                                  if top and best_ps else None),
+    }
+
+
 def _setting(here: list[dict[str, Any]], broadcast: str) -> dict[str, Any]:
-    """One entry of ``best`` from the rows at one (n, d, p), for one PS broadcast."""
+    """One entry of ``best`` from the rows at one (n, d, p), for one PS broadcast (the
+    sharded rows, which have none, join every broadcast's entry)."""
     ddp = next(r for r in here if r["family"] == "ddp")
-    ps = [r for r in here if r["broadcast"] == broadcast]
+    ps = [r for r in here if r.get("runtime", "ps") == "ps" and r["broadcast"] == broadcast]
     coded = _fastest([r for r in ps if r["coded"]])
     iso = _fastest([r for r in ps if r["coded"]], "time_to_loss_isotropic")
     baselines = [r for r in here if r["family"] in BASELINES and r.get("available", True)
-                 and r["broadcast"] in (None, broadcast)]
+                 and r.get("runtime") != "sharded" and r["broadcast"] in (None, broadcast)]
     base = _fastest(baselines)
     assert base is not None  # DDP is always there
-    winner = base if coded is None or base["time_to_loss"] <= coded["time_to_loss"] else coded
+    sharded = [r for r in here if r.get("runtime") == "sharded"]
+    winner = _winner(base, coded, _fastest(sharded))
     return {
         "ddp_time_to_loss": ddp["time_to_loss"],
         "ddp_iteration_time": ddp["iteration_time"],
@@ -49,7 +77,9 @@ def _setting(here: list[dict[str, Any]], broadcast: str) -> dict[str, Any]:
         "best_baseline": _brief(base),
         "winner": {"scheme": winner["scheme"], "family": winner["family"],
                    "kind": "code" if winner["coded"] else "baseline",
+                   "runtime": winner.get("runtime", "ps"),
                    "time_to_loss": winner["time_to_loss"]},
+        **_sharded(here, ddp, ps),
         "speedup_vs_ddp": ddp["time_to_loss"] / coded["time_to_loss"] if coded else None,
         "speedup_vs_best_baseline": (base["time_to_loss"] / coded["time_to_loss"]
                                      if coded else None),
@@ -137,6 +167,8 @@ def _versus_baselines(here: list[dict[str, Any]]) -> str:
     counts: dict[str, int] = {}
     for b in here:
         name = "a code" if b["winner"]["kind"] == "code" else b["winner"]["family"]
+        if b["winner"].get("runtime") == "sharded":
+            name += " (sharded)"
         counts[name] = counts.get(name, 0) + 1
     text = (f"against the best baseline (DDP, backup workers, local SGD) the best code wins "
             f"{len(wins)} of {len(here)} settings")
@@ -145,6 +177,27 @@ def _versus_baselines(here: list[dict[str, Any]]) -> str:
         text += (f" (at most {top['speedup_vs_best_baseline']:.2f}x, n={top['n']}, "
                  f"d={_fmt_d(top['d'])}, p={top['p']:g})")
     return text + "; winners: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+
+
+def _versus_sharded(here: list[dict[str, Any]]) -> str:
+    """Where the sharded runtime's best scheme beats DDP and the fastest PS scheme."""
+    rows = [b for b in here if b.get("sharded_speedup_vs_ddp") is not None]
+    if not rows:
+        return ""
+    both = [b for b in rows if b["sharded_speedup_vs_ddp"] > 1
+            and (b["sharded_speedup_vs_ps"] or math.inf) > 1]
+    n_ddp = sum(b["sharded_speedup_vs_ddp"] > 1 for b in rows)
+    n_ps = sum((b["sharded_speedup_vs_ps"] or math.inf) > 1 for b in rows)
+    top = max(rows, key=lambda b: b["sharded_speedup_vs_ddp"])
+    text = (f"; sharded runtime: its best scheme beats DDP in {n_ddp} and the fastest PS "
+            f"scheme in {n_ps} of {len(rows)} settings, both in {len(both)}")
+    if both:
+        text += " (p, n, d) ∈ {" + ", ".join(
+            f"({p:g}, {n}, {_fmt_d(d)})" for p, n, d in sorted(
+                {(b["p"], b["n"], b["d"]) for b in both})) + "}"
+    return text + (f"; best {top['sharded_speedup_vs_ddp']:.2f}x DDP "
+                   f"({top['best_sharded']['scheme']} s={top['best_sharded']['s']} at "
+                   f"n={top['n']}, d={_fmt_d(top['d'])}, p={top['p']:g})")
 
 
 def headline(cluster: Any, best: list[dict[str, Any]], st: PlanSettings,
@@ -157,5 +210,5 @@ def headline(cluster: Any, best: list[dict[str, Any]], st: PlanSettings,
         here = [b for b in best if b["broadcast"] == broadcast]
         rows = [b for b in here if b["speedup_vs_ddp"]]
         text = _versus_ddp(rows, broadcast) + "; " if rows else f"{broadcast} broadcast: "
-        parts.append(text + _versus_baselines(here) + ".")
+        parts.append(text + _versus_baselines(here) + _versus_sharded(here) + ".")
     return " ".join(parts)

@@ -47,6 +47,7 @@ from agc_pipeline.cluster.costmodel import (
     ClusterModel,
     ddp_iteration_times,
     ps_cpu_work,
+    sharded_iteration_times,
     slowdowns,
 )
 from agc_pipeline.cluster.mitigations import local_sgd_row
@@ -197,16 +198,19 @@ def _baseline_rows(cluster: ClusterModel, st: PlanSettings, convergence: Converg
     compute = compute_of(st.global_batch(n) / n)
     t_ddp = _mean(ddp_iteration_times(cluster, compute, d, st.grad_bytes))
     rows = [{**where, "scheme": "ddp", "family": "ddp", "coded": False, "m": 1, "s": 0,
-             "broadcast": None, "normalised_error": 0.0, "iterations_factor": 1.0,
+             "runtime": "allreduce", "broadcast": None, "normalised_error": 0.0,
+             "iterations_factor": 1.0,
              "iteration_time": t_ddp, "time_to_loss": i0 * t_ddp,
              "time_to_loss_isotropic": i0 * t_ddp, "s_isotropic": 0,
              "iterations": iterations_label("ddp", convergence)}]
     backup = backup_code(n, st.s_fractions)
     if backup is not None:
         err = {s: s / n for s in backup.s_values}  # A = I: Err = s exactly (eq. 3)
-        for broadcast in st.broadcast:
-            row = _best_s(cluster, st, backup, err, compute_of, d, broadcast, convergence, p)
-            rows.append({**row, "scheme": "backup workers", "family": "backup",
+        for runtime, broadcast in _runtimes(st):
+            row = _best_s(cluster, st, backup, err, compute_of, d, broadcast, convergence, p,
+                          runtime)
+            name = "backup workers" + (" (sharded)" if runtime == "sharded" else "")
+            rows.append({**row, "scheme": name, "family": "backup",
                          "iterations": iterations_label("backup", convergence)})
     for spec in st.averaging:
         row = local_sgd_row(cluster, spec, compute, d, st.grad_bytes)
@@ -215,7 +219,7 @@ def _baseline_rows(cluster: ClusterModel, st: PlanSettings, convergence: Converg
             row.update(time_to_loss=i0 * factor * row["iteration_time"],
                        iterations_factor=factor,
                        iterations=iterations_label(spec.kind, convergence))
-        rows.append({**where, "coded": False, "broadcast": None, **row})
+        rows.append({**where, "coded": False, "runtime": "allreduce", "broadcast": None, **row})
     return rows
 
 
@@ -233,9 +237,9 @@ def run_plan(cluster: ClusterModel, settings: PlanSettings, convergence: Converg
                 compute_of = _compute_of(cluster, st, n, p, d)
                 rows += _baseline_rows(cluster, st, convergence, compute_of, n, p, d)
                 for code, err in codes[n]:
-                    for broadcast in st.broadcast:
+                    for runtime, broadcast in _runtimes(st):
                         row = _best_s(cluster, st, code, err, compute_of, d, broadcast,
-                                      convergence, p)
+                                      convergence, p, runtime)
                         rows.append({**row, "iterations": iterations_label("code",
                                                                            convergence)})
     best = best_per_setting(rows, st)
@@ -255,32 +259,60 @@ def run_plan(cluster: ClusterModel, settings: PlanSettings, convergence: Converg
     }
 
 
-def _best_s(cluster: ClusterModel, st: PlanSettings, code: Code, err: dict[int, float],
-            compute_of: Callable[[float], np.ndarray], d: int, broadcast: str,
-            convergence: Convergence, p: float) -> dict[str, Any]:
-    """The row of ``code`` at (d, broadcast): its s minimising the time to the loss."""
+def _runtimes(st: PlanSettings) -> list[tuple[str, str | None]]:
+    """(runtime, broadcast) of the rows of a PS-style scheme: the PS once per broadcast, then
+    ``trainer=sharded`` (no broadcast: the owners all-gather the parameters)."""
+    return [*(("ps", b) for b in st.broadcast), ("sharded", None)]
+
+
+def _iteration_time(cluster: ClusterModel, st: PlanSettings, code: Code,
+                    compute: np.ndarray, d: int, broadcast: str | None,
+                    runtime: str) -> Callable[[int], float]:
+    """The mean iteration time of ``code`` at a given s on ``runtime``: the PS (broadcast,
+    FIFO uploads, the (n − s)-th delivery, decode, update; the shared-host bound) or
+    ``trainer=sharded`` (:func:`sharded_iteration_times`: every owner decodes its slice
+    from its own first n − s arrivals, then the all-gather)."""
     n, m, k = code.n, code.m, code.scheme.k
+    if runtime == "sharded":
+        return lambda s: _mean(sharded_iteration_times(cluster, compute, n - s, d, m, k,
+                                                       st.grad_bytes))
+    assert broadcast is not None
     length = math.ceil(d / m)
-    compute = compute_of(code.load * st.global_batch(n))
     starts = cluster.broadcast_starts(n, d * st.param_bytes, broadcast)
     done = np.sort(cluster.ps_deliveries(starts + compute, length * st.grad_bytes), axis=1)
-    i0 = convergence.iterations_exact
-    best: dict[str, Any] | None = None
-    iso: tuple[float, int] = (math.inf, 0)
-    for s in code.s_values:
+
+    def ps(s: int) -> float:
         w = n - s
-        t = _mean(np.maximum(
+        return _mean(np.maximum(
             done[:, w - 1] + cluster.decode_time(w, m, k, length, st.grad_bytes)
             + d * cluster.step_time_per_parameter,
             cluster.shared_host_bound(ps_cpu_work(cluster, compute, w, d, m, k, st.grad_bytes,
                                                   st.param_bytes))))
+
+    return ps
+
+
+def _best_s(cluster: ClusterModel, st: PlanSettings, code: Code, err: dict[int, float],
+            compute_of: Callable[[float], np.ndarray], d: int, broadcast: str | None,
+            convergence: Convergence, p: float, runtime: str = "ps") -> dict[str, Any]:
+    """The row of ``code`` at (d, runtime, broadcast): its s minimising the time to the
+    loss (chosen the same way on both runtimes)."""
+    n, m = code.n, code.m
+    compute = compute_of(code.load * st.global_batch(n))
+    time_at = _iteration_time(cluster, st, code, compute, d, broadcast, runtime)
+    i0 = convergence.iterations_exact
+    best: dict[str, Any] | None = None
+    iso: tuple[float, int] = (math.inf, 0)
+    for s in code.s_values:
+        t = time_at(s)
         factor = convergence.factor(err[s])
         total = i0 * factor * t
         iso = min(iso, (i0 * convergence.factor(err[s], 1.0) * t, s))
         if best is None or total < best["time_to_loss"]:
-            best = {"n": n, "d": d, "p": p, "scheme": f"{code.family} m={m}",
+            name = f"{code.family} m={m}" + (" (sharded)" if runtime == "sharded" else "")
+            best = {"n": n, "d": d, "p": p, "scheme": name,
                     "family": code.family, "coded": code.coded, "m": m, "s": s,
-                    "broadcast": broadcast, "construction": code.construction,
+                    "runtime": runtime, "broadcast": broadcast, "construction": code.construction,
                     "load": code.load, "normalised_error": err[s],
                     "iterations_factor": factor, "iteration_time": t, "time_to_loss": total}
     assert best is not None
