@@ -101,9 +101,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                  "".join(f"; crossover n ≈ {x['n']:.0f} (coded wins {x['coded_wins']})"
                          for x in c["crossovers"]))
     for b in result["best"]:
-        log.info("n=%-4d d=%-10d p=%-5g %-9s winner: %s; step speed-up vs DDP: %s", b["n"],
-                 b["d"], b["p"], b["broadcast"], b["winner"]["scheme"],
-                 ", ".join(f"{k} {v:.2f}x" for k, v in b["step_speedup_vs_ddp"].items()))
+        log.info("n=%-4d d=%-10d p=%-5g %-9s winner: %s; step speed-up vs DDP: %s; sharded "
+                 "%s: %.2fx DDP", b["n"], b["d"], b["p"], b["broadcast"],
+                 b["winner"]["scheme"],
+                 ", ".join(f"{k} {v:.2f}x" for k, v in b["step_speedup_vs_ddp"].items()),
+                 (b["best_sharded"] or {}).get("scheme"), b["sharded_speedup_vs_ddp"] or 0.0)
     log.info("%s", result["headline"])
     write_json(out_dir / "summary.json", {
         "app": "plan", "status": "completed", "plan": "plan.json",
@@ -117,8 +119,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
 def plot_plan(result: dict[str, Any], path: Path, title: str | None = None) -> Path:
     """Per straggler severity p (columns) and model size d (rows): predicted time to the
-    loss against n for DDP, the best coded scheme (per broadcast) and the best uncoded PS,
-    crossovers marked."""
+    loss against n for DDP, the best coded scheme (per broadcast), the best uncoded PS and
+    the best scheme on the sharded runtime, crossovers marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,7 +130,8 @@ def plot_plan(result: dict[str, Any], path: Path, title: str | None = None) -> P
     ds, ps, ns = st["d"], st["p"], st["n"]
     fig, axes = plt.subplots(len(ds), len(ps), figsize=(4.2 * len(ps), 3.3 * len(ds)),
                              squeeze=False, sharex=True)
-    styles = {"unicast": ("tab:blue", "-"), "pipelined": ("tab:green", "--")}
+    styles = {"concurrent": ("tab:blue", "-"), "unicast": ("tab:purple", "-."),
+              "pipelined": ("tab:green", "--")}
     for i, d in enumerate(ds):
         for j, p in enumerate(ps):
             ax = axes[i][j]
@@ -160,6 +163,10 @@ def plot_plan(result: dict[str, Any], path: Path, title: str | None = None) -> P
                     ax.plot([b["n"] for b in unc],
                             [b["best_uncoded_ps"]["time_to_loss"] for b in unc],
                             color="tab:gray", ls=":", marker=".", label="best uncoded PS")
+                    sh = [b for b in first if b.get("best_sharded") is not None]
+                    ax.plot([b["n"] for b in sh], [b["best_sharded"]["time_to_loss"] for b in sh],
+                            color="tab:orange", ls="-", marker="^", ms=4,
+                            label="best sharded (trainer=sharded)")
                 cross = next((c for c in result["crossovers"] if (c["d"], c["p"],
                               c["broadcast"]) == (d, p, broadcast)), None)
                 height = 0.02 + 0.07 * st["broadcast"].index(broadcast)
