@@ -89,7 +89,9 @@ METHOD = (
     "SGD = (max over workers of the compute summed over each averaging period H + ring "
     "all-reduce of the d parameters) / H; hierarchical SGD = groups of g average every H "
     "steps, everyone every G steps. The winner per setting is the fastest to the loss among "
-    "DDP, backup workers, local/hierarchical SGD and the best code (a tie goes to the "
+    "DDP, backup workers, local/hierarchical SGD, the best code on the PS and the best scheme "
+    "on the sharded runtime (trainer=sharded: slices of the coded message to the shards' "
+    "owners, each decoding from its own first n-s, then an all-gather; a tie goes to the "
     "baseline).")
 
 ASSUMPTIONS = (
@@ -99,8 +101,8 @@ ASSUMPTIONS = (
     "pass is not modelled, nor a worker streaming its message as it computes)",
     "the PS decodes after the (n-s)-th message; late messages are dropped at once and take no "
     "bandwidth; a slowed worker abandons its iteration when the next one starts",
-    "the PS randomises its broadcast order per iteration, so the straggler set is a uniformly "
-    "random set of s workers (the decoding error is evaluated on such sets)",
+    "the straggler set is a uniformly random set of s workers (the decoding error is evaluated "
+    "on such sets; with unicast the PS is taken to randomise its sending order)",
     "compute is proportional to the samples a worker processes (a coded worker holding delta of "
     "k subsets processes delta/k of the global batch, as the one-pass coded gradient costs a "
     "plain step over them) times flops_per_sample x d / worker_flops; memory limits ignored",
@@ -113,8 +115,12 @@ ASSUMPTIONS = (
     "iterations to the loss scale as 1 + kappa e/(1-e) with kappa measured on a small model "
     "(MNIST, the paper's MLP) and the same global batch for every scheme and every n; the "
     "iteration count I0 itself comes from that small model: only ratios transfer",
-    "one PS (no sharded parameter servers); the unicast broadcast is what this repository's PS "
-    "does, the pipelined (chain) broadcast is modelled but not implemented here",
+    "the PS's concurrent broadcast (all n copies posted at once, sharing its link) is what "
+    "this repository's PS does; unicast (one copy after another) and the pipelined (chain) "
+    "broadcast are modelled but not implemented here",
+    "sharded rows (trainer=sharded): every owner decodes its slice from its own first n-s "
+    "arrivals with the PS's decoding error at that s; the all-gather moves the parameters in "
+    "grad_bytes (the model's dtype); a straggler's late slices take no bandwidth",
     "local and hierarchical SGD: iterations to the loss assumed equal to DDP's (not measured); "
     "no warm-up phase of synchronous steps; a group's all-reduce uses the cluster's link; no "
     "shared-host CPU bound; every worker processes B/n samples per step as in DDP",
