@@ -30,7 +30,7 @@ from agc_pipeline.cluster.planner import (
     run_plan,
 )
 from agc_pipeline.conf_path import CONFIG_DIR
-from agc_pipeline.errors import require
+from agc_pipeline.errors import ConfigError, require
 from agc_pipeline.reporting.jobs import save_run_record
 from agc_pipeline.reporting.provenance import record
 from agc_pipeline.reporting.sinks import write_json
@@ -68,14 +68,19 @@ def build_plan(cfg: DictConfig) -> tuple[ClusterModel, PlanSettings, Any]:
     require_optional_str(p.get("title"), "plan.title")
     source = require_choice(p.get("iterations", "curves"), "plan.iterations",
                             ("arena", "curves"))
+    curves = require_optional_str(p.convergence, "plan.convergence")
     if source == "arena":
+        if curves is not None:  # a bad file is named first, then the mode is
+            load_convergence(curves, fraction, kappa)
+            raise ConfigError("plan.convergence (convergence curves) is read with "
+                              "plan.iterations=curves; plan.iterations=arena takes its "
+                              "iterations from plan.arena: add plan.iterations=curves")
         convergence = load_arena_convergence(
             require_optional_str(p.get("arena"), "plan.arena"),
             require_str(p.get("arena_regime", "slowdown"), "plan.arena_regime"),
             require_str(p.get("arena_placement", "iid"), "plan.arena_placement"), kappa)
     else:
-        convergence = load_convergence(require_optional_str(p.convergence, "plan.convergence"),
-                                       fraction, kappa)
+        convergence = load_convergence(curves, fraction, kappa)
     return cluster, settings, convergence
 
 
