@@ -30,7 +30,7 @@ from agc_pipeline.codes.assignment import Assignment
 from agc_pipeline.codes.base import Scheme
 from agc_pipeline.coding.decoding import Decoder
 from agc_pipeline.conf_path import preset_app, unknown_key_error
-from agc_pipeline.errors import ConfigError, WriteFailed, require, write_failed
+from agc_pipeline.errors import ConfigError, WriteFailed, one_line, require, write_failed
 from agc_pipeline.rules import (
     check_data,
     check_m,
@@ -62,7 +62,7 @@ def _instantiate(node: DictConfig, what: str, **kwargs: Any) -> Any:
         cause = exc.__cause__
         if isinstance(cause, ConfigError):
             raise cause from None
-        raise ConfigError(f"{what}: {cause or exc}") from None
+        raise ConfigError(f"{what}: {one_line(cause or exc)}") from None
     except TypeError as exc:  # a key the target does not accept
         raise ConfigError(f"{what}: {exc}") from None
 

@@ -68,6 +68,10 @@ def build_plan(cfg: DictConfig) -> tuple[ClusterModel, PlanSettings, Any]:
     require_optional_str(p.get("title"), "plan.title")
     source = require_choice(p.get("iterations", "curves"), "plan.iterations",
                             ("arena", "curves"))
+    other, needs = ("convergence", "curves") if source == "arena" else ("arena", "arena")
+    require(p.get(other) is None, f"plan.{other}={p.get(other)} is read only with plan."
+            f"iterations={needs} (got plan.iterations={source}): pass plan.iterations={needs} "
+            f"or drop plan.{other}")
     if source == "arena":
         convergence = load_arena_convergence(
             require_optional_str(p.get("arena"), "plan.arena"),
