@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from agc_pipeline.codes.assignment import Assignment
 from agc_pipeline.codes.base import Scheme
 from agc_pipeline.coding.decoding import Decoder
-from agc_pipeline.conf_path import preset_app, unknown_key_error
+from agc_pipeline.conf_path import preset_app
 from agc_pipeline.errors import ConfigError, WriteFailed, one_line, require, write_failed
 from agc_pipeline.rules import (
     check_data,
@@ -37,6 +37,7 @@ from agc_pipeline.rules import (
     check_model_memory,
     check_model_task,
     check_plan,
+    check_top_level,
 )
 
 if TYPE_CHECKING:
@@ -347,7 +348,7 @@ def _foreign(app: str, name: str, declared: str) -> str:
 def require_app(cfg: DictConfig, app: str) -> None:
     """Raise ConfigError when ``cfg`` holds a top-level key ``app`` does not know, or was
     composed from another app's experiment preset."""
-    require((problem := unknown_key_error([str(k) for k in cfg], app)) is None, str(problem))
+    check_top_level(cfg, app, cfg.get("seed"))
     declared = cfg.get("app")
     if declared is None or declared == app:
         return

@@ -179,7 +179,9 @@ B: dict[str, Case] = {
     "trainer.resume=maybe": _b(lambda f: train("trainer.resume=maybe"), "trainer.resume"),
     "trainer.overwrite=yes": _b(lambda f: train("trainer.overwrite=yes"),
                                 "trainer.overwrite"),
-    "seed=abc": _b(lambda f: train("seed=abc"), "seed"),
+    "seed=abc": _b(lambda f: train("seed=abc"), "seed must be a non-negative integer"),
+    "seed=-3 (analyze)": _b(lambda f: analyze("seed=-3"), "seed must be a non-negative integer"),
+    "seed=1.5 (plan)": _b(lambda f: plan("seed=1.5"), "seed must be a non-negative integer"),
     "dataset.n_samples=0": _b(lambda f: train("dataset.n_samples=0"), "dataset.n_samples"),
     "unknown top-level key +experimnt (analyze)": _b(
         lambda f: analyze("+experimnt=fig3"), "experimnt (did you mean experiment?)"),

@@ -168,7 +168,7 @@ C: dict[str, Case] = {
     "plan.arena a JSON list": _c(lambda f: plan(f"plan.arena={f['tmp']}/list.json"),
                                  "list.json"),
     "plan.arena a directory": _c(lambda f: plan(f"plan.arena={f['tmp']}/empty_dir"),
-                                 "empty_dir"),
+                                 "plan.arena: not a file"),
     "plan.arena_regime=bogus": _c(lambda f: plan("plan.arena_regime=bogus"), "bogus"),
     "report: garbled summary.json beside an analysis": _c(
         lambda f: report(), "summary.json", damage=_garble("train/summary.json"), **WARN),
@@ -216,7 +216,7 @@ D: dict[str, Case] = {
                                             "t10k-labels-idx1-ubyte"),
     "dataset.root is a file": _d(lambda f: train(
         "dataset=mnist", f"dataset.root={f['file']}", "dataset.download=false",
-        "model=mlp", data=False), "a_file"),
+        "model=mlp", data=False), "a_file is not a folder"),
     "FIFO as dataset.path": _d(text("fifo"), "fifo: not a regular file or a folder"),
     "empty text file": _d(text("empty.txt"), "empty.txt"),
     "binary text file": _d(text("binary.txt"), "binary.txt"),

@@ -108,6 +108,7 @@ def _idx_dir(root: Path, layout: str) -> dict[str, Path | None]:
 
 def _mnist_dir(root: Path, download: bool) -> dict[str, Path]:
     """Locate the four full-MNIST files in ``root``, downloading missing ones if allowed."""
+    require(root.is_dir() or not root.exists(), f"dataset.root={root} is not a folder")
     paths = _idx_dir(root, "MNIST")
     missing = [stem for stem, p in paths.items() if p is None]
     if not missing:
