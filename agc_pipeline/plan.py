@@ -68,18 +68,19 @@ def build_plan(cfg: DictConfig) -> tuple[ClusterModel, PlanSettings, Any]:
     require_optional_str(p.get("title"), "plan.title")
     source = require_choice(p.get("iterations", "curves"), "plan.iterations",
                             ("arena", "curves"))
+    files = {key: require_optional_str(p.get(key), f"plan.{key}")
+             for key in ("arena", "convergence")}
     other, needs = ("convergence", "curves") if source == "arena" else ("arena", "arena")
-    require(p.get(other) is None, f"plan.{other}={p.get(other)} is read only with plan."
+    require(files[other] is None, f"plan.{other}={files[other]} is read only with plan."
             f"iterations={needs} (got plan.iterations={source}): pass plan.iterations={needs} "
             f"or drop plan.{other}")
     if source == "arena":
         convergence = load_arena_convergence(
-            require_optional_str(p.get("arena"), "plan.arena"),
+            files["arena"],
             require_str(p.get("arena_regime", "slowdown"), "plan.arena_regime"),
             require_str(p.get("arena_placement", "iid"), "plan.arena_placement"), kappa)
     else:
-        convergence = load_convergence(require_optional_str(p.convergence, "plan.convergence"),
-                                       fraction, kappa)
+        convergence = load_convergence(files["convergence"], fraction, kappa)
     return cluster, settings, convergence
 
 
