@@ -36,7 +36,7 @@ from agc_pipeline.errors import require
 from agc_pipeline.reporting.jobs import app_job, run_group, run_name, save_run_record
 from agc_pipeline.reporting.progress import progress
 from agc_pipeline.reporting.provenance import record
-from agc_pipeline.reporting.sinks import make_logger_sink, write_json
+from agc_pipeline.reporting.sinks import check_logger, make_logger_sink, write_json
 from agc_pipeline.reporting.sweeps import skip_finished_job
 from agc_pipeline.validation import require_bool, require_finite, require_int, require_int_list
 
@@ -87,6 +87,7 @@ def run_analysis(cfg: DictConfig, out_dir: Path, replace: bool = False) -> dict[
     require(replace or overwrite or not (out_dir / "results.json").exists(),
             f"{out_dir} already holds an analysis (results.json): pass a new hydra.run.dir, "
             "or replace it with analysis.overwrite=true")
+    check_logger(cfg.get("logger"))
     save_run_record(cfg, out_dir)  # every check passed: the run dir is this run's now
     config = OmegaConf.to_container(cfg, resolve=True)
     keys = run_keys(study, cfg)

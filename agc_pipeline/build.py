@@ -29,14 +29,15 @@ from omegaconf import DictConfig, OmegaConf
 from agc_pipeline.codes.assignment import Assignment
 from agc_pipeline.codes.base import Scheme
 from agc_pipeline.coding.decoding import Decoder
-from agc_pipeline.conf_path import preset_app, unknown_key_error
-from agc_pipeline.errors import ConfigError, WriteFailed, require, write_failed
+from agc_pipeline.conf_path import preset_app
+from agc_pipeline.errors import ConfigError, WriteFailed, one_line, require, write_failed
 from agc_pipeline.rules import (
     check_data,
     check_m,
     check_model_memory,
     check_model_task,
     check_plan,
+    check_top_level,
 )
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ def _instantiate(node: DictConfig, what: str, **kwargs: Any) -> Any:
         cause = exc.__cause__
         if isinstance(cause, ConfigError):
             raise cause from None
-        raise ConfigError(f"{what}: {cause or exc}") from None
+        raise ConfigError(f"{what}: {one_line(cause or exc)}") from None
     except TypeError as exc:  # a key the target does not accept
         raise ConfigError(f"{what}: {exc}") from None
 
@@ -347,7 +348,7 @@ def _foreign(app: str, name: str, declared: str) -> str:
 def require_app(cfg: DictConfig, app: str) -> None:
     """Raise ConfigError when ``cfg`` holds a top-level key ``app`` does not know, or was
     composed from another app's experiment preset."""
-    require((problem := unknown_key_error([str(k) for k in cfg], app)) is None, str(problem))
+    check_top_level(cfg, app, cfg.get("seed"))
     declared = cfg.get("app")
     if declared is None or declared == app:
         return

@@ -28,6 +28,17 @@ def require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def one_line(exc: BaseException) -> str:
+    """``exc``'s message on one line; an import error (e.g. a ``_target_`` whose module does
+    not import) with the error that caused it, in place of that error's repr."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    inner = exc.__cause__
+    if isinstance(exc, ImportError) and inner is not None and len(lines) >= 2:
+        first = " ".join(str(inner).split())
+        lines[1] = f"{type(inner).__name__}: {first}" + ("" if len(lines) < 3 else ";")
+    return " ".join(lines) or type(exc).__name__
+
+
 def write_failed(path: Path | str, exc: OSError) -> WriteFailed:
     """The :class:`WriteFailed` of ``exc`` (an OSError raised writing ``path``)."""
     return WriteFailed(f"cannot write {path}: {exc.strerror or exc}")

@@ -30,7 +30,7 @@ from agc_pipeline.cluster.planner import (
     run_plan,
 )
 from agc_pipeline.conf_path import CONFIG_DIR
-from agc_pipeline.errors import ConfigError, require
+from agc_pipeline.errors import require
 from agc_pipeline.reporting.jobs import save_run_record
 from agc_pipeline.reporting.provenance import record
 from agc_pipeline.reporting.sinks import write_json
@@ -68,19 +68,19 @@ def build_plan(cfg: DictConfig) -> tuple[ClusterModel, PlanSettings, Any]:
     require_optional_str(p.get("title"), "plan.title")
     source = require_choice(p.get("iterations", "curves"), "plan.iterations",
                             ("arena", "curves"))
-    curves = require_optional_str(p.convergence, "plan.convergence")
+    files = {key: require_optional_str(p.get(key), f"plan.{key}")
+             for key in ("arena", "convergence")}
+    other, needs = ("convergence", "curves") if source == "arena" else ("arena", "arena")
+    require(files[other] is None, f"plan.{other}={files[other]} is read only with plan."
+            f"iterations={needs} (got plan.iterations={source}): pass plan.iterations={needs} "
+            f"or drop plan.{other}")
     if source == "arena":
-        if curves is not None:  # a bad file is named first, then the mode is
-            load_convergence(curves, fraction, kappa)
-            raise ConfigError("plan.convergence (convergence curves) is read with "
-                              "plan.iterations=curves; plan.iterations=arena takes its "
-                              "iterations from plan.arena: add plan.iterations=curves")
         convergence = load_arena_convergence(
-            require_optional_str(p.get("arena"), "plan.arena"),
+            files["arena"],
             require_str(p.get("arena_regime", "slowdown"), "plan.arena_regime"),
             require_str(p.get("arena_placement", "iid"), "plan.arena_placement"), kappa)
     else:
-        convergence = load_convergence(curves, fraction, kappa)
+        convergence = load_convergence(files["convergence"], fraction, kappa)
     return cluster, settings, convergence
 
 
@@ -106,11 +106,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                  "".join(f"; crossover n ≈ {x['n']:.0f} (coded wins {x['coded_wins']})"
                          for x in c["crossovers"]))
     for b in result["best"]:
-        log.info("n=%-4d d=%-10d p=%-5g %-9s winner: %s; step speed-up vs DDP: %s; sharded "
-                 "%s: %.2fx DDP", b["n"], b["d"], b["p"], b["broadcast"],
-                 b["winner"]["scheme"],
-                 ", ".join(f"{k} {v:.2f}x" for k, v in b["step_speedup_vs_ddp"].items()),
-                 (b["best_sharded"] or {}).get("scheme"), b["sharded_speedup_vs_ddp"] or 0.0)
+        log.info("n=%-4d d=%-10d p=%-5g %-9s winner: %s; step speed-up vs DDP: %s", b["n"],
+                 b["d"], b["p"], b["broadcast"], b["winner"]["scheme"],
+                 ", ".join(f"{k} {v:.2f}x" for k, v in b["step_speedup_vs_ddp"].items()))
     log.info("%s", result["headline"])
     write_json(out_dir / "summary.json", {
         "app": "plan", "status": "completed", "plan": "plan.json",
@@ -124,8 +122,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
 def plot_plan(result: dict[str, Any], path: Path, title: str | None = None) -> Path:
     """Per straggler severity p (columns) and model size d (rows): predicted time to the
-    loss against n for DDP, the best coded scheme (per broadcast), the best uncoded PS and
-    the best scheme on the sharded runtime, crossovers marked."""
+    loss against n for DDP, the best coded scheme (per broadcast) and the best uncoded PS,
+    crossovers marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -135,8 +133,7 @@ def plot_plan(result: dict[str, Any], path: Path, title: str | None = None) -> P
     ds, ps, ns = st["d"], st["p"], st["n"]
     fig, axes = plt.subplots(len(ds), len(ps), figsize=(4.2 * len(ps), 3.3 * len(ds)),
                              squeeze=False, sharex=True)
-    styles = {"concurrent": ("tab:blue", "-"), "unicast": ("tab:purple", "-."),
-              "pipelined": ("tab:green", "--")}
+    styles = {"unicast": ("tab:blue", "-"), "pipelined": ("tab:green", "--")}
     for i, d in enumerate(ds):
         for j, p in enumerate(ps):
             ax = axes[i][j]
@@ -168,10 +165,6 @@ def plot_plan(result: dict[str, Any], path: Path, title: str | None = None) -> P
                     ax.plot([b["n"] for b in unc],
                             [b["best_uncoded_ps"]["time_to_loss"] for b in unc],
                             color="tab:gray", ls=":", marker=".", label="best uncoded PS")
-                    sh = [b for b in first if b.get("best_sharded") is not None]
-                    ax.plot([b["n"] for b in sh], [b["best_sharded"]["time_to_loss"] for b in sh],
-                            color="tab:orange", ls="-", marker="^", ms=4,
-                            label="best sharded (trainer=sharded)")
                 cross = next((c for c in result["crossovers"] if (c["d"], c["p"],
                               c["broadcast"]) == (d, p, broadcast)), None)
                 height = 0.02 + 0.07 * st["broadcast"].index(broadcast)

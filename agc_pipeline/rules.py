@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from agc_pipeline.conf_path import unknown_key_error
 from agc_pipeline.errors import ConfigError, require
-from agc_pipeline.validation import is_int, require_memory
+from agc_pipeline.validation import is_int, require_int, require_memory
 
 if TYPE_CHECKING:
     import torch
@@ -170,3 +171,11 @@ def check_alpha(decoder: Decoder, alpha: float) -> None:
     require(not decoder.rescale or abs(alpha) > 1e-8,
             f"decoder.rescale=true but α ≈ {alpha:.3g}: the decoded gradient "
             "is zero on average and cannot be rescaled")
+
+
+def check_top_level(keys: Any, app: str, seed: Any = None) -> None:
+    """Every top-level key of ``keys`` is one ``app`` knows, and ``seed`` (the run's
+    top-level seed, which the data set, model and straggler seeds take) a non-negative int."""
+    require((problem := unknown_key_error([str(k) for k in keys], app)) is None, str(problem))
+    if seed is not None:
+        require_int(seed, "seed", 0)

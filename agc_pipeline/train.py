@@ -50,7 +50,7 @@ from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.errors import ConfigError, WriteFailed, require
 from agc_pipeline.reporting.jobs import app_job, run_group, run_name, save_run_record
 from agc_pipeline.reporting.provenance import record
-from agc_pipeline.reporting.sinks import JsonlSink, MultiSink, make_logger_sink
+from agc_pipeline.reporting.sinks import JsonlSink, MultiSink, check_logger, make_logger_sink
 from agc_pipeline.reporting.summary import Alpha, RunSummary
 from agc_pipeline.reporting.sweeps import limit_threads, skip_finished_job
 from agc_pipeline.rules import SYMMETRIC_KINDS
@@ -107,6 +107,7 @@ def run_training(cfg: DictConfig, out_dir: Path, replace: bool = False) -> dict[
 def _run_locked(cfg: DictConfig, out_dir: Path, replace: bool,
                 started: float) -> dict[str, Any]:
     runtime = build_trainer(cfg)
+    check_logger(cfg.get("logger"))  # before anything is written into the run dir
     state, settings = runtime.state, runtime.settings
     config = runtime.spec.config
     metrics, checkpoint = out_dir / "metrics.jsonl", out_dir / CHECKPOINT_NAME

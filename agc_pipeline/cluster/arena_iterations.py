@@ -42,8 +42,8 @@ def _read(path: str | Path | None) -> tuple[dict[str, Any], str]:
         ref = resources.files("agc_pipeline") / PACKAGED_ARENA
         return json.loads(ref.read_text(encoding="utf-8")), f"agc_pipeline/{PACKAGED_ARENA}"
     file = Path(path).expanduser()
-    require(file.is_file(), f"plan.arena: no such file {str(file)!r} (an arena.json written "
-                            "by the arena report)")
+    require(file.is_file(), f"plan.arena: {'not a file' if file.exists() else 'no such file'} "
+                            f"{str(file)!r} (an arena.json written by the arena report)")
     try:
         return json.loads(file.read_text(encoding="utf-8")), str(file)
     except (OSError, UnicodeDecodeError, ValueError) as exc:

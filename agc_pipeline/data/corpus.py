@@ -178,6 +178,7 @@ def text(path: str | None = None, context: int = 64, stride: int | None = None,
     train_size = check_size(train_size, "train_size", 1)
     test_size = check_size(test_size, "test_size", 0)
     corpus = grammar_corpus() if path is None else read_corpus(path)
+    require(corpus.strip() != "", f"dataset.path={path} holds no text")
     codes = np.frombuffer(corpus.encode("utf-32-le"), dtype="<u4")
     uniq, ids = np.unique(codes, return_inverse=True)
     ids = ids.astype(np.int64).reshape(-1)

@@ -55,7 +55,8 @@ def _check_pair(images: np.ndarray, labels: np.ndarray, where: str) -> None:
     require(images.ndim == 3 and images.dtype == np.uint8,
             f"{where}: images must be a uint8 array N×rows×cols (got {images.shape})")
     require(labels.ndim == 1 and labels.shape[0] == images.shape[0],
-            f"{where}: {labels.shape[0]} labels for {images.shape[0]} images")
+            f"{where}: {labels.shape[0]} labels for {images.shape[0]} images (the labels "
+            "file must hold one label per image)")
     require(int(labels.max(initial=0)) <= 9, f"{where}: labels must lie in 0..9")
 
 
@@ -107,6 +108,7 @@ def _idx_dir(root: Path, layout: str) -> dict[str, Path | None]:
 
 def _mnist_dir(root: Path, download: bool) -> dict[str, Path]:
     """Locate the four full-MNIST files in ``root``, downloading missing ones if allowed."""
+    require(root.is_dir() or not root.exists(), f"dataset.root={root} is not a folder")
     paths = _idx_dir(root, "MNIST")
     missing = [stem for stem, p in paths.items() if p is None]
     if not missing:
@@ -144,7 +146,8 @@ def _read_splits(paths: dict[str, Path], root: str, train_size: int | None,
                               ("t10k", test_size, "test_size")):
         images = load_idx(paths[f"{prefix}-images-idx3-ubyte"])
         labels = load_idx(paths[f"{prefix}-labels-idx1-ubyte"])
-        _check_pair(images, labels, str(root))
+        _check_pair(images, labels, f"{paths[f'{prefix}-labels-idx1-ubyte']} and "
+                                    f"{paths[f'{prefix}-images-idx3-ubyte'].name}")
         count = len(labels) if size is None else size
         require(count <= len(labels),
                 f"dataset.{key} must be at most {len(labels)} for {root} (got {count})")

@@ -244,17 +244,23 @@ class WandbLogger(WandbSink):
                  x_axes: tuple[str, ...] = (), step_metric: str | None = None,
                  key: str = "logger", **run: Any) -> None:
         env = os.environ.get
-        mode = require_choice(mode or env("WANDB_MODE") or "offline", f"{key}.mode",
-                              ("offline", "online", "disabled"))
-        require(tags is None or (not isinstance(tags, str) and all(
-            isinstance(tag, str) for tag in tags)),
-            f"{key}.tags must be a list of strings, e.g. [a, b] (got {tags!r})")
+        mode = self.check_settings(key, mode, tags)
         super().__init__(run_dir, config, project=project or env("WANDB_PROJECT")
                          or "agc_pipeline", group=group or env("WANDB_RUN_GROUP") or run_group,
                          job_type=env("WANDB_JOB_TYPE") or job_type, mode=mode,
                          entity=entity or env("WANDB_ENTITY"), name=env("WANDB_NAME") or run_name,
                          tags=list(tags or []) or None, resume_id=resume_id, keys=keys,
                          x_axes=tuple(x_axes), step_metric=step_metric)
+
+
+    @staticmethod
+    def check_settings(key: str, mode: str | None, tags: Any) -> str:
+        """The mode (checked, its default filled in) after checking ``tags``."""
+        require(tags is None or (not isinstance(tags, str) and all(
+            isinstance(tag, str) for tag in tags)),
+            f"{key}.tags must be a list of strings, e.g. [a, b] (got {tags!r})")
+        return require_choice(mode or os.environ.get("WANDB_MODE") or "offline",
+                              f"{key}.mode", ("offline", "online", "disabled"))
 
 
 class ConsoleLogger(Sink):
@@ -323,8 +329,27 @@ def logger_settings(cls: type) -> list[str]:
             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
+def check_logger(logger_cfg: Any) -> None:
+    """The checks of :func:`make_logger_sink` that need no run (the apps call it before they
+    write into the run dir: a refused logger must leave an existing run as it was)."""
+    for key, node in _logger_configs(logger_cfg):
+        cls = _logger_factory(node, key).func
+        if issubclass(cls, WandbLogger):
+            cls.check_settings(key, node.get("mode"), node.get("tags"))
+
+
 def _build_logger(node: Any, key: str, run: dict[str, Any]) -> Sink:
     """``instantiate(node)`` with the run's context as call-time keyword arguments."""
+    factory = _logger_factory(node, key)
+    try:
+        return factory(**run, key=key)
+    except TypeError as exc:  # e.g. a Sink that does not take the run's context
+        raise ConfigError(f"{key}: {factory.func.__name__} cannot be built as a logger "
+                          f"({exc})") from None
+
+
+def _logger_factory(node: Any, key: str) -> Any:
+    """``instantiate(node, _partial_=True)``, its class and settings checked."""
     target = node["_target_"]
     try:
         factory = instantiate(node, _partial_=True, _convert_="all")
@@ -339,10 +364,7 @@ def _build_logger(node: Any, key: str, run: dict[str, Any]) -> Sink:
         if not name.startswith("_") and name not in allowed:
             raise ConfigError(f"{key}.{name}: {cls.__name__} has no such setting (its settings: "
                               f"{', '.join(allowed) or 'none'})")
-    try:
-        return factory(**run, key=key)
-    except TypeError as exc:  # e.g. a Sink that does not take the run's context
-        raise ConfigError(f"{key}: {cls.__name__} cannot be built as a logger ({exc})") from None
+    return factory
 
 
 def make_logger_sink(logger_cfg: Any, run_dir: Path, config: dict[str, Any], *, group: str,
