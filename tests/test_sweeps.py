@@ -17,6 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from agc_pipeline.analyze import run_analysis
+from agc_pipeline.build import validate
 from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.reporting import provenance
 from agc_pipeline.reporting.sweeps import finished_run, free_cores, limit_threads
@@ -32,7 +33,9 @@ SWEEP_PRESETS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"
 #: expected number of jobs of each sweep preset (the Cartesian product of its params)
 JOBS = {"compare_codes": 32, "compare_codes_mnist": 160, "communication": 24,
         "fig6_bibd7": 10, "fig6_coset27": 10, "mnist_cnn": 9, "text_gpt": 4,
-        "cifar10_resnet": 9}
+        "cifar10_resnet": 9, "arena": 200, "arena_gpt": 10}
+#: sweeps whose every value is validated without building (tests/test_arena.py trains them)
+VALIDATE_ONLY = ("arena", "arena_gpt")
 SHRINK = ["dataset.train_size=120", "dataset.test_size=20", "trainer.alpha_samples=0"]
 
 
@@ -69,8 +72,13 @@ def test_sweep_presets_compose_and_every_swept_value_builds(preset: str,
     assert cfg.hydra.callbacks.report._target_ == "agc_pipeline.report.ReportCallback"
     for options in values.values():  # each value once, the other keys at their defaults
         for override in options:
-            trainer = build_trainer(compose_config("train", [f"experiment={preset}", override,
-                                                             *SHRINK, *data]))
+            shrink = [o for o in SHRINK if preset not in VALIDATE_ONLY  # DDP: no α
+                      or not o.startswith("trainer.alpha")]
+            cfg = compose_config("train", [f"experiment={preset}", override, *shrink, *data])
+            if preset in VALIDATE_ONLY:
+                assert validate(cfg).scheme.n >= 7, override
+                continue
+            trainer = build_trainer(cfg)
             assert trainer.spec.scheme.n >= 7, override
 
 
