@@ -176,7 +176,7 @@ def check_lines(stderr: str, rank: int, point: str) -> list[str]:
     pytest.param("ddp", 3, 2, "rendezvous", "rank 2", id="ddp-rank2-before-the-rendezvous"),
     pytest.param("sharded", 2, 1, "joined", "rank 1", id="sharded-rank1-after-joining"),
     pytest.param("distributed", 2, 1, "joined", "worker 0 (rank 1)",
-                 id="distributed-worker0-after-joining", marks=pytest.mark.slow),
+                 id="distributed-worker0-after-joining"),
     pytest.param("ddp", 3, 1, "joined", "rank 1", id="ddp-rank1-after-joining",
                  marks=pytest.mark.slow),
     pytest.param("local_sgd", 3, 2, "rendezvous", "rank 2", id="local-sgd-rank2-before",
