@@ -68,6 +68,7 @@ from agc_pipeline.training.coded_step import TrainingDiverged, block_length
 from agc_pipeline.training.distributed import WorkersLost, torchrun_env
 from agc_pipeline.training.loop import TrainingInterrupted, fit
 from agc_pipeline.training.runtime import Runtime
+from agc_pipeline.training.startup import StartupLost
 
 log = logging.getLogger("agc_pipeline.train")
 
@@ -167,7 +168,7 @@ def _run_locked(cfg: DictConfig, out_dir: Path, replace: bool,
     except BaseException as exc:
         status = ("diverged" if isinstance(exc, TrainingDiverged) else
                   "interrupted" if isinstance(exc, TrainingInterrupted | KeyboardInterrupt)
-                  else "workers_lost" if isinstance(exc, WorkersLost) else "failed")
+                  else "workers_lost" if isinstance(exc, WorkersLost | StartupLost) else "failed")
         error = str(exc) or type(exc).__name__
         raise
     finally:
@@ -354,18 +355,21 @@ def _hydra_main(cfg: DictConfig) -> None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         run_app(lambda: _job(cfg, out_dir, multirun), "agc-train")
-    except (TrainingDiverged, WorkersLost, TrainingInterrupted, KeyboardInterrupt) as exc:
+    except (TrainingDiverged, WorkersLost, StartupLost, TrainingInterrupted,
+            KeyboardInterrupt) as exc:
         # KeyboardInterrupt: a second Ctrl-C stopped the iteration at once (never inside an
         # update or a checkpoint write: the checkpoint holds the last completed iteration),
         # or a Ctrl-C after the loop
         what = (f"training diverged: {exc} (checkpoint saved in {out_dir})"
                 if isinstance(exc, TrainingDiverged) else
                 f"too few workers: {exc}" if isinstance(exc, WorkersLost) else
+                f"start-up failed: {exc}; every rank has stopped (summary.json in {out_dir})"
+                if isinstance(exc, StartupLost) else
                 f"interrupted: {exc}" if isinstance(exc, TrainingInterrupted) else
                 f"interrupted at once by a second Ctrl-C (checkpoint {out_dir / CHECKPOINT_NAME}"
                 "); continue with trainer.resume=true and the same hydra.run.dir")
         print(f"agc-train: {what}", file=sys.stderr)
-        if multirun and isinstance(exc, TrainingDiverged | WorkersLost):
+        if multirun and isinstance(exc, TrainingDiverged | WorkersLost | StartupLost):
             # a result of the sweep (summary.json: "diverged" or "workers_lost"); re-running
             # the sweep redoes a job that lost its workers
             return

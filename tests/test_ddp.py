@@ -8,11 +8,9 @@ the exit status of a lost rank run as subprocesses with timeouts.
 
 from __future__ import annotations
 
-import faulthandler
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,12 +35,9 @@ CNN = ["dataset=mnist", "dataset.train_size=96", "dataset.test_size=10", "model=
        "model.width=4", "model.depth=2"]
 
 
-@pytest.fixture(autouse=True)
-def watchdog() -> Iterator[None]:
-    """A test that hangs kills the session (with every thread's traceback) after 4 min."""
-    faulthandler.dump_traceback_later(240, exit=True)
-    yield
-    faulthandler.cancel_dump_traceback_later()
+#: a test that hangs ends the session, saying so with every thread's stack, after 4 min
+#: (tests/conftest.py: watchdog); tests that run the app longer have their own budget
+pytestmark = pytest.mark.watchdog(240)
 
 
 def rows(run_dir: Path) -> list[dict]:
@@ -132,6 +127,7 @@ def test_the_same_delays_in_every_runtime(tmp_path: Path) -> None:
 # checkpoints, resume and a lost rank
 
 
+@pytest.mark.watchdog(300)  # a run of up to 180 s and two in this process
 def test_a_lost_rank_stops_with_status_4_and_the_run_resumes_bit_identically(
         tmp_path: Path) -> None:
     """Rank 1 exits abruptly at iteration 3: the app checkpoints the state after iteration
@@ -191,6 +187,7 @@ def test_log_every(tmp_path: Path) -> None:
 # launches and configuration errors
 
 
+@pytest.mark.watchdog(480)  # runs of up to 180 + 240 s
 def test_the_app_and_torchrun_launch_the_ranks(tmp_path: Path) -> None:
     """The app starts ranks 1..n−1 itself (workers.json, no rendezvous file left); under
     torchrun (--nproc_per_node=n) rank 0 is the only rank that writes."""

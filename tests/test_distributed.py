@@ -9,15 +9,12 @@ timeouts.
 
 from __future__ import annotations
 
-import faulthandler
 import json
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +25,7 @@ from agc_pipeline.errors import ConfigError
 from agc_pipeline.train import build_trainer, run_training
 from agc_pipeline.training.checkpoint import load_checkpoint
 from agc_pipeline.training.distributed import WorkersLost
+from agc_pipeline.training.safe_kill import safe_kill
 from agc_pipeline.training.wire import Header, Kind
 from tests.conftest import ROOT, compose_config
 
@@ -52,12 +50,9 @@ ROW_KEYS = {"iteration", "train_loss", "grad_error", "survivors", "bytes_to_ps",
             "live_workers", "skipped"}
 
 
-@pytest.fixture(autouse=True)
-def watchdog() -> Iterator[None]:
-    """A test that hangs kills the session (with every thread's traceback) after 3 min."""
-    faulthandler.dump_traceback_later(180, exit=True)
-    yield
-    faulthandler.cancel_dump_traceback_later()
+#: a test that hangs ends the session, saying so with every thread's stack, after 3 min
+#: (tests/conftest.py: watchdog); tests that run the app longer have their own budget
+pytestmark = pytest.mark.watchdog(180)
 
 
 def train(tmp: Path, *overrides: str) -> tuple[dict, list[dict]]:
@@ -228,7 +223,7 @@ def test_a_worker_killed_with_sigkill_is_survived(tmp_path: Path) -> None:
             if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
                 roster = json.loads((tmp_path / "workers.json").read_text())
                 pid = roster["workers"][0]["pid"]
-                os.kill(pid, signal.SIGKILL)
+                safe_kill(pid, signal.SIGKILL)
                 killed.append(pid)
                 return
             time.sleep(0.02)
@@ -257,7 +252,7 @@ def test_a_silent_worker_is_declared_dead_after_the_timeout(tmp_path: Path) -> N
             metrics = tmp_path / "metrics.jsonl"
             if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
                 pid = json.loads((tmp_path / "workers.json").read_text())["workers"][3]["pid"]
-                os.kill(pid, signal.SIGSTOP)
+                safe_kill(pid, signal.SIGSTOP)
                 stopped.append(pid)
             time.sleep(0.02)
 
@@ -290,6 +285,7 @@ def test_bad_messages_are_rejected_as_stragglers(bad: str, tmp_path: Path) -> No
     assert ("NaN/Inf" if bad != "size" else "values instead of") in event["reason"]
 
 
+@pytest.mark.watchdog(420)  # waits of 90 + 10 + 15 s, two runs of up to 120 s
 def test_workers_exit_when_the_ps_dies_and_the_run_resumes(tmp_path: Path) -> None:
     """SIGKILL the PS (the app's process) at iteration 5, long before its first periodic
     checkpoint (checkpoint_every=100): every worker exits within seconds, no rendezvous file
@@ -336,6 +332,7 @@ def test_workers_exit_when_the_ps_dies_and_the_run_resumes(tmp_path: Path) -> No
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.watchdog(300)  # two runs of up to 120 s
 def test_too_few_workers_stop_with_a_checkpoint_and_the_run_resumes(tmp_path: Path) -> None:
     """trainer.min_workers=4 of n = 4: when worker 1 dies at iteration 2 the app stops with a
     checkpoint, one clear line and exit status 4 (not a "completed" run that skipped the
@@ -399,6 +396,7 @@ def test_the_app_starts_its_workers_and_writes_its_files(tmp_path: Path) -> None
     assert not list(tmp_path.glob("rendezvous-*"))  # cleaned up
 
 
+@pytest.mark.watchdog(300)  # a torchrun launch of up to 240 s
 def test_torchrun_launch(tmp_path: Path) -> None:
     """rank 0 = the PS and the only rank that writes; ranks 1..2 = workers."""
     torchrun = (sys.executable, "-m", "torch.distributed.run")  # the torchrun script

@@ -23,6 +23,7 @@ from agc_pipeline.train import build_trainer, run_training
 from agc_pipeline.training import ps as ps_module
 from agc_pipeline.training.coded_step import combine, combine_into
 from agc_pipeline.training.ps import ParameterServer, ps_threads
+from agc_pipeline.training.safe_kill import safe_kill
 from agc_pipeline.training.state import StepResult
 from agc_pipeline.training.wire import (
     FRAME_SLACK,
@@ -38,7 +39,7 @@ from agc_pipeline.training.wire import (
     write_parameters,
 )
 from tests.conftest import ROOT, compose_config
-from tests.test_distributed import (  # noqa: F401 - watchdog: the hang guard fixture
+from tests.test_distributed import (
     CODE7,
     DIST,
     FAST,
@@ -47,8 +48,11 @@ from tests.test_distributed import (  # noqa: F401 - watchdog: the hang guard fi
     final_params,
     rows,
     train,
-    watchdog,
 )
+
+#: a test that hangs ends the session, saying so with every thread's stack, after 3 min
+#: (tests/conftest.py: watchdog)
+pytestmark = pytest.mark.watchdog(180)
 
 # ------------------------------------------------------------------------------------------
 # metrics only on logged rows
@@ -238,10 +242,10 @@ def test_a_stopped_worker_that_receives_nothing_delays_nobody(tmp_path: Path) ->
             metrics = tmp_path / "metrics.jsonl"
             if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
                 pid = json.loads((tmp_path / "workers.json").read_text())["workers"][3]["pid"]
-                os.kill(pid, signal.SIGSTOP)
+                safe_kill(pid, signal.SIGSTOP)
                 paused.append(pid)
                 time.sleep(2.0)
-                os.kill(pid, signal.SIGCONT)
+                safe_kill(pid, signal.SIGCONT)
                 return
             time.sleep(0.01)
 

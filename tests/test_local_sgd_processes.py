@@ -7,11 +7,9 @@ fork server; a watchdog kills the session if one hangs.
 
 from __future__ import annotations
 
-import faulthandler
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +30,9 @@ FAST = ["dataset=synthetic_logistic", "dataset.n_samples=240", "dataset.dim=8",
 PROCESSES = ["trainer=local_sgd", "trainer.time_scale=0", "trainer.timeout_s=30"]
 
 
-@pytest.fixture(autouse=True)
-def watchdog() -> Iterator[None]:
-    faulthandler.dump_traceback_later(240, exit=True)
-    yield
-    faulthandler.cancel_dump_traceback_later()
+#: a test that hangs ends the session, saying so with every thread's stack, after 4 min
+#: (tests/conftest.py: watchdog); tests that run the app longer have their own budget
+pytestmark = pytest.mark.watchdog(240)
 
 
 def rows(run_dir: Path) -> list[dict]:
@@ -115,6 +111,7 @@ def test_resume_inside_a_period_is_bit_identical(tmp_path: Path) -> None:
             assert torch.equal(p, q)
 
 
+@pytest.mark.watchdog(420)  # two runs of up to 180 s
 def test_a_lost_rank_stops_with_status_4_and_the_run_resumes(tmp_path: Path) -> None:
     """Rank 1 exits abruptly at iteration 3; rank 0 notices at the next collective (the
     average of step 4, at the start of iteration 5): exit status 4, one line naming it, the

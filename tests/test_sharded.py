@@ -3,11 +3,9 @@ with an exact code and no stragglers the losses and parameters are the simulated
 
 from __future__ import annotations
 
-import faulthandler
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +26,9 @@ FAST = ["dataset=synthetic_logistic", "dataset.n_samples=240", "dataset.dim=8",
 SHARDED = ["trainer=sharded", "trainer.time_scale=0", "trainer.timeout_s=30"]
 
 
-@pytest.fixture(autouse=True)
-def watchdog() -> Iterator[None]:
-    """A test that hangs kills the session (with every thread's traceback) after 4 min."""
-    faulthandler.dump_traceback_later(240, exit=True)
-    yield
-    faulthandler.cancel_dump_traceback_later()
+#: a test that hangs ends the session, saying so with every thread's stack, after 4 min
+#: (tests/conftest.py: watchdog); tests that run the app longer have their own budget
+pytestmark = pytest.mark.watchdog(240)
 
 
 def run_cli(*args: str, timeout: float = 180,
@@ -80,6 +75,7 @@ def test_bad_keys_are_one_line_config_errors() -> None:
         assert "\n" not in str(info.value), bad
 
 
+@pytest.mark.watchdog(300)  # a run of up to 180 s and two in this process
 def test_a_lost_node_stops_with_status_4_and_the_run_resumes_bit_identically(
         tmp_path: Path) -> None:
     """Rank 1 exits abruptly at iteration 3: exit status 4, one line, the checkpoint of
@@ -116,6 +112,7 @@ def test_stragglers_each_owner_waits_for_n_minus_s(tmp_path: Path) -> None:
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.watchdog(300)  # a torchrun launch of up to 240 s
 def test_torchrun_launches_the_nodes(tmp_path: Path) -> None:
     """Under torchrun (--nproc_per_node=n) rank 0 is the only rank that writes; the losses
     are the app's own launch's."""

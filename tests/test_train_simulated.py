@@ -4,7 +4,6 @@ reproducibility and bad configurations (in process; the CLI is in test_train_cli
 from __future__ import annotations
 
 import json
-import os
 import signal
 from pathlib import Path
 
@@ -216,7 +215,11 @@ def test_interrupted_run_resumes_bit_identically(tmp_path: Path,
     def step_then_stop(self: SimulatedRuntime, evaluate: bool = False) -> StepResult:
         result = original(self, evaluate)
         if self.state.iteration == 3:  # as `kill -TERM`: stop at the end of this iteration
-            os.kill(os.getpid(), signal.SIGTERM)
+            # the installed handler, called as a SIGTERM would (a real signal to this process
+            # would end the whole test session if no handler were installed)
+            handler = signal.getsignal(signal.SIGTERM)
+            assert callable(handler), "no SIGTERM handler during the run"
+            handler(signal.SIGTERM, None)
         return result
 
     monkeypatch.setattr(SimulatedRuntime, "step", step_then_stop)

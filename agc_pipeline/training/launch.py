@@ -11,10 +11,11 @@ Two launches, one protocol:
   other ranks skip Hydra (no run dir, no files, no W&B) and join (:func:`run_from_env`).
 
 Either way every rank joins the default gloo process group, rank 0 broadcasts its resolved
-configuration and all ranks exchange (pid, host). A rank > 0 then reads the runtime class
-from ``trainer._target_`` and runs its ``rank_main(config, rank, world_size[, extra])``
-(see :class:`~agc_pipeline.training.runtime.Runtime`): the function that serves it. The fork
-server imports the runtime's ``preload`` modules once.
+configuration and all ranks exchange (pid, host); a rank lost during the start-up stops
+every rank with one line naming it (:mod:`~agc_pipeline.training.startup`). A rank > 0 then
+reads the runtime class from ``trainer._target_`` and runs its ``rank_main(config, rank,
+world_size[, extra])`` (see :class:`~agc_pipeline.training.runtime.Runtime`): the function
+that serves it. The fork server imports the runtime's ``preload`` modules once.
 """
 
 from __future__ import annotations
@@ -39,14 +40,28 @@ import torch.distributed as dist
 from hydra.utils import get_class
 
 from agc_pipeline.errors import require
+from agc_pipeline.training.safe_kill import KillRefused, safe_kill
+from agc_pipeline.training.startup import (
+    FAULT_POINTS,
+    StartupLost,
+    answer_roll_call,
+    fault_spec,
+    inject_fault,
+    lost_line,
+    peer_lost,
+    post_abort,
+    roll_call,
+)
+from agc_pipeline.training.wire import error_text
 
 log = logging.getLogger("agc_pipeline.train")
 
 #: exit status of a rank > 0 whose rank 0 or a peer is gone (it is not to blame)
 EXIT_PEER_LOST = 3
 
-__all__ = ["EXIT_PEER_LOST", "Launch", "handshake", "process_main", "rank_device", "rank_main",
-           "rank_session", "require_world", "run_from_env", "serve_built", "torchrun_env"]
+__all__ = ["EXIT_PEER_LOST", "Launch", "RankFailed", "StartupLost", "handshake", "process_main",
+           "rank_device", "rank_main", "rank_session", "require_world", "run_from_env",
+           "serve_built", "torchrun_env"]
 
 #: imported once by the fork server besides the runtime's ``preload``, so that each forked
 #: rank starts in milliseconds (symbolic_shapes: torch imports it, and sympy, lazily when a
@@ -55,6 +70,13 @@ PRELOAD = ("agc_pipeline.build", "agc_pipeline.codes.designs", "agc_pipeline.cod
            "torch.fx.experimental.symbolic_shapes")
 #: environment variable: a torchrun rank's rendezvous timeout before it has the config
 STARTUP_TIMEOUT_ENV = "AGC_STARTUP_TIMEOUT_S"
+#: a rank > 0's start-up link: the rendezvous store and whether rank 0 is alive (local
+#: launch), for its line when a collective of the start-up breaks (:func:`startup_lost`)
+_LINK: dict[str, Any] = {}
+
+
+class RankFailed(RuntimeError):
+    """A rank reported that it could not start (its own line says why): not a lost rank."""
 
 
 def torchrun_env() -> tuple[int, int] | None:
@@ -94,7 +116,7 @@ class Launch:
 
     def __init__(self, run_dir: Path, world: int, start_method: str,
                  startup_timeout_s: float, config: dict[str, Any], extra: Any = None,
-                 preload: tuple[str, ...] = ()) -> None:
+                 preload: tuple[str, ...] = (), startup_fault: str = "") -> None:
         self.run_dir = Path(run_dir)
         self.world = world
         self.start_method = start_method
@@ -102,8 +124,17 @@ class Launch:
         self.config = config
         self.extra = extra  #: sent with the configuration (the PS's wire format), or None
         self.preload = (*preload, *PRELOAD)  #: the modules the fork server imports once
+        #: ``RANK:POINT``: that rank exits at that point of the start-up (tests; ``""``: none)
+        self.startup_fault = startup_fault
+        if startup_fault:
+            rank, point = startup_fault.split(":")
+            require(int(rank) < world and point in FAULT_POINTS,
+                    f"trainer.startup_fault_rank must be null or a rank 0..{world - 1} "
+                    f"(got {rank})")
         self.procs: list[Any] = []  #: rank r is procs[r − 1] (local launch)
         self._rendezvous: Path | None = None
+        self._store: Any = None  #: the rendezvous file's store (local launch)
+        self.name: Callable[[int], str] = "rank {}".format  #: a rank in messages
 
     @property
     def kind(self) -> str:
@@ -111,29 +142,61 @@ class Launch:
         return "local" if torchrun_env() is None else "torchrun"
 
     def start(self) -> list[tuple[int, str]]:
-        """Start (local launch) or await the other ranks, join the default gloo group and
-        broadcast the configuration; return every rank's (pid, host)."""
+        """Start (local launch: after the roll call of :func:`~agc_pipeline.training.startup.
+        roll_call`) or await the other ranks, join the default gloo group and broadcast the
+        configuration; return every rank's (pid, host). Run it inside :meth:`starting`."""
+        fault = self.startup_fault
+        timeout = datetime.timedelta(seconds=self.startup_timeout_s)
         if torchrun_env() is None:
             self._rendezvous = self.run_dir / f"rendezvous-{uuid.uuid4().hex[:12]}"
-            init_method = f"file://{self._rendezvous.resolve()}"
-            self._spawn(init_method)
+            path = str(self._rendezvous.resolve())
+            self._store = dist.FileStore(path, self.world)
+            self._store.set_timeout(timeout)
+            self._spawn(f"file://{path}", fault)
+            inject_fault(fault, 0, "rendezvous")
+            roll_call(self._store, self.procs, self.startup_timeout_s, self.name)
+            dist.init_process_group("gloo", store=dist.PrefixStore("default_pg", self._store),
+                                    rank=0, world_size=self.world, timeout=timeout)
         else:
-            init_method = "env://"
-        timeout = datetime.timedelta(seconds=self.startup_timeout_s)
-        dist.init_process_group("gloo", init_method=init_method, rank=0,
-                                world_size=self.world, timeout=timeout)
+            inject_fault(fault, 0, "rendezvous")
+            dist.init_process_group("gloo", init_method="env://", rank=0,
+                                    world_size=self.world, timeout=timeout)
         dist.broadcast_object_list([self.config, self.extra], src=0)
         who: list[Any] = [None] * self.world
         dist.all_gather_object(who, (os.getpid(), socket.gethostname()))
+        inject_fault(fault, 0, "joined")
         return [(int(pid), str(host)) for pid, host in who]
 
-    def _spawn(self, init_method: str) -> None:
+    @contextlib.contextmanager
+    def starting(self) -> Iterator[None]:
+        """Around rank 0's whole start-up (:meth:`start`, the ready handshake, the runtime's
+        connections): a collective broken by a rank whose process exited raises StartupLost
+        naming that rank, posted to the others; a rank's own failure (RankFailed) passes,
+        and any other error (Ctrl-C included) passes after telling the others to leave."""
+        try:
+            yield
+        except (StartupLost, RankFailed):
+            raise
+        except RuntimeError as exc:
+            dead = self.lost()
+            if dead:
+                reason = lost_line(dead, self.procs, self.name)
+                post_abort(self._store, reason)
+                raise StartupLost(reason) from None
+            post_abort(self._store, f"rank 0 could not start ({error_text(exc)})")
+            raise
+        except BaseException as exc:
+            post_abort(self._store, f"rank 0 stopped during start-up ({type(exc).__name__})")
+            raise
+
+    def _spawn(self, init_method: str, fault: str) -> None:
         ctx = multiprocessing.get_context(self.start_method)
         if self.start_method == "forkserver":
             ctx.set_forkserver_preload(list(self.preload))
         for rank in range(1, self.world):
             proc = ctx.Process(target=process_main, name=f"agc-rank-{rank}",
-                               args=(rank, self.world, init_method, self.startup_timeout_s),
+                               args=(rank, self.world, init_method, self.startup_timeout_s,
+                                     fault),
                                daemon=True)
             proc.start()
             self.procs.append(proc)
@@ -145,6 +208,7 @@ class Launch:
         if self._rendezvous is not None:
             self._rendezvous.unlink(missing_ok=True)
             self._rendezvous = None
+        self._store = None
 
     def stop(self, grace: float) -> None:
         """Destroy the process group, reap the processes started here (kill those still
@@ -159,7 +223,7 @@ class Launch:
         for proc in self.procs:
             proc.join(grace)
             if proc.is_alive():
-                proc.kill()
+                _kill_started(proc)
                 proc.join(5.0)
 
     def exited(self, wait_s: float = 2.0) -> list[int]:
@@ -181,46 +245,94 @@ class Launch:
 
     def kill(self, rank: int, pid: int = 0, host: str = "") -> None:
         """SIGKILL ``rank``: a process started here, or ``pid`` when it runs on this host
-        (a local torchrun)."""
+        (a local torchrun). Never this process, its group or a pid ≤ 1 (:func:`safe_kill`:
+        a peer's reported pid is data, not a promise)."""
         if 1 <= rank <= len(self.procs):
-            self.procs[rank - 1].kill()
+            _kill_started(self.procs[rank - 1])
         elif pid and host == socket.gethostname():
             try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+                safe_kill(pid, signal.SIGKILL)
+            except KillRefused as exc:
+                log.warning("rank %d not killed: %s", rank, exc)
+
+
+def _kill_started(proc: Any) -> None:
+    """SIGKILL a process started here while it still runs: a fork server's child that exited
+    is reaped by the fork server, and ``Process.kill`` (which does not poll first) would
+    signal its pid, which the system may have given to another process since."""
+    if proc.is_alive() and proc.pid:
+        try:
+            safe_kill(proc.pid, signal.SIGKILL)
+        except KillRefused as exc:
+            log.warning("%s not killed: %s", proc.name, exc)
 
 
 def join(rank: int, world_size: int, init_method: str,
          startup_timeout_s: float) -> tuple[dict[str, Any], Any]:
-    """A rank > 0: join the default gloo group as ``rank`` and return rank 0's
-    configuration and the extra object sent with it."""
-    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size,
-                            timeout=datetime.timedelta(seconds=startup_timeout_s))
-    box: list[Any] = [None, None]
-    dist.broadcast_object_list(box, src=0)
-    dist.all_gather_object([None] * world_size, (os.getpid(), socket.gethostname()))
+    """A rank > 0: join the default gloo group as ``rank`` (a local launch's ``file://``
+    store after its roll call) and return rank 0's configuration and the extra object sent
+    with it. Raises StartupLost."""
+    timeout = datetime.timedelta(seconds=startup_timeout_s)
+    parent = multiprocessing.parent_process()  # rank 0 of a local launch, else None
+    _LINK.update(store=None, rank0_alive=None if parent is None else parent.is_alive)
+    try:
+        if init_method.startswith("file://"):
+            assert parent is not None  # started by rank 0 (the local launch)
+            store = dist.FileStore(init_method.removeprefix("file://"), world_size)
+            store.set_timeout(timeout)
+            _LINK["store"] = store
+            answer_roll_call(store, rank, startup_timeout_s, parent.is_alive)
+            dist.init_process_group("gloo", store=dist.PrefixStore("default_pg", store),
+                                    rank=rank, world_size=world_size, timeout=timeout)
+        else:
+            dist.init_process_group("gloo", init_method=init_method, rank=rank,
+                                    world_size=world_size, timeout=timeout)
+        box: list[Any] = [None, None]
+        dist.broadcast_object_list(box, src=0)
+        dist.all_gather_object([None] * world_size, (os.getpid(), socket.gethostname()))
+    except RuntimeError as exc:
+        raise startup_lost(exc) from None
     return box[0], box[1]
 
 
-def rank_main(rank: int, world_size: int, init_method: str, startup_timeout_s: float) -> int:
-    """Join as ``rank`` and run the runtime's ``rank_main``; return the exit status."""
+def startup_lost(exc: RuntimeError) -> StartupLost:
+    """A rank > 0's start-up collective broke (``exc``): the StartupLost to stop with,
+    naming the lost rank where rank 0 said which (:func:`~agc_pipeline.training.startup.
+    peer_lost`)."""
+    if isinstance(exc, StartupLost):
+        return exc
+    return peer_lost(_LINK.get("store"), _LINK.get("rank0_alive"), error_text(exc))
+
+
+def rank_main(rank: int, world_size: int, init_method: str, startup_timeout_s: float,
+              fault: str = "") -> int:
+    """Join as ``rank`` and run the runtime's ``rank_main``; return the exit status. A
+    start-up stopped by a lost rank ends this process at once: one line, EXIT_PEER_LOST."""
     torch.set_num_threads(1)  # the ranks share the machine's cores
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is rank 0's to handle
-    config, extra = join(rank, world_size, init_method, startup_timeout_s)
-    runtime = get_class(config["trainer"]["_target_"])
-    require(getattr(runtime, "processes", False) and runtime.rank_main is not None,
-            f"trainer={runtime.name} runs in one process: it has no rank {rank} to serve")
-    serve = runtime.rank_main
-    if extra is None:
-        return int(serve(config, rank, world_size))
-    return int(serve(config, rank, world_size, extra))
+    try:
+        inject_fault(fault, rank, "rendezvous")
+        config, extra = join(rank, world_size, init_method, startup_timeout_s)
+        inject_fault(fault or fault_spec(config["trainer"]), rank, "joined")
+        runtime = get_class(config["trainer"]["_target_"])
+        require(getattr(runtime, "processes", False) and runtime.rank_main is not None,
+                f"trainer={runtime.name} runs in one process: it has no rank {rank} to serve")
+        serve = runtime.rank_main
+        if extra is None:
+            return int(serve(config, rank, world_size))
+        return int(serve(config, rank, world_size, extra))
+    except StartupLost as exc:
+        sys.stderr.write(f"agc rank {rank}: start-up aborted: {exc}; exiting\n")  # one write:
+        sys.stderr.flush()  # the ranks' lines do not interleave
+        sys.stdout.flush()
+        os._exit(EXIT_PEER_LOST)  # a gloo thread may still be blocked: no clean exit
 
 
-def process_main(rank: int, world_size: int, init_method: str,
-                 startup_timeout_s: float) -> None:
-    """Target of the processes rank 0 starts itself (the local launch)."""
-    status = rank_main(rank, world_size, init_method, startup_timeout_s)
+def process_main(rank: int, world_size: int, init_method: str, startup_timeout_s: float,
+                 fault: str = "") -> None:
+    """Target of the processes rank 0 starts itself (the local launch; ``fault``: see
+    :func:`~agc_pipeline.training.startup.fault_spec`)."""
+    status = rank_main(rank, world_size, init_method, startup_timeout_s, fault)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
@@ -233,20 +345,22 @@ def run_from_env() -> int:
 
 
 def handshake(error: str | None, world: int, label: str) -> None:
-    """Every rank reports whether it could build its state (``error`` None: ready); raise on
-    every rank with the first failure (``label`` names the runtime, e.g. ``DDP``)."""
+    """Every rank reports whether it could build its state (``error`` None: ready); raise
+    RankFailed on every rank with the first failure (``label`` names the runtime, e.g.
+    ``DDP``); a lost rank breaks the collective (RuntimeError)."""
     reports: list[Any] = [None] * world
     dist.all_gather_object(reports, error)
     failed = [(r, e) for r, e in enumerate(reports) if e]
     if failed:
         rank, message = failed[0]
-        raise RuntimeError(f"{label} rank {rank} could not start: {message}")
+        raise RankFailed(f"{label} rank {rank} could not start: {message}")
 
 
 def serve_built(build: Callable[[], Any], rank: int, world_size: int, label: str) -> int:
     """A rank > 0 of a multi-process runtime, once joined: ``build()`` its runtime (from rank
     0's configuration, through the composition root), report ready (:func:`handshake`), then
-    ``serve()``. Returns the exit status (1 when this or another rank could not start)."""
+    ``serve()``. Returns the exit status (1 when this or another rank could not start);
+    raises StartupLost when a rank is lost meanwhile."""
     error = None
     try:
         runtime = build()
@@ -254,9 +368,12 @@ def serve_built(build: Callable[[], Any], rank: int, world_size: int, label: str
         error = f"{type(exc).__name__}: {exc}"
     try:
         handshake(error, world_size, label)
-    except RuntimeError:
+    except RankFailed:
         if error is None:  # another rank failed: rank 0 reports it
             return 1
+    except RuntimeError as exc:
+        if error is None:
+            raise startup_lost(exc) from None
     if error is not None:
         print(f"agc-{label.lower()} rank {rank}: cannot start: {error}", file=sys.stderr,
               flush=True)
@@ -278,15 +395,16 @@ def rank_session(runtime: Any, config: dict[str, Any], run_dir: Path, backend: s
                               f"--nproc_per_node={n}")
     started = time.perf_counter()
     launch = Launch(Path(run_dir), n, s.start_method, s.startup_timeout_s, config,
-                    preload=runtime.preload)
+                    preload=runtime.preload, startup_fault=fault_spec(s))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     completed = False
     try:
         runtime.launch = launch
-        who = launch.start()
-        handshake(None, n, label)
-        connect()
+        with launch.starting():
+            who = launch.start()
+            handshake(None, n, label)
+            connect()
         launch.forget_rendezvous()
         roster = {"ranks": [{"rank": r, "pid": pid, "host": host}
                             for r, (pid, host) in enumerate(who)]}

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from agc_pipeline.training.distributed import DistributedSettings, data_groups
-from agc_pipeline.training.launch import Launch, rank_device, require_world
+from agc_pipeline.training.launch import Launch, RankFailed, rank_device, require_world
+from agc_pipeline.training.startup import fault_spec
 from agc_pipeline.training.wire import (
     FOREVER,
     TAG_PARAMS,
@@ -48,6 +49,10 @@ class _Peer:
     sends: deque[tuple[int, Any, torch.Tensor]] = field(default_factory=deque)
 
 
+def _worker_name(rank: int) -> str:
+    return f"worker {rank - 1} (rank {rank})"
+
+
 class Cluster:
     """The PS's side of the processes: the process group, the workers it started (none
     under torchrun), their links (:class:`~agc_pipeline.training.wire.Inbox`), liveness
@@ -67,7 +72,9 @@ class Cluster:
         self.peers = [_Peer() for _ in range(n)]
         self.events = events  #: shared with the PS: worker deaths are appended here
         self.launch = Launch(self.run_dir, n + 1, settings.start_method,
-                             settings.startup_timeout_s, config, wire, preload)
+                             settings.startup_timeout_s, config, wire, preload,
+                             fault_spec(settings))
+        self.launch.name = _worker_name
         self.procs = self.launch.procs  #: worker j's process is procs[j] (local launch)
         self.inbox: Inbox | None = None
         self.transport: Transport | None = None
@@ -95,15 +102,16 @@ class Cluster:
         world = self.n + 1
         require_world(s.backend, world, f"the assignment has n = {self.n} workers: use "
                                         f"--nproc_per_node={world} (n + 1, rank 0 = the PS)")
-        who = self.launch.start()
-        for peer, (pid, host) in zip(self.peers, who[1:], strict=True):
-            peer.pid, peer.host = int(pid), str(host)
-        cuda = s.torch_device.type == "cuda" or s.backend == "nccl"
-        self.transport = Transport(s.backend, rank_device(cuda, 0), data_groups(s.backend))
-        self.transport.bind()
-        self.inbox = Inbox(self.transport, self.n, self.wire, self.device)
-        self.inbox.start()
-        self._await_hellos(s.startup_timeout_s)
+        with self.launch.starting():  # a worker lost meanwhile: StartupLost, naming it
+            who = self.launch.start()
+            for peer, (pid, host) in zip(self.peers, who[1:], strict=True):
+                peer.pid, peer.host = int(pid), str(host)
+            cuda = s.torch_device.type == "cuda" or s.backend == "nccl"
+            self.transport = Transport(s.backend, rank_device(cuda, 0), data_groups(s.backend))
+            self.transport.bind()
+            self.inbox = Inbox(self.transport, self.n, self.wire, self.device)
+            self.inbox.start()
+            self._await_hellos(s.startup_timeout_s)
         self.launch.forget_rendezvous()  # every rank is connected: the file is no longer read
         self._write_roster(who[0])
         log.info("%d workers ready in %.1f s (%s launch, %s)", self.n,
@@ -121,9 +129,11 @@ class Cluster:
                 raise RuntimeError(f"workers {missing} did not report ready within "
                                    f"trainer.startup_timeout_s = {timeout:g} s")
             h = arrival.header
-            if arrival.error is not None or h is None or h.kind != Kind.HELLO:
+            if arrival.error is not None:  # its link broke: lost, unless it reported first
                 raise RuntimeError(f"worker {arrival.worker} failed to start "
-                                   f"({arrival.error or 'see its stderr'})")
+                                   f"({arrival.error})")
+            if h is None or h.kind != Kind.HELLO:
+                raise RankFailed(f"worker {arrival.worker} failed to start (see its stderr)")
             ready.add(arrival.worker)
             self.peers[arrival.worker].heard = arrival.time
 

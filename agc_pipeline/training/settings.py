@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from agc_pipeline.errors import ConfigError, require
+from agc_pipeline.training.startup import FAULT_POINTS
 from agc_pipeline.validation import (
     is_number,
     require_bool,
@@ -106,10 +107,15 @@ class ProcessKeys:
     time_scale: float | None = None  #: s per time unit; null = straggler.time_scale or 0.1
     timeout_s: float = 60.0  #: a peer silent (a collective incomplete) this long is lost
     startup_timeout_s: float = 300.0  #: rendezvous, configuration and start handshake
+    startup_fault_rank: int | None = None  #: injected: this rank exits during the start-up ...
+    startup_fault_point: str = "rendezvous"  #: ... here: rendezvous | joined (startup.py)
 
     def validate_processes(self) -> None:
         """Raise ConfigError for impossible values."""
         require_choice(self.start_method, "trainer.start_method", ("forkserver", "spawn"))
+        if self.startup_fault_rank is not None:
+            require_int(self.startup_fault_rank, "trainer.startup_fault_rank", minimum=0)
+        require_choice(self.startup_fault_point, "trainer.startup_fault_point", FAULT_POINTS)
         if self.time_scale is not None:
             require_finite(self.time_scale, "trainer.time_scale", minimum=0.0)
         for name in ("timeout_s", "startup_timeout_s"):
