@@ -18,9 +18,11 @@ owner proceeds at n − 1 slices). Faults, injected once rank 0's ``metrics.json
 
 Per case: how the run ended — ``finished`` (every rank exit 0), ``stopped`` (rank 0 exit 4
 with a checkpoint: its iteration), ``HUNG`` (killed by the outer timeout, ``--case-timeout-s``)
-— each rank's exit status and seconds from the fault to its exit, whether any rank printed a
-traceback, rank 0's last stderr line, the median iteration before the fault and the slowest
-(and median) iteration that ended while the fault lasted. A table at the end; the run dirs
+— each rank's exit status and seconds from the fault to its exit, the metrics rows, the
+checkpoint's iteration, whether any rank printed a traceback, ``summary.json``'s status and
+rank 0's last stderr line; seconds per iteration: the median before the fault, the slowest
+from the fault on (``worst``: the stall) and the median of the rows that appeared while the
+fault lasted (their count). A table at the end; the run dirs
 and every rank's stdout/stderr stay under ``--out``.
 """
 
@@ -62,6 +64,7 @@ class Case:
     last_line: str = ""
     before: float | None = None  #: median s/iteration before the fault
     during: list[float] = field(default_factory=list)  #: iterations ended during the fault
+    worst: float | None = None  #: the slowest iteration from the fault on (the stall)
     fault_at: int | None = None  #: rows when the fault started
     status: str = "-"  #: summary.json's status (and dead workers), "-" without one
 
@@ -220,6 +223,8 @@ def summarize(case: Case, procs: list[subprocess.Popen], exited: dict[int, float
         end = fault.ended if fault.ended is not None else float("inf")
         case.during = [times[i] for i in range(case.fault_at, len(rows))
                        if times[i] is not None and seen.get(i, 0.0) <= end + 0.2]
+        after = [t for t in times[case.fault_at:] if t is not None]
+        case.worst = max(after) if after else None
     if None in case.exits:
         case.outcome = "HUNG"
     elif all(code == 0 for code in case.exits):
@@ -235,13 +240,13 @@ def report(case: Case) -> str:
     exits = " ".join("-" if c is None else str(c) for c in case.exits)
     after = " ".join("-" if a is None else f"{a:.0f}" for a in case.exit_after)
     before = "-" if case.before is None else f"{case.before:.3f}"
+    worst = "-" if case.worst is None else f"{case.worst:.2f}"
     during = ("-" if not case.during else
-              f"{max(case.during):.2f} max, {statistics.median(case.during):.3f} med "
-              f"({len(case.during)})")
+              f"{statistics.median(case.during):.3f} ({len(case.during)})")
     ckpt = "-" if case.checkpoint is None else str(case.checkpoint)
     return (f"  {case.runtime:11s} {case.fault:11s} {case.outcome:8s} {exits:9s} {after:14s} "
             f"{case.rows:4d} {ckpt:>4s} {'yes' if case.traceback else 'no':3s} {before:>6s} "
-            f"{during}\n      summary: {case.status}; rank 0: {case.last_line}")
+            f"{worst:>6s} {during}\n      summary: {case.status}; rank 0: {case.last_line}")
 
 
 def bench(args: argparse.Namespace, out: Path) -> int:
@@ -262,7 +267,8 @@ def bench(args: argparse.Namespace, out: Path) -> int:
                 print(f"{report(case)}\n      ({time.monotonic() - started:.0f} s; {load()})",
                       flush=True)
     print(f"\n  {'runtime':11s} {'fault':11s} {'outcome':8s} {'exits':9s} {'s to exit':14s} "
-          f"{'rows':>4s} {'ckpt':>4s} {'tb':3s} {'before':>6s} during the fault (s/iteration)")
+          f"{'rows':>4s} {'ckpt':>4s} {'tb':3s} {'before':>6s} "
+          f"{'worst':>6s} during the fault: median (rows)")
     for case in cases:
         print(report(case))
     print(f"\n{load()}; run dirs: {out}")
