@@ -35,8 +35,6 @@ log = logging.getLogger("agc_pipeline.train")
 
 #: parameter messages kept for reuse once every worker has them
 PARAMS_POOL = 3
-#: parameter sends to one worker still in transit beyond which newer ones are held back
-MAX_IN_FLIGHT = 2
 
 
 @dataclass
@@ -49,7 +47,6 @@ class _Peer:
     heard: float = 0.0  #: perf_counter of the last message
     posted: float = 0.0  #: perf_counter when the current parameters were posted to it
     sends: deque[tuple[int, Any, torch.Tensor]] = field(default_factory=deque)
-    owed: bool = False  #: the current parameters were held back (its link is backed up)
 
 
 def _worker_name(rank: int) -> str:
@@ -85,7 +82,6 @@ class Cluster:
         #: parameter messages posted and not yet released by every worker: id → [msg, count]
         self._pending: dict[int, list[Any]] = {}
         self._spare: list[torch.Tensor] = []  #: released parameter messages, for reuse
-        self._current: tuple[int, torch.Tensor] | None = None  #: the newest parameters
 
     # ------------------------------------------------------------------ start and stop
 
@@ -204,39 +200,16 @@ class Cluster:
 
     def send_params(self, iteration: int, params: list[torch.Tensor]) -> int:
         """Write the parameters once into one flat message (in ``trainer.param_dtype``) and
-        post it to every live worker (non-blocking); return the bytes posted.
-
-        A worker with :data:`MAX_IN_FLIGHT` sends still in transit (a link slower than the
-        PS's iterations, or down) is skipped and owed the parameters: :meth:`catch_up`
-        posts the newest ones once its link has drained. Without this a slow link queued
-        one message per iteration without bound (PS memory, stale parameters, and a STOP
-        behind the whole backlog; bench/bench_faults.py's ``worker_slow``)."""
+        post it to every live worker (non-blocking); return the bytes posted."""
         assert self.transport is not None
-        if self._current is not None and id(self._current[1]) not in self._pending \
-                and len(self._spare) < PARAMS_POOL:
-            self._spare.append(self._current[1])  # released while current (kept till now)
         msg = self._spare.pop() if self._spare else self.transport.empty(self.wire.params_bytes)
         write_parameters(msg, iteration, Command.RUN, params, self.wire.param_dtype)
-        self._current = (iteration, msg)
-        return sum(self._offer(j, iteration, msg) for j in self.live)
-
-    def catch_up(self) -> int:
-        """Post the current parameters to the live workers owed them whose links have
-        drained; the bytes posted."""
-        if self._current is None:
-            return 0
-        iteration, msg = self._current
-        return sum(self._offer(j, iteration, msg) for j in self.live if self.peers[j].owed)
-
-    def _offer(self, j: int, iteration: int, msg: torch.Tensor) -> int:
-        peer = self.peers[j]
-        in_flight = sum(1 for it, work, _ in peer.sends if it < 1 << 62
-                        and not work.is_completed())
-        peer.owed = in_flight >= MAX_IN_FLIGHT
-        if peer.owed or not self._post(j, iteration, msg):
-            return 0
-        peer.posted = time.perf_counter()
-        return msg.numel()
+        sent = 0
+        for j in self.live:
+            if self._post(j, iteration, msg):
+                self.peers[j].posted = time.perf_counter()
+                sent += msg.numel()
+        return sent
 
     def round_trip(self, arrival: Arrival) -> float:
         """Seconds from posting the parameters to worker j to its message's arrival."""
@@ -254,8 +227,7 @@ class Cluster:
                 entry[1] -= 1
                 if entry[1] == 0:
                     del self._pending[id(msg)]
-                    current = self._current is not None and msg is self._current[1]
-                    if len(self._spare) < PARAMS_POOL and not current:
+                    if len(self._spare) < PARAMS_POOL:
                         self._spare.append(msg)
 
     def _send_command(self, j: int, command: Command) -> None:

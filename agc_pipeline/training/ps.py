@@ -78,7 +78,6 @@ class Collected:
     rejected: int = 0
     bytes: int = 0  #: everything received (headers included)
     discarded: int = 0  #: bytes of late, rejected and ignored messages
-    sent: int = 0  #: parameter bytes posted while waiting (to workers whose links drained)
 
 
 def ps_threads(threads: int, n: int) -> int:
@@ -229,7 +228,7 @@ class ParameterServer(CodedRuntime):
         row.update(
             train_loss=loss, grad_error=error, survivors=survivors, bytes_to_ps=payload,
             total_bytes_to_ps=tot.bytes_to_ps + payload, bytes_received=got.bytes,
-            bytes_discarded=got.discarded, bytes_from_ps=bytes_out + got.sent,
+            bytes_discarded=got.discarded, bytes_from_ps=bytes_out,
             wall_time=tot["wall_time"] + (end - start), iteration_time=end - start,
             wait_time=waited - sent, decode_time=decoded - waited, metrics_time=metrics_time,
             **self._worker_times(got), late=got.late, rejected=got.rejected,
@@ -297,7 +296,6 @@ class ParameterServer(CodedRuntime):
                 break
             if arrival is not None:
                 self._classify(arrival, t, got)
-            got.sent += cluster.catch_up()
             for j in cluster.silent(waiting, start, time.perf_counter()):
                 cluster.mark_dead(j, t, f"silent for trainer.timeout_s = "
                                         f"{self.settings.timeout_s:g} s", link_broken=False)
