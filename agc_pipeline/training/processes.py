@@ -218,7 +218,7 @@ class Cluster:
         its sends completes. Without the cap a slow link queued one message per iteration
         without bound (PS memory, stale parameters, and a STOP behind the whole backlog)."""
         assert self.transport is not None
-        self.catch_up()
+        self._reap()  # every live worker is offered the new parameters below
         if self._current is not None and id(self._current[1]) not in self._pending:
             self._recycle(self._current[1])  # complete while current (kept till now)
         msg = self._spare.pop() if self._spare else self.transport.empty(self.wire.params_bytes)
@@ -230,11 +230,22 @@ class Cluster:
         """Take the completed sends (without blocking) and post the newest parameters to the
         live workers owed them whose links have room now; the bytes posted."""
         sent = 0
+        for j in self._reap():
+            outbox = self.peers[j].outbox
+            if self.peers[j].alive and outbox is not None and outbox.owed:
+                sent += self._offer(j)
+        return sent
+
+    def _reap(self) -> set[int]:
+        """Account for the sends the waiters reported complete (messages every send of which
+        is complete are reused); the workers they went to."""
+        workers: set[int] = set()
         while True:
             try:
                 j = self._done.get_nowait()
             except queue.Empty:
-                return sent
+                return workers
+            workers.add(j)
             outbox = self.peers[j].outbox
             assert outbox is not None
             iteration, msg = outbox.completed()
@@ -245,8 +256,6 @@ class Cluster:
                     del self._pending[id(msg)]
                     if self._current is None or msg is not self._current[1]:
                         self._recycle(msg)
-            if outbox.owed and self.peers[j].alive:
-                sent += self._offer(j)
 
     def sends_in_flight(self) -> int:
         """The most parameter sends in transit to one live worker now."""
