@@ -4,7 +4,9 @@ Each iteration t:
 
 1. write the parameters, tagged t, once into one flat message (in ``trainer.param_dtype``;
    the master copy stays in the model's dtype) and post it to every live worker
-   (non-blocking point-to-point: a slow worker holds back nobody);
+   (non-blocking point-to-point: a slow worker holds back nobody; a worker with 2 sends
+   still in transit is owed the newest parameters instead, posted while collecting as soon
+   as one completes: :mod:`~agc_pipeline.training.outbox`);
 2. on a logged row only (``trainer.log_every``, and the last iteration), while the workers
    compute, evaluate the train loss of the iteration's minibatch and, with
    ``trainer.grad_error``, its true gradient on the PS's own copy of the training set — for
