@@ -2,10 +2,9 @@
 
 * The emulated star's fault methods (link down/up, rate change): need root (or
   CAP_NET_ADMIN and CAP_SYS_ADMIN) and iproute2, skipped with the reason otherwise.
-* ``trainer=distributed`` with a worker's link down for 5 s: finishes, every rank exit 0
-  (slow). With a worker's link at a tenth of its rate the PS queues one parameter message
-  per iteration to it without bound and its STOP comes behind the backlog: the PS finishes,
-  the slow worker's own exit is not asserted (docs/distributed.md).
+* ``trainer=distributed`` with a worker's link down for 5 s, or at a tenth of its rate (at
+  most 2 parameter messages in transit to it, so its STOP comes behind at most 2): finishes,
+  every rank exit 0 (slow; docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -112,11 +111,8 @@ def test_the_ps_survives_a_worker_link_down_for_5_s(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.watchdog(300)
 def test_the_ps_with_a_worker_at_a_tenth_of_its_rate_keeps_its_pace(tmp_path: Path) -> None:
-    """The PS finishes (exit 0) with the slow worker a straggler. Not asserted: the slow
-    worker's own exit (the PS's queue to it is unbounded; whether it drains within the
-    PS's grace or the PS SIGKILLs it depends on the load: -9 at n = 4, 80 iterations, exit
-    0 at n = 3, 60 iterations, both 2026-12-07)."""
+    """The slow worker is a straggler with at most 2 parameter messages in transit; its STOP
+    comes behind those only, so every rank exits 0, the slow worker too (before the cap: -9
+    at n = 4, 80 iterations, the PS's grace over; 2026-12-07)."""
     out = _bench_case(tmp_path, "worker_slow")
-    line = next(x for x in out.splitlines() if x.strip().startswith("distributed worker_slow"))
-    fields = line.split()
-    assert fields[2] in ("finished", "failed") and fields[3] == "0", line  # never HUNG
+    assert "distributed worker_slow finished 0 0 0 0" in out, out[-3000:]

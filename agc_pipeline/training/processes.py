@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +15,9 @@ import torch
 
 from agc_pipeline.training.distributed import DistributedSettings, data_groups
 from agc_pipeline.training.launch import Launch, RankFailed, rank_device, require_world
+from agc_pipeline.training.outbox import COMMAND, Outbox
 from agc_pipeline.training.startup import fault_spec
 from agc_pipeline.training.wire import (
-    FOREVER,
     TAG_PARAMS,
     Arrival,
     Command,
@@ -46,7 +46,7 @@ class _Peer:
     alive: bool = True
     heard: float = 0.0  #: perf_counter of the last message
     posted: float = 0.0  #: perf_counter when the current parameters were posted to it
-    sends: deque[tuple[int, Any, torch.Tensor]] = field(default_factory=deque)
+    outbox: Outbox | None = None  #: its sends (once the links are up)
 
 
 def _worker_name(rank: int) -> str:
@@ -78,10 +78,14 @@ class Cluster:
         self.procs = self.launch.procs  #: worker j's process is procs[j] (local launch)
         self.inbox: Inbox | None = None
         self.transport: Transport | None = None
-        self._graveyard: list[Any] = []  #: sends to dead workers, kept alive, never waited
-        #: parameter messages posted and not yet released by every worker: id → [msg, count]
+        #: worker j's waiter puts j here after each of its sends completes
+        self._done: queue.SimpleQueue[int] = queue.SimpleQueue()
+        #: parameter messages whose sends are not all complete: id → [msg, sends in transit]
         self._pending: dict[int, list[Any]] = {}
         self._spare: list[torch.Tensor] = []  #: released parameter messages, for reuse
+        self._current: tuple[int, torch.Tensor] | None = None  #: the newest parameters
+        self.max_in_flight = 0  #: most parameter sends to one worker in transit at once
+        self.held_back = 0  #: parameter messages not posted to a worker at the cap
 
     # ------------------------------------------------------------------ start and stop
 
@@ -111,6 +115,8 @@ class Cluster:
             self.transport.bind()
             self.inbox = Inbox(self.transport, self.n, self.wire, self.device)
             self.inbox.start()
+            for j, peer in enumerate(self.peers):
+                peer.outbox = Outbox(j, self.transport, self._done)
             self._await_hellos(s.startup_timeout_s)
         self.launch.forget_rendezvous()  # every rank is connected: the file is no longer read
         self._write_roster(who[0])
@@ -156,6 +162,10 @@ class Cluster:
                               "another host?); this process may abort at exit",
                               self.inbox.open_links())
                     return
+        end = time.monotonic() + 10.0
+        for peer in self.peers:  # every worker has left or was killed: no send is pending
+            if peer.outbox is not None and not peer.outbox.close(end - time.monotonic()):
+                log.warning("a send to worker %d is still not complete", peer.outbox.j)
         self.launch.stop(grace)
 
     def _kill(self, workers: list[int]) -> None:
@@ -187,8 +197,8 @@ class Cluster:
         if not peer.alive:
             return
         peer.alive = False
-        self._graveyard.extend(peer.sends)
-        peer.sends.clear()
+        if peer.outbox is not None:  # its messages in transit are reused once complete only
+            peer.outbox.owed = False
         self.events.append({"iteration": iteration, "worker": j, "event": "dead",
                             "reason": reason})
         log.warning("iteration %d: worker %d is dead (%s); continuing with %d workers",
@@ -200,50 +210,96 @@ class Cluster:
 
     def send_params(self, iteration: int, params: list[torch.Tensor]) -> int:
         """Write the parameters once into one flat message (in ``trainer.param_dtype``) and
-        post it to every live worker (non-blocking); return the bytes posted."""
+        post it to every live worker (non-blocking); return the bytes posted.
+
+        A worker with :data:`~agc_pipeline.training.outbox.MAX_IN_FLIGHT` parameter sends
+        not yet complete (a link slower than the PS's iterations, a stopped process) is
+        skipped and owed the parameters: :meth:`catch_up` posts the newest ones when one of
+        its sends completes. Without the cap a slow link queued one message per iteration
+        without bound (PS memory, stale parameters, and a STOP behind the whole backlog)."""
         assert self.transport is not None
+        self._reap()  # every live worker is offered the new parameters below
+        if self._current is not None and id(self._current[1]) not in self._pending:
+            self._recycle(self._current[1])  # complete while current (kept till now)
         msg = self._spare.pop() if self._spare else self.transport.empty(self.wire.params_bytes)
         write_parameters(msg, iteration, Command.RUN, params, self.wire.param_dtype)
+        self._current = (iteration, msg)
+        return sum(self._offer(j) for j in self.live)
+
+    def catch_up(self) -> int:
+        """Take the completed sends (without blocking) and post the newest parameters to the
+        live workers owed them whose links have room now; the bytes posted."""
         sent = 0
-        for j in self.live:
-            if self._post(j, iteration, msg):
-                self.peers[j].posted = time.perf_counter()
-                sent += msg.numel()
+        for j in self._reap():
+            outbox = self.peers[j].outbox
+            if self.peers[j].alive and outbox is not None and outbox.owed:
+                sent += self._offer(j)
         return sent
+
+    def _reap(self) -> set[int]:
+        """Account for the sends the waiters reported complete (messages every send of which
+        is complete are reused); the workers they went to."""
+        workers: set[int] = set()
+        while True:
+            try:
+                j = self._done.get_nowait()
+            except queue.Empty:
+                return workers
+            workers.add(j)
+            outbox = self.peers[j].outbox
+            assert outbox is not None
+            iteration, msg = outbox.completed()
+            entry = self._pending.get(id(msg)) if iteration != COMMAND else None
+            if entry is not None:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._pending[id(msg)]
+                    if self._current is None or msg is not self._current[1]:
+                        self._recycle(msg)
+
+    def sends_in_flight(self) -> int:
+        """The most parameter sends in transit to one live worker now."""
+        return max((p.outbox.params_in_flight for p in self.peers
+                    if p.alive and p.outbox is not None), default=0)
+
+    def _recycle(self, msg: torch.Tensor) -> None:
+        if len(self._spare) < PARAMS_POOL:
+            self._spare.append(msg)
+
+    def _offer(self, j: int) -> int:
+        """Post the current parameters to worker j unless its link is at the cap."""
+        outbox = self.peers[j].outbox
+        assert outbox is not None and self._current is not None
+        iteration, msg = self._current
+        outbox.owed = outbox.full
+        if outbox.owed:
+            self.held_back += 1
+            return 0
+        if not self._post(j, iteration, msg):
+            return 0
+        self.max_in_flight = max(self.max_in_flight, outbox.params_in_flight)
+        self.peers[j].posted = time.perf_counter()
+        return msg.numel()
 
     def round_trip(self, arrival: Arrival) -> float:
         """Seconds from posting the parameters to worker j to its message's arrival."""
         return arrival.time - self.peers[arrival.worker].posted
 
-    def release(self, j: int, iteration: int) -> None:
-        """Worker j has answered ``iteration``: the sends up to it are complete (a message
-        every worker has is reused)."""
-        sends = self.peers[j].sends
-        while sends and sends[0][0] <= iteration:
-            _, work, msg = sends.popleft()
-            work.wait(FOREVER)  # complete already: returns at once
-            entry = self._pending.get(id(msg))
-            if entry is not None:
-                entry[1] -= 1
-                if entry[1] == 0:
-                    del self._pending[id(msg)]
-                    if len(self._spare) < PARAMS_POOL:
-                        self._spare.append(msg)
-
     def _send_command(self, j: int, command: Command) -> None:
+        """Post a command (never held back: it comes behind at most the cap's messages)."""
         assert self.transport is not None
         msg = write_parameters(self.transport.empty(self.wire.params_bytes), -1, command, None,
                                self.wire.param_dtype)
-        self._post(j, -1, msg)
+        self._post(j, COMMAND, msg)
 
     def _post(self, j: int, iteration: int, msg: torch.Tensor) -> bool:
-        assert self.transport is not None
+        outbox = self.peers[j].outbox
+        assert outbox is not None
         try:
-            work = self.transport.send(msg, j + 1, TAG_PARAMS)
+            outbox.post(msg, TAG_PARAMS, iteration)
         except RuntimeError as exc:
             self.mark_dead(j, iteration, error_text(exc), link_broken=True)
             return False
-        self.peers[j].sends.append((iteration if iteration >= 0 else 1 << 62, work, msg))
-        if iteration >= 0:
+        if iteration != COMMAND:
             self._pending.setdefault(id(msg), [msg, 0])[1] += 1
         return True

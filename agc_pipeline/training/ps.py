@@ -4,7 +4,9 @@ Each iteration t:
 
 1. write the parameters, tagged t, once into one flat message (in ``trainer.param_dtype``;
    the master copy stays in the model's dtype) and post it to every live worker
-   (non-blocking point-to-point: a slow worker holds back nobody);
+   (non-blocking point-to-point: a slow worker holds back nobody; a worker with 2 sends
+   still in transit is owed the newest parameters instead, posted while collecting as soon
+   as one completes: :mod:`~agc_pipeline.training.outbox`);
 2. on a logged row only (``trainer.log_every``, and the last iteration), while the workers
    compute, evaluate the train loss of the iteration's minibatch and, with
    ``trainer.grad_error``, its true gradient on the PS's own copy of the training set — for
@@ -78,6 +80,7 @@ class Collected:
     rejected: int = 0
     bytes: int = 0  #: everything received (headers included)
     discarded: int = 0  #: bytes of late, rejected and ignored messages
+    sent: int = 0  #: parameter bytes posted while waiting (to workers whose links drained)
 
 
 def ps_threads(threads: int, n: int) -> int:
@@ -153,6 +156,7 @@ class ParameterServer(CodedRuntime):
         self.events: list[dict[str, Any]] = []
         self.cluster: Cluster | None = None
         self._backlog: deque[Arrival] = deque()
+        self.max_sends_in_flight = 0  #: most parameter sends to one worker in transit
         self.params = list(self.model.parameters())
         dtype = self.params[0].dtype
         self.wire = WireFormat(coded.d, coded.length, dtype,
@@ -195,7 +199,10 @@ class ParameterServer(CodedRuntime):
         t, s = self.state.iteration, self.settings
         row: dict[str, Any] = {"iteration": t}
         start = time.perf_counter()
+        held = cluster.held_back
         bytes_out = cluster.send_params(t, self.params)
+        in_flight = cluster.sends_in_flight()
+        self.max_sends_in_flight = max(self.max_sends_in_flight, cluster.max_in_flight)
         sent = time.perf_counter()
         if evaluate:
             row.update(self.workload.evaluate())
@@ -228,11 +235,12 @@ class ParameterServer(CodedRuntime):
         row.update(
             train_loss=loss, grad_error=error, survivors=survivors, bytes_to_ps=payload,
             total_bytes_to_ps=tot.bytes_to_ps + payload, bytes_received=got.bytes,
-            bytes_discarded=got.discarded, bytes_from_ps=bytes_out,
+            bytes_discarded=got.discarded, bytes_from_ps=bytes_out + got.sent,
             wall_time=tot["wall_time"] + (end - start), iteration_time=end - start,
             wait_time=waited - sent, decode_time=decoded - waited, metrics_time=metrics_time,
             **self._worker_times(got), late=got.late, rejected=got.rejected,
-            live_workers=len(cluster.live), decode_condition=condition,
+            live_workers=len(cluster.live), sends_in_flight=in_flight,
+            held_back=cluster.held_back - held, decode_condition=condition,
             approx_error=float(approx), skipped=survivors == 0)
         return StepResult(row, estimate if survivors else None, increments)
 
@@ -296,6 +304,7 @@ class ParameterServer(CodedRuntime):
                 break
             if arrival is not None:
                 self._classify(arrival, t, got)
+            got.sent += cluster.catch_up()
             for j in cluster.silent(waiting, start, time.perf_counter()):
                 cluster.mark_dead(j, t, f"silent for trainer.timeout_s = "
                                         f"{self.settings.timeout_s:g} s", link_broken=False)
@@ -322,7 +331,6 @@ class ParameterServer(CodedRuntime):
             if h.kind != Kind.GRADIENT:  # BYE/FAILED in training: the worker is leaving
                 cluster.mark_dead(j, t, f"sent {h.kind.name}", link_broken=True)
             return
-        cluster.release(j, min(h.iteration, t))
         if h.iteration < t:
             got.late += 1
             got.discarded += arrival.nbytes
@@ -405,6 +413,7 @@ class ParameterServer(CodedRuntime):
                             "time_scale": timing.time_scale,
                             "straggle": self.settings.straggle,
                             "timeout_s": self.settings.timeout_s,
+                            "max_sends_in_flight": self.max_sends_in_flight,
                             "wire_dtype": str(self.wire_dtype).removeprefix("torch."),
                             "param_dtype": self.settings.param_dtype},
         }
