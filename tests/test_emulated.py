@@ -37,10 +37,16 @@ def test_star_shapes_both_directions_and_tears_down() -> None:
             qdisc = subprocess.run(["tc", "-n", ns, "qdisc", "show", "dev", dev],
                                    capture_output=True, text=True, check=True).stdout
             assert "tbf" in qdisc, f"{ns} {dev}: {qdisc}"
-        # 2.5 MB at 40 Mbit/s: 0.5 s each way; TCP/IP framing takes ~4 % of the line rate
+        # 2.5 MB at 40 Mbit/s: 0.5 s each way; TCP/IP framing takes ~4 % of the line rate.
+        # Shaping bounds every measurement from above; a busy host can only lower one (27
+        # Mbit/s was seen beside other jobs), so the best of up to 3 must reach 0.75x
         for src, dst in ((0, 1), (1, 0)):
-            rate = emulated.tcp_throughput(star, src, dst, 2_500_000, timeout_s=15)
-            assert 0.75 * RATE_MBIT <= rate / 1e6 <= 1.25 * RATE_MBIT, (src, dst, rate)
+            rates: list[float] = []
+            while len(rates) < 3 and (not rates or max(rates) < 0.75 * RATE_MBIT):
+                rate = emulated.tcp_throughput(star, src, dst, 2_500_000, timeout_s=15) / 1e6
+                assert rate <= 1.25 * RATE_MBIT, (src, dst, rate)
+                rates.append(rate)
+            assert max(rates) >= 0.75 * RATE_MBIT, (src, dst, rates)
     assert _ours(star) == []
     assert star.procs == []
 
