@@ -332,3 +332,17 @@ def test_git_state_without_git_or_outside_a_checkout(tmp_path: Path,
     (tmp_path / ".git").mkdir()
     monkeypatch.setattr(provenance.shutil, "which", lambda name: None)
     assert uncached(tmp_path) is None  # git not installed
+
+
+def test_free_cores_do_not_count_a_job_that_has_ended(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 1-minute load average lags: right after a job, an idle machine still shows load
+    ~1. Only processes running now (/proc/loadavg's running count) take cores."""
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "getloadavg", lambda: (float(cores), 1.0, 1.0))
+    idle, busy = tmp_path / "idle", tmp_path / "busy"
+    idle.write_text(f"{cores}.00 1.00 1.00 1/120 999\n")  # only this process runs
+    busy.write_text(f"{cores}.00 1.00 1.00 {cores + 1}/120 999\n")  # every core taken
+    assert free_cores(str(idle)) == cores
+    assert free_cores(str(busy)) == 1
+    assert free_cores(str(tmp_path / "missing")) == 1  # the load average alone

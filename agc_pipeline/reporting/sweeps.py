@@ -116,15 +116,30 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def free_cores() -> int:
-    """The cores free now: the machine's cores less the 1-minute load average, at least 1 and
-    at most the cores this process may run on."""
+def running_others(path: str = "/proc/loadavg") -> int | None:
+    """Processes running or runnable now besides this one (the 4th field of
+    ``/proc/loadavg``, ``running/total``, less 1); None where the file does not say."""
+    try:
+        running = int(Path(path).read_text().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0, running - 1)
+
+
+def free_cores(loadavg: str = "/proc/loadavg") -> int:
+    """The cores free now: the machine's cores less the busy ones, at least 1 and at most the
+    cores this process may run on. Busy = the 1-minute load average, but no more than the
+    processes running beside this one right now where the kernel says (``/proc/loadavg``): the
+    average lags, so a job that has just ended (the previous command, say) would otherwise
+    take a core from an idle machine for a minute."""
     cores = _cores()
     try:
-        load = os.getloadavg()[0]
+        load = round(os.getloadavg()[0])
     except OSError:  # pragma: no cover - no load average
-        load = 0.0
-    return max(1, min(cores, (os.cpu_count() or cores) - round(load)))
+        load = 0
+    others = running_others(loadavg)
+    busy = load if others is None else min(load, others)
+    return max(1, min(cores, (os.cpu_count() or cores) - busy))
 
 
 def limit_threads(cfg: DictConfig | None = None) -> int | None:
