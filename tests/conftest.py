@@ -97,3 +97,13 @@ def compose_config(config_name: str, overrides: list[str] | None = None) -> Dict
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)
+
+
+@pytest.fixture(autouse=True)
+def _steady_thread_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process runs pick their torch threads from the load average alone, not from the
+    processes running at that instant (reporting/sweeps.py::running_others): two runs of one
+    test that a bit-for-bit comparison pairs must not get different thread counts because a
+    previous test's subprocess was still exiting when one of them started."""
+    monkeypatch.setattr("agc_pipeline.reporting.sweeps.running_others",
+                        lambda path="/proc/loadavg": None)

@@ -20,11 +20,14 @@ from agc_pipeline.analyze import run_analysis
 from agc_pipeline.build import validate
 from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.reporting import provenance
+from agc_pipeline.reporting import sweeps as sweeps_module
 from agc_pipeline.reporting.sweeps import finished_run, free_cores, limit_threads
 from agc_pipeline.train import build_trainer, run_training
 from tests.conftest import ROOT, compose_config
 from tests.data_fixtures import fake_cifar10
 
+#: the real reader of /proc/loadavg (tests/conftest.py stubs it for steady thread counts)
+RUNNING_OTHERS = sweeps_module.running_others
 #: a train run's summary.json as written before the schema (tests/data/README.md)
 OLD_SUMMARY = ROOT / "tests" / "data" / "summary_pre_schema.json"
 
@@ -338,6 +341,7 @@ def test_free_cores_do_not_count_a_job_that_has_ended(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The 1-minute load average lags: right after a job, an idle machine still shows load
     ~1. Only processes running now (/proc/loadavg's running count) take cores."""
+    monkeypatch.setattr(sweeps_module, "running_others", RUNNING_OTHERS)  # conftest stubs it
     cores = len(os.sched_getaffinity(0))
     monkeypatch.setattr(os, "getloadavg", lambda: (float(cores), 1.0, 1.0))
     idle, busy = tmp_path / "idle", tmp_path / "busy"
