@@ -62,12 +62,12 @@ from torch.distributed.algorithms.model_averaging.hierarchical_model_averager im
 )
 
 from agc_pipeline.build import Plan, RunSpec, build_run
-from agc_pipeline.coding.stragglers import Delay, worker_samples
+from agc_pipeline.coding.stragglers import Delay
 from agc_pipeline.errors import require
+from agc_pipeline.training.averaging_clock import AveragingClock
 from agc_pipeline.training.batches import batch_indices, take
 from agc_pipeline.training.checkpoint import load_checkpoint, save_checkpoint
-from agc_pipeline.training.coded import draw_stragglers
-from agc_pipeline.training.coded_step import CodedStep, TrainingDiverged, block_length
+from agc_pipeline.training.coded_step import TrainingDiverged
 from agc_pipeline.training.ddp_settings import ring_allreduce_bytes
 from agc_pipeline.training.distributed import DEFAULT_TIME_SCALE, WorkersLost
 from agc_pipeline.training.launch import EXIT_PEER_LOST, Launch, rank_session, serve_built
@@ -140,11 +140,8 @@ class LocalSgdRuntime(BaseRuntime):
             straggler = spec.straggler
             scale = straggler.time_scale if isinstance(straggler, Delay) else DEFAULT_TIME_SCALE
         self.time_scale = float(scale)
-        code = CodedStep(spec.scheme, spec.decoder, self.d, spec.seed)
-        work = worker_samples(a.matrix, settings.batch_size or self.workload.subset_size)
-        self._context = code.straggler_context(code.encoding(0), a.matrix, work)
-        self.length = block_length(self.d, 1)
-        self.comm = float(spec.straggler.comm_time(self.length))
+        self.draws = AveragingClock(spec, settings, self.workload.subset_size, self.d)
+        self.comm = self.draws.comm
         wire_bytes = next(self.model.parameters()).element_size()
         self.bytes_per_average = ring_allreduce_bytes(self.n, self.d, wire_bytes)
         optimizer = Optimizer(list(self.model.parameters()), spec.make_optimizer,
@@ -290,11 +287,8 @@ class LocalSgdRuntime(BaseRuntime):
         return group
 
     def compute_times(self, t: int) -> np.ndarray:
-        """Every worker's local-step time of iteration t (time units): the wait-for-all draw,
-        less the communication of d values (as ``trainer=local_sgd_simulated``)."""
-        draw = draw_stragglers(self.spec.straggler, t, self.n, self.length, self._context,
-                               self.settings)
-        return np.maximum(np.asarray(draw.finish_times, dtype=np.float64) - self.comm, 0.0)
+        """Every worker's local-step time of iteration t (:class:`AveragingClock`)."""
+        return self.draws.compute_times(t)
 
     def _run(self, t: int) -> tuple[float | None, float, torch.Tensor]:
         """Sleep, forward, backward (warm-up: the mean gradient): ``(train loss or None,

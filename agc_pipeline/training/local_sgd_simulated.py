@@ -50,10 +50,10 @@ import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from agc_pipeline.build import Plan, RunSpec
-from agc_pipeline.coding.stragglers import VirtualClock, worker_samples
+from agc_pipeline.coding.stragglers import VirtualClock
 from agc_pipeline.errors import ConfigError
-from agc_pipeline.training.coded import draw_stragglers
-from agc_pipeline.training.coded_step import CodedStep, TrainingDiverged, block_length
+from agc_pipeline.training.averaging_clock import AveragingClock
+from agc_pipeline.training.coded_step import TrainingDiverged
 from agc_pipeline.training.ddp_settings import ring_allreduce_bytes
 from agc_pipeline.training.local_sgd_settings import (
     LocalSgdSettings,
@@ -131,11 +131,8 @@ class LocalSgdSimulatedRuntime(BaseRuntime):
             raise ConfigError(f"trainer=local_sgd_simulated needs one data subset per worker "
                               f"(k = n; got k = {self.workload.k}, n = {self.n})")
         self.replicas = [copy.deepcopy(self.model) for _ in range(self.n)]
-        code = CodedStep(spec.scheme, spec.decoder, self.d, spec.seed)
-        work = worker_samples(a.matrix, settings.batch_size or self.workload.subset_size)
-        self._context = code.straggler_context(code.encoding(0), a.matrix, work)
-        self.length = block_length(self.d, 1)
-        self.comm = float(spec.straggler.comm_time(self.length))
+        self.draws = AveragingClock(spec, settings, self.workload.subset_size, self.d)
+        self.comm = self.draws.comm
         wire_bytes = next(self.model.parameters()).element_size()
         self.cluster = spec.cluster
         self.wire_bytes = wire_bytes
@@ -154,11 +151,8 @@ class LocalSgdSimulatedRuntime(BaseRuntime):
     # ------------------------------------------------------------------ one iteration
 
     def compute_times(self, t: int) -> np.ndarray:
-        """Every worker's local-step time of iteration t (time units): the wait-for-all draw
-        DDP's ranks sleep, less the communication of d values."""
-        draw = draw_stragglers(self.spec.straggler, t, self.n, self.length, self._context,
-                               self.settings)
-        return np.maximum(np.asarray(draw.finish_times, dtype=np.float64) - self.comm, 0.0)
+        """Every worker's local-step time of iteration t (:class:`AveragingClock`)."""
+        return self.draws.compute_times(t)
 
     def synchronised(self, ready: np.ndarray, group: int) -> np.ndarray:
         """Each block of ``group`` consecutive workers waits for its slowest, then all-reduces."""
