@@ -89,8 +89,10 @@ def arena_cells(runs: list[Run], targets: ArenaTargets) -> list[dict[str, Any]]:
     """One entry per (setting, regime, placement, mitigation): the aggregates over its seeds
     of the time to each target (``accuracy``, ``loss``: :func:`aggregate`)."""
     groups: dict[tuple[str, str, str, str], list[Run]] = defaultdict(list)
+    seeds: dict[int, Any] = {}  # id(run) -> its seed (each run's cell read once)
     for run in runs:
         cell = cell_of(run)
+        seeds[id(run)] = cell["seed"]
         groups[(cell["setting"], cell["regime"], cell["placement"], cell["mitigation"])].append(run)
     out = []
     for (setting, regime, placement, mitigation), members in sorted(groups.items()):
@@ -98,23 +100,23 @@ def arena_cells(runs: list[Run], targets: ArenaTargets) -> list[dict[str, Any]]:
         accuracy = aggregate(time_to_accuracy(r.rows, clock, targets.accuracy) for r in members)
         loss = aggregate(time_to_loss(r.rows, clock, targets.loss, targets.loss_smooth)
                          for r in members)
-        errors = [e for e in map(normalised_error, members) if e is not None]
+        errors = [e for e in (normalised_error(r, mitigation) for r in members) if e is not None]
         out.append({"setting": setting, "regime": regime, "placement": placement,
                     "mitigation": mitigation, "label": LABELS.get(mitigation, mitigation),
                     "code": mitigation not in NON_CODES, "clock": clock,
                     "normalised_error": float(np.mean(errors)) if errors else None,
-                    "seeds": sorted(cell_of(r)["seed"] for r in members),
+                    "seeds": sorted(seeds[id(r)] for r in members),
                     "iterations": max(r.summary.iterations or 0 for r in members),
                     "accuracy": accuracy, "loss": loss})
     return out
 
 
-def normalised_error(run: Run) -> float | None:
+def normalised_error(run: Run, mitigation: str) -> float | None:
     """ē of the run's gradient (the planner's measure, Section VII): 1 − α for a coded run
     with optimal decoding (α estimated at start-up), s/n for backup workers (A = I, eq. 3),
     0 for the runs that wait for every worker (DDP, local SGD) and for exact codes; None
-    when the summary does not say."""
-    summary, mitigation = run.summary, cell_of(run)["mitigation"]
+    when the summary does not say. ``mitigation``: the run's (:func:`cell_of`)."""
+    summary = run.summary
     if mitigation in ("ddp", "local_sgd", "frc", "ce_frc"):
         return 0.0
     config = summary.config or {}
