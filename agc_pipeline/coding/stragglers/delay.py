@@ -141,8 +141,7 @@ class Delay(StragglerModel):
             require(work is not None and np.shape(work) == (n,),
                     "straggler.per_sample needs the samples each worker processes (the "
                     "trainers pass them); use per_sample=null outside training")
-            load = self.per_sample * np.asarray(work, dtype=np.float64)
-            base = base * (load + self.per_step if self.per_step else load)
+            base = base * (self.per_step + self.per_sample * np.asarray(work, dtype=np.float64))
         return base * self.slowdowns(iteration, n)
 
     def draw(self, iteration: int, n: int, message_length: int,
