@@ -107,14 +107,19 @@ def run_ranks(star: emulated.Star, world: int, argv: list[str], port: int, log_d
         raise RuntimeError(f"{' '.join(argv[:4])}…: ranks {failed} failed\n{tails}")
 
 
-def schemes(n: int, ms: list[int]) -> dict[str, tuple[list[str], int]]:
-    """label -> (overrides, world size): DDP, then the PS and the sharded runtime with each m
-    (m = 1: the uncoded wait-for-all code; m > 1: construction (7) on the cyclic assignment
-    of load m)."""
+RUNTIMES = ("PS", "sharded")
+
+
+def schemes(n: int, ms: list[int], runtimes: tuple[str, ...] = RUNTIMES,
+            ) -> dict[str, tuple[list[str], int]]:
+    """label -> (overrides, world size): DDP, then the PS and the sharded runtime (those of
+    ``runtimes``) with each m (m = 1: the uncoded wait-for-all code; m > 1: construction (7)
+    on the cyclic assignment of load m)."""
     out = {"DDP": (["trainer=ddp", "code=uncoded_wait", f"assignment.n={n}"], n)}
-    runtimes = {"PS": (["trainer=distributed", "trainer.grad_error=false"], n + 1),
+    trainers = {"PS": (["trainer=distributed", "trainer.grad_error=false"], n + 1),
                 "sharded": (["trainer=sharded"], n)}
-    for name, (trainer, world) in runtimes.items():
+    for name in runtimes:
+        trainer, world = trainers[name]
         for m in ms:
             code = (["code=uncoded_wait", f"assignment.n={n}"] if m == 1 else
                     ["assignment=cyclic", f"assignment.n={n}", "assignment.s=0", f"m={m}",
@@ -208,7 +213,7 @@ def predict_unicast(cluster: Any, overrides: list[str]) -> float | None:
 
 def bench(args: argparse.Namespace, out: Path) -> int:
     cluster = cluster_model(args.cluster, args.rate_mbit)
-    runs = schemes(args.n, args.ms)
+    runs = schemes(args.n, args.ms, tuple(args.runtimes))
     common = common_overrides(args)
     results: dict[str, tuple[float, float, float | None, str, int]] = {}
     print(f"bench_emulated: {args.rate_mbit:g} Mbit/s, n = {args.n}, MLP 784-{args.hidden}-10, "
@@ -246,15 +251,23 @@ def bench(args: argparse.Namespace, out: Path) -> int:
               f"{100 * error:+6.1f}% {other:>14s}  {traffic}")
     print("  (model: costmodel.py, the PS's n copies posted at once share its link, every "
           "worker starts when all are through; one by one: the copies one after another)")
-    best_ps = min(m for label, (m, *_) in results.items() if label.startswith("PS"))
-    best_sharded = min(m for label, (m, *_) in results.items() if label.startswith("sharded"))
     worst = max(errors, key=abs)
     d = results["DDP"][4]
     print(f"\n{load()}; run dirs: {out}")
-    print(f"emulated {args.rate_mbit:g}mbit n={args.n} d={d}: sharded "
-          f"{best_sharded / t_ddp:.2f}x DDP, PS {best_ps / t_ddp:.2f}x DDP, model error "
-          f"{100 * worst:+.0f}%")
+    print(last_line(args.rate_mbit, args.n, d, {k: v[0] for k, v in results.items()}, worst))
     return 0
+
+
+def last_line(rate_mbit: float, n: int, d: int, seconds: dict[str, float],
+              worst_error: float) -> str:
+    """``emulated <rate> n=<n> d=<d>: sharded <r1>x DDP, PS <r2>x DDP, model error <e>%``:
+    each runtime's best m over DDP's seconds per iteration (``n/a`` where not run)."""
+    def ratio(prefix: str) -> str:
+        times = [t for label, t in seconds.items() if label.startswith(prefix + " ")]
+        return f"{min(times) / seconds['DDP']:.2f}x" if times else "n/a"
+
+    return (f"emulated {rate_mbit:g}mbit n={n} d={d}: sharded {ratio('sharded')} DDP, "
+            f"PS {ratio('PS')} DDP, model error {100 * worst_error:+.0f}%")
 
 
 def _traffic(summary: dict[str, Any], rows: list[dict]) -> str:
@@ -369,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay-ms", type=float, default=0.0, help="one way (needs netem)")
     parser.add_argument("--n", type=int, default=4, help="workers (DDP ranks)")
     parser.add_argument("--ms", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES),
+                        help="besides DDP (always run: the ratios' denominator)")
     parser.add_argument("--hidden", type=int, default=1270, help="d = 795·hidden + 10")
     parser.add_argument("--samples", type=int, default=16, help="samples per worker")
     parser.add_argument("--iterations", type=int, default=12)

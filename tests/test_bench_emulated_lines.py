@@ -1,0 +1,46 @@
+"""bench/bench_emulated.py's pure parts (no namespaces needed): the issue's last-line format
+``emulated <rate> n=<n> d=<d>: sharded <r1>x DDP, PS <r2>x DDP, model error <e>%`` and the
+runs ``--runtimes`` selects."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+_SPEC = importlib.util.spec_from_file_location("bench_emulated", ROOT / "bench" /
+                                               "bench_emulated.py")
+assert _SPEC is not None and _SPEC.loader is not None
+bench_emulated = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(bench_emulated)
+
+LAST = re.compile(r"^emulated (\d+(?:\.\d+)?)mbit n=(\d+) d=(\d+): sharded (\d+\.\d\dx|n/a) "
+                  r"DDP, PS (\d+\.\d\dx|n/a) DDP, model error ([+-]\d+)%$")
+
+
+def test_last_line_takes_each_runtimes_best_m() -> None:
+    seconds = {"DDP": 0.5, "PS m=1": 2.5, "PS m=4": 1.5, "sharded m=2": 0.45,
+               "sharded m=4": 0.4}
+    line = bench_emulated.last_line(100.0, 4, 1009660, seconds, -0.213)
+    assert line == ("emulated 100mbit n=4 d=1009660: sharded 0.80x DDP, PS 3.00x DDP, "
+                    "model error -21%")
+    assert LAST.match(line)
+
+
+def test_last_line_without_a_runtime_says_n_a() -> None:
+    line = bench_emulated.last_line(200.0, 8, 10001, {"DDP": 1.0, "sharded m=2": 0.7}, 0.05)
+    assert LAST.match(line), line
+    assert "PS n/a DDP" in line and "sharded 0.70x DDP" in line and "+5%" in line
+
+
+def test_runtimes_select_the_runs() -> None:
+    both = bench_emulated.schemes(4, [2, 4])
+    assert list(both) == ["DDP", "PS m=2", "PS m=4", "sharded m=2", "sharded m=4"]
+    only = bench_emulated.schemes(8, [2], ("sharded",))
+    assert list(only) == ["DDP", "sharded m=2"]
+    overrides, world = only["sharded m=2"]
+    assert world == 8 and "trainer=sharded" in overrides and "m=2" in overrides
+    assert bench_emulated.schemes(4, [1], ("PS",))["PS m=1"][1] == 5  # the PS's own node
