@@ -4,6 +4,7 @@ an emulated star (bench/emulated.py: tbf-shaped links, both directions), env:// 
     python bench/bench_emulated.py                       # 100 Mbit/s, n = 4, d ≈ 1M: minutes
     python bench/bench_emulated.py --n 8 --ms 1 2 4 --iterations 10
     python bench/bench_emulated.py --calibrate           # link figures for conf/cluster/
+    python bench/bench_emulated.py --runtimes PS --broadcast concurrent sequential
 
 Runs (no stragglers, MNIST, the MLP 784-``hidden``-10: d = 1,009,660 at hidden = 1270,
 ``--samples`` per worker): DDP (``trainer=ddp code=uncoded_wait``, rank r in node r), the
@@ -23,9 +24,11 @@ bound (all processes share this host's cores). Last line:
 ``emulated <rate> n=<n> d=<d>: sharded <t_sh/t_DDP>x DDP, PS <t_PS/t_DDP>x DDP, model
 error <e>%`` (ratios of seconds per iteration, each runtime's best m; e: the largest
 |predicted/measured − 1| over the runs, with its sign). The PS is predicted as it really
-sends (``broadcast=concurrent``: all n copies posted at once share its link, so every
-worker starts after n copies); the table also shows the older ``unicast`` prediction (the
-j-th worker starting after j copies: ``one by one``).
+sends: ``trainer.broadcast=concurrent`` (the default) as the model's ``concurrent`` (all n
+copies posted at once share its link, so every worker starts after n copies), ``PS seq``
+runs (``--broadcast sequential``: one copy after another) as ``unicast`` (the j-th worker
+starting after j + 1 copies); the table also shows the ``unicast`` prediction of every PS
+run (``one by one``).
 
 ``--calibrate`` (separate from the runs it predicts; about a minute): plain gloo point-to-
 point ping-pongs of 4 B-4 MB between nodes 0 and 1 (one-way = half the median round trip,
@@ -111,15 +114,22 @@ RUNTIMES = ("PS", "sharded")
 
 
 def schemes(n: int, ms: list[int], runtimes: tuple[str, ...] = RUNTIMES,
+            broadcasts: tuple[str, ...] = ("concurrent",),
             ) -> dict[str, tuple[list[str], int]]:
-    """label -> (overrides, world size): DDP, then the PS and the sharded runtime (those of
+    """label -> (overrides, world size): DDP, then the PS (with each of ``broadcasts``:
+    ``PS`` concurrent, ``PS seq`` sequential) and the sharded runtime (those of
     ``runtimes``) with each m (m = 1: the uncoded wait-for-all code; m > 1: construction (7)
     on the cyclic assignment of load m)."""
     out = {"DDP": (["trainer=ddp", "code=uncoded_wait", f"assignment.n={n}"], n)}
-    trainers = {"PS": (["trainer=distributed", "trainer.grad_error=false"], n + 1),
-                "sharded": (["trainer=sharded"], n)}
-    for name in runtimes:
-        trainer, world = trainers[name]
+    trainers: dict[str, tuple[list[str], int]] = {}
+    if "PS" in runtimes:
+        for broadcast in broadcasts:
+            label = "PS" if broadcast == "concurrent" else "PS seq"
+            trainers[label] = (["trainer=distributed", "trainer.grad_error=false",
+                                f"trainer.broadcast={broadcast}"], n + 1)
+    if "sharded" in runtimes:
+        trainers["sharded"] = (["trainer=sharded"], n)
+    for name, (trainer, world) in trainers.items():
         for m in ms:
             code = (["code=uncoded_wait", f"assignment.n={n}"] if m == 1 else
                     ["assignment=cyclic", f"assignment.n={n}", "assignment.s=0", f"m={m}",
@@ -192,7 +202,9 @@ def predict(cluster: Any, overrides: list[str], summary: dict[str, Any]) -> floa
         return float(ddp_iteration_times(cluster, cpu, d, 4.0, cpu=cpu, allreduces=allreduces))
     if summary.get("runtime") == "sharded":
         return float(sharded_iteration_times(cluster, cpu, n, d, m, k, 4.0, cpu=cpu))
-    return float(ps_iteration_times(cluster, cpu, n, d, m, k, 4.0, 4.0, cpu=cpu))
+    sequential = (summary.get("distributed") or {}).get("broadcast") == "sequential"
+    return float(ps_iteration_times(cluster, cpu, n, d, m, k, 4.0, 4.0, cpu=cpu,
+                                    broadcast="unicast" if sequential else "concurrent"))
 
 
 def predict_unicast(cluster: Any, overrides: list[str]) -> float | None:
@@ -213,7 +225,7 @@ def predict_unicast(cluster: Any, overrides: list[str]) -> float | None:
 
 def bench(args: argparse.Namespace, out: Path) -> int:
     cluster = cluster_model(args.cluster, args.rate_mbit)
-    runs = schemes(args.n, args.ms, tuple(args.runtimes))
+    runs = schemes(args.n, args.ms, tuple(args.runtimes), tuple(args.broadcast))
     common = common_overrides(args)
     results: dict[str, tuple[float, float, float | None, str, int]] = {}
     print(f"bench_emulated: {args.rate_mbit:g} Mbit/s, n = {args.n}, MLP 784-{args.hidden}-10, "
@@ -384,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ms", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES),
                         help="besides DDP (always run: the ratios' denominator)")
+    parser.add_argument("--broadcast", nargs="+", choices=("concurrent", "sequential"),
+                        default=["concurrent"], help="the PS's trainer.broadcast (each a run)")
     parser.add_argument("--hidden", type=int, default=1270, help="d = 795·hidden + 10")
     parser.add_argument("--samples", type=int, default=16, help="samples per worker")
     parser.add_argument("--iterations", type=int, default=12)

@@ -44,3 +44,13 @@ def test_runtimes_select_the_runs() -> None:
     overrides, world = only["sharded m=2"]
     assert world == 8 and "trainer=sharded" in overrides and "m=2" in overrides
     assert bench_emulated.schemes(4, [1], ("PS",))["PS m=1"][1] == 5  # the PS's own node
+
+
+def test_both_broadcasts_are_runs_of_their_own() -> None:
+    runs = bench_emulated.schemes(4, [4], ("PS",), ("concurrent", "sequential"))
+    assert list(runs) == ["DDP", "PS m=4", "PS seq m=4"]
+    assert "trainer.broadcast=sequential" in runs["PS seq m=4"][0]
+    assert "trainer.broadcast=concurrent" in runs["PS m=4"][0]
+    line = bench_emulated.last_line(100.0, 4, 10, {"DDP": 1.0, "PS m=4": 3.0,
+                                                   "PS seq m=4": 2.0}, 0.0)
+    assert "PS 2.00x DDP" in line  # the best PS, either broadcast

@@ -54,6 +54,8 @@ __all__ = ["DistributedSettings", "FaultSettings", "Timing", "WorkersLost", "res
            "torchrun_env"]
 
 WAIT_MODES = ("first", "deadline", "all")
+#: how the PS posts the parameters to the workers (``trainer.broadcast``)
+BROADCAST_MODES = ("concurrent", "sequential")
 #: seconds per model time unit for straggler models without a ``time_scale`` of their own
 DEFAULT_TIME_SCALE = 0.1
 #: ``trainer.param_dtype``: the dtype of the parameters sent to the workers
@@ -119,6 +121,9 @@ class DistributedSettings(CodedSettings, ProcessKeys):
     straggle: str = "late"  #: fixed-window stragglers: late (sleep longer) | drop (no send)
     min_workers: int = 1  #: fewer live workers stop the run (checkpoint, exit status 4)
     param_dtype: str = "float32"  #: parameters to the workers: float32 | bfloat16 | float16
+    #: concurrent (the n sends posted at once share the PS's link) | sequential (one after
+    #: another, the order rotated every iteration: the cost model's ``unicast``)
+    broadcast: str = "concurrent"
     #: a worker still sleeping its injected delay when newer parameters arrive abandons the
     #: stale iteration (each iteration starts afresh, as in the simulated delay model)
     abandon_stale: bool = False
@@ -145,6 +150,7 @@ class DistributedSettings(CodedSettings, ProcessKeys):
             require_finite(self.deadline_s, "trainer.deadline_s", minimum=0.0,
                            strict_minimum=True)
         require_choice(self.straggle, "trainer.straggle", ("late", "drop"))
+        require_choice(self.broadcast, "trainer.broadcast", BROADCAST_MODES)
         require_int(self.min_workers, "trainer.min_workers", minimum=1)
         require_choice(self.param_dtype, "trainer.param_dtype", tuple(PARAM_DTYPES))
         require_bool(self.abandon_stale, "trainer.abandon_stale")

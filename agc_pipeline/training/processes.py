@@ -7,6 +7,7 @@ import json
 import logging
 import queue
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ class _Peer:
     alive: bool = True
     heard: float = 0.0  #: perf_counter of the last message
     posted: float = 0.0  #: perf_counter when the current parameters were posted to it
+    given: int = -1  #: the iteration of the newest parameters posted to it
     outbox: Outbox | None = None  #: its sends (once the links are up)
 
 
@@ -86,6 +88,10 @@ class Cluster:
         self._current: tuple[int, torch.Tensor] | None = None  #: the newest parameters
         self.max_in_flight = 0  #: most parameter sends to one worker in transit at once
         self.held_back = 0  #: parameter messages not posted to a worker at the cap
+        #: ``trainer.broadcast=sequential``: the workers still to be sent the current
+        #: parameters, in order, and the one whose send is in transit now
+        self._sequence: deque[int] = deque()
+        self._sending: int | None = None
 
     # ------------------------------------------------------------------ start and stop
 
@@ -224,7 +230,37 @@ class Cluster:
         msg = self._spare.pop() if self._spare else self.transport.empty(self.wire.params_bytes)
         write_parameters(msg, iteration, Command.RUN, params, self.wire.param_dtype)
         self._current = (iteration, msg)
-        return sum(self._offer(j) for j in self.live)
+        live = self.live
+        if self.settings.broadcast == "concurrent":
+            return sum(self._offer(j) for j in live)
+        shift = iteration % len(live) if live else 0  # no worker always last
+        self._sequence = deque(live[shift:] + live[:shift])
+        self._sending = None
+        return self._send_next()
+
+    @property
+    def broadcasting(self) -> bool:
+        """A sequential broadcast is under way (the PS's loop then looks more often)."""
+        return self._sending is not None or bool(self._sequence)
+
+    def _send_next(self) -> int:
+        """``trainer.broadcast=sequential``: once the send in transit is complete, post the
+        current parameters to the next worker of the sequence; the bytes posted."""
+        if self._sending is not None:
+            peer = self.peers[self._sending]
+            assert peer.outbox is not None and self._current is not None
+            if peer.alive and any(msg is self._current[1] for _, msg in peer.outbox.in_flight):
+                return 0
+            self._sending = None
+        while self._sequence:
+            j = self._sequence.popleft()
+            if not self.peers[j].alive or self.peers[j].given == self._current[0]:
+                continue
+            posted = self._offer(j)
+            if posted:
+                self._sending = j
+                return posted
+        return 0
 
     def catch_up(self) -> int:
         """Take the completed sends (without blocking) and post the newest parameters to the
@@ -234,6 +270,8 @@ class Cluster:
             outbox = self.peers[j].outbox
             if self.peers[j].alive and outbox is not None and outbox.owed:
                 sent += self._offer(j)
+        if self.broadcasting:
+            sent += self._send_next()
         return sent
 
     def _reap(self) -> set[int]:
@@ -279,6 +317,7 @@ class Cluster:
             return 0
         self.max_in_flight = max(self.max_in_flight, outbox.params_in_flight)
         self.peers[j].posted = time.perf_counter()
+        self.peers[j].given = iteration
         return msg.numel()
 
     def round_trip(self, arrival: Arrival) -> float:

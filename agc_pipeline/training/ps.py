@@ -68,6 +68,8 @@ log = logging.getLogger("agc_pipeline.train")
 
 #: longest single wait on the inbox, so that silence is checked regularly
 POLL_S = 0.05
+#: the same while a sequential broadcast waits for a send to complete to post the next
+SEQUENCE_POLL_S = 0.002
 
 
 @dataclass
@@ -298,7 +300,8 @@ class ParameterServer(CodedRuntime):
             now = time.perf_counter()
             if now >= deadline:
                 break
-            arrival = self._next(min(deadline - now, POLL_S))
+            poll = SEQUENCE_POLL_S if cluster.broadcasting else POLL_S
+            arrival = self._next(min(deadline - now, poll))
             if arrival is not None and arrival.time > deadline:  # late: the next iteration's
                 self._backlog.appendleft(arrival)
                 break
@@ -414,6 +417,7 @@ class ParameterServer(CodedRuntime):
                             "straggle": self.settings.straggle,
                             "timeout_s": self.settings.timeout_s,
                             "max_sends_in_flight": self.max_sends_in_flight,
+                            "broadcast": self.settings.broadcast,
                             "wire_dtype": str(self.wire_dtype).removeprefix("torch."),
                             "param_dtype": self.settings.param_dtype},
         }
