@@ -78,7 +78,7 @@ RESUMABLE_CHANGES = ("trainer.iterations", "trainer.resume", "trainer.progress",
                      "trainer.device", "logger", "trainer.timeout_s", "trainer.startup_timeout_s",
                      "trainer.start_method", "trainer.fault", "trainer.grad_error",
                      "trainer.overwrite", "trainer.threads", "trainer.skip_finished",
-                     "trainer.min_workers", "app", "extras")
+                     "trainer.min_workers", "trainer.reshard", "app", "extras")
 #: the x-axes of a train run's W&B charts (``iteration`` is every metric's default)
 X_AXES = ("iteration", "virtual_time", "wall_time", "mb_to_ps")
 
@@ -127,6 +127,7 @@ def _run_locked(cfg: DictConfig, out_dir: Path, replace: bool,
         saved = load_checkpoint(checkpoint)
         changed = [key for key in config_differences(saved["config"], config)
                    if not key.startswith(RESUMABLE_CHANGES)]
+        changed = _refused_changes(runtime, saved["config"], config, changed)
         require(not changed, f"trainer.resume=true: the configuration differs from the "
                              f"checkpoint's in {', '.join(changed)}")
         done = int(saved["iteration"])
@@ -185,6 +186,27 @@ def _run_locked(cfg: DictConfig, out_dir: Path, replace: bool,
              summary.final_train_loss, "n/a" if test is None else f"{test:.4f}",
              summary.iterations, summary.seconds, out_dir)
     return summary.to_dict()
+
+
+def _refused_changes(runtime: Runtime, old: dict[str, Any], new: dict[str, Any],
+                     changed: list[str]) -> list[str]:
+    """The config keys whose change a resume refuses, of ``changed``: a new ``assignment.n``
+    (with the runtime's ``reshard_keys``) is allowed only for a runtime that re-shards
+    (``trainer=sharded``) and with ``trainer.reshard=true``; otherwise a one-line ConfigError
+    naming the rule."""
+    if "assignment.n" not in changed:
+        return changed
+    before, after = old["assignment"]["n"], new["assignment"]["n"]
+    what = (f"trainer.resume=true with assignment.n={after}, but the checkpoint's run has "
+            f"n={before}")
+    require(bool(runtime.reshard_keys),
+            f"{what}: trainer={runtime.name} resumes only on the checkpoint's {before} nodes "
+            "(only trainer=sharded continues on another number, with trainer.reshard=true)")
+    require(getattr(runtime.settings, "reshard", False) is True,
+            f"{what}: pass trainer.reshard=true to continue it on {after} nodes (re-sharding "
+            f"the optimizer state), or assignment.n={before}")
+    return [key for key in changed
+            if key != "assignment.n" and key not in runtime.reshard_keys]
 
 
 def _torch_threads() -> int:
