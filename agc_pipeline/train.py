@@ -127,9 +127,10 @@ def _run_locked(cfg: DictConfig, out_dir: Path, replace: bool,
         saved = load_checkpoint(checkpoint)
         changed = [key for key in config_differences(saved["config"], config)
                    if not key.startswith(RESUMABLE_CHANGES)]
-        changed = _refused_changes(runtime, saved["config"], config, changed)
+        changed = _refused_changes(runtime, config, changed)
         require(not changed, f"trainer.resume=true: the configuration differs from the "
-                             f"checkpoint's in {', '.join(changed)}")
+                             f"checkpoint's in {', '.join(changed)}"
+                             f"{_nodes_rule(runtime, changed)}")
         done = int(saved["iteration"])
         require(settings.iterations >= done,
                 f"trainer.resume=true with trainer.iterations={settings.iterations}, "
@@ -188,25 +189,32 @@ def _run_locked(cfg: DictConfig, out_dir: Path, replace: bool,
     return summary.to_dict()
 
 
-def _refused_changes(runtime: Runtime, old: dict[str, Any], new: dict[str, Any],
-                     changed: list[str]) -> list[str]:
-    """The config keys whose change a resume refuses, of ``changed``: a new ``assignment.n``
-    (with the runtime's ``reshard_keys``) is allowed only for a runtime that re-shards
-    (``trainer=sharded``) and with ``trainer.reshard=true``; otherwise a one-line ConfigError
-    naming the rule."""
-    if "assignment.n" not in changed:
+def _refused_changes(runtime: Runtime, new: dict[str, Any], changed: list[str]) -> list[str]:
+    """The config keys whose change a resume refuses, of ``changed``: none when only
+    ``assignment.n`` and the runtime's ``reshard_keys`` changed and it re-shards
+    (``trainer=sharded``), which then needs ``trainer.reshard=true`` (else a one-line
+    ConfigError naming it)."""
+    nodes = ("assignment.n", *runtime.reshard_keys)
+    if "assignment.n" not in changed or not runtime.reshard_keys \
+            or any(key not in nodes for key in changed):
         return changed
-    before, after = old["assignment"]["n"], new["assignment"]["n"]
-    what = (f"trainer.resume=true with assignment.n={after}, but the checkpoint's run has "
-            f"n={before}")
-    require(bool(runtime.reshard_keys),
-            f"{what}: trainer={runtime.name} resumes only on the checkpoint's {before} nodes "
-            "(only trainer=sharded continues on another number, with trainer.reshard=true)")
+    after = new["assignment"]["n"]
     require(getattr(runtime.settings, "reshard", False) is True,
-            f"{what}: pass trainer.reshard=true to continue it on {after} nodes (re-sharding "
-            f"the optimizer state), or assignment.n={before}")
-    return [key for key in changed
-            if key != "assignment.n" and key not in runtime.reshard_keys]
+            f"trainer.resume=true with assignment.n={after}, another number of nodes than "
+            f"the checkpoint's run: pass trainer.reshard=true to continue it on {after} "
+            "nodes (re-sharding the optimizer state), or the checkpoint's assignment.n")
+    return []
+
+
+def _nodes_rule(runtime: Runtime, changed: list[str]) -> str:
+    """The rule on resuming with another ``assignment.n`` (when it is among ``changed``)."""
+    if "assignment.n" not in changed:
+        return ""
+    if runtime.reshard_keys:
+        return (" (trainer.reshard=true continues on another assignment.n, changing besides "
+                f"it only {', '.join(runtime.reshard_keys)})")
+    return (f" (trainer={runtime.name} resumes on the checkpoint's number of nodes; only "
+            "trainer=sharded continues on another, with trainer.reshard=true)")
 
 
 def _torch_threads() -> int:

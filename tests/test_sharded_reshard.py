@@ -4,6 +4,7 @@ stopped by a lost node resumes on the remaining ones, the optimizer state re-sha
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -31,7 +32,8 @@ def momentum(states: list[dict], layout: ShardLayout) -> torch.Tensor:
     return unshard([s["optimizer"]["state"][0]["momentum_buffer"] for s in states], layout)
 
 
-def test_a_run_of_4_nodes_that_lost_one_resumes_on_3(tmp_path: Path) -> None:
+def test_a_run_of_4_nodes_that_lost_one_resumes_on_3(tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
     """n = 4, rank 2 exits at iteration 3: the one line names the way out on 3 nodes; the
     resumed run (assignment.n=3 trainer.reshard=true) starts from the checkpoint's parameters
     and momentum, its rows continue (the later ones with 3 nodes' bytes) and summary.json
@@ -79,6 +81,15 @@ def test_a_run_of_4_nodes_that_lost_one_resumes_on_3(tmp_path: Path) -> None:
                                             y.reshape(-1, *y.shape[2:])))
     assert got[3]["train_loss"] == loss / runtime.workload.batch_samples
 
+    # a checkpoint between periodic ones: its optimizer state is older, and the log says so
+    older = {**stop, "iteration": 4, "optimizer_shards_iteration": 3}
+    runtime = build_trainer(compose_config("train", resume))
+    with caplog.at_level(logging.WARNING, logger="agc_pipeline.train"):
+        runtime.load_state_dict(older)
+    assert "the last periodic checkpoint's (iteration 3), not iteration 4's" in caplog.text
+    assert runtime.summary_extra()["sharded"]["reshards"] == [
+        {"iteration": 4, "from_n": 4, "to_n": 3, "optimizer_state_iteration": 3}]
+
 
 def refusal(cfg: list[str], run_dir: Path) -> str:
     """The one-line ConfigError of resuming ``run_dir`` with ``cfg``; the run is untouched."""
@@ -101,7 +112,9 @@ def test_refusals_name_the_rule(tmp_path: Path) -> None:
     text = refusal(three, tmp_path / "sh")
     assert "assignment.n=3" in text and "pass trainer.reshard=true" in text
     text = refusal([*three, "trainer.reshard=true", "trainer.lr=0.1"], tmp_path / "sh")
-    assert "differs from the checkpoint's in" in text and text.endswith("trainer.lr")
+    assert "differs from the checkpoint's in assignment.n, assignment.s, optimizer.lr, " \
+        "trainer.lr (trainer.reshard=true continues on another assignment.n, changing " \
+        "besides it only assignment.s, " in text
     with pytest.raises(ConfigError, match=r"needs n ≥ 2 nodes"):
         build_trainer(compose_config("train", [*short, *SHARDED, "assignment.n=1",
                                                 "assignment.s=0", "m=1"]))
@@ -109,7 +122,8 @@ def test_refusals_name_the_rule(tmp_path: Path) -> None:
     run_training(compose_config("train", [*short, "assignment.n=4", "assignment.s=2"]),
                  tmp_path / "sim")
     text = refusal([*short, "assignment.n=3", "assignment.s=1"], tmp_path / "sim")
-    assert "trainer=simulated resumes only on the checkpoint's 4 nodes" in text
+    assert "differs from the checkpoint's in assignment.n, assignment.s (trainer=simulated " \
+        "resumes on the checkpoint's number of nodes; only trainer=sharded" in text
 
     grown = run_training(compose_config("train", [
         *short, *SHARDED, "assignment.n=6", "assignment.s=1", "trainer.iterations=3",
