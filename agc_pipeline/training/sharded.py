@@ -30,9 +30,10 @@ its other shards' optimizer state is that of the last periodic checkpoint (none 
 SGD). The run continues with n nodes again (``trainer.resume=true``), or on another number
 of nodes (``trainer.resume=true trainer.reshard=true assignment.n=<n'>``, and the keys of
 ``reshard_keys`` that must follow n): the checkpoint's shards' optimizer states are put
-back in parameter order and cut into the new layout (:func:`~agc_pipeline.training.
-sharded_maths.reshard_states`); the assignment, code, draws, data partition and α are
-rebuilt for n' as a fresh run's; summary.json's ``sharded.reshards`` records it.
+back in parameter order and cut into the new layout
+(:func:`~agc_pipeline.training.sharded_maths.reshard_states`); the assignment, code, draws,
+data partition and α are rebuilt for n' as a fresh run's; ``sharded.reshards`` in
+summary.json records it.
 """
 
 from __future__ import annotations
@@ -349,11 +350,13 @@ class ShardedRuntime(CodedRuntime):
         dead = [] if self.launch is None else self.launch.lost()
         who = f"rank {', '.join(map(str, dead))} exited" if dead else "a node is lost"
         left = self.n - max(len(dead), 1)
+        fewer = ("" if left < 2 else
+                 f", or on the remaining {left} by trainer.resume=true trainer.reshard=true "
+                 f"assignment.n={left} (and assignment.s/straggler.s/trainer.s fitting n={left})")
         return (f"iteration {t}: {who} ({error_text(exc)}); trainer=sharded cannot continue "
                 f"without all {self.n} shards: stopped at iteration {t} with a checkpoint: "
-                "continue with fresh nodes by trainer.resume=true and the same hydra.run.dir, "
-                f"or on the remaining {left} by trainer.resume=true trainer.reshard=true "
-                f"assignment.n={left} (and assignment.s/straggler.s/trainer.s fitting n={left})")
+                "continue with fresh nodes by trainer.resume=true and the same hydra.run.dir"
+                f"{fewer}")
 
     # ------------------------------------------------------------------ state and summary
 
