@@ -78,7 +78,7 @@ RESUMABLE_CHANGES = ("trainer.iterations", "trainer.resume", "trainer.progress",
                      "trainer.device", "logger", "trainer.timeout_s", "trainer.startup_timeout_s",
                      "trainer.start_method", "trainer.fault", "trainer.grad_error",
                      "trainer.overwrite", "trainer.threads", "trainer.skip_finished",
-                     "trainer.min_workers", "app", "extras")
+                     "trainer.min_workers", "trainer.reshard", "app", "extras")
 #: the x-axes of a train run's W&B charts (``iteration`` is every metric's default)
 X_AXES = ("iteration", "virtual_time", "wall_time", "mb_to_ps")
 
@@ -127,8 +127,10 @@ def _run_locked(cfg: DictConfig, out_dir: Path, replace: bool,
         saved = load_checkpoint(checkpoint)
         changed = [key for key in config_differences(saved["config"], config)
                    if not key.startswith(RESUMABLE_CHANGES)]
+        changed = _refused_changes(runtime, config, changed)
         require(not changed, f"trainer.resume=true: the configuration differs from the "
-                             f"checkpoint's in {', '.join(changed)}")
+                             f"checkpoint's in {', '.join(changed)}"
+                             f"{_nodes_rule(runtime, changed)}")
         done = int(saved["iteration"])
         require(settings.iterations >= done,
                 f"trainer.resume=true with trainer.iterations={settings.iterations}, "
@@ -185,6 +187,34 @@ def _run_locked(cfg: DictConfig, out_dir: Path, replace: bool,
              summary.final_train_loss, "n/a" if test is None else f"{test:.4f}",
              summary.iterations, summary.seconds, out_dir)
     return summary.to_dict()
+
+
+def _refused_changes(runtime: Runtime, new: dict[str, Any], changed: list[str]) -> list[str]:
+    """The config keys whose change a resume refuses, of ``changed``: none when only
+    ``assignment.n`` and the runtime's ``reshard_keys`` changed and it re-shards
+    (``trainer=sharded``), which then needs ``trainer.reshard=true`` (else a one-line
+    ConfigError naming it)."""
+    nodes = ("assignment.n", *runtime.reshard_keys)
+    if "assignment.n" not in changed or not runtime.reshard_keys \
+            or any(key not in nodes for key in changed):
+        return changed
+    after = new["assignment"]["n"]
+    require(getattr(runtime.settings, "reshard", False) is True,
+            f"trainer.resume=true with assignment.n={after}, another number of nodes than "
+            f"the checkpoint's run: pass trainer.reshard=true to continue it on {after} "
+            "nodes (re-sharding the optimizer state), or the checkpoint's assignment.n")
+    return []
+
+
+def _nodes_rule(runtime: Runtime, changed: list[str]) -> str:
+    """The rule on resuming with another ``assignment.n`` (when it is among ``changed``)."""
+    if "assignment.n" not in changed:
+        return ""
+    if runtime.reshard_keys:
+        return (" (trainer.reshard=true continues on another assignment.n, changing besides "
+                f"it only {', '.join(runtime.reshard_keys)})")
+    return (f" (trainer={runtime.name} resumes on the checkpoint's number of nodes; only "
+            "trainer=sharded continues on another, with trainer.reshard=true)")
 
 
 def _torch_threads() -> int:

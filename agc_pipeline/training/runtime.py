@@ -9,7 +9,9 @@ class declares its settings dataclass and its capabilities as class attributes:
   estimates α); ``virtual_clock``: it keeps the simulated clock (``cluster=`` allowed);
 * ``processes``: it starts processes; ``rank_main(config, rank, world_size[, extra])`` serves
   a rank > 0 and the fork server imports ``preload`` (:mod:`~agc_pipeline.training.launch`);
-* ``counters``: its own running totals (name → initial value) besides the shared ones.
+* ``counters``: its own running totals (name → initial value) besides the shared ones;
+* ``reshard_keys``: the config keys besides ``assignment.n`` that may change when a run is
+  resumed on another number of nodes (``trainer.reshard=true``); empty: it never is.
 
 Its :meth:`Runtime.step` runs one iteration and *returns* a
 :class:`~agc_pipeline.training.state.StepResult`; the shared loop
@@ -45,6 +47,7 @@ class Runtime(Protocol):
     coded: ClassVar[bool]
     virtual_clock: ClassVar[bool]
     processes: ClassVar[bool]
+    reshard_keys: ClassVar[tuple[str, ...]]
     spec: RunSpec
     settings: TrainerSettings
     workload: Workload
@@ -87,6 +90,7 @@ class BaseRuntime:
     rank_main: ClassVar[Callable[..., int] | None] = None
     preload: ClassVar[tuple[str, ...]] = ()
     counters: ClassVar[dict[str, float]] = {}
+    reshard_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, spec: RunSpec, held: list[int] | None = None) -> None:
         assert isinstance(spec.settings, self.settings_class), "build_run builds the settings"

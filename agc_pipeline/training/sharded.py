@@ -27,13 +27,20 @@ summary. The shards' optimizer states are gathered to rank 0 at the periodic che
 lost (a broken link, or ``timeout_s`` without enough slices) stops the run with
 :class:`~agc_pipeline.training.distributed.WorkersLost` (exit status 4) and a checkpoint;
 its other shards' optimizer state is that of the last periodic checkpoint (none for plain
-SGD). Continuing on the remaining nodes is future work.
+SGD). The run continues with n nodes again (``trainer.resume=true``), or on another number
+of nodes (``trainer.resume=true trainer.reshard=true assignment.n=<n'>``, and the keys of
+``reshard_keys`` that must follow n): the checkpoint's shards' optimizer states are put
+back in parameter order and cut into the new layout
+(:func:`~agc_pipeline.training.sharded_maths.reshard_states`); the assignment, code, draws,
+data partition and α are rebuilt for n' as a fresh run's; ``sharded.reshards`` in
+summary.json records it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import os
 import sys
@@ -69,7 +76,7 @@ from agc_pipeline.training.launch import (
 from agc_pipeline.training.optim import Optimizer
 from agc_pipeline.training.runtime import BaseRuntime, CodedRuntime
 from agc_pipeline.training.settings import CodedSettings, ProcessKeys, TrainerSettings
-from agc_pipeline.training.sharded_maths import ShardLayout
+from agc_pipeline.training.sharded_maths import ShardLayout, reshard_states
 from agc_pipeline.training.sharded_node import ShardNode, load_flat
 from agc_pipeline.training.state import RunState, StepResult, Totals
 from agc_pipeline.training.wire import error_text
@@ -78,6 +85,7 @@ from agc_pipeline.validation import is_int, require_int
 
 __all__ = ["ShardedRuntime", "ShardedSettings", "sharded_bytes_per_node"]
 
+log = logging.getLogger("agc_pipeline.train")
 
 
 def sharded_bytes_per_node(n: int, d: int, m: int, element_size: int = 4) -> int:
@@ -95,6 +103,7 @@ class ShardedSettings(CodedSettings, ProcessKeys):
     grad_error: bool = False  #: must stay false: no node holds the whole ĝ
     s: int | None = None  #: an owner proceeds at n − s slices; null = straggler.s or 0
     fault: Any = None  #: FaultSettings: kill_worker (a rank 1..n−1), at_iteration
+    reshard: bool = False  #: trainer.resume=true may change assignment.n (re-sharding)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -109,6 +118,8 @@ class ShardedSettings(CodedSettings, ProcessKeys):
                 "trainer=sharded forms messages with trainer.coded_gradient=weighted only")
         if self.s is not None:
             require_int(self.s, "trainer.s", minimum=0)
+        require(isinstance(self.reshard, bool),
+                f"trainer.reshard must be true or false (got {self.reshard!r})")
         fault = FaultSettings.from_config(self.fault)
         require(fault.bad_message_worker is None,
                 "trainer.fault.bad_message_worker does not apply to trainer=sharded")
@@ -124,6 +135,10 @@ class ShardedRuntime(CodedRuntime):
     preload: ClassVar[tuple[str, ...]] = ("agc_pipeline.training.sharded",)
     counters: ClassVar[dict[str, float]] = {"wall_time": 0.0, "wait_time": 0.0,
                                             "bytes_per_node": 0}
+    #: besides assignment.n, what may change on a resume with trainer.reshard=true: the keys
+    #: an assignment's or straggler model's validity ties to n (m and d stay)
+    reshard_keys: ClassVar[tuple[str, ...]] = ("assignment.s", "assignment.k",
+                                               "straggler.s", "trainer.s")
 
     @staticmethod
     def rank_main(config: dict[str, Any], rank: int, world_size: int) -> int:
@@ -180,6 +195,10 @@ class ShardedRuntime(CodedRuntime):
         self.gathered: tuple[int, list[Any]] | None = None
         #: rank 0: the shards' optimizer states of the checkpoint resumed from (None: fresh)
         self._loaded_shards: list[Any] | None = None
+        #: rank 0: the iteration of the periodic checkpoint those states are from
+        self._loaded_at: int | None = None
+        #: rank 0: the run's re-shardings ({iteration, from_n, to_n, optimizer_state_iteration})
+        self.reshards: list[dict[str, Any]] = []
         self.launch: Launch | None = None
 
     # ------------------------------------------------------------------ worker side
@@ -330,9 +349,14 @@ class ShardedRuntime(CodedRuntime):
     def _lost(self, t: int, exc: RuntimeError) -> str:
         dead = [] if self.launch is None else self.launch.lost()
         who = f"rank {', '.join(map(str, dead))} exited" if dead else "a node is lost"
+        left = self.n - max(len(dead), 1)
+        fewer = ("" if left < 2 else
+                 f", or on the remaining {left} by trainer.resume=true trainer.reshard=true "
+                 f"assignment.n={left} (and assignment.s/straggler.s/trainer.s fitting n={left})")
         return (f"iteration {t}: {who} ({error_text(exc)}); trainer=sharded cannot continue "
                 f"without all {self.n} shards: stopped at iteration {t} with a checkpoint: "
-                "continue with fresh nodes by trainer.resume=true and the same hydra.run.dir")
+                "continue with fresh nodes by trainer.resume=true and the same hydra.run.dir"
+                f"{fewer}")
 
     # ------------------------------------------------------------------ state and summary
 
@@ -340,13 +364,50 @@ class ShardedRuntime(CodedRuntime):
         """The coded runtime's state plus every shard's optimizer state (gathered at the
         periodic checkpoints; see the module docstring)."""
         state = super().state_dict()
-        state["optimizer_shards"] = (self._loaded_shards if self.gathered is None
-                                     else self.gathered[1])
+        at, shards = ((self._loaded_at, self._loaded_shards) if self.gathered is None
+                      else self.gathered)
+        state.update(optimizer_shards=shards, optimizer_shards_iteration=at,
+                     sharded_nodes=self.n, sharded_reshards=self.reshards)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; one of a run on another number of nodes is
+        re-sharded (the optimizer states into this layout, α estimated again)."""
+        shards = state.get("optimizer_shards")
+        at = state.get("optimizer_shards_iteration")
+        old_n = int(state.get("sharded_nodes") or (len(shards) if shards else self.n))
+        reshards = list(state.get("sharded_reshards") or [])
+        if old_n != self.n:
+            shards = self._reshard(state, shards, at, old_n, reshards)
+            state = {**state, "alpha": None,
+                     "optimizer": (self.state.optimizer.state_dict() if shards is None
+                                   else shards[0])}
         super().load_state_dict(state)
-        self._loaded_shards = state.get("optimizer_shards")
+        self._loaded_shards, self._loaded_at, self.reshards = shards, at, reshards
+        if old_n != self.n:
+            self.estimate_alpha()  # of the new code (None without trainer.alpha_samples)
+
+    def _reshard(self, state: dict[str, Any], shards: list[Any] | None, at: int | None,
+                 old_n: int, reshards: list[dict[str, Any]]) -> list[Any] | None:
+        """The checkpoint's shard states (``old_n`` owners) in this run's layout; records the
+        event in ``reshards`` and logs it."""
+        t = int(state["iteration"])
+        require(self.settings.reshard, f"the checkpoint holds a run on {old_n} nodes, this "
+                                       f"one has {self.n}: pass trainer.reshard=true")
+        if shards is not None:
+            shards = reshard_states(shards, ShardLayout(self.d, self.m, old_n), self.layout)
+        stale = shards is not None and at is not None and at < t and any(
+            s["optimizer"]["state"] for s in shards)
+        reshards.append({"iteration": t, "from_n": old_n, "to_n": self.n,
+                         "optimizer_state_iteration": at})
+        log.info("re-sharding at iteration %d: %d -> %d nodes (parameters of iteration %d, "
+                 "every shard's optimizer state of iteration %s re-sliced)", t, old_n, self.n,
+                 t, "n/a" if at is None else at)
+        if stale:
+            log.warning("the optimizer state is the last periodic checkpoint's (iteration "
+                        "%d), not iteration %d's: the steps between changed it and are "
+                        "lost (exact for plain SGD)", at, t)
+        return shards
 
     def summary_extra(self) -> dict[str, Any]:
         """summary.json fields of the sharded runtime."""
@@ -359,7 +420,8 @@ class ShardedRuntime(CodedRuntime):
                             "launch": "torchrun" if torchrun_env() else "local",
                             "time_scale": self.time_scale, "timeout_s": self.settings.timeout_s,
                             "bytes_per_node_per_iteration": self.bytes_per_iteration,
-                            "shard_sizes": self.layout.shard_sizes()}}
+                            "shard_sizes": self.layout.shard_sizes(),
+                            "reshards": self.reshards}}
 
 
 def _stragglers(settings: ShardedSettings, straggler: Any) -> int:

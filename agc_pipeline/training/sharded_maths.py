@@ -10,18 +10,25 @@ Shard σ is that set ("slice σ of each block"), so decode and update touch the 
 With the same 𝓕 at every owner the reassembled vector is the PS's ĝ; otherwise each slice
 is the PS's ĝ for that owner's survivors, restricted to the slice (each slice unbiased
 where the paper's theorems make ĝ unbiased, Section VII).
+
+Re-sharding (a run continued on another number of nodes): every shard's optimizer state,
+in the old layout, is put back in parameter order (:func:`unshard`) and cut again for the
+new n (:func:`reshard_states`); entry by entry nothing changes.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from agc_pipeline.training.coded_step import block_length, combine_into
 
-__all__ = ["ShardLayout", "decode_slice", "message_slices", "reassemble"]
+__all__ = ["ShardLayout", "decode_slice", "message_slices", "reassemble", "reshard_states",
+           "unshard"]
 
 
 @dataclass(frozen=True)
@@ -86,3 +93,64 @@ def reassemble(pieces: torch.Tensor, d: int) -> torch.Tensor:
     n, m, width = pieces.shape
     length = block_length(d, m)
     return pieces.permute(1, 0, 2).reshape(m, n * width)[:, :length].reshape(-1)[:d]
+
+
+def unshard(pieces: list[torch.Tensor], layout: ShardLayout) -> torch.Tensor:
+    """The owners' shards (``pieces[σ]``: shard σ of ``layout``, in its order) → the flat
+    d-vector in parameter order."""
+    require_sizes([p.numel() for p in pieces], layout)
+    full = torch.empty(layout.d, dtype=pieces[0].dtype, device=pieces[0].device)
+    for owner, piece in enumerate(pieces):
+        full[layout.positions(owner)[0]] = piece.reshape(-1)
+    return full
+
+
+def require_sizes(sizes: list[int], layout: ShardLayout) -> None:
+    """Raise ValueError unless ``sizes`` are the shard sizes of ``layout``."""
+    if sizes != layout.shard_sizes():
+        raise ValueError(f"shards of sizes {sizes} are not those of d={layout.d}, "
+                         f"m={layout.m}, n={layout.n} ({layout.shard_sizes()})")
+
+
+def reshard_states(states: list[dict[str, Any]], old: ShardLayout,
+                   new: ShardLayout) -> list[dict[str, Any]]:
+    """Every shard's optimizer state (:meth:`~agc_pipeline.training.optim.Optimizer.state_dict`
+    of the one-parameter optimizer of owner σ, ``old.n`` of them) → the states of the
+    ``new.n`` owners of ``new``. A 1-D tensor of the state (momentum, Adam's moments) is per
+    entry: reassembled in parameter order and cut into the new shards; the state's other values
+    (Adam's step count) must be equal in every shard; hyper-parameters and the schedule are
+    shard 0's (every owner follows the same schedule). Raises ValueError for states that do
+    not fit ``old``."""
+    if len(states) != old.n:
+        raise ValueError(f"{len(states)} shard states for n={old.n} owners")
+    if (old.d, old.m) != (new.d, new.m):
+        raise ValueError(f"re-sharding keeps d and m (old d={old.d}, m={old.m}; "
+                         f"new d={new.d}, m={new.m})")
+    per_param = [s["optimizer"]["state"] for s in states]
+    keys = sorted(per_param[0])
+    if any(sorted(p) != keys for p in per_param):
+        raise ValueError("the shards' optimizer states hold different parameters")
+    out = [copy.deepcopy(states[0]) for _ in range(new.n)]
+    for index in keys:
+        entries = [p[index] for p in per_param]
+        names = sorted(entries[0])
+        if any(sorted(e) != names for e in entries):
+            raise ValueError("the shards' optimizer states hold different keys")
+        for name in names:
+            values = [e[name] for e in entries]
+            if isinstance(values[0], torch.Tensor) and values[0].dim() == 1:
+                full = unshard(values, old)
+                for owner in range(new.n):
+                    out[owner]["optimizer"]["state"][index][name] = \
+                        full[new.positions(owner)[0]].clone()
+            elif any(not _same(v, values[0]) for v in values[1:]):
+                raise ValueError(f"the shards' optimizer states differ in {name!r}")
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two shared state values are equal (tensors: same shape and values)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+                and a.shape == b.shape and bool(torch.equal(a, b)))
+    return bool(a == b)
