@@ -187,6 +187,31 @@ def test_the_ps_combination_matches_float64_to_float32_rounding(
     assert rel < 1e-6
 
 
+@pytest.mark.parametrize("missing", [[], [3], list(range(8))])
+def test_the_ps_combination_with_a_rank_deficient_r(missing: list[int]) -> None:
+    """R of rank 1 (both columns proportional, zero rows among the survivors): still the
+    float64 result to float32 rounding, elementwise; a block whose column of R is zero on 𝓕
+    is exactly zero; no survivor gives ĝ = 0."""
+    rng = np.random.default_rng(1)
+    n, m, length = 8, 2, 3_001
+    messages = torch.randn(n, length)
+    col = rng.normal(size=n)
+    col[[1, 6]] = 0.0
+    r = np.stack([col, -2.5 * col], axis=1)
+    mask = np.ones(n, dtype=bool)
+    mask[missing] = False
+    messages[torch.as_tensor(~mask)] = math.nan
+    out = combine_into(messages, r, mask, torch.full((m, length), math.nan))
+    if not mask.any():
+        assert not out.any()
+        return
+    ref = combine(messages[torch.as_tensor(mask)].double(), r[mask], m * length).view(m, -1)
+    scale = float(messages[torch.as_tensor(mask)].abs().max()) * np.abs(r[mask]).sum(0)
+    assert torch.all((out.double() - ref).abs() <= torch.as_tensor(scale)[:, None] * 1e-6)
+    zero = np.zeros((n, m))
+    assert not combine_into(messages, zero, mask, torch.full((m, length), math.nan)).any()
+
+
 # ------------------------------------------------------------------------------------------
 # parameters in bfloat16 / float16
 
