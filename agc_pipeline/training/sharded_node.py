@@ -128,9 +128,8 @@ class ShardNode:
             padded[:message.numel()] = message
             frames[:, 1:] = padded.view(n, width)
             self.inbox.put((rt.rank, int(header), frames[rt.rank, 1:].clone()))
-        works = [dist.isend(frames[j], dst=j, group=self.p2p) for j in range(n) if j != rt.rank]
-        for work in works:
-            work.wait()
+        for r in range(1, n):  # one slice in transit at a time, to rank + 1, rank + 2, …
+            dist.isend(frames[(rt.rank + r) % n], dst=(rt.rank + r) % n, group=self.p2p).wait()
 
     # ------------------------------------------------------------ the owner
 
