@@ -1,9 +1,8 @@
 """The ``train`` app: coded SGD on a simulated cluster (paper Sections VII–VIII, Fig. 6) or on real
-processes (``trainer=distributed``: a parameter server and n workers on torch.distributed),
+processes (``trainer=distributed``: a parameter server and n workers; ``trainer=sharded``),
 and the uncoded DDP baseline (``trainer=ddp``: DistributedDataParallel over n processes).
 
     python -m agc_pipeline.train experiment=fig6_bibd7            # one run
-    python -m agc_pipeline.train trainer=distributed              # PS + n worker processes
     torchrun --standalone --nproc_per_node=8 -m agc_pipeline.train trainer=distributed
     python -m agc_pipeline.train trainer=ddp code=uncoded_wait    # DDP over n processes
     python -m agc_pipeline.train -m experiment=fig6_bibd7         # Fig. 6: schemes × seeds
@@ -114,9 +113,7 @@ def _run_locked(cfg: DictConfig, out_dir: Path, replace: bool,
     metrics, checkpoint = out_dir / "metrics.jsonl", out_dir / CHECKPOINT_NAME
     for stale in out_dir.glob("rendezvous-*"):  # a killed PS's (the lock: nobody uses it)
         stale.unlink(missing_ok=True)
-    wandb_id = None
-    logged_rows = 0
-    resume = settings.resume
+    wandb_id, logged_rows, resume = None, 0, settings.resume
     if resume and not checkpoint.exists():
         require(not metrics.exists(), f"trainer.resume=true but {out_dir} holds metrics.jsonl "
                                       f"and no {CHECKPOINT_NAME}; cannot continue that run")
@@ -157,8 +154,7 @@ def _run_locked(cfg: DictConfig, out_dir: Path, replace: bool,
     logger_sink = make_logger_sink(cfg.get("logger"), out_dir, config,
                                    group=run_group(str(cfg.name), out_dir), job_type="train",
                                    name=run_name(_run_name(runtime.spec)), resume_id=wandb_id,
-                                   keys=keys, x_axes=X_AXES,
-                                   step_metric="iteration")
+                                   keys=keys, x_axes=X_AXES, step_metric="iteration")
     sink = MultiSink([JsonlSink(metrics, append=resume), logger_sink])
     wandb_run = logger_sink.describe()
     extra = {"config": config, "wandb_id": wandb_run and wandb_run["id"]}
