@@ -46,7 +46,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -415,16 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         child(args.child, args.repeats)
         return 0
-    missing = emulated.missing_requirements()
-    if missing:
-        print("bench_emulated: missing " + "; ".join(missing), file=sys.stderr)
-        return 2
-    out = (args.out or Path(tempfile.mkdtemp(prefix="bench_emulated_"))).resolve()
-    try:
-        return calibrate(args, out) if args.calibrate else bench(args, out)
-    except emulated.EmulationError as err:
-        print(f"bench_emulated: {err}", file=sys.stderr)
-        return 1
+    run = calibrate if args.calibrate else bench
+    return emulated.run_bench("bench_emulated", args.out, lambda out: run(args, out))
 
 
 if __name__ == "__main__":

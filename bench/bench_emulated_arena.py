@@ -53,7 +53,6 @@ import json
 import math
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -300,16 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-s", type=float, default=400.0, help="per run")
     parser.add_argument("--out", type=Path, default=None, help="keep the run dirs here")
     args = parser.parse_args(argv)
-    missing = emulated.missing_requirements()
-    if missing:
-        print("bench_emulated_arena: missing " + "; ".join(missing), file=sys.stderr)
-        return 2
-    out = (args.out or Path(tempfile.mkdtemp(prefix="bench_emulated_arena_"))).resolve()
-    try:
-        return bench(args, out)
-    except emulated.EmulationError as err:
-        print(f"bench_emulated_arena: {err}", file=sys.stderr)
-        return 1
+    return emulated.run_bench("bench_emulated_arena", args.out, lambda out: bench(args, out))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -296,16 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=29600)
     parser.add_argument("--out", type=Path, default=None, help="keep the run dirs here")
     args = parser.parse_args(argv)
-    missing = emulated.missing_requirements()
-    if missing:
-        print("bench_faults: missing " + "; ".join(missing), file=sys.stderr)
-        return 2
-    out = (args.out or Path(tempfile.mkdtemp(prefix="bench_faults_"))).resolve()
-    try:
-        return bench(args, out)
-    except emulated.EmulationError as err:
-        print(f"bench_faults: {err}", file=sys.stderr)
-        return 1
+    return emulated.run_bench("bench_faults", args.out, lambda out: bench(args, out))
 
 
 if __name__ == "__main__":

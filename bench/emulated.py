@@ -39,13 +39,16 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
-__all__ = ["EmulationError", "Star", "cleanup", "missing_requirements", "tcp_throughput"]
+__all__ = ["EmulationError", "Star", "cleanup", "missing_requirements", "run_bench",
+           "tcp_throughput"]
 
 #: namespaces of the stars this module builds: agc<pid>-sw, agc<pid>-n<i>
 NAME_PATTERN = re.compile(r"^agc(\d+)-(sw|n\d+)$")
@@ -71,6 +74,22 @@ def _capabilities() -> int:
     except OSError:
         pass
     return 0
+
+
+def run_bench(name: str, out: Path | None, bench: Callable[[Path], int]) -> int:
+    """A benchmark's ``main`` around ``bench(run dir)``: exit 2 naming what this host lacks
+    (before anything is built), the run dirs in ``out`` (default: a new temporary dir), exit 1
+    with one line on an :class:`EmulationError`."""
+    missing = missing_requirements()
+    if missing:
+        print(f"{name}: missing " + "; ".join(missing), file=sys.stderr)
+        return 2
+    out = (out or Path(tempfile.mkdtemp(prefix=f"{name}_"))).resolve()
+    try:
+        return bench(out)
+    except EmulationError as err:
+        print(f"{name}: {err}", file=sys.stderr)
+        return 1
 
 
 def missing_requirements() -> list[str]:
