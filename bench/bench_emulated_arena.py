@@ -299,6 +299,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-s", type=float, default=400.0, help="per run")
     parser.add_argument("--out", type=Path, default=None, help="keep the run dirs here")
     args = parser.parse_args(argv)
+    from agc_pipeline.conf_path import CONFIG_DIR
+
+    regimes = sorted(p.stem for p in (CONFIG_DIR / "regime").glob("*.yaml"))
+    if args.regime not in regimes:
+        parser.error(f"--regime {args.regime}: not in conf/regime/ ({', '.join(regimes)})")
+    ms = sorted(int(p.stem.removeprefix("code7_m"))
+                for p in (CONFIG_DIR / "mitigation").glob("code7_m*.yaml"))
+    if not set(args.ms) <= set(ms):
+        parser.error(f"--ms {' '.join(map(str, args.ms))}: construction (7) has mitigations "
+                     f"for m in {ms} only (conf/mitigation/code7_m<m>.yaml)")
     return emulated.run_bench("bench_emulated_arena", args.out, lambda out: bench(args, out))
 
 

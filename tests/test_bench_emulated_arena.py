@@ -84,3 +84,19 @@ def test_runs_use_the_arena_mitigations_on_the_real_runtimes() -> None:
     assert "assignment.s=1" in plan["coded (7) m=2"]  # load 1 + m = 3 <= n
     assert "assignment.s=0" in plan["coded (7) m=4, load 4"]  # 1 + m > n: load m
     assert all(ov[-2:] == ["assignment.n=4", "straggler.s=1"] for ov in plan.values())
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--regime", "nosuch"], "--regime nosuch: not in conf/regime/ (delay, persistent"),
+    (["--ms", "2", "3"], "--ms 2 3: construction (7) has mitigations for m in [1, 2, 4] only"),
+])
+def test_a_bad_regime_or_m_is_refused_in_one_line(argv: list[str], message: str,
+                                                  capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    built = []
+    monkeypatch.setattr(arena.emulated, "run_bench", lambda *a: built.append(a) or 0)
+    with pytest.raises(SystemExit) as exit_:
+        arena.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and "Traceback" not in err
+    assert not built  # refused before any star or run
