@@ -30,12 +30,10 @@ runs (``--broadcast sequential``: one copy after another) as ``unicast`` (the j-
 starting after j + 1 copies); the table also shows the ``unicast`` prediction of every PS
 run (``one by one``).
 
-``--calibrate`` (separate from the runs it predicts; about a minute): plain gloo point-to-
-point ping-pongs of 4 B-4 MB between nodes 0 and 1 (one-way = half the median round trip,
-latency: the 4-byte one; bandwidth: the slope over 1-4 MB, as the token bucket's 32 KiB burst
-bends the line below), a train of 64 tiny sends (per-message cost), and
-all-reduces over n nodes against the ring model with the fitted figures; prints the YAML
-figures for ``conf/cluster/emulated_100mbit.yaml``.
+``--calibrate`` (separate from the runs it predicts; about a minute; bench/
+emulated_calibration.py): gloo ping-pongs (latency, bandwidth), a train of tiny sends (per-
+message cost), all-reduces against the ring model, and the host's CPU per byte sent; prints
+the figures for ``conf/cluster/emulated_<rate>mbit.yaml``.
 """
 
 from __future__ import annotations
@@ -58,9 +56,6 @@ import emulated  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIP = 3  #: warm-up iterations left out of the median
-P2P_SIZES = (4, 65536, 262144, 1 << 20, 2 << 20, 4 << 20)
-ALLREDUCE_SIZES = (4, 1 << 20, 4 << 20)
-TRAIN_MESSAGES = 64
 
 
 def load() -> str:
@@ -227,6 +222,7 @@ def bench(args: argparse.Namespace, out: Path) -> int:
     runs = schemes(args.n, args.ms, tuple(args.runtimes), tuple(args.broadcast))
     common = common_overrides(args)
     results: dict[str, tuple[float, float, float | None, str, int]] = {}
+    losses: dict[str, tuple[float, float]] = {}  # TCP retransmissions, timeouts per iteration
     print(f"bench_emulated: {args.rate_mbit:g} Mbit/s, n = {args.n}, MLP 784-{args.hidden}-10, "
           f"{args.samples} samples per worker, {args.iterations} iterations (median after "
           f"the first {SKIP}); {load()}", flush=True)
@@ -236,7 +232,7 @@ def bench(args: argparse.Namespace, out: Path) -> int:
             run_dir = out / label.replace(" ", "_").replace("=", "")
             argv = [sys.executable, "-m", "agc_pipeline.train", *common, *overrides,
                     f"hydra.run.dir={run_dir}"]
-            started = time.perf_counter()
+            started, before = time.perf_counter(), emulated.tcp_losses(star)
             run_ranks(star, world, argv, args.port + i, run_dir.parent / f"{run_dir.name}_logs",
                       args.timeout_s)
             rows = [json.loads(line) for line in
@@ -247,11 +243,14 @@ def bench(args: argparse.Namespace, out: Path) -> int:
             unicast = predict_unicast(cluster, [*common, *overrides])
             d = int(summary["parameters"])
             results[label] = (measured, predicted, unicast, _traffic(summary, rows), d)
+            after = emulated.tcp_losses(star)
+            losses[label] = ((after[0] - before[0]) / len(rows), (after[1] - before[1]) / len(rows))
             print(f"  {label:11s} {len(rows)} iterations, {time.perf_counter() - started:5.1f} s "
                   f"end to end, {measured:.3f} s/iteration", flush=True)
     t_ddp = results["DDP"][0]
     print(f"\n  {'run':11s} {'s/iter':>7s} {'vs DDP':>7s} {'model':>7s} {'error':>7s} "
-          f"{'one by one':>14s}  bytes per iteration (cost model: {cluster.name})")
+          f"{'one by one':>14s} {'retx':>6s} {'RTO':>5s}  bytes per iteration (cost model: "
+          f"{cluster.name})")
     errors = []
     for label, (measured, predicted, unicast, traffic, _) in results.items():
         error = predicted / measured - 1.0
@@ -259,9 +258,12 @@ def bench(args: argparse.Namespace, out: Path) -> int:
         other = ("" if unicast is None else
                  f"{unicast:.3f} {100 * (unicast / measured - 1):+4.0f}%")
         print(f"  {label:11s} {measured:7.3f} {measured / t_ddp:7.2f} {predicted:7.3f} "
-              f"{100 * error:+6.1f}% {other:>14s}  {traffic}")
+              f"{100 * error:+6.1f}% {other:>14s} {losses[label][0]:6.1f} "
+              f"{losses[label][1]:5.2f}  {traffic}")
     print("  (model: costmodel.py, the PS's n copies posted at once share its link, every "
-          "worker starts when all are through; one by one: the copies one after another)")
+          "worker starts when all are through; one by one: the copies one after another; "
+          "retx, RTO: TCP segments retransmitted and retransmission timeouts per iteration, "
+          "all nodes, start-up included; the model has no losses)")
     worst = max(errors, key=abs)
     d = results["DDP"][4]
     print(f"\n{load()}; run dirs: {out}")
@@ -292,101 +294,6 @@ def _traffic(summary: dict[str, Any], rows: list[dict]) -> str:
     return f"PS in {into:.2f} + out {sent:.2f} MB"
 
 
-# ----------------------------------------------------------------- calibration
-
-def child(kind: str, repeats: int) -> None:
-    """A rank of the calibration (``--child``): gloo over env://; rank 0 prints JSON
-    {size: [seconds, …]} (p2p: round trips; train: 64 sends + 1 reply; allreduce)."""
-    import torch
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method="env://")
-    rank = dist.get_rank()
-    sizes = {"p2p": P2P_SIZES, "train": (4,), "allreduce": ALLREDUCE_SIZES}[kind]
-    results: dict[int, list[float]] = {}
-    for size in sizes:
-        buf = torch.zeros(max(1, size // 4))
-        times = []
-        for _ in range(repeats + 1):  # the first is a warm-up
-            dist.barrier()
-            start = time.perf_counter()
-            if kind == "allreduce":
-                dist.all_reduce(buf)
-            elif kind == "train":
-                if rank == 0:
-                    for _ in range(TRAIN_MESSAGES):
-                        dist.send(buf, 1)
-                    dist.recv(buf, 1)
-                else:
-                    for _ in range(TRAIN_MESSAGES):
-                        dist.recv(buf, 0)
-                    dist.send(buf, 0)
-            elif rank == 0:
-                dist.send(buf, 1)
-                dist.recv(buf, 1)
-            else:
-                dist.recv(buf, 0)
-                dist.send(buf, 0)
-            times.append(time.perf_counter() - start)
-        results[size] = times[1:]
-    if rank == 0:
-        print("RESULT " + json.dumps(results), flush=True)
-    dist.destroy_process_group()
-
-
-def run_child(star: emulated.Star, kind: str, world: int, repeats: int, port: int,
-              log_dir: Path) -> dict[int, list[float]]:
-    argv = [sys.executable, str(Path(__file__).resolve()), "--child", kind,
-            "--repeats", str(repeats)]
-    run_ranks(star, world, argv, port, log_dir / kind, 300.0)
-    for line in (log_dir / kind / "rank0.log").read_text().splitlines():
-        if line.startswith("RESULT "):
-            return {int(k): v for k, v in json.loads(line[7:]).items()}
-    raise RuntimeError(f"calibration {kind}: no result in {log_dir / kind / 'rank0.log'}")
-
-
-def calibrate(args: argparse.Namespace, out: Path) -> int:
-    from agc_pipeline.cluster.costmodel import ring_allreduce_time
-
-    print(f"calibrating {args.rate_mbit:g} Mbit/s links: gloo point-to-point between 2 "
-          f"namespaces, all-reduce over {args.n}; {args.repeats} repeats; {load()}", flush=True)
-    with emulated.Star(max(2, args.n), args.rate_mbit, args.delay_ms) as star:
-        print(f"  {star.describe()}", flush=True)
-        p2p = run_child(star, "p2p", 2, args.repeats, args.port, out)
-        train = run_child(star, "train", 2, args.repeats, args.port + 1, out)
-        ring = run_child(star, "allreduce", args.n, args.repeats, args.port + 2, out)
-    sizes = np.array(sorted(p2p), dtype=np.float64)
-    one_way = np.array([statistics.median(p2p[int(s)]) / 2 for s in sizes])
-    # latency: the 4-byte one-way time; bandwidth: the slope over ≥ 1 MB (below that the
-    # token bucket's burst, 32 KiB sent at once, bends the line)
-    latency = float(one_way[0])
-    large = sizes >= 1 << 20
-    slope, intercept = np.polyfit(sizes[large], one_way[large], 1)
-    bandwidth = 1.0 / slope
-    # 64 tiny sends and one reply: 64 messages' cost beyond one round trip
-    per_message = (statistics.median(train[4]) - 2 * one_way[0]) / (TRAIN_MESSAGES - 1)
-    print(f"\n  {'bytes':>9s} {'one-way s':>10s} {'fit':>10s}")
-    for s, t in zip(sizes, one_way, strict=True):
-        print(f"  {int(s):9d} {t:10.5f} {latency + s / bandwidth:10.5f}")
-    print(f"  latency (4 B) {latency * 1e6:.0f} us; bandwidth (slope over >= 1 MB, intercept "
-          f"{intercept * 1e3:+.2f} ms) {bandwidth / 1e6:.2f} MB/s "
-          f"({8 * bandwidth / 1e6:.1f} Mbit/s = {800 * bandwidth / 1e6 / args.rate_mbit:.1f}% "
-          f"of the tbf rate); per message (a train of {TRAIN_MESSAGES} 4-byte sends) "
-          f"{per_message * 1e6:.0f} us")
-    print(f"\n  all-reduce over {args.n} nodes (median) against the ring model with these "
-          "figures:")
-    for size in sorted(ring):
-        measured = statistics.median(ring[size])
-        model = ring_allreduce_time(args.n, max(1, size // 4), 4.0, bandwidth, latency)
-        print(f"  {size:9d} B: measured {measured:.4f} s, ring model {model:.4f} s "
-              f"({100 * (model / measured - 1):+.0f}%)")
-    print(f"\n{load()}\nfigures for conf/cluster/emulated_{args.rate_mbit:g}mbit.yaml:")
-    print(f"bandwidth: {bandwidth:.4g}          # bytes/s per direction")
-    print(f"latency: {latency:.3g}           # s, one way")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate-mbit", type=float, default=100.0)
@@ -408,13 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibrate", action="store_true",
                         help="measure the links (gloo) and print the cluster figures")
     parser.add_argument("--repeats", type=int, default=5, help="--calibrate: per size")
-    parser.add_argument("--child", choices=("p2p", "train", "allreduce"),
-                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.child:
-        child(args.child, args.repeats)
-        return 0
-    run = calibrate if args.calibrate else bench
+    if args.calibrate:
+        from emulated_calibration import calibrate
+
+        return emulated.run_bench("bench_emulated", args.out, lambda out: calibrate(args, out))
+    run = bench
     return emulated.run_bench("bench_emulated", args.out, lambda out: run(args, out))
 
 

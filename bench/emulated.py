@@ -316,6 +316,22 @@ def tcp_throughput(star: Star, src: int, dst: int, nbytes: int, port: int = 5201
     return 8.0 * nbytes / float(seconds)
 
 
+def tcp_losses(star: Star) -> tuple[int, int]:
+    """(retransmitted TCP segments, retransmission timeouts) of every node so far: each
+    namespace's ``Tcp: RetransSegs`` (/proc/net/snmp) and ``TcpExt: TCPTimeouts``
+    (/proc/net/netstat), summed."""
+    wanted = {("Tcp:", "RetransSegs"): 0, ("TcpExt:", "TCPTimeouts"): 1}
+    totals = [0, 0]
+    for node in range(star.nodes):
+        lines = _run(star.exec_argv(node, ["cat", "/proc/net/snmp", "/proc/net/netstat"]))
+        rows = [line.split() for line in lines.splitlines() if line]
+        for names, values in zip(rows[::2], rows[1::2], strict=True):
+            for name, value in zip(names[1:], values[1:], strict=True):
+                if (names[0], name) in wanted:
+                    totals[wanted[names[0], name]] += int(value)
+    return totals[0], totals[1]
+
+
 def _teardown_all() -> None:
     for star in list(_LIVE):
         try:

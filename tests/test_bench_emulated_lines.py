@@ -1,6 +1,7 @@
 """bench/bench_emulated.py's pure parts (no namespaces needed): the issue's last-line format
-``emulated <rate> n=<n> d=<d>: sharded <r1>x DDP, PS <r2>x DDP, model error <e>%`` and the
-runs ``--runtimes`` selects."""
+``emulated <rate> n=<n> d=<d>: sharded <r1>x DDP, PS <r2>x DDP, model error <e>%``, the
+runs ``--runtimes`` selects, and the calibration's CPU-per-byte fit
+(bench/emulated_calibration.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 _SPEC = importlib.util.spec_from_file_location("bench_emulated", ROOT / "bench" /
@@ -16,6 +19,7 @@ _SPEC = importlib.util.spec_from_file_location("bench_emulated", ROOT / "bench" 
 assert _SPEC is not None and _SPEC.loader is not None
 bench_emulated = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(bench_emulated)
+import emulated_calibration  # noqa: E402  (bench/, on the path above)
 
 LAST = re.compile(r"^emulated (\d+(?:\.\d+)?)mbit n=(\d+) d=(\d+): sharded (\d+\.\d\dx|n/a) "
                   r"DDP, PS (\d+\.\d\dx|n/a) DDP, model error ([+-]\d+)%$")
@@ -54,3 +58,44 @@ def test_both_broadcasts_are_runs_of_their_own() -> None:
     line = bench_emulated.last_line(100.0, 4, 10, {"DDP": 1.0, "PS m=4": 3.0,
                                                    "PS seq m=4": 2.0}, 0.0)
     assert "PS 2.00x DDP" in line  # the best PS, either broadcast
+
+
+def test_cpu_per_byte_is_the_ping_pong_slope_over_four_with_the_idle_host_removed() -> None:
+    """A round trip of S bytes is two transfers (4·S·c_b + 2·c_m of CPU); the host's idle
+    background (0.25 cores here) is subtracted per second of each size's repeats."""
+    c_b, c_m, repeats, idle = 2e-9, 4e-5, 5, 0.25
+    result: dict[str, list[float]] = {"idle": [2.0, 0.5]}
+    sizes = [1 << 20, 2 << 20, 4 << 20]
+    for size in sizes:
+        seconds = [size / 1e7] * repeats
+        result[str(size)] = seconds
+        loop = 1.1 * (repeats + 1) * size / 1e7  # the repeats, a warm-up and barriers
+        result[f"busy{size}"] = [loop, (repeats + 1) * (4 * size * c_b + 2 * c_m) + idle * loop]
+    assert emulated_calibration.idle_rate(result) == 0.25
+    assert abs(emulated_calibration.excess_busy(result, 1 << 20, repeats)
+               - (4 * (1 << 20) * c_b + 2 * c_m)) < 1e-12
+    fitted = emulated_calibration.cpu_per_byte(result, np.array(sizes, dtype=float), repeats,
+                                               4.0)
+    assert abs(fitted / c_b - 1) < 1e-9
+
+
+def test_cpu_per_byte_is_never_negative() -> None:
+    """A noisy host (more CPU at the small size) fits a falling line: 0, not a negative
+    figure the cost model would refuse."""
+    result = {"idle": [1.0, 0.0], "1": [0.1], "busy1": [0.2, 1.0], "2": [0.1],
+              "busy2": [0.2, 0.5]}
+    assert emulated_calibration.cpu_per_byte(result, np.array([1.0, 2.0]), 1, 4.0) == 0.0
+
+
+def test_cpu_per_byte_of_a_ring_counts_every_node_s_bytes_at_both_ends() -> None:
+    """An all-reduce of S bytes over n sends 2(n − 1)·S bytes in all: CPU 4(n − 1)·S·c_b plus
+    its messages; the fit divides the slope by 4(n − 1)."""
+    n, c_b, repeats = 8, 6e-9, 3
+    result: dict[str, list[float]] = {"idle": [1.0, 0.0]}
+    sizes = [1 << 20, 4 << 20]
+    for size in sizes:
+        result[str(size)] = [0.1] * repeats
+        result[f"busy{size}"] = [1.0, (repeats + 1) * (4 * (n - 1) * size * c_b + 1e-3)]
+    fitted = emulated_calibration.cpu_per_byte(result, np.array(sizes, dtype=float), repeats,
+                                               4.0 * (n - 1))
+    assert abs(fitted / c_b - 1) < 1e-9

@@ -104,3 +104,35 @@ def test_a_star_leaves_the_signal_handlers_as_it_found_them() -> None:
     with emulated.Star(2, RATE_MBIT):
         assert signal.getsignal(signal.SIGTERM) is not before[signal.SIGTERM]
     assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_tcp_losses_are_each_namespace_s_counters_summed() -> None:
+    """Fresh namespaces start their TCP counters at zero; a clean transfer on an unloaded
+    shaped link adds retransmissions only (never a negative count)."""
+    with emulated.Star(2, RATE_MBIT) as star:
+        assert emulated.tcp_losses(star) == (0, 0)
+        emulated.tcp_throughput(star, 0, 1, 500_000, timeout_s=15)
+        retransmitted, timeouts = emulated.tcp_losses(star)
+        assert retransmitted >= 0 and timeouts >= 0
+
+
+def test_tcp_losses_parse_the_snmp_pairs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RetransSegs from the ``Tcp:`` pair of lines and TCPTimeouts from ``TcpExt:``, other
+    counters with the same names elsewhere ignored, summed over the nodes."""
+    text = ("Ip: Forwarding RetransSegs\nIp: 1 999\n"
+            "Tcp: RtoMin RetransSegs InErrs\nTcp: 200 {r} 0\n"
+            "TcpExt: SyncookiesSent TCPTimeouts\nTcpExt: 5 {t}\n")
+    per_node = {"n0": (7, 2), "n1": (11, 3)}
+
+    class FakeStar:
+        nodes = 2
+
+        def exec_argv(self, node: int, argv: list[str]) -> list[str]:
+            return [f"n{node}", *argv]
+
+    def fake_run(argv: list[str]) -> str:
+        r, t = per_node[argv[0]]
+        return text.format(r=r, t=t)
+
+    monkeypatch.setattr(emulated, "_run", fake_run)
+    assert emulated.tcp_losses(FakeStar()) == (18, 5)
