@@ -226,7 +226,8 @@ def bench(args: argparse.Namespace, out: Path) -> int:
     print(f"bench_emulated: {args.rate_mbit:g} Mbit/s, n = {args.n}, MLP 784-{args.hidden}-10, "
           f"{args.samples} samples per worker, {args.iterations} iterations (median after "
           f"the first {SKIP}); {load()}", flush=True)
-    with emulated.Star(args.n + 1, args.rate_mbit, args.delay_ms) as star:
+    with emulated.Star(args.n + 1, args.rate_mbit, args.delay_ms,
+                       host_queue=args.host_queue or None) as star:
         print(f"  {star.describe()}", flush=True)
         for i, (label, (overrides, world)) in enumerate(runs.items()):
             run_dir = out / label.replace(" ", "_").replace("=", "")
@@ -298,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate-mbit", type=float, default=100.0)
     parser.add_argument("--delay-ms", type=float, default=0.0, help="one way (needs netem)")
+    parser.add_argument("--host-queue", type=int, default=0,
+                        help="packets a node's own egress queues (a pfifo under its tbf; "
+                        f"e.g. {emulated.HOST_QUEUE}); 0 (default): the tbf's byte limit, "
+                        "as the switch ports")
     parser.add_argument("--n", type=int, default=4, help="workers (DDP ranks)")
     parser.add_argument("--ms", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES),

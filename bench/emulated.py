@@ -17,7 +17,10 @@ Layout (``<p>`` = ``agc<pid>``, the building process's pid):
 
 Token bucket: ``burst`` bytes (default 32 KiB: ≥ rate/HZ at ≤ 200 Mbit/s) and a queue
 ``limit`` of ``max(2·burst, rate × queue_ms)`` bytes (default ``queue_ms`` = 20: 250 KB at
-100 Mbit/s), beyond which packets are dropped (TCP backs off). Keep rates ≤ ~200 Mbit/s on
+100 Mbit/s), beyond which packets are dropped (TCP backs off). ``host_queue`` (packets, off
+by default): a node's own egress queues in a ``pfifo`` of that many packets under its tbf
+instead (1000: a Linux host's default transmit queue), so that a sender's TCP does not drop
+its own packets; the switch ports keep the byte limit. Keep rates ≤ ~200 Mbit/s on
 a 2-core host: above that the kernel's copies, not the token bucket, set the rate (a warning
 says so).
 
@@ -55,6 +58,8 @@ NAME_PATTERN = re.compile(r"^agc(\d+)-(sw|n\d+)$")
 #: above this rate a 2-core host's CPU, not the link, decides (a warning)
 MAX_RATE_MBIT = 200.0
 CAP_NET_ADMIN, CAP_SYS_ADMIN = 12, 21
+#: ``--host-queue``'s suggestion: Linux's default transmit queue (txqueuelen), packets
+HOST_QUEUE = 1000
 
 _LIVE: list[Star] = []
 _HANDLERS_INSTALLED = False
@@ -124,9 +129,12 @@ class Star:
     it; ``teardown()`` removes it (idempotent)."""
 
     def __init__(self, nodes: int, rate_mbit: float, delay_ms: float = 0.0,
-                 burst_bytes: int = 32 * 1024, queue_ms: float = 20.0) -> None:
+                 burst_bytes: int = 32 * 1024, queue_ms: float = 20.0,
+                 host_queue: int | None = None) -> None:
         if nodes < 1 or nodes > 250:
             raise ValueError(f"nodes must lie in [1, 250] (got {nodes})")
+        if host_queue is not None and host_queue < 1:
+            raise ValueError(f"host_queue must be ≥ 1 packet or None (got {host_queue})")
         if rate_mbit <= 0 or delay_ms < 0 or burst_bytes < 1600 or queue_ms <= 0:
             raise ValueError("rate_mbit and queue_ms must be > 0, delay_ms ≥ 0, burst_bytes "
                              f"≥ 1600 (got {rate_mbit}, {queue_ms}, {delay_ms}, {burst_bytes})")
@@ -138,6 +146,7 @@ class Star:
         self.delay_ms = float(delay_ms)
         self.burst_bytes = int(burst_bytes)
         self.queue_ms = float(queue_ms)
+        self.host_queue = host_queue
         pid = os.getpid()
         self.prefix = f"agc{pid}"
         self.subnet = ipaddress.ip_network(f"10.213.{pid % 256}.0/24")
@@ -166,8 +175,9 @@ class Star:
         delay = f", {self.delay_ms:g} ms delay each way" if self.delay_ms else ""
         return (f"star of {self.nodes} nodes ({self.netns(0)}..{self.netns(self.nodes - 1)}, "
                 f"switch {self.switch}, {self.subnet}): {self.rate_mbit:g} Mbit/s per link "
-                f"each direction{delay}, tbf burst {self.burst_bytes} B, queue "
-                f"{self.queue_limit_bytes} B")
+                f"each direction{delay}, tbf burst {self.burst_bytes} B, switch port queue "
+                f"{self.queue_limit_bytes} B, node egress queue "
+                + (f"{self.host_queue} packets" if self.host_queue else "the same"))
 
     # ------------------------------------------------------------------ build
     def __enter__(self) -> Star:
@@ -215,16 +225,22 @@ class Star:
         _run(["ip", "-n", self.switch, "link", "set", port, "master", "br0"])
         _run(["ip", "-n", ns, "addr", "add", f"{self.address(node)}/{self.subnet.prefixlen}",
               "dev", "eth0"])
-        self._shape(ns, "eth0")
+        self._shape(ns, "eth0", self.host_queue)
         self._shape(self.switch, port)
         _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
         _run(["ip", "-n", self.switch, "link", "set", port, "up"])
 
-    def _shape(self, ns: str, dev: str) -> None:
+    def _shape(self, ns: str, dev: str, packets: int | None = None) -> None:
+        """A tbf on ``dev``'s egress (under a netem delay where set); ``packets``: its queue
+        is a ``pfifo`` of that many packets instead of the tbf's own byte limit."""
         tbf = ["tbf", "rate", f"{self.rate_mbit * 1e6:.0f}bit", "burst",
                str(self.burst_bytes), "limit", str(self.queue_limit_bytes)]
+        queue = [] if packets is None else ["pfifo", "limit", str(packets)]
         if not self.delay_ms:
             _run(["tc", "-n", ns, "qdisc", "add", "dev", dev, "root", "handle", "1:", *tbf])
+            if queue:
+                _run(["tc", "-n", ns, "qdisc", "add", "dev", dev, "parent", "1:1", "handle",
+                      "10:", *queue])
             return
         try:
             _run(["tc", "-n", ns, "qdisc", "add", "dev", dev, "root", "handle", "1:", "netem",
@@ -234,6 +250,9 @@ class Star:
                                  ) from None
         _run(["tc", "-n", ns, "qdisc", "add", "dev", dev, "parent", "1:1", "handle", "10:",
               *tbf])
+        if queue:
+            _run(["tc", "-n", ns, "qdisc", "add", "dev", dev, "parent", "10:1", "handle",
+                  "20:", *queue])
 
     # ------------------------------------------------------------------ use
     def exec_argv(self, node: int, argv: Sequence[str]) -> list[str]:

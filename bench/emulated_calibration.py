@@ -133,7 +133,8 @@ def calibrate(args: argparse.Namespace, out: Path) -> int:
 
     print(f"calibrating {args.rate_mbit:g} Mbit/s links: gloo point-to-point between 2 "
           f"namespaces, all-reduce over {args.n}; {args.repeats} repeats; {load()}", flush=True)
-    with emulated.Star(max(2, args.n), args.rate_mbit, args.delay_ms) as star:
+    with emulated.Star(max(2, args.n), args.rate_mbit, args.delay_ms,
+                       host_queue=args.host_queue or None) as star:
         print(f"  {star.describe()}", flush=True)
         p2p = run_child(star, "p2p", 2, args.repeats, args.port, out)
         train = run_child(star, "train", 2, args.repeats, args.port + 1, out)

@@ -55,7 +55,7 @@ def test_failed_build_leaves_nothing() -> None:
     """A step that fails (here a tbf with a rate tc refuses) removes what was built and
     raises one EmulationError."""
     star = emulated.Star(2, RATE_MBIT)
-    star._shape = lambda ns, dev: emulated._run(  # a failing step
+    star._shape = lambda ns, dev, *queue: emulated._run(  # a failing step
         ["tc", "-n", ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", "bogus"])
     with pytest.raises(emulated.EmulationError, match="removed what was built"):
         star.build()
@@ -136,3 +136,18 @@ def test_tcp_losses_parse_the_snmp_pairs(monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setattr(emulated, "_run", fake_run)
     assert emulated.tcp_losses(FakeStar()) == (18, 5)
+
+
+def test_host_queue_is_a_pfifo_under_the_node_side_tbf_only() -> None:
+    """``host_queue``: the node's eth0 queues in a pfifo of that many packets under its tbf;
+    the switch ports keep the tbf's byte limit; a queue of 0 packets is refused."""
+    with emulated.Star(2, RATE_MBIT, host_queue=1000) as star:
+        node = subprocess.run(["tc", "-n", star.netns(0), "qdisc", "show", "dev", "eth0"],
+                              capture_output=True, text=True, check=True).stdout
+        port = subprocess.run(["tc", "-n", star.switch, "qdisc", "show", "dev", "v0"],
+                              capture_output=True, text=True, check=True).stdout
+        assert "tbf" in node and "pfifo" in node and "limit 1000p" in node, node
+        assert "tbf" in port and "pfifo" not in port, port
+        assert "node egress queue 1000 packets" in star.describe()
+    with pytest.raises(ValueError, match="host_queue"):
+        emulated.Star(2, RATE_MBIT, host_queue=0)
