@@ -297,13 +297,15 @@ def _traffic(summary: dict[str, Any], rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rate-mbit", type=float, default=100.0)
-    parser.add_argument("--delay-ms", type=float, default=0.0, help="one way (needs netem)")
-    parser.add_argument("--host-queue", type=int, default=0,
+    parser.add_argument("--rate-mbit", type=emulated.at_least(0, strict=True), default=100.0)
+    parser.add_argument("--delay-ms", type=emulated.at_least(0), default=0.0,
+                        help="one way (needs netem)")
+    parser.add_argument("--host-queue", type=emulated.at_least(0, int), default=0,
                         help="packets a node's own egress queues (a pfifo under its tbf; "
                         f"e.g. {emulated.HOST_QUEUE}); 0 (default): the tbf's byte limit, "
                         "as the switch ports")
-    parser.add_argument("--n", type=int, default=4, help="workers (DDP ranks)")
+    parser.add_argument("--n", type=emulated.at_least(2, int), default=4,
+                        help="workers (DDP ranks)")
     parser.add_argument("--ms", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES),
                         help="besides DDP (always run: the ratios' denominator)")

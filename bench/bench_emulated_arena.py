@@ -280,9 +280,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="stall regimes: seconds a stall lasts (sets trainer.time_scale)")
     parser.add_argument("--time-scale", type=float, default=None,
                         help="seconds slept per straggler time unit (overrides --stall-s)")
-    parser.add_argument("--rate-mbit", type=float, default=100.0)
-    parser.add_argument("--delay-ms", type=float, default=0.0, help="one way (needs netem)")
-    parser.add_argument("--n", type=int, default=4, help="workers (processes)")
+    parser.add_argument("--rate-mbit", type=emulated.at_least(0, strict=True), default=100.0)
+    parser.add_argument("--delay-ms", type=emulated.at_least(0), default=0.0,
+                        help="one way (needs netem)")
+    parser.add_argument("--n", type=emulated.at_least(2, int), default=4,
+                        help="workers (processes)")
     parser.add_argument("--s", type=int, default=1, help="slowest workers ignored")
     parser.add_argument("--ms", type=int, nargs="+", default=[2, 4],
                         help="construction (7)'s m (conf/mitigation/code7_m<m>.yaml)")

@@ -282,8 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES))
     parser.add_argument("--faults", nargs="+", choices=FAULTS, default=list(FAULTS))
-    parser.add_argument("--n", type=int, default=4, help="workers (DDP/sharded ranks)")
-    parser.add_argument("--rate-mbit", type=float, default=100.0)
+    parser.add_argument("--n", type=emulated.at_least(2, int), default=4,
+                        help="workers (DDP/sharded ranks)")
+    parser.add_argument("--rate-mbit", type=emulated.at_least(0, strict=True), default=100.0)
     parser.add_argument("--hidden", type=int, default=128, help="d = 795·hidden + 10")
     parser.add_argument("--samples", type=int, default=16, help="samples per worker")
     parser.add_argument("--iterations", type=int, default=80)

@@ -81,6 +81,22 @@ def _capabilities() -> int:
     return 0
 
 
+def at_least(minimum: float, kind: type = float, strict: bool = False) -> Callable[[str], Any]:
+    """An argparse ``type``: ``kind(text)`` ≥ ``minimum`` (> with ``strict``), else a one-line
+    usage error naming the option (argparse adds its name) before anything is built."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a{'n integer' if kind is int else ' number'}"
+                                             f": {text!r}") from None
+        if value < minimum or (strict and value == minimum) or value != value:
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '≥'} {minimum:g} "
+                                             f"(got {text})")
+        return value
+    return parse
+
+
 def run_bench(name: str, out: Path | None, bench: Callable[[Path], int]) -> int:
     """A benchmark's ``main`` around ``bench(run dir)``: exit 2 naming what this host lacks
     (before anything is built), the run dirs in ``out`` (default: a new temporary dir), exit 1
@@ -424,8 +440,8 @@ def cleanup(force: bool = False) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=3)
-    parser.add_argument("--rate-mbit", type=float, default=100.0)
-    parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument("--rate-mbit", type=at_least(0, strict=True), default=100.0)
+    parser.add_argument("--delay-ms", type=at_least(0), default=0.0)
     parser.add_argument("--burst-bytes", type=int, default=32 * 1024)
     parser.add_argument("--queue-ms", type=float, default=20.0)
     parser.add_argument("--cleanup", action="store_true",

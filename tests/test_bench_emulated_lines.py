@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -99,3 +100,21 @@ def test_cpu_per_byte_of_a_ring_counts_every_node_s_bytes_at_both_ends() -> None
     fitted = emulated_calibration.cpu_per_byte(result, np.array(sizes, dtype=float), repeats,
                                                4.0 * (n - 1))
     assert abs(fitted / c_b - 1) < 1e-9
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--rate-mbit", "-5"], "argument --rate-mbit: must be > 0 (got -5)"),
+    (["--rate-mbit", "nan"], "argument --rate-mbit: must be > 0 (got nan)"),
+    (["--host-queue", "-1"], "argument --host-queue: must be ≥ 0 (got -1)"),
+    (["--n", "1"], "argument --n: must be ≥ 2 (got 1)"),
+    (["--delay-ms", "x"], "argument --delay-ms: not a number: 'x'"),
+])
+def test_bad_link_arguments_are_refused_in_one_line_before_building(
+        argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """They were a traceback from deep inside (a ConfigError of the cost model, a ValueError
+    of the star)."""
+    with pytest.raises(SystemExit) as exit_info:
+        bench_emulated.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(message) and "Traceback" not in "\n".join(err)
