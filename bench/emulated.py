@@ -443,7 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate-mbit", type=at_least(0, strict=True), default=100.0)
     parser.add_argument("--delay-ms", type=at_least(0), default=0.0)
     parser.add_argument("--burst-bytes", type=int, default=32 * 1024)
-    parser.add_argument("--queue-ms", type=float, default=20.0)
+    parser.add_argument("--queue-ms", type=at_least(0, strict=True), default=20.0)
+    parser.add_argument("--host-queue", type=at_least(0, int), default=0,
+                        help=f"packets a node's own egress queues (e.g. {HOST_QUEUE}; 0: none)")
     parser.add_argument("--cleanup", action="store_true",
                         help="remove leftover namespaces of stars whose process is gone")
     parser.add_argument("--force", action="store_true", help="--cleanup: remove all of them")
@@ -459,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         with Star(args.nodes, args.rate_mbit, args.delay_ms, args.burst_bytes,
-                  args.queue_ms) as star:
+                  args.queue_ms, args.host_queue or None) as star:
             print(star.describe())
             for node in range(star.nodes):
                 print(f"  node {node}: ip netns exec {star.netns(node)} …  ({star.address(node)})")
