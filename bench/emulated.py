@@ -50,8 +50,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-__all__ = ["EmulationError", "Star", "cleanup", "missing_requirements", "run_bench",
-           "tcp_throughput"]
+__all__ = ["HOST_QUEUE", "EmulationError", "Star", "at_least", "cleanup", "missing_requirements",
+           "run_bench", "tcp_losses", "tcp_throughput"]
 
 #: namespaces of the stars this module builds: agc<pid>-sw, agc<pid>-n<i>
 NAME_PATTERN = re.compile(r"^agc(\d+)-(sw|n\d+)$")
@@ -360,8 +360,8 @@ def tcp_losses(star: Star) -> tuple[int, int]:
     for node in range(star.nodes):
         lines = _run(star.exec_argv(node, ["cat", "/proc/net/snmp", "/proc/net/netstat"]))
         rows = [line.split() for line in lines.splitlines() if line]
-        for names, values in zip(rows[::2], rows[1::2], strict=True):
-            for name, value in zip(names[1:], values[1:], strict=True):
+        for names, values in zip(rows[::2], rows[1::2], strict=False):  # header, values
+            for name, value in zip(names[1:], values[1:], strict=False):
                 if (names[0], name) in wanted:
                     totals[wanted[names[0], name]] += int(value)
     return totals[0], totals[1]

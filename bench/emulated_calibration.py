@@ -4,12 +4,16 @@
 Plain gloo point-to-point ping-pongs of 4 B-4 MB between nodes 0 and 1 (one-way = half the
 median round trip; latency: the 4-byte one; bandwidth: the slope over 1-4 MB, as the token
 bucket's 32 KiB burst bends the line below), a train of 64 tiny sends (per-message cost),
-all-reduces over n nodes against the ring model with the fitted figures, and the host's CPU
-per byte sent (``transfer_cpu_per_byte``): the host's busy core-seconds (``/proc/stat``,
-every namespace and the kernel's packet work together) during the ping-pongs, less the idle
-host's, against their bytes (a round trip of S bytes is two transfers, ``4·S·c_b + 2·c_m``).
-On a 2-core host the shaped veths, the bridge and the token buckets cost far more CPU per
-byte than loopback; the cost model's shared-host bound needs that figure.
+all-reduces over n nodes against the ring model with the fitted figures, the host's CPU per
+byte sent (``transfer_cpu_per_byte``), and the sharded runtime's two patterns timed alone
+(its reduce-scatter: slices one at a time in rotated order; gloo's ``all_gather`` of one
+shard per node). CPU per byte: the host's busy core-seconds (``/proc/stat``, every
+namespace and the kernel's packet work together) during the all-reduces of ≥ 1 MB, less the
+idle host's, against their bytes (2(n − 1)·S sent in all, each counted at both ends), as in
+the runtimes every node sends and receives at once; the ping-pongs' figure (one flow at a
+time: a round trip of S bytes is ``4·S·c_b + 2·c_m``) is printed beside it. On a 2-core
+host the shaped veths, the bridge and the token buckets cost far more CPU per byte than
+loopback; the cost model's shared-host bound needs that figure.
 """
 
 from __future__ import annotations
