@@ -332,7 +332,9 @@ def sharded_iteration_times(cluster: ClusterModel, compute: np.ndarray, wait: in
                             cpu: np.ndarray | None = None) -> np.ndarray:
     """``trainer=sharded`` iteration times (…,) for per-node compute times ``compute``
     (…, n). Reduce-scatter: node j's n − 1 slices of W = ⌈⌈d/m⌉/n⌉ values leave its link
-    one after another, to j + 1, j + 2, … (each owner receives one at a time), so slice
+    one after another, to j + 1, j + 2, … (each owner receives one at a time: the nodes are
+    taken to start together and the slices not to overlap, which the runtime only
+    approximates: its sends complete into socket buffers), so slice
     arrivals are ``compute_j + α + (n−1)·W·b/β`` (its own: ``compute_j``); an owner proceeds
     at the ``wait``-th, decodes W-value slices and steps d/n parameters; then the all-gather
     of the shards (m·W values each, n − 1 steps): ``(n−1)·(α + m·W·b/β)``. On a shared host

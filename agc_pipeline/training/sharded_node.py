@@ -128,7 +128,9 @@ class ShardNode:
             padded[:message.numel()] = message
             frames[:, 1:] = padded.view(n, width)
             self.inbox.put((rt.rank, int(header), frames[rt.rank, 1:].clone()))
-        for r in range(1, n):  # one slice in transit at a time, to rank + 1, rank + 2, …
+        # posted one at a time, to rank + 1, rank + 2, …; wait() returns once gloo has
+        # handed the slice to the socket, so on the wire consecutive slices may overlap
+        for r in range(1, n):
             dist.isend(frames[(rt.rank + r) % n], dst=(rt.rank + r) % n, group=self.p2p).wait()
 
     # ------------------------------------------------------------ the owner
