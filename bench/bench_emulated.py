@@ -306,22 +306,28 @@ def main(argv: list[str] | None = None) -> int:
                         "as the switch ports")
     parser.add_argument("--n", type=emulated.at_least(2, int), default=4,
                         help="workers (DDP ranks)")
-    parser.add_argument("--ms", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--ms", type=emulated.at_least(1, int), nargs="+", default=[1, 2, 4])
     parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES),
                         help="besides DDP (always run: the ratios' denominator)")
     parser.add_argument("--broadcast", nargs="+", choices=("concurrent", "sequential"),
                         default=["concurrent"], help="the PS's trainer.broadcast (each a run)")
-    parser.add_argument("--hidden", type=int, default=1270, help="d = 795·hidden + 10")
-    parser.add_argument("--samples", type=int, default=16, help="samples per worker")
-    parser.add_argument("--iterations", type=int, default=12)
+    parser.add_argument("--hidden", type=emulated.at_least(1, int), default=1270,
+                        help="d = 795·hidden + 10")
+    parser.add_argument("--samples", type=emulated.at_least(1, int), default=16,
+                        help="samples per worker")
+    parser.add_argument("--iterations", type=emulated.at_least(1, int), default=12)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cluster", default="emulated_100mbit", help="conf/cluster/ name")
-    parser.add_argument("--port", type=int, default=29500)
-    parser.add_argument("--timeout-s", type=float, default=400.0, help="per run")
+    parser.add_argument("--cluster", default="emulated_100mbit", help="conf/cluster/ name",
+                        choices=sorted(f.stem for f in (ROOT / "conf" / "cluster").glob("*.yaml")
+                                       if f.stem != "none"))
+    parser.add_argument("--port", type=emulated.at_least(1024, int), default=29500)
+    parser.add_argument("--timeout-s", type=emulated.at_least(0, strict=True), default=400.0,
+                        help="per run")
     parser.add_argument("--out", type=Path, default=None, help="keep the run dirs here")
     parser.add_argument("--calibrate", action="store_true",
                         help="measure the links (gloo) and print the cluster figures")
-    parser.add_argument("--repeats", type=int, default=5, help="--calibrate: per size")
+    parser.add_argument("--repeats", type=emulated.at_least(1, int), default=5,
+                        help="--calibrate: per size")
     args = parser.parse_args(argv)
     if args.calibrate:
         from emulated_calibration import calibrate

@@ -108,13 +108,17 @@ def test_cpu_per_byte_of_a_ring_counts_every_node_s_bytes_at_both_ends() -> None
     (["--host-queue", "-1"], "argument --host-queue: must be ≥ 0 (got -1)"),
     (["--n", "1"], "argument --n: must be ≥ 2 (got 1)"),
     (["--delay-ms", "x"], "argument --delay-ms: not a number: 'x'"),
+    (["--repeats", "0"], "argument --repeats: must be ≥ 1 (got 0)"),
+    (["--iterations", "0"], "argument --iterations: must be ≥ 1 (got 0)"),
+    (["--ms", "2", "0"], "argument --ms: must be ≥ 1 (got 0)"),
+    (["--cluster", "none"], "argument --cluster: invalid choice: 'none'"),
 ])
 def test_bad_link_arguments_are_refused_in_one_line_before_building(
         argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     """They were a traceback from deep inside (a ConfigError of the cost model, a ValueError
-    of the star)."""
+    of the star, Hydra's MissingConfigException, an empty median after the calibration)."""
     with pytest.raises(SystemExit) as exit_info:
         bench_emulated.main(argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].endswith(message) and "Traceback" not in "\n".join(err)
+    assert message in err[-1] and "Traceback" not in "\n".join(err)
