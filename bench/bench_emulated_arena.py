@@ -276,29 +276,34 @@ def bench(args: argparse.Namespace, out: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--regime", default="stall_frequent", help="conf/regime/ name")
-    parser.add_argument("--stall-s", type=float, default=0.5,
+    parser.add_argument("--stall-s", type=emulated.at_least(0, strict=True), default=0.5,
                         help="stall regimes: seconds a stall lasts (sets trainer.time_scale)")
-    parser.add_argument("--time-scale", type=float, default=None,
+    parser.add_argument("--time-scale", type=emulated.at_least(0, strict=True), default=None,
                         help="seconds slept per straggler time unit (overrides --stall-s)")
     parser.add_argument("--rate-mbit", type=emulated.at_least(0, strict=True), default=100.0)
     parser.add_argument("--delay-ms", type=emulated.at_least(0), default=0.0,
                         help="one way (needs netem)")
     parser.add_argument("--n", type=emulated.at_least(2, int), default=4,
                         help="workers (processes)")
-    parser.add_argument("--s", type=int, default=1, help="slowest workers ignored")
-    parser.add_argument("--ms", type=int, nargs="+", default=[2, 4],
+    parser.add_argument("--s", type=emulated.at_least(0, int), default=1,
+                        help="slowest workers ignored")
+    parser.add_argument("--ms", type=emulated.at_least(1, int), nargs="+", default=[2, 4],
                         help="construction (7)'s m (conf/mitigation/code7_m<m>.yaml)")
-    parser.add_argument("--hidden", type=int, default=1270, help="d = 795·hidden + 10")
-    parser.add_argument("--samples", type=int, default=1000, help="training images per worker")
-    parser.add_argument("--batch", type=int, default=32, help="minibatch per worker and step")
-    parser.add_argument("--test-size", type=int, default=1000)
-    parser.add_argument("--lr", type=float, default=0.3)
-    parser.add_argument("--iterations", type=int, default=60)
-    parser.add_argument("--eval-every", type=int, default=5)
+    parser.add_argument("--hidden", type=emulated.at_least(1, int), default=1270,
+                        help="d = 795·hidden + 10")
+    parser.add_argument("--samples", type=emulated.at_least(1, int), default=1000,
+                        help="training images per worker")
+    parser.add_argument("--batch", type=emulated.at_least(1, int), default=32,
+                        help="minibatch per worker and step")
+    parser.add_argument("--test-size", type=emulated.at_least(1, int), default=1000)
+    parser.add_argument("--lr", type=emulated.at_least(0, strict=True), default=0.3)
+    parser.add_argument("--iterations", type=emulated.at_least(1, int), default=60)
+    parser.add_argument("--eval-every", type=emulated.at_least(1, int), default=5)
     parser.add_argument("--target", type=float, default=0.85, help="test accuracy")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--port", type=int, default=29600)
-    parser.add_argument("--timeout-s", type=float, default=400.0, help="per run")
+    parser.add_argument("--port", type=emulated.at_least(1024, int), default=29600)
+    parser.add_argument("--timeout-s", type=emulated.at_least(0, strict=True), default=400.0,
+                        help="per run")
     parser.add_argument("--out", type=Path, default=None, help="keep the run dirs here")
     args = parser.parse_args(argv)
     from agc_pipeline.conf_path import CONFIG_DIR

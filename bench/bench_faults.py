@@ -285,15 +285,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=emulated.at_least(2, int), default=4,
                         help="workers (DDP/sharded ranks)")
     parser.add_argument("--rate-mbit", type=emulated.at_least(0, strict=True), default=100.0)
-    parser.add_argument("--hidden", type=int, default=128, help="d = 795·hidden + 10")
-    parser.add_argument("--samples", type=int, default=16, help="samples per worker")
-    parser.add_argument("--iterations", type=int, default=80)
-    parser.add_argument("--at", type=int, default=5, help="inject after this many rows")
-    parser.add_argument("--down-s", type=float, default=5.0, help="worker_down: seconds")
-    parser.add_argument("--timeout-s", type=float, default=20.0, help="trainer.timeout_s")
-    parser.add_argument("--startup-timeout-s", type=float, default=120.0)
-    parser.add_argument("--case-timeout-s", type=float, default=150.0, help="outer, per case")
-    parser.add_argument("--port", type=int, default=29600)
+    parser.add_argument("--hidden", type=emulated.at_least(1, int), default=128,
+                        help="d = 795·hidden + 10")
+    parser.add_argument("--samples", type=emulated.at_least(1, int), default=16,
+                        help="samples per worker")
+    parser.add_argument("--iterations", type=emulated.at_least(1, int), default=80)
+    parser.add_argument("--at", type=emulated.at_least(0, int), default=5,
+                        help="inject after this many rows")
+    parser.add_argument("--down-s", type=emulated.at_least(0, strict=True), default=5.0,
+                        help="worker_down: seconds")
+    parser.add_argument("--timeout-s", type=emulated.at_least(0, strict=True), default=20.0,
+                        help="trainer.timeout_s")
+    parser.add_argument("--startup-timeout-s", type=emulated.at_least(0, strict=True),
+                        default=120.0)
+    parser.add_argument("--case-timeout-s", type=emulated.at_least(0, strict=True), default=150.0,
+                        help="outer, per case")
+    parser.add_argument("--port", type=emulated.at_least(1024, int), default=29600)
     parser.add_argument("--out", type=Path, default=None, help="keep the run dirs here")
     args = parser.parse_args(argv)
     return emulated.run_bench("bench_faults", args.out, lambda out: bench(args, out))

@@ -89,6 +89,9 @@ def test_runs_use_the_arena_mitigations_on_the_real_runtimes() -> None:
 @pytest.mark.parametrize(("argv", "message"), [
     (["--regime", "nosuch"], "--regime nosuch: not in conf/regime/ (delay, persistent"),
     (["--ms", "2", "3"], "--ms 2 3: construction (7) has mitigations for m in [1, 2, 4] only"),
+    (["--iterations", "0"], "argument --iterations: must be ≥ 1 (got 0)"),
+    (["--stall-s", "-1"], "argument --stall-s: must be > 0 (got -1)"),
+    (["--s", "-1"], "argument --s: must be ≥ 0 (got -1)"),
 ])
 def test_a_bad_regime_or_m_is_refused_in_one_line(argv: list[str], message: str,
                                                   capsys: pytest.CaptureFixture[str],
