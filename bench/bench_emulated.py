@@ -330,10 +330,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="--calibrate: per size")
     args = parser.parse_args(argv)
     if args.calibrate:
-        from emulated_calibration import calibrate
-
-        return emulated.run_bench("bench_emulated", args.out, lambda out: calibrate(args, out))
-    run = bench
+        from emulated_calibration import calibrate as run
+    else:
+        run = bench
     return emulated.run_bench("bench_emulated", args.out, lambda out: run(args, out))
 
 

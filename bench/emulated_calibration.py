@@ -145,7 +145,7 @@ def calibrate(args: argparse.Namespace, out: Path) -> int:
         ring = run_child(star, "allreduce", args.n, args.repeats, args.port + 2, out)
         spread = run_child(star, "scatter", args.n, args.repeats, args.port + 3, out)
         gather = run_child(star, "allgather", args.n, args.repeats, args.port + 4, out)
-    sizes = np.array(sorted(int(k) for k in p2p if k.isdigit()), dtype=np.float64)
+    sizes = np.array(sizes_of(p2p), dtype=np.float64)
     one_way = np.array([statistics.median(p2p[str(int(s))]) / 2 for s in sizes])
     # latency: the 4-byte one-way time; bandwidth: the slope over ≥ 1 MB (below that the
     # token bucket's burst, 32 KiB sent at once, bends the line)
@@ -158,8 +158,7 @@ def calibrate(args: argparse.Namespace, out: Path) -> int:
     # CPU per byte: from the all-reduce, where every node sends and receives at once, as in
     # the runtimes (2(n−1)·S bytes sent in all, each counted at both ends); the ping-pong's
     # one flow at a time costs less per byte and is printed beside it
-    ring_sizes = np.array([s for s in sorted(int(k) for k in ring if k.isdigit())
-                           if s >= 1 << 20], dtype=np.float64)
+    ring_sizes = np.array([s for s in sizes_of(ring) if s >= 1 << 20], dtype=np.float64)
     per_byte = cpu_per_byte(ring, ring_sizes, args.repeats, 4.0 * (args.n - 1))
     one_flow = cpu_per_byte(p2p, sizes[large], args.repeats, 4.0)
     print(f"\n  {'bytes':>9s} {'one-way s':>10s} {'fit':>10s}")
@@ -172,7 +171,7 @@ def calibrate(args: argparse.Namespace, out: Path) -> int:
           f"{per_message * 1e6:.0f} us")
     print(f"\n  all-reduce over {args.n} nodes (median) against the ring model with these "
           "figures:")
-    for size in sorted(int(k) for k in ring if k.isdigit()):
+    for size in sizes_of(ring):
         measured = statistics.median(ring[str(size)])
         model = ring_allreduce_time(args.n, max(1, size // 4), 4.0, bandwidth, latency)
         # host CPU of one all-reduce beyond the idle host's, against every rank's ring
@@ -184,7 +183,7 @@ def calibrate(args: argparse.Namespace, out: Path) -> int:
               f"({100 * (model / measured - 1):+.0f}%); host CPU {cpu:.4f} core-s, "
               f"per-byte model {model_cpu:.4f} core-s")
     print(f"\n  sharded reduce-scatter over {args.n} nodes (slices one at a time, rotated):")
-    for size in sorted(int(k) for k in spread if k.isdigit()):
+    for size in sizes_of(spread):
         measured = statistics.median(spread[str(size)])
         model = latency + (args.n - 1) * size / bandwidth
         cpu = excess_busy(spread, size, args.repeats)
@@ -193,7 +192,7 @@ def calibrate(args: argparse.Namespace, out: Path) -> int:
               f"({100 * (model / measured - 1):+.0f}%); host CPU {cpu:.4f} core-s = "
               f"{cpu / (2 * sent):.3g} core-s per byte at each end")
     print(f"\n  sharded all-gather over {args.n} nodes (gloo all_gather of one shard each):")
-    for size in sorted(int(k) for k in gather if k.isdigit()):
+    for size in sizes_of(gather):
         measured = statistics.median(gather[str(size)])
         model = (args.n - 1) * (latency + size / bandwidth)
         print(f"  {size:9d} B per shard: measured {measured:.4f} s, ring model {model:.4f} s "
@@ -207,6 +206,11 @@ def calibrate(args: argparse.Namespace, out: Path) -> int:
     print(f"latency: {latency:.3g}           # s, one way")
     print(f"transfer_cpu_per_byte: {per_byte:.3g}    # core-s per byte, each end")
     return 0
+
+
+def sizes_of(result: dict[str, list[float]]) -> list[int]:
+    """The message sizes a child timed (its ``"<size>"`` keys), ascending."""
+    return sorted(int(k) for k in result if k.isdigit())
 
 
 def idle_rate(result: dict[str, list[float]]) -> float:
