@@ -17,10 +17,10 @@ namespace with ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` (node 0), ``MASTER_PORT
 ``iteration_time`` of ``metrics.jsonl`` after the first 3 iterations (start-up excluded).
 
 Prediction: the cost model (costmodel.py ``ddp_iteration_times``/``ps_iteration_times``/
-``sharded_iteration_times``)
-with ``--cluster`` (default ``emulated_100mbit``; its bandwidth scaled by ``--rate-mbit`` /
-100), each worker's compute from its samples (``worker_compute``), and the shared-host
-bound (all processes share this host's cores). Last line:
+``sharded_iteration_times``) with ``--cluster`` (default ``emulated_<rate>mbit`` where it
+exists, else ``emulated_100mbit`` with its bandwidth scaled by ``--rate-mbit`` / 100), each
+worker's compute from its samples (``worker_compute``), and the shared-host bound (all
+processes share this host's cores). Last line:
 ``emulated <rate> n=<n> d=<d>: sharded <t_sh/t_DDP>x DDP, PS <t_PS/t_DDP>x DDP, model
 error <e>%`` (ratios of seconds per iteration, each runtime's best m; e: the largest
 |predicted/measured − 1| over the runs, with its sign). The PS is predicted as it really
@@ -32,7 +32,8 @@ run (``one by one``).
 
 ``--calibrate`` (separate from the runs it predicts; about a minute; bench/
 emulated_calibration.py): gloo ping-pongs (latency, bandwidth), a train of tiny sends (per-
-message cost), all-reduces against the ring model, and the host's CPU per byte sent; prints
+message cost), all-reduces against the ring model, the host's CPU per byte sent, and the
+sharded runtime's traffic alone (the rate it reaches: ``sharded_link_efficiency``); prints
 the figures for ``conf/cluster/emulated_<rate>mbit.yaml``.
 """
 
@@ -150,6 +151,13 @@ def compose_train(overrides: list[str]) -> Any:
         return compose(config_name="train", overrides=overrides)
 
 
+def default_cluster(rate_mbit: float) -> str:
+    """``emulated_<rate>mbit`` where ``conf/cluster/`` has it (calibrated at that rate), else
+    ``emulated_100mbit`` (its bandwidth then scaled by :func:`cluster_model`)."""
+    name = f"emulated_{rate_mbit:g}mbit"
+    return name if (ROOT / "conf" / "cluster" / f"{name}.yaml").is_file() else "emulated_100mbit"
+
+
 def cluster_model(name: str, rate_mbit: float) -> Any:
     """``conf/cluster/<name>.yaml``, its bandwidth scaled to ``rate_mbit`` when the name
     says ``<rate>mbit`` and the rates differ."""
@@ -218,7 +226,7 @@ def predict_unicast(cluster: Any, overrides: list[str]) -> float | None:
 
 
 def bench(args: argparse.Namespace, out: Path) -> int:
-    cluster = cluster_model(args.cluster, args.rate_mbit)
+    cluster = cluster_model(args.cluster or default_cluster(args.rate_mbit), args.rate_mbit)
     runs = schemes(args.n, args.ms, tuple(args.runtimes), tuple(args.broadcast))
     common = common_overrides(args)
     results: dict[str, tuple[float, float, float | None, str, int]] = {}
@@ -264,7 +272,8 @@ def bench(args: argparse.Namespace, out: Path) -> int:
     print("  (model: costmodel.py, the PS's n copies posted at once share its link, every "
           "worker starts when all are through; one by one: the copies one after another; "
           "retx, RTO: TCP segments retransmitted and retransmission timeouts per iteration, "
-          "all nodes, start-up included; the model has no losses)")
+          "all nodes, start-up included; the model has losses only in sharded's traffic, "
+          "through the cluster's sharded_link_efficiency)")
     worst = max(errors, key=abs)
     d = results["DDP"][4]
     print(f"\n{load()}; run dirs: {out}")
@@ -317,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="samples per worker")
     parser.add_argument("--iterations", type=emulated.at_least(1, int), default=12)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cluster", default="emulated_100mbit", help="conf/cluster/ name",
+    parser.add_argument("--cluster", default=None,
+                        help="conf/cluster/ name (default: emulated_<rate>mbit where it exists, "
+                        "else emulated_100mbit with its bandwidth scaled)",
                         choices=sorted(f.stem for f in (ROOT / "conf" / "cluster").glob("*.yaml")
                                        if f.stem != "none"))
     parser.add_argument("--port", type=emulated.at_least(1024, int), default=29500)

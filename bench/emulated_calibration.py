@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -36,6 +37,9 @@ from bench_emulated import load, run_ranks  # noqa: E402
 P2P_SIZES = (4, 65536, 262144, 1 << 20, 2 << 20, 4 << 20)
 ALLREDUCE_SIZES = (4, 1 << 20, 4 << 20)
 SCATTER_SIZES = (1 << 17, 1 << 19)  #: bytes per slice
+SHARDED_D = 795 * 1270 + 10  #: bench_emulated.py's MLP (d for ``--child sharded``)
+SHARDED_MS = (2, 4)  #: the m of ``--child sharded``
+SHARDED_WARMUP = 2  #: rounds of ``--child sharded`` left out of its median
 TRAIN_MESSAGES = 64
 MESSAGE_CPU = 3.95e-5  #: core-s per message, both ends (conf/cluster/loopback.yaml)
 IDLE_S = 1.0  #: the pause that measures the host's background CPU
@@ -51,6 +55,9 @@ def child(kind: str, repeats: int) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method="env://")
     rank = dist.get_rank()
+    if kind == "sharded":
+        sharded_rounds(repeats)
+        return
     sizes = {"p2p": P2P_SIZES, "train": (4,), "allreduce": ALLREDUCE_SIZES,
              "scatter": SCATTER_SIZES, "allgather": SCATTER_SIZES}[kind]
     results: dict[str, list[float]] = {}
@@ -110,6 +117,59 @@ def scatter(buf: Any, rank: int, world: int) -> None:
         work.wait()
 
 
+def slice_width(d: int, m: int, n: int) -> int:
+    """Values per slice of ``trainer=sharded`` (W = ⌈⌈d/m⌉/n⌉)."""
+    return math.ceil(math.ceil(d / m) / n)
+
+
+def sharded_rounds(repeats: int) -> None:
+    """``trainer=sharded``'s traffic alone, as the runtime sends it, for each m of
+    ``SHARDED_MS`` at d = ``SHARDED_D``: rounds of the rotated scatter (each node's n − 1
+    slices of W + 1 values posted one after another, its receives all posted) then gloo's
+    ``all_gather`` of one shard (m·W + 2 values) per node, with no barrier between rounds
+    (a node starts its next scatter as it leaves the all-gather, as in the runtime), no
+    compute. Rank 0 prints {m: [seconds of each round after SHARDED_WARMUP]}."""
+    import torch
+    import torch.distributed as dist
+
+    rank, n = dist.get_rank(), dist.get_world_size()
+    p2p, gather = dist.new_group(backend="gloo"), dist.new_group(backend="gloo")
+    results: dict[str, list[float]] = {}
+    for m in SHARDED_MS:
+        width = slice_width(SHARDED_D, m, n)
+        frame, mine = torch.zeros(width + 1), torch.zeros(m * width + 2)
+        out = torch.empty(n, m * width + 2)
+        ends = []
+        dist.barrier()
+        for _ in range(repeats + SHARDED_WARMUP + 1):
+            inbox = [torch.empty(width + 1) for _ in range(n - 1)]
+            recvs = [dist.irecv(inbox[i], src=(rank - 1 - i) % n, group=p2p)
+                     for i in range(n - 1)]
+            for r in range(1, n):
+                dist.isend(frame, dst=(rank + r) % n, group=p2p).wait()
+            for work in recvs:
+                work.wait()
+            dist.all_gather(list(out.unbind(0)), mine, group=gather)
+            ends.append(time.perf_counter())
+        results[str(m)] = list(np.diff(ends)[SHARDED_WARMUP:])
+    if rank == 0:
+        print("RESULT " + json.dumps(results), flush=True)
+    dist.destroy_process_group()
+
+
+def sharded_efficiency(result: dict[str, list[float]], n: int, bandwidth: float,
+                       latency: float) -> dict[int, tuple[float, float]]:
+    """m -> (measured median seconds per round, lossless model: the scatter ``α + (n−1)·(W +
+    1)·4/β`` then the all-gather ``(n−1)·(α + (m·W + 2)·4/β)``)."""
+    out = {}
+    for m in SHARDED_MS:
+        width = slice_width(SHARDED_D, m, n)
+        model = (latency + (n - 1) * (width + 1) * 4 / bandwidth
+                 + (n - 1) * (latency + (m * width + 2) * 4 / bandwidth))
+        out[m] = (statistics.median(result[str(m)]), model)
+    return out
+
+
 def host_busy() -> float:
     """Core-seconds this host's CPUs have been busy since boot (``/proc/stat``: user, nice,
     system, irq, softirq, steal; every namespace, the kernel's packet work included)."""
@@ -145,6 +205,7 @@ def calibrate(args: argparse.Namespace, out: Path) -> int:
         ring = run_child(star, "allreduce", args.n, args.repeats, args.port + 2, out)
         spread = run_child(star, "scatter", args.n, args.repeats, args.port + 3, out)
         gather = run_child(star, "allgather", args.n, args.repeats, args.port + 4, out)
+        rounds = run_child(star, "sharded", args.n, 2 * args.repeats, args.port + 5, out)
     sizes = np.array(sizes_of(p2p), dtype=np.float64)
     one_way = np.array([statistics.median(p2p[str(int(s))]) / 2 for s in sizes])
     # latency: the 4-byte one-way time; bandwidth: the slope over ≥ 1 MB (below that the
@@ -197,6 +258,13 @@ def calibrate(args: argparse.Namespace, out: Path) -> int:
         model = (args.n - 1) * (latency + size / bandwidth)
         print(f"  {size:9d} B per shard: measured {measured:.4f} s, ring model {model:.4f} s "
               f"({100 * (model / measured - 1):+.0f}%)")
+    efficiency = sharded_efficiency(rounds, args.n, bandwidth, latency)
+    print(f"\n  trainer=sharded's traffic alone over {args.n} nodes (d = {SHARDED_D}: the "
+          "rotated scatter, then the all-gather, no barrier between rounds, no compute):")
+    for m, (measured, model) in efficiency.items():
+        print(f"  m = {m}: measured {measured:.4f} s per round, lossless model {model:.4f} s "
+              f"({100 * (model / measured - 1):+.0f}%): efficiency {model / measured:.3f}")
+    eta = min(1.0, statistics.mean(model / measured for measured, model in efficiency.values()))
     print(f"  host CPU per byte at each end of a transfer (the idle host's "
           f"{idle_rate(ring):.3f} cores subtracted): {per_byte:.3g} core-s from the "
           f"all-reduces >= 1 MB over {args.n} nodes (concurrent flows, the figure below); "
@@ -205,6 +273,7 @@ def calibrate(args: argparse.Namespace, out: Path) -> int:
     print(f"bandwidth: {bandwidth:.4g}          # bytes/s per direction")
     print(f"latency: {latency:.3g}           # s, one way")
     print(f"transfer_cpu_per_byte: {per_byte:.3g}    # core-s per byte, each end")
+    print(f"sharded_link_efficiency: {eta:.3g}    # trainer=sharded's traffic: rate reached")
     return 0
 
 
@@ -239,7 +308,8 @@ def cpu_per_byte(result: dict[str, list[float]], sizes: np.ndarray, repeats: int
 
 if __name__ == "__main__":  # a rank of the calibration, started by run_child
     parser = argparse.ArgumentParser(description="a rank of bench_emulated --calibrate")
-    parser.add_argument("--child", choices=("p2p", "train", "allreduce", "scatter", "allgather"),
+    parser.add_argument("--child", choices=("p2p", "train", "allreduce", "scatter", "allgather",
+                                            "sharded"),
                         required=True)
     parser.add_argument("--repeats", type=int, default=5)
     cli = parser.parse_args()

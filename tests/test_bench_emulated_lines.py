@@ -61,6 +61,29 @@ def test_both_broadcasts_are_runs_of_their_own() -> None:
     assert "PS 2.00x DDP" in line  # the best PS, either broadcast
 
 
+def test_the_default_cluster_is_the_one_calibrated_at_the_rate() -> None:
+    """Before, ``--rate-mbit 50`` predicted with emulated_100mbit's figures scaled, not the
+    50 Mbit/s calibration (its CPU per byte and sharded efficiency differ)."""
+    assert bench_emulated.default_cluster(50.0) == "emulated_50mbit"
+    assert bench_emulated.default_cluster(200) == "emulated_200mbit"
+    assert bench_emulated.default_cluster(75.0) == "emulated_100mbit"
+    scaled = bench_emulated.cluster_model(bench_emulated.default_cluster(75.0), 75.0)
+    full = bench_emulated.cluster_model("emulated_100mbit", 100.0)
+    assert scaled.bandwidth == pytest.approx(0.75 * full.bandwidth)
+
+
+def test_sharded_efficiency_is_the_lossless_model_over_the_measured_round() -> None:
+    """n = 8, d = 1,009,660: W = 63,104 (m = 2) and 31,552 (m = 4) values; at β = 4e6 B/s
+    and no latency the lossless rounds are 7·(W + 1)·4/β + 7·(m·W + 2)·4/β."""
+    beta = 4e6
+    lossless = {m: 7 * (w + 1) * 4 / beta + 7 * (m * w + 2) * 4 / beta
+                for m, w in ((2, 63104), (4, 31552))}
+    result = {"2": [2 * lossless[2], 9.0, 2 * lossless[2]], "4": [lossless[4] / 0.8] * 3}
+    eff = emulated_calibration.sharded_efficiency(result, 8, beta, 0.0)
+    assert eff[2] == pytest.approx((2 * lossless[2], lossless[2]))
+    assert eff[4][1] / eff[4][0] == pytest.approx(0.8)
+
+
 def test_cpu_per_byte_is_the_ping_pong_slope_over_four_with_the_idle_host_removed() -> None:
     """A round trip of S bytes is two transfers (4·S·c_b + 2·c_m of CPU); the host's idle
     background (0.25 cores here) is subtracted per second of each size's repeats."""

@@ -29,6 +29,18 @@ def test_two_nodes_hand_case() -> None:
     assert ddp_iteration_times(TOY, one, 20, 4) == pytest.approx(10.0)
 
 
+def test_link_efficiency_slows_both_phases_only_of_sharded() -> None:
+    """η = 0.5: the sharded traffic at 5 B/s: scatter α + 20/5 = 4.5 s, all-gather
+    1·(α + 40/5) = 8.5 s; DDP's ring keeps the full rate (10 s)."""
+    half = ClusterModel(**{**TOY.describe(), "name": "half", "sharded_link_efficiency": 0.5})
+    one = np.ones(2)
+    assert sharded_iteration_times(half, one, 2, 20, 2, 2, 4) == pytest.approx(1 + 4.5 + 8.5)
+    assert ddp_iteration_times(half, one, 20, 4) == pytest.approx(10.0)
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ConfigError, match=r"^cluster\.sharded_link_efficiency must be"):
+            ClusterModel(**{**TOY.describe(), "sharded_link_efficiency": bad})
+
+
 def test_three_nodes_with_a_slow_one() -> None:
     """n = 3, d = 30, m = 1: W = 10 values (40 B, 4 s), scatter α + 2·4 = 8.5 s, all-gather
     2·(α + 4) = 9 s. Compute 3, 0, 0 s: waiting for all, owners 1 and 2 see node 0's slice

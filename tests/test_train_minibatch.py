@@ -9,7 +9,7 @@ import torch
 
 from agc_pipeline.errors import ConfigError
 from agc_pipeline.train import build_trainer
-from agc_pipeline.training.batches import batch_indices
+from agc_pipeline.training.batches import batch_indices, take
 from agc_pipeline.training.loop import advance
 from tests.conftest import compose_config
 
@@ -49,6 +49,22 @@ def test_weighted_and_per_subset_give_the_same_decoded_gradient(extra: list[str]
         assert a["grad_error"] == pytest.approx(b["grad_error"], rel=1e-4, abs=1e-9)
         for p, q in zip(fast.model.parameters(), ref.model.parameters(), strict=True):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape", [(3, 10), (3, 10, 4), (2, 7, 1, 5, 5)])
+def test_take_picks_each_subsets_rows(shape: tuple[int, ...]) -> None:
+    """``take`` (one index_select on the flattened subsets) equals advanced indexing
+    ``x[rows, index]``, for labels, features and images, and for a non-contiguous ``x``."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g)
+    index = torch.stack([torch.randperm(shape[1], generator=g)[:4] for _ in range(shape[0])])
+    rows = torch.arange(shape[0])[:, None]
+    assert torch.equal(take(x, index), x[rows, index])
+    labels = torch.randint(0, 9, shape[:2], generator=g)
+    assert torch.equal(take(labels, index), labels[rows, index])
+    strided = torch.randn(shape[1], shape[0], *shape[2:], generator=g).transpose(0, 1)
+    assert torch.equal(take(strided, index), strided[rows, index])
+    assert take(x, None) is x
 
 
 def test_minibatch_rows_and_samples() -> None:

