@@ -285,6 +285,12 @@ def test_cluster_figures_are_validated_in_one_line() -> None:
     with pytest.raises(ConfigError, match=r"^cluster\.transfer_cpu_per_byte must be"):
         build_cluster(compose_config("train", ["cluster=loopback",
                                                "cluster.transfer_cpu_per_byte=-1"]))
+    with pytest.raises(ConfigError, match=r"^cluster\.sharded_link_efficiency must be ≤ 1"):
+        build_cluster(compose_config("train", ["cluster=emulated_50mbit",
+                                               "cluster.sharded_link_efficiency=1.5"]))
+    with pytest.raises(ConfigError, match=r"^cluster\.sharded_link_efficiency must be > 0"):
+        build_cluster(compose_config("train", ["cluster=ib_100g",
+                                               "+cluster.sharded_link_efficiency=0"]))
     with pytest.raises(ConfigError, match=r"^cluster\.step_time_per_parameter must be"):
         build_cluster(compose_config("train", ["cluster=ib_100g",
                                                "cluster.step_time_per_parameter=nan"]))
