@@ -56,9 +56,12 @@ def take(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
     """``x`` (h, size, …) restricted to the minibatch ``index`` (h, b): (h, b, …)."""
     if index is None:
         return x
+    index = index.to(x.device)
+    if x.dim() == 2:  # labels: 1.5 µs against advanced indexing's 6 µs
+        return torch.gather(x, 1, index)
     h, size = x.shape[0], x.shape[1]
-    flat = (index.to(x.device) + size * torch.arange(h, device=x.device)[:, None]).view(-1)
+    flat = (index + size * torch.arange(h, device=x.device)[:, None]).view(-1)
     # one index_select of whole rows: 40 µs against advanced indexing's 106 µs for 27
-    # subsets' 16 of 64 MNIST rows (labels: 10 against 6 µs; 1 thread, 2026-12-07)
+    # subsets' 16 of 64 MNIST rows (1 thread, 2026-12-07)
     return x.reshape(h * size, *x.shape[2:]).index_select(0, flat).view(
         h, index.shape[1], *x.shape[2:])
