@@ -51,10 +51,11 @@ iteration), overlap of compute and communication (DDP's bucketed all-reduce duri
 backward pass, a worker streaming its message as it computes), the optimizer step where
 ``step_time_per_parameter`` is 0 (the published clusters), messages of stragglers after
 the PS moved on (cancelled, they take no bandwidth), protocol overheads beyond the
-measured or published effective bandwidth, and memory limits; packet losses only
-through ``sharded_link_efficiency`` (the sharded runtime's n − 1 flows converging on every
-port overflow shallow switch queues and wait for TCP's retransmission timeout, ≥ 200 ms:
-on the emulated links that traffic alone reaches 0.74-0.93 of the rate). On a shared host the
+measured or published effective bandwidth, and memory limits; the sharded runtime's
+losses only through ``sharded_link_efficiency``, the fraction of the rate its traffic
+reaches when timed alone (on the emulated links 0.67-0.82 at n = 8, where n − 1 flows
+converging on a port overflow its queue and wait for TCP's ≥ 200 ms retransmission
+timeout, and about 0.7 at n = 2, with no timeout: not only the losses). On a shared host the
 CPU-work bound assumes the scheduler keeps every core busy (perfect packing) and counts
 the messages of the algorithms (DDP's all-reduces as the caller counts them: its buckets
 and a logged loss).
