@@ -10,8 +10,8 @@ byte sent (``transfer_cpu_per_byte``), and the sharded runtime's two patterns ti
 shard per node) and the two together, in rounds as the runtime sends them (no barrier, no
 compute): the fraction of the rate they reach is ``sharded_link_efficiency``. CPU per byte:
 the host's busy core-seconds (``/proc/stat``, every namespace and the kernel's packet work
-together) during the all-reduces of ≥ 1 MB, less the idle host's, against their bytes (2(n −
-1)·S sent in all, each counted at both ends), as in the runtimes every node sends and
+together) during the all-reduces of ≥ 1 MB, less the idle host's, against their bytes
+(2(n−1)·S sent in all, each counted at both ends), as in the runtimes every node sends and
 receives at once; the ping-pongs' figure (one flow at a time: a round trip of S bytes is
 ``4·S·c_b + 2·c_m``) is printed beside it. On a 2-core host the shaped veths, the bridge and
 the token buckets cost far more CPU per byte than loopback; the cost model's shared-host
