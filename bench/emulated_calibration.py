@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -35,6 +34,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import emulated  # noqa: E402
 from bench_emulated import load, run_ranks  # noqa: E402
+
+from agc_pipeline.training.sharded_maths import ShardLayout  # noqa: E402
 
 P2P_SIZES = (4, 65536, 262144, 1 << 20, 2 << 20, 4 << 20)
 ALLREDUCE_SIZES = (4, 1 << 20, 4 << 20)
@@ -119,11 +120,6 @@ def scatter(buf: Any, rank: int, world: int) -> None:
         work.wait()
 
 
-def slice_width(d: int, m: int, n: int) -> int:
-    """Values per slice of ``trainer=sharded`` (W = ⌈⌈d/m⌉/n⌉)."""
-    return math.ceil(math.ceil(d / m) / n)
-
-
 def sharded_rounds(repeats: int) -> None:
     """``trainer=sharded``'s traffic alone, as the runtime sends it, for each m of
     ``SHARDED_MS`` at d = ``SHARDED_D``: rounds of the rotated scatter (each node's n − 1
@@ -138,7 +134,7 @@ def sharded_rounds(repeats: int) -> None:
     p2p, gather = dist.new_group(backend="gloo"), dist.new_group(backend="gloo")
     results: dict[str, list[float]] = {}
     for m in SHARDED_MS:
-        width = slice_width(SHARDED_D, m, n)
+        width = ShardLayout(SHARDED_D, m, n).width
         frame, mine = torch.zeros(width + 1), torch.zeros(m * width + 2)
         out = torch.empty(n, m * width + 2)
         ends = []
@@ -165,7 +161,7 @@ def sharded_efficiency(result: dict[str, list[float]], n: int, bandwidth: float,
     1)·4/β`` then the all-gather ``(n−1)·(α + (m·W + 2)·4/β)``)."""
     out = {}
     for m in SHARDED_MS:
-        width = slice_width(SHARDED_D, m, n)
+        width = ShardLayout(SHARDED_D, m, n).width
         model = (latency + (n - 1) * (width + 1) * 4 / bandwidth
                  + (n - 1) * (latency + (m * width + 2) * 4 / bandwidth))
         out[m] = (statistics.median(result[str(m)]), model)
