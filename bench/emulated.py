@@ -442,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--rate-mbit", type=at_least(0, strict=True), default=100.0)
     parser.add_argument("--delay-ms", type=at_least(0), default=0.0)
-    parser.add_argument("--burst-bytes", type=int, default=32 * 1024)
+    parser.add_argument("--burst-bytes", type=at_least(1600, int), default=32 * 1024)
     parser.add_argument("--queue-ms", type=at_least(0, strict=True), default=20.0)
     parser.add_argument("--host-queue", type=at_least(0, int), default=0,
                         help=f"packets a node's own egress queues (e.g. {HOST_QUEUE}; 0: none)")
@@ -459,9 +459,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"removed {len(removed)} namespaces" + (f": {' '.join(removed)}" if removed
                                                       else ""))
         return 0
+    try:  # the star's own checks (e.g. at most 250 nodes): a usage error, nothing built
+        star = Star(args.nodes, args.rate_mbit, args.delay_ms, args.burst_bytes,
+                    args.queue_ms, args.host_queue or None)
+    except ValueError as err:
+        parser.error(str(err))
     try:
-        with Star(args.nodes, args.rate_mbit, args.delay_ms, args.burst_bytes,
-                  args.queue_ms, args.host_queue or None) as star:
+        with star:
             print(star.describe())
             for node in range(star.nodes):
                 print(f"  node {node}: ip netns exec {star.netns(node)} …  ({star.address(node)})")

@@ -20,7 +20,8 @@ _SPEC = importlib.util.spec_from_file_location("bench_emulated", ROOT / "bench" 
 assert _SPEC is not None and _SPEC.loader is not None
 bench_emulated = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(bench_emulated)
-import emulated_calibration  # noqa: E402  (bench/, on the path above)
+import emulated  # noqa: E402  (bench/, on the path above)
+import emulated_calibration  # noqa: E402
 
 LAST = re.compile(r"^emulated (\d+(?:\.\d+)?)mbit n=(\d+) d=(\d+): sharded (\d+\.\d\dx|n/a) "
                   r"DDP, PS (\d+\.\d\dx|n/a) DDP, model error ([+-]\d+)%$")
@@ -142,6 +143,23 @@ def test_bad_link_arguments_are_refused_in_one_line_before_building(
     of the star, Hydra's MissingConfigException, an empty median after the calibration)."""
     with pytest.raises(SystemExit) as exit_info:
         bench_emulated.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and "Traceback" not in "\n".join(err)
+
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--burst-bytes", "10"], "argument --burst-bytes: must be ≥ 1600 (got 10)"),
+    (["--nodes", "300"], "nodes must lie in [1, 250] (got 300)"),
+    (["--nodes", "0"], "nodes must lie in [1, 250] (got 0)"),
+])
+def test_bad_star_arguments_are_one_usage_line(argv: list[str], message: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """They were the star's ValueError as a traceback; now argparse's usage error, exit 2,
+    before anything is built (no privileges needed to see it)."""
+    with pytest.raises(SystemExit) as exit_info:
+        emulated.main(argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1] and "Traceback" not in "\n".join(err)
