@@ -358,3 +358,16 @@ def test_group_norm_uses_the_forward_statistics(monkeypatch: pytest.MonkeyPatch)
     assert calls and all(calls)  # only the forward's calls (grad enabled), none under no_grad
     assert float((res.blocks.double() - ref).norm() / ref.norm()) < 1e-5
     assert float((res.plain.double() - plain).norm() / plain.norm()) < 1e-5
+
+
+def test_linear_path_choice() -> None:
+    """One column (a worker's message) is always per sample: one product of exactly the
+    plain weight-gradient flops. With c ≥ 2 columns, per subset once rows per subset × c
+    reach PER_SUBSET_MIN_ROWS (measured break-even: 2 columns at 8-10 rows, 3 at 6)."""
+    from agc_pipeline.training.weight_gradients import PER_SUBSET_MIN_ROWS, linear_path
+
+    assert PER_SUBSET_MIN_ROWS == 20
+    assert [linear_path(rows, 1) for rows in (1, 16, 128, 10**6)] == ["per_sample"] * 4
+    assert linear_path(9, 2) == "per_sample" and linear_path(10, 2) == "per_subset"
+    assert linear_path(6, 3) == "per_sample" and linear_path(7, 3) == "per_subset"
+    assert linear_path(128, 2) == "per_subset"

@@ -186,3 +186,30 @@ def test_decoders_and_the_engine_run_blas_on_one_thread(monkeypatch: pytest.Monk
         study.run()
         assert _blas_threads() == 2  # restored afterwards
     assert seen and set(seen) == {1}, seen
+
+
+def test_nested_one_blas_thread_limits_once_and_restores(monkeypatch: pytest.MonkeyPatch,
+                                                         ) -> None:
+    """A nested entry (decode calling decoding_matrix) does not query and reset the thread
+    pools again (25 µs each, per iteration); the outer block's limit holds after an inner
+    block ends, and the pools come back when the outermost one does."""
+    from agc_pipeline.coding import decoding
+
+    limits: list[int] = []
+    real = decoding._BLAS.limit
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        limits.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(decoding._BLAS, "limit", counting)
+    with threadpool_limits(limits=2, user_api="blas"):
+        with decoding.one_blas_thread():
+            with decoding.one_blas_thread():
+                assert _blas_threads() == 1
+            assert _blas_threads() == 1
+        assert _blas_threads() == 2
+        b = np.random.default_rng(0).standard_normal((14, 7))
+        OptimalDecoder().decode(b, target_matrix(7, 2), np.ones(7, dtype=bool))
+        assert _blas_threads() == 2
+    assert len(limits) == 2  # one per outermost block: the test's and decode's

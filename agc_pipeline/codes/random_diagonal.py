@@ -46,7 +46,7 @@ class RandomDiagonal(Scheme):
     def encode(self, rng: np.random.Generator | None = None) -> np.ndarray:
         d = self.draw_diagonals(self._require_rng(rng))
         a = self.assignment.matrix.astype(np.float64)
-        return np.vstack([a * d[u][None, :] for u in range(self.m)])
+        return (a[None] * d[:, None, :]).reshape(self.m * self.k, self.n)  # block u: A D_u
 
     def closed_form_bounds(self, s: int) -> dict[str, float]:
         a, out = self.assignment, {}

@@ -17,6 +17,7 @@ principal submatrices of one Gram matrix, evaluated in batches by
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,16 +38,32 @@ PINV_RTOL = 1e-10
 _BLAS = ThreadpoolController()
 
 
+_LIMIT = threading.local()  #: ``depth``: how many one_blas_thread blocks this thread is in
+
+
 @contextmanager
 def one_blas_thread() -> Iterator[None]:
     """Run BLAS/LAPACK (numpy's and scipy's) on one thread inside the ``with`` block.
 
     Every matrix here is small (n ≤ a few hundred): a multi-threaded BLAS only adds
     synchronisation, and on a loaded machine each call can wait milliseconds for its threads
-    (a 91×91 ``cho_solve`` took 49 ms instead of 0.16 ms). Costs about 25 µs per entry.
+    (a 91×91 ``cho_solve`` took 49 ms instead of 0.16 ms). Costs about 25 µs per outermost
+    entry; a nested entry (e.g. ``decode`` calling ``decoding_matrix``) costs nothing.
     """
+    depth = getattr(_LIMIT, "depth", 0)
+    if depth:
+        _LIMIT.depth = depth + 1
+        try:
+            yield
+        finally:
+            _LIMIT.depth = depth
+        return
     with _BLAS.limit(limits=1, user_api="blas"):
-        yield
+        _LIMIT.depth = 1
+        try:
+            yield
+        finally:
+            _LIMIT.depth = 0
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])

@@ -15,9 +15,10 @@ blocks and, as column c, the plain gradient):
   then G[v] = Σ_i C[u, i, v] P_i, a tile (some subsets × some rows) at a time in a reused
   scratch buffer so that the products stay in cache and no memory is allocated per tile
   (extra flops ≈ cols / rows-per-subset of the weight-gradient product; nothing of size
-  k·d is formed). With fewer than ``PER_SUBSET_MIN_ROWS`` rows per subset
-  **per sample**: (w ⊙ δ)ᵀ x with every column stacked in one product (cols × the
-  weight-gradient flops);
+  k·d is formed). With one column (a worker's message), or fewer than
+  ``PER_SUBSET_MIN_ROWS`` rows per subset times columns, **per sample**: (w ⊙ δ)ᵀ x with
+  every column stacked in one product (cols × the weight-gradient flops: with one column
+  exactly a plain weight gradient, with an inner dimension of all the rows);
 * ``nn.Conv2d``: per subset, P_i = Σ_{s ∈ D_i} δ_s ⋆ x_s by one grouped convolution
   backward (the subsets as groups: the plain weight-gradient flops), then
   G[v] = Σ_i C[u, i, v] P_i;
@@ -39,11 +40,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Accumulator", "Groups", "Scratch", "Segment", "Weighting", "module_kernel"]
+__all__ = ["Accumulator", "Groups", "Scratch", "Segment", "Weighting", "linear_path",
+           "module_kernel"]
 
-#: rows (samples × positions) per subset from which the per-subset product is used: with
-#: fewer, the k' small products run well below the speed of one large one (measured on CPU)
-PER_SUBSET_MIN_ROWS = 64
+#: rows (samples × positions) per subset times output columns from which the per-subset
+#: product is used (never with one column): with fewer, the k' small products and their
+#: combination cost more than the per-sample product's cols × flops. Measured on CPU, one
+#: thread, MLPs 784-128-10 and 784-1270-10, k = 7 and 27: 2 columns break even at 8-10 rows
+#: per subset, 3 columns at 6 (per sample faster below, per subset above)
+PER_SUBSET_MIN_ROWS = 20
 #: elements of one tile of per-subset products (8 MiB of float32: g subsets × R rows of the
 #: weight, written into a reused scratch buffer and combined while still in cache), and the
 #: rows R of a tile when not all subsets fit (narrower products run slower); measured on CPU
@@ -198,10 +203,18 @@ def linear(module: nn.Linear, inputs: tuple, y: torch.Tensor, delta: torch.Tenso
     for name, p, segs in _owned(module, ("weight", "bias"), segments):
         if name == "bias":
             _sample_sums(p, segs, d3.sum(dim=1), w, out)
-        elif w.groups.size * x3.shape[1] >= PER_SUBSET_MIN_ROWS:
+        elif linear_path(w.groups.size * x3.shape[1], w.cols) == "per_subset":
             _linear_per_subset(p, x3, d3, fan_in, segs, w, out)
         else:
             _linear_per_sample(p, x3, d3, fan_in, segs, w, out)
+
+
+def linear_path(rows_per_subset: int, cols: int) -> str:
+    """``"per_subset"`` or ``"per_sample"``: how :func:`linear` forms a weight's ``cols``
+    columns when a subset holds ``rows_per_subset`` rows (see ``PER_SUBSET_MIN_ROWS``)."""
+    if cols > 1 and rows_per_subset * cols >= PER_SUBSET_MIN_ROWS:
+        return "per_subset"
+    return "per_sample"
 
 
 def _linear_per_subset(p: nn.Parameter, x3: torch.Tensor, d3: torch.Tensor, fan_in: int,
