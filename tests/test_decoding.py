@@ -213,3 +213,22 @@ def test_nested_one_blas_thread_limits_once_and_restores(monkeypatch: pytest.Mon
         OptimalDecoder().decode(b, target_matrix(7, 2), np.ones(7, dtype=bool))
         assert _blas_threads() == 2
     assert len(limits) == 2  # one per outermost block: the test's and decode's
+
+
+@pytest.mark.parametrize("shape", [(14, 7), (6, 9)])
+def test_decode_condition_number_from_the_solve_matches_svd(shape: tuple[int, int],
+                                                          rng: np.random.Generator) -> None:
+    """The optimal decoder takes cond(B_𝓕) from lstsq's singular values (no second SVD); it
+    equals the 2-norm condition number, tall or wide, and is inf when B_𝓕 is singular."""
+    b = rng.standard_normal(shape)
+    f = target_matrix(shape[0] // 2, 2)
+    mask = np.ones(shape[1], dtype=bool)
+    mask[0] = False
+    dec = OptimalDecoder().decode(b, f, mask)
+    assert dec.condition_number == pytest.approx(np.linalg.cond(b[:, mask]), rel=1e-9)
+    singular = b.copy()
+    singular[0, :] = 0.0  # rank min(shape) - 1, tall or wide
+    singular[:, 2] = 0.0
+    assert OptimalDecoder().decode(singular, f, mask).condition_number == float("inf")
+    assert OptimalDecoder().decode(b, f, np.zeros(shape[1], dtype=bool)).condition_number \
+        == float("inf")

@@ -307,14 +307,20 @@ class Decoder:
         """R for one survivor mask, with its error and the condition number of B_𝓕."""
         b = np.asarray(b, dtype=np.float64)
         mask = np.asarray(mask, dtype=bool)
-        r = self.decoding_matrix(b, target, mask)
+        r, sv = self._solve(b, target, mask)
         err = float(((b @ r - target) ** 2).sum())
         if mask.any():
-            sv = np.linalg.svd(b[:, mask], compute_uv=False)
+            if sv is None:
+                sv = np.linalg.svd(b[:, mask], compute_uv=False)
             cond = float(sv[0] / sv[-1]) if sv[-1] > sv[0] * 1e-15 else float("inf")
         else:
             cond = float("inf")
         return Decoding(r=r, error=err, condition_number=cond)
+
+    def _solve(self, b: np.ndarray, target: np.ndarray, mask: np.ndarray,
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+        """R, and the singular values of B_𝓕 if the solve produced them (else None)."""
+        return self.decoding_matrix(b, target, mask), None
 
     def evaluator(self, b: np.ndarray, target: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
         """A function mapping survivor masks (N, n) to the errors ‖B R_𝓕 − F‖_F² (N,).
@@ -339,10 +345,17 @@ class OptimalDecoder(Decoder):
 
     @single_threaded
     def decoding_matrix(self, b: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return self._solve(b, target, mask)[0]
+
+    def _solve(self, b: np.ndarray, target: np.ndarray, mask: np.ndarray,
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+        """R by least squares, with lstsq's singular values of B_𝓕 (so that :meth:`decode`
+        needs no second SVD for the condition number)."""
         r = np.zeros((b.shape[1], target.shape[1]))
-        if mask.any():
-            r[mask] = np.linalg.lstsq(b[:, mask], target, rcond=None)[0]
-        return r
+        if not mask.any():
+            return r, None
+        r[mask], _, _, sv = np.linalg.lstsq(b[:, mask], target, rcond=None)
+        return r, sv
 
     @single_threaded
     def evaluator(self, b: np.ndarray, target: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
