@@ -232,3 +232,20 @@ def test_decode_condition_number_from_the_solve_matches_svd(shape: tuple[int, in
     assert OptimalDecoder().decode(singular, f, mask).condition_number == float("inf")
     assert OptimalDecoder().decode(b, f, np.zeros(shape[1], dtype=bool)).condition_number \
         == float("inf")
+
+
+def test_a_subclass_overriding_decoding_matrix_is_used_by_decode() -> None:
+    """decode() reaches an overriding decoding_matrix (the lstsq shortcut is the optimal
+    decoder's own)."""
+
+    class Halved(OptimalDecoder):
+        def decoding_matrix(self, b: np.ndarray, target: np.ndarray,
+                            mask: np.ndarray) -> np.ndarray:
+            return 0.5 * super().decoding_matrix(b, target, mask)
+
+    b = np.random.default_rng(1).standard_normal((14, 7))
+    f = target_matrix(7, 2)
+    mask = np.ones(7, dtype=bool)
+    full, half = OptimalDecoder().decode(b, f, mask), Halved().decode(b, f, mask)
+    np.testing.assert_allclose(half.r, 0.5 * full.r, rtol=1e-12)
+    assert half.condition_number == pytest.approx(full.condition_number, rel=1e-9)

@@ -345,9 +345,17 @@ class OptimalDecoder(Decoder):
 
     @single_threaded
     def decoding_matrix(self, b: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        return self._solve(b, target, mask)[0]
+        return self._lstsq(b, target, mask)[0]
 
     def _solve(self, b: np.ndarray, target: np.ndarray, mask: np.ndarray,
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+        # a subclass that overrides decoding_matrix gets it called, as with any decoder
+        if type(self).decoding_matrix is not OptimalDecoder.decoding_matrix:
+            return super()._solve(b, target, mask)
+        return self._lstsq(b, target, mask)
+
+    @staticmethod
+    def _lstsq(b: np.ndarray, target: np.ndarray, mask: np.ndarray,
                ) -> tuple[np.ndarray, np.ndarray | None]:
         """R by least squares, with lstsq's singular values of B_𝓕 (so that :meth:`decode`
         needs no second SVD for the condition number)."""
