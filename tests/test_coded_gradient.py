@@ -301,12 +301,14 @@ def test_a_module_returning_a_tuple_is_refused_in_one_line() -> None:
 
 
 @pytest.mark.parametrize("chunk", [1 << 23, 200], ids=["one_call", "chunked"])
-@pytest.mark.parametrize("layout", ["equal", "unequal"])
+@pytest.mark.parametrize("layout", ["equal", "equal_kept", "interleaved", "unequal"])
 def test_conv_per_subset_products(monkeypatch: pytest.MonkeyPatch, chunk: int,
                                   layout: str) -> None:
     """The grouped (per-subset) convolution weight gradients: a stem with 1 input channel
     (channels-last), wider convolutions (6 → 8, stride 2, dilation 2, no bias), short and
-    unordered subsets, the subsets split into chunks, block boundaries inside the weights."""
+    unordered subsets, the subsets split into chunks, block boundaries inside the weights;
+    equal subsets interleaved by the engine (``equal``) or kept in order (``equal_kept``:
+    the copying path), and a batch that arrives interleaved."""
     from agc_pipeline.training import weight_gradients
 
     monkeypatch.setattr(weight_gradients, "CONV_CHUNK_ELEMENTS", chunk)
@@ -317,13 +319,17 @@ def test_conv_per_subset_products(monkeypatch: pytest.MonkeyPatch, chunk: int,
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
     model = _Model(net)
     gen = torch.Generator().manual_seed(1)
-    if layout == "equal":
+    if layout in ("equal", "equal_kept"):
         k, subset = 4, torch.arange(4).repeat_interleave(3)
+    elif layout == "interleaved":
+        k, subset = 4, torch.arange(4).repeat(3)
     else:
         k, subset = 4, torch.tensor([2, 0, 3, 0, 1, 0, 2, 3, 0, 1, 1, 0])
     x, y = torch.randn(12, 1, 9, 9, generator=gen), torch.randint(0, 5, (12,), generator=gen)
     for m in (1, 3):
         engine = CodedGradient(model, m)
+        assert engine.interleave
+        engine.interleave = layout != "equal_kept"
         coef = np.random.default_rng(m).normal(size=(m, k, 2))
         ref, plain = _reference(model, x, y, subset, k, m, coef)
         res = engine(x, y, subset, coef, plain_weight=1.0)
@@ -371,3 +377,45 @@ def test_linear_path_choice() -> None:
     assert linear_path(9, 2) == "per_sample" and linear_path(10, 2) == "per_subset"
     assert linear_path(6, 3) == "per_sample" and linear_path(7, 3) == "per_subset"
     assert linear_path(128, 2) == "per_subset"
+
+
+def test_interleaved_batches_gather_by_views_and_convolutions_read_them_in_place(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch of equal contiguous subsets is reordered once (sample r of every subset side
+    by side); the grouped convolutions then take x and δ as views (no scratch copies), and
+    the loss and the combinations equal those of the contiguous batch."""
+    from agc_pipeline.training import weight_gradients as wg
+
+    groups = wg.Groups(torch.tensor([0, 1, 2, 0, 1, 2]))
+    assert groups.interleaved and not groups.contiguous
+    t = torch.arange(6.0)[:, None]
+    assert groups.gather(t)[..., 0].tolist() == [[0, 3], [1, 4], [2, 5]]
+    assert groups.gather(t).data_ptr() == t.data_ptr()
+    assert not wg.Groups(torch.tensor([0, 1, 2, 1, 0, 2])).interleaved  # not the same order
+
+    torch.manual_seed(0)
+    model = _Model(nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.GroupNorm(3, 6),
+                                 nn.ReLU(), nn.Conv2d(6, 4, 3, stride=2),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5)))
+    gen = torch.Generator().manual_seed(2)
+    k, b = 5, 3
+    x, y = torch.randn(k * b, 3, 8, 8, generator=gen), torch.randint(0, 5, (k * b,),
+                                                                      generator=gen)
+    subset = torch.arange(k).repeat_interleave(b)
+    coef = np.random.default_rng(0).normal(size=(2, k, 2))
+    kept = CodedGradient(model, 2)
+    kept.interleave = False
+    ref = kept(x, y, subset, coef, plain_weight=1.0)
+    takes: list[int] = []
+    real_take = wg.Scratch.take
+
+    def spy(self, shape, like, slot=0):  # type: ignore[no-untyped-def]
+        takes.append(slot)
+        return real_take(self, shape, like, slot)
+
+    monkeypatch.setattr(wg.Scratch, "take", spy)
+    res = CodedGradient(model, 2)(x, y, subset, coef, plain_weight=1.0)
+    assert 1 not in takes and 2 not in takes  # x and δ of the 6-channel conv read in place
+    assert res.loss == pytest.approx(ref.loss, rel=1e-6)
+    assert float((res.blocks - ref.blocks).norm() / ref.blocks.norm()) < 1e-6
+    assert float((res.plain - ref.plain).norm() / ref.plain.norm()) < 1e-6

@@ -95,6 +95,13 @@ class _Tap(torch.autograd.Function):
         return delta, None, None, None
 
 
+def _interleaved(t: torch.Tensor, groups: Groups) -> torch.Tensor:
+    """A batch of ``groups.count`` contiguous groups of ``groups.size`` samples, reordered to
+    sample 0 of every group, sample 1 of every group, … (a copy)."""
+    shape = (groups.count, groups.size, *t.shape[1:])
+    return t.reshape(shape).transpose(0, 1).reshape(t.shape)
+
+
 class CodedGradient:
     """Coded gradients of ``model`` for a reduction factor ``m`` (see the module docstring).
 
@@ -125,6 +132,8 @@ class CodedGradient:
         #: then return copies (the tap of a returned-as-is tensor forbids in-place edits)
         self.copy_outputs = False
         self._kernels: dict[tuple[int, torch.dtype], Kernel] = {}
+        #: reorder a batch of contiguous subsets to interleaved ones (models with convolutions)
+        self.interleave = any(type(mod) is nn.Conv2d for mod in self.modules)
         self._scratch = Scratch()  # the kernels' work buffer, kept between calls
 
     def _segments(self, offset: int, size: int) -> list[Segment]:
@@ -196,6 +205,12 @@ class CodedGradient:
                                                dtype=coef.dtype, device=device)], dim=2)
         subset = subset.to(device)
         groups = Groups(subset)
+        if self.interleave and groups.contiguous and groups.count > 1 and groups.size > 1:
+            # sample r of every subset side by side: the grouped convolutions of the
+            # per-subset weight gradients then read x and δ as they lie (one copy of the
+            # input here instead of two of every convolution's input and δ)
+            x, y, subset = (_interleaved(t, groups) for t in (x, y, subset))
+            groups = Groups(subset)
         weighting = Weighting(per_sample=coef[:, subset, :].permute(0, 2, 1).to(dtype),
                               per_group=coef[:, groups.ids, :].to(dtype), groups=groups)
         if out is None:

@@ -71,7 +71,12 @@ class Segment:
 
 class Groups:
     """The samples of a batch grouped by data subset: ``count`` groups (the subsets present,
-    ``ids``) of ``size`` samples, shorter groups padded with zero rows."""
+    ``ids``) of ``size`` samples, shorter groups padded with zero rows.
+
+    ``contiguous``: the batch is ``count`` consecutive groups of ``size`` (how minibatches
+    are built); ``interleaved``: sample r of every group, then sample r + 1, … (the layout
+    :meth:`interleave` makes, in which every group's rows lie side by side: what the grouped
+    convolution of the per-subset weight gradients reads). Both gather by a view."""
 
     def __init__(self, subset: torch.Tensor) -> None:
         n = subset.numel()
@@ -82,9 +87,13 @@ class Groups:
             self.ids, counts = torch.unique(subset, sorted=True, return_counts=True)
         self.count = int(self.ids.numel())
         self.size = int(counts.max()) if n else 0
-        #: None: the batch is already ``count`` contiguous groups of ``size``
+        equal = bool((counts == self.size).all())
+        self.contiguous = ordered and equal
+        self.interleaved = (not ordered and equal and bool(
+            (subset.view(self.size, self.count) == self.ids[None, :]).all()))
+        #: None: the batch is already ``count`` contiguous (or interleaved) groups of ``size``
         self._where: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        if not (ordered and bool((counts == self.size).all())):
+        if not (self.contiguous or self.interleaved):
             order = torch.argsort(subset, stable=True)
             group = torch.repeat_interleave(torch.arange(self.count, device=subset.device),
                                             counts)
@@ -94,6 +103,8 @@ class Groups:
 
     def gather(self, t: torch.Tensor) -> torch.Tensor:
         """(N, …) → (count, size, …)."""
+        if self.interleaved:
+            return t.reshape(self.size, self.count, *t.shape[1:]).transpose(0, 1)
         if self._where is None:
             return t.reshape(self.count, self.size, *t.shape[1:])
         order, group, rank = self._where
@@ -294,19 +305,26 @@ def _conv_per_subset(module: nn.Conv2d, p: nn.Parameter, x: torch.Tensor,
             memory_format=fmt)
         dg = ds.transpose(0, 1).reshape(size, g * delta.shape[1], *delta.shape[2:]
                                         ).contiguous(memory_format=fmt)
-    else:  # side by side in reused buffers (fresh ones cost page faults every step)
+    else:  # side by side: as they lie (interleaved batch), else in reused buffers (fresh
+        # ones cost page faults every step)
         fmt = torch.contiguous_format
-        xg = scratch.take((size, g, *x.shape[1:]), x, slot=1)
-        xg.copy_(xs.transpose(0, 1))
-        xg = xg.view(size, g * x.shape[1], *x.shape[2:])
-        dg = scratch.take((size, g, *delta.shape[1:]), delta, slot=2)
-        dg.copy_(ds.transpose(0, 1))
-        dg = dg.view(size, g * delta.shape[1], *delta.shape[2:])
+        xg = _side_by_side(xs, scratch, slot=1)
+        dg = _side_by_side(ds, scratch, slot=2)
     weight = p.new_empty((g * p.shape[0], *p.shape[1:])).contiguous(memory_format=fmt)
     grad = torch.ops.aten.convolution_backward(
         dg, xg, weight, None, module.stride, module.padding, module.dilation, False, [0, 0],
         g, [False, True, False])[1]
     return grad.contiguous().view(g, -1)
+
+
+def _side_by_side(t: torch.Tensor, scratch: Scratch, slot: int) -> torch.Tensor:
+    """(g, size, C, …) → (size, g·C, …), each sample's g groups side by side along the
+    channels: a view when ``t`` is a slice of an interleaved batch, else one copy."""
+    g, size = t.shape[:2]
+    side = t.transpose(0, 1)
+    if not side.is_contiguous():
+        side = scratch.take(tuple(side.shape), t, slot=slot).copy_(side)
+    return side.view(size, g * t.shape[2], *t.shape[3:])
 
 
 def layer_norm(module: nn.LayerNorm, inputs: tuple, y: torch.Tensor, delta: torch.Tensor,
