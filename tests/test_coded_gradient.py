@@ -419,3 +419,36 @@ def test_interleaved_batches_gather_by_views_and_convolutions_read_them_in_place
     assert res.loss == pytest.approx(ref.loss, rel=1e-6)
     assert float((res.blocks - ref.blocks).norm() / ref.blocks.norm()) < 1e-6
     assert float((res.plain - ref.plain).norm() / ref.plain.norm()) < 1e-6
+
+
+@pytest.mark.parametrize("shape", [(8,), (4, 8)], ids=["last_dim", "two_dims"])
+def test_layer_norm_uses_the_forward_statistics(monkeypatch: pytest.MonkeyPatch,
+                                                shape: tuple[int, ...]) -> None:
+    """LayerNorm's x̂ comes from the mean and 1/σ the forward kept (F.layer_norm is called
+    only by the forward), over one or two normalised dimensions, and the combinations equal
+    the reference."""
+    from agc_pipeline.training import weight_gradients
+
+    torch.manual_seed(0)
+    model = _Model(nn.Sequential(nn.Linear(8, 8), nn.Unflatten(1, (1, 8)) if len(shape) == 1
+                                 else nn.Identity(), nn.LayerNorm(shape), nn.Flatten(),
+                                 nn.Linear(8 if len(shape) == 1 else 32, 5)))
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(8, *((8,) if len(shape) == 1 else (4, 8)), generator=gen) * 3 + 5
+    y = torch.randint(0, 5, (8,), generator=gen)
+    subset = torch.arange(4).repeat_interleave(2)
+    coef = np.random.default_rng(0).normal(size=(2, 4, 2))
+    ref, plain = _reference(model, x, y, subset, 4, 2, coef)
+    original = F.layer_norm
+    calls = []
+
+    def counting(inp: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(torch.is_grad_enabled())
+        return original(inp, *args, **kwargs)
+
+    monkeypatch.setattr(weight_gradients.F, "layer_norm", counting)
+    monkeypatch.setattr(torch.nn.functional, "layer_norm", counting)
+    res = CodedGradient(model, 2)(x, y, subset, coef, plain_weight=1.0)
+    assert calls and all(calls)  # only the forward's calls (grad enabled), none under no_grad
+    assert float((res.blocks.double() - ref).norm() / ref.norm()) < 1e-5
+    assert float((res.plain.double() - plain).norm() / plain.norm()) < 1e-5

@@ -329,17 +329,31 @@ def _side_by_side(t: torch.Tensor, scratch: Scratch, slot: int) -> torch.Tensor:
 
 def layer_norm(module: nn.LayerNorm, inputs: tuple, y: torch.Tensor, delta: torch.Tensor,
                w: Weighting, segments: Segments, out: Accumulator) -> None:
-    """``nn.LayerNorm``: weight Σ_t δ ⊙ x̂ and bias Σ_t δ per sample, weighted."""
+    """``nn.LayerNorm``: weight Σ_t δ ⊙ x̂ and bias Σ_t δ per sample, weighted; x̂ from the
+    forward's statistics (mean and 1/σ per position, kept by autograd for the norm's own
+    backward) when they are there, else recomputed."""
     x = inputs[0].detach()
-    n, size = x.shape[0], module.weight.numel() if module.weight is not None else 0
-    shape = module.normalized_shape
+    n = x.shape[0]
     for name, p, segs in _owned(module, ("weight", "bias"), segments):
         d3 = delta.reshape(n, -1, p.numel())
         if name == "weight":
-            xhat = F.layer_norm(x, shape, None, None, module.eps).reshape(n, -1, size)
+            xhat = _layer_norm_xhat(module, x, y).reshape(n, -1, p.numel())
             _sample_sums(p, segs, (d3 * xhat).sum(dim=1), w, out)
         else:
             _sample_sums(p, segs, d3.sum(dim=1), w, out)
+
+
+def _layer_norm_xhat(module: nn.LayerNorm, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x̂ = (x − μ)/σ over the normalised dimensions (the same values as F.layer_norm's)."""
+    fn = y.grad_fn
+    mean = getattr(fn, "_saved_result1", None) if fn is not None else None
+    rstd = getattr(fn, "_saved_result2", None) if fn is not None else None
+    stats = x.shape[:x.dim() - len(module.normalized_shape)] + (1,) * len(
+        module.normalized_shape)
+    if (mean is None or rstd is None or tuple(mean.shape) != stats
+            or tuple(rstd.shape) != stats or mean.dtype != x.dtype):
+        return F.layer_norm(x, module.normalized_shape, None, None, module.eps)
+    return (x - mean) * rstd
 
 
 def group_norm(module: nn.GroupNorm, inputs: tuple, y: torch.Tensor, delta: torch.Tensor,
