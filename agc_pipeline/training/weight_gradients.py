@@ -22,8 +22,8 @@ blocks and, as column c, the plain gradient):
 * ``nn.Conv2d``: per subset, P_i = Σ_{s ∈ D_i} δ_s ⋆ x_s by one grouped convolution
   backward (the subsets as groups: the plain weight-gradient flops), then
   G[v] = Σ_i C[u, i, v] P_i;
-* ``nn.LayerNorm`` / ``nn.GroupNorm``: per-sample sums of δ ⊙ x̂ (LayerNorm: x̂ recomputed;
-  GroupNorm: from the forward's statistics), weighted;
+* ``nn.LayerNorm`` / ``nn.GroupNorm``: per-sample sums of δ ⊙ x̂ (x̂ from the forward's
+  statistics), weighted;
 * ``nn.Embedding``: the weighted δ rows added at their token ids;
 * anything else: a vector–Jacobian product of the module's output per (block, column).
 
@@ -39,6 +39,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from agc_pipeline.training.subset_groups import Groups
 
 __all__ = ["Accumulator", "Groups", "Scratch", "Segment", "Weighting", "linear_path",
            "module_kernel"]
@@ -67,50 +69,6 @@ class Segment:
     start: int
     stop: int
     dest: int
-
-
-class Groups:
-    """The samples of a batch grouped by data subset: ``count`` groups (the subsets present,
-    ``ids``) of ``size`` samples, shorter groups padded with zero rows.
-
-    ``contiguous``: the batch is ``count`` consecutive groups of ``size`` (how minibatches
-    are built); ``interleaved``: sample r of every group, then sample r + 1, … (the layout
-    :meth:`interleave` makes, in which every group's rows lie side by side: what the grouped
-    convolution of the per-subset weight gradients reads). Both gather by a view."""
-
-    def __init__(self, subset: torch.Tensor) -> None:
-        n = subset.numel()
-        ordered = n < 2 or bool((subset[1:] >= subset[:-1]).all())
-        if ordered:  # the usual case (minibatches are built subset by subset): no sort
-            self.ids, counts = torch.unique_consecutive(subset, return_counts=True)
-        else:
-            self.ids, counts = torch.unique(subset, sorted=True, return_counts=True)
-        self.count = int(self.ids.numel())
-        self.size = int(counts.max()) if n else 0
-        equal = bool((counts == self.size).all())
-        self.contiguous = ordered and equal
-        self.interleaved = (not ordered and equal and bool(
-            (subset.view(self.size, self.count) == self.ids[None, :]).all()))
-        #: None: the batch is already ``count`` contiguous (or interleaved) groups of ``size``
-        self._where: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        if not (self.contiguous or self.interleaved):
-            order = torch.argsort(subset, stable=True)
-            group = torch.repeat_interleave(torch.arange(self.count, device=subset.device),
-                                            counts)
-            starts = torch.cumsum(counts, 0) - counts
-            rank = torch.arange(n, device=subset.device) - starts.repeat_interleave(counts)
-            self._where = (order, group, rank)
-
-    def gather(self, t: torch.Tensor) -> torch.Tensor:
-        """(N, …) → (count, size, …)."""
-        if self.interleaved:
-            return t.reshape(self.size, self.count, *t.shape[1:]).transpose(0, 1)
-        if self._where is None:
-            return t.reshape(self.count, self.size, *t.shape[1:])
-        order, group, rank = self._where
-        out = t.new_zeros(self.count, self.size, *t.shape[1:])
-        out[group, rank] = t[order]
-        return out
 
 
 @dataclass
@@ -345,15 +303,23 @@ def layer_norm(module: nn.LayerNorm, inputs: tuple, y: torch.Tensor, delta: torc
 
 def _layer_norm_xhat(module: nn.LayerNorm, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """x̂ = (x − μ)/σ over the normalised dimensions (the same values as F.layer_norm's)."""
-    fn = y.grad_fn
-    mean = getattr(fn, "_saved_result1", None) if fn is not None else None
-    rstd = getattr(fn, "_saved_result2", None) if fn is not None else None
-    stats = x.shape[:x.dim() - len(module.normalized_shape)] + (1,) * len(
-        module.normalized_shape)
-    if (mean is None or rstd is None or tuple(mean.shape) != stats
-            or tuple(rstd.shape) != stats or mean.dtype != x.dtype):
+    dims = len(module.normalized_shape)
+    saved = _saved_statistics(y, x.shape[:x.dim() - dims] + (1,) * dims, x.dtype)
+    if saved is None:
         return F.layer_norm(x, module.normalized_shape, None, None, module.eps)
-    return (x - mean) * rstd
+    return (x - saved[0]) * saved[1]
+
+
+def _saved_statistics(y: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype,
+                      ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The mean and 1/σ a norm's autograd node kept for its own backward, if they are there
+    with this shape and dtype."""
+    fn = y.grad_fn
+    mean, rstd = (getattr(fn, "_saved_result1", None), getattr(fn, "_saved_result2", None))
+    if (mean is None or rstd is None or tuple(mean.shape) != tuple(shape)
+            or tuple(rstd.shape) != tuple(shape) or mean.dtype != dtype):
+        return None
+    return mean, rstd
 
 
 def group_norm(module: nn.GroupNorm, inputs: tuple, y: torch.Tensor, delta: torch.Tensor,
@@ -376,17 +342,12 @@ def _group_norm_products(module: nn.GroupNorm, x: torch.Tensor, y: torch.Tensor,
                          d3: torch.Tensor, sums: torch.Tensor) -> torch.Tensor:
     """(N, C): Σ_hw δ ⊙ x̂ per sample and channel."""
     n, c = d3.shape[:2]
-    fn = y.grad_fn
-    mean = getattr(fn, "_saved_result1", None) if fn is not None else None
-    rstd = getattr(fn, "_saved_result2", None) if fn is not None else None
-    per = c // module.num_groups
-    if (mean is None or rstd is None or mean.shape != (n, module.num_groups)
-            or rstd.shape != mean.shape or mean.dtype != x.dtype):
+    saved = _saved_statistics(y, (n, module.num_groups), x.dtype)
+    if saved is None:
         xhat = F.group_norm(x, module.num_groups, None, None, module.eps).reshape(n, c, -1)
         return (d3 * xhat).sum(dim=2)
     dx = torch.linalg.vecdot(d3, x.reshape(n, c, -1))  # Σ_hw δ x, no temporary
-    mean = mean.repeat_interleave(per, dim=1)
-    rstd = rstd.repeat_interleave(per, dim=1)
+    mean, rstd = (t.repeat_interleave(c // module.num_groups, dim=1) for t in saved)
     return (dx - mean * sums) * rstd
 
 
