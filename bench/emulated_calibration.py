@@ -106,16 +106,17 @@ def child(kind: str, repeats: int) -> None:
     dist.destroy_process_group()
 
 
-def scatter(buf: Any, rank: int, world: int) -> None:
+def scatter(buf: Any, rank: int, world: int, group: Any = None) -> None:
     """``trainer=sharded``'s reduce-scatter traffic: every node sends one slice of ``buf`` to
     each other node, one at a time in rotated order (rank + 1, rank + 2, …), while it
-    receives one from each (all posted at once)."""
+    receives one from each (all posted at once); on ``group`` (None: the default group)."""
     import torch.distributed as dist
 
     inbox = [buf.clone() for _ in range(world - 1)]
-    recvs = [dist.irecv(inbox[i], src=(rank - 1 - i) % world) for i in range(world - 1)]
+    recvs = [dist.irecv(inbox[i], src=(rank - 1 - i) % world, group=group)
+             for i in range(world - 1)]
     for r in range(1, world):
-        dist.isend(buf, dst=(rank + r) % world).wait()
+        dist.isend(buf, dst=(rank + r) % world, group=group).wait()
     for work in recvs:
         work.wait()
 
@@ -140,13 +141,7 @@ def sharded_rounds(repeats: int) -> None:
         ends = []
         dist.barrier()
         for _ in range(repeats + SHARDED_WARMUP + 1):
-            inbox = [torch.empty(width + 1) for _ in range(n - 1)]
-            recvs = [dist.irecv(inbox[i], src=(rank - 1 - i) % n, group=p2p)
-                     for i in range(n - 1)]
-            for r in range(1, n):
-                dist.isend(frame, dst=(rank + r) % n, group=p2p).wait()
-            for work in recvs:
-                work.wait()
+            scatter(frame, rank, n, group=p2p)
             dist.all_gather(list(out.unbind(0)), mine, group=gather)
             ends.append(time.perf_counter())
         results[str(m)] = list(np.diff(ends)[SHARDED_WARMUP:])
