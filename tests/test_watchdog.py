@@ -39,13 +39,20 @@ def test_after():
 
 
 def test_a_hung_test_ends_the_session_saying_which_and_where(tmp_path: Path) -> None:
-    (tmp_path / "conftest.py").write_text('pytest_plugins = ["tests.conftest"]\n')
-    (tmp_path / "test_hangs.py").write_text(HANGS)
+    # a setup.py in a parent folder (e.g. a stray /tmp/setup.py) made pytest take that parent
+    # as the inner session's rootdir, and the node ids then began with the folders between:
+    # the inner session names its own rootdir
+    (tmp_path / "setup.py").write_text("")
+    session = tmp_path / "session"
+    session.mkdir()
+    (session / "conftest.py").write_text('pytest_plugins = ["tests.conftest"]\n')
+    (session / "test_hangs.py").write_text(HANGS)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get(
         "PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "test_hangs.py"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=110)  # returns long before the sleep's end
+                           "--rootdir", str(session), "test_hangs.py"], cwd=session, env=env,
+                          capture_output=True, text=True,
+                          timeout=110)  # returns long before the sleep's end
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out[-3000:]
     assert re.search(r"watchdog: test_hangs\.py::test_hangs still running after 1 s: ending "
