@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 import numpy as np
@@ -26,12 +27,17 @@ from hydra import compose, initialize_config_dir
 from agc_pipeline.build import build_run
 from agc_pipeline.conf_path import CONFIG_DIR
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_cli import at_least  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="train-app overrides (model=..., dataset=...)")
-    parser.add_argument("--batch", type=int, default=10, help="samples per step (default 10)")
-    parser.add_argument("--steps", type=int, default=60, help="timed steps (default 60)")
+    parser.add_argument("--batch", type=at_least(1, int), default=10,
+                        help="samples per step (default 10)")
+    parser.add_argument("--steps", type=at_least(1, int), default=60,
+                        help="timed steps (default 60)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):

@@ -32,6 +32,9 @@ from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.reporting.targets import time_to_loss
 from agc_pipeline.train import run_training
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_cli import at_least  # noqa: E402
+
 REAL = ["straggler.per_step=0", "straggler.per_sample=1e-9", "cluster=none"]
 PAIRS: dict[str, tuple[list[str], list[str]]] = {
     "backup workers (PS)": (["mitigation=backup_workers"],
@@ -57,12 +60,16 @@ def rows_of(run_dir: Path) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=4, help="workers (default 4)")
-    parser.add_argument("--iterations", type=int, default=40)
-    parser.add_argument("--duration", type=float, default=0.5, help="stall length, s")
-    parser.add_argument("--s", type=int, default=1, help="stragglers the PS ignores (default 1)")
+    parser.add_argument("--n", type=at_least(2, int), default=4, help="workers (default 4)")
+    parser.add_argument("--iterations", type=at_least(1, int), default=40)
+    parser.add_argument("--duration", type=at_least(0, strict=True), default=0.5,
+                        help="stall length, s")
+    parser.add_argument("--s", type=at_least(0, int), default=1,
+                        help="stragglers the PS ignores (default 1)")
     parser.add_argument("--out", type=Path, default=None, help="keep the runs here")
     args = parser.parse_args(argv)
+    if args.s >= args.n:
+        parser.error(f"argument --s: must be < --n = {args.n} (got {args.s})")
     common = ["experiment=arena", "regime=stall_frequent", f"straggler.duration={args.duration}",
               f"straggler.s={args.s}",
               f"assignment.n={args.n}", f"trainer.iterations={args.iterations}",

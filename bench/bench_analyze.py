@@ -21,7 +21,9 @@ the sets both computed (target ≤ 1e-8) and ``uptime`` before and after (the ma
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -31,6 +33,9 @@ from agc_pipeline.analysis.engine import ErrorStudy, encoder_rng
 from agc_pipeline.analyze import build_study
 from agc_pipeline.coding.decoding import SurvivorSets, one_blas_thread
 from agc_pipeline.conf_path import CONFIG_DIR
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_cli import at_least  # noqa: E402
 
 
 def authors_method(b: np.ndarray, f: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -72,13 +77,13 @@ def engine_errors(study: ErrorStudy) -> tuple[float, list[list[np.ndarray]]]:
     return time.perf_counter() - start, errors
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--authors-sets", type=int, default=25,
+    parser.add_argument("--authors-sets", type=at_least(0, int), default=25,
                         help="survivor sets per s timed for the authors' method (0: all)")
-    parser.add_argument("--authors-draw-step", type=int, default=25,
+    parser.add_argument("--authors-draw-step", type=at_least(1, int), default=25,
                         help="time the authors' method on every this-many-th draw")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print(f"uptime before: {uptime()}")
     study = fig3_study()
     total = study.realizations * study.straggler_sets * len(study.s_values)

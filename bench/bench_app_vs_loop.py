@@ -41,7 +41,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -59,9 +61,13 @@ from agc_pipeline.build import (
 )
 from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.data import split_subsets
+from agc_pipeline.errors import ConfigError
 from agc_pipeline.train import run_training
 from agc_pipeline.training.batches import batch_indices
 from agc_pipeline.training.workload import EVAL_CHUNK
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_cli import at_least  # noqa: E402
 
 TARGET = 1.3
 
@@ -152,14 +158,31 @@ def plain_time_to(result: dict[str, Any], accuracy: float) -> float | None:
     return next((sec for _, acc, sec in result["evals"] if acc >= accuracy), None)
 
 
-def main() -> None:
+def train_experiments() -> list[str]:
+    """The train app's presets that take minibatches (conf/experiment/*.yaml with ``app:
+    train`` and a ``batch_size``): the plain loop here draws the same minibatches."""
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml")
+                  if "\napp: train\n" in "\n" + p.read_text()
+                  and re.search(r"^\s+batch_size: \d+", p.read_text(), re.MULTILINE))
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--experiment", default="mnist_cnn")
-    parser.add_argument("--iterations", type=int, default=None,
+    parser.add_argument("--experiment", default="mnist_cnn", choices=train_experiments())
+    parser.add_argument("--iterations", type=at_least(1, int), default=None,
                         help="trainer.iterations (default: the preset's)")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved pairs")
+    parser.add_argument("--repeats", type=at_least(1, int), default=3, help="interleaved pairs")
     parser.add_argument("--out", default=None, help="run dirs (default: a temporary folder)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    try:
+        bench(args)
+    except ConfigError as exc:  # e.g. --iterations shorter than the preset's warm-up
+        print(f"bench_app_vs_loop: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def bench(args: argparse.Namespace) -> None:
+    """The interleaved pairs and the summary (see the module docstring)."""
     torch.set_num_threads(1)
     overrides = [f"experiment={args.experiment}", "trainer.threads=1", "trainer.progress=false",
                  "trainer.overwrite=true"]
@@ -169,6 +192,8 @@ def main() -> None:
     print(f"experiment={args.experiment}, {args.repeats} interleaved pairs, one torch thread; "
           f"load before {load()} ({os.cpu_count()} cores)", flush=True)
     warm = [*overrides, "trainer.iterations=2", "trainer.eval_every=1"]
+    if "warmup" in compose_train(overrides).scheduler:  # a warm-up longer than 2 is refused
+        warm.append("scheduler.warmup=0")
     run_app(warm, out / "warmup")
     run_plain(warm)
     apps, plains = [], []

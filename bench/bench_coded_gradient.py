@@ -50,6 +50,9 @@ from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.train import build_trainer
 from agc_pipeline.training.loop import advance
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_cli import at_least, device  # noqa: E402
+
 TIME_TARGET = 1.3
 MEMORY_TARGET = 2.0
 
@@ -228,15 +231,16 @@ def keep_freed_memory() -> str:
     return "glibc keeps freed memory (M_MMAP_MAX=0, M_TRIM_THRESHOLD=2 GiB), both steps"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="d ≈ 1M only, 5 repeats")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=None)
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--repeats", type=at_least(1, int), default=None)
+    parser.add_argument("--threads", type=at_least(1, int), default=1,
                         help="torch threads of both steps (default 1: one worker process's "
                              "setting, and what stays fair on a loaded machine)")
-    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (trainer.device)")
+    parser.add_argument("--device", type=device, default="cpu",
+                        help="cpu | cuda | cuda:N (trainer.device)")
     parser.add_argument("--designs", nargs="+", type=int, choices=sorted(DESIGNS), default=None,
                         help="k values (default: all)")
     parser.add_argument("--allocator", choices=("keep", "default"), default="keep",
@@ -244,7 +248,7 @@ def main() -> int:
                              "process (both steps); default: glibc's own settings")
     parser.add_argument("--memory-child", nargs=3, metavar=("MODEL", "K", "WHICH"),
                         help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.memory_child:
         model, k, which = args.memory_child

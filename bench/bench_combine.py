@@ -34,6 +34,9 @@ import torch
 from agc_pipeline.training import coded_step
 from agc_pipeline.training.coded_step import block_length, combine_into
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_cli import at_least, int_list  # noqa: E402
+
 TARGET = 1.5
 
 
@@ -73,18 +76,19 @@ def load() -> str:
         return f"{os.getloadavg()[0]:.2f} (1-min)"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--d", type=int, default=50_000_000)
-    parser.add_argument("--n", type=int, default=8)
-    parser.add_argument("--m", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--chunks", default="",
+    parser.add_argument("--d", type=at_least(1, int), default=50_000_000)
+    parser.add_argument("--n", type=at_least(2, int), default=8,
+                        help="workers (≥ 2: the second case leaves one out)")
+    parser.add_argument("--m", type=at_least(1, int), default=2)
+    parser.add_argument("--repeats", type=at_least(1, int), default=7)
+    parser.add_argument("--threads", type=at_least(1, int), default=1)
+    parser.add_argument("--chunks", type=int_list(1), default=[],
                         help="comma-separated tile widths to time beside COMBINE_CHUNK")
     parser.add_argument("--no-untiled", action="store_true",
                         help="leave out the untiled product (the path before tiling)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     d, n, m = args.d, args.n, args.m
     length = block_length(d, m)
@@ -92,7 +96,7 @@ def main() -> int:
     print(f"load before: {load()}; torch threads {torch.get_num_threads()}, d = {d:,}, "
           f"n = {n}, m = {m}, float32, {args.repeats} interleaved rounds, medians")
     variants: dict[str, Callable[..., torch.Tensor]] = {f"tiles of {default}": combine_into}
-    for chunk in (int(c) for c in args.chunks.split(",") if c.strip()):
+    for chunk in args.chunks:
         if chunk != default:
             variants[f"tiles of {chunk}"] = tiled(chunk)
     if not args.no_untiled:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -38,6 +39,9 @@ from hydra import compose, initialize_config_dir
 from agc_pipeline.coding.stragglers import Delay
 from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.train import run_training
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_cli import at_least  # noqa: E402
 
 N, S = 16, 3
 DECODE_TARGET = 0.05
@@ -105,14 +109,14 @@ def check_bytes(summary: dict, rows: list[dict]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--iterations", type=int, default=40)
-    parser.add_argument("--time-scale", type=float, default=0.15,
+    parser.add_argument("--iterations", type=at_least(1, int), default=40)
+    parser.add_argument("--time-scale", type=at_least(0), default=0.15,
                         help="seconds per delay unit (shift 1 + Exp(1))")
-    parser.add_argument("--train-size", type=int, default=1600,
+    parser.add_argument("--train-size", type=at_least(1, int), default=1600,
                         help="MNIST training images (k = 16 subsets)")
-    parser.add_argument("--lr", type=float, default=0.5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--target-loss", type=float, default=None)
+    parser.add_argument("--lr", type=at_least(0, strict=True), default=0.5)
+    parser.add_argument("--seed", type=at_least(0, int), default=0)
+    parser.add_argument("--target-loss", type=at_least(0, strict=True), default=None)
     parser.add_argument("--out", type=Path, default=None, help="keep the run dirs here")
     args = parser.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_distributed_"))

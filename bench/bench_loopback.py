@@ -35,6 +35,7 @@ import argparse
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,6 +44,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_cli import at_least  # noqa: E402
 
 SMALL = 1  # float32 values of the latency message (4 bytes)
 SIZES_MB = (1, 2, 4, 8, 16, 32, 64)
@@ -208,13 +212,13 @@ def measure_ps_memory_bandwidth(repeats: int) -> float:
     return msgs.nbytes / best
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--max-mb", type=int, default=64)
-    parser.add_argument("--world", type=int, default=8,
+    parser.add_argument("--repeats", type=at_least(1, int), default=20)
+    parser.add_argument("--max-mb", type=at_least(1, int), default=64)
+    parser.add_argument("--world", type=at_least(2, int), default=8,
                         help="processes of the shared-host all-reduces (bench_vs_ddp's n)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     latency, bandwidth, one_way = measure_links(args.repeats, args.max_mb)
     flops, per_parameter, steps = measure_step(args.repeats)

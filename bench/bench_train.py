@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import sys
 import tempfile
@@ -30,6 +31,9 @@ from hydra import compose, initialize_config_dir
 from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.train import build_trainer, run_training
 from agc_pipeline.training.loop import advance
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_cli import at_least  # noqa: E402
 
 RATIO_TARGET = 2.0
 FIG6_TARGET_S = 60.0
@@ -47,8 +51,9 @@ def side_by_side(repeats: int) -> float:
     trainer = build_trainer(cfg)
     trainer.estimate_alpha()
     plain_model = copy.deepcopy(trainer.model)
-    x = trainer.workload.x.reshape(-1, trainer.workload.x.shape[-1])
-    y = trainer.workload.y.reshape(-1)
+    work = trainer.workload  # (k, |D_i|, …): every subset's samples, the full batch
+    x = work.x.reshape(-1, *work.x.shape[2:])
+    y = work.y.reshape(-1, *work.y.shape[2:])
     optimizer = torch.optim.SGD(plain_model.parameters(), lr=trainer.settings.lr)
 
     def plain_step() -> None:
@@ -96,12 +101,12 @@ def fig6_runs(iterations: int) -> dict[str, float]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="side-by-side ratio only")
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--iterations", type=int, default=300)
-    args = parser.parse_args()
+    parser.add_argument("--repeats", type=at_least(1, int), default=15)
+    parser.add_argument("--iterations", type=at_least(1, int), default=300)
+    args = parser.parse_args(argv)
     ratio = side_by_side(args.repeats)
     slow = ratio > RATIO_TARGET
     if not args.quick:

@@ -70,6 +70,9 @@ from agc_pipeline.coding.stragglers import StragglerDraw, worker_samples
 from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.train import build_trainer, run_training
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_cli import at_least, between  # noqa: E402
+
 N = 8
 PER_WORKER = 200  #: MNIST images per data subset in (b)
 ITERATION_TARGET, SPEEDUP_TARGET = 1.5, 1.5
@@ -366,16 +369,20 @@ def print_table_b(args: argparse.Namespace, results: dict[str, Any],
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--hidden", type=int, default=1270, help="(a): MLP hidden units")
-    parser.add_argument("--a-samples", type=int, default=16, help="(a): samples per worker")
-    parser.add_argument("--a-iterations", type=int, default=12)
-    parser.add_argument("--iterations", type=int, default=42, help="(b): SGD iterations")
-    parser.add_argument("--time-scale", type=float, default=0.1, help="(b): s per unit")
-    parser.add_argument("--p", type=float, default=0.1)
-    parser.add_argument("--r", type=float, default=10.0)
-    parser.add_argument("--lr", type=float, default=0.5)
-    parser.add_argument("--target-loss", type=float, default=0.9)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hidden", type=at_least(1, int), default=1270,
+                        help="(a): MLP hidden units")
+    parser.add_argument("--a-samples", type=at_least(1, int), default=16,
+                        help="(a): samples per worker")
+    parser.add_argument("--a-iterations", type=at_least(1, int), default=12)
+    parser.add_argument("--iterations", type=at_least(1, int), default=42,
+                        help="(b): SGD iterations")
+    parser.add_argument("--time-scale", type=at_least(0, strict=True), default=0.1,
+                        help="(b): s per unit")
+    parser.add_argument("--p", type=between(0, 1), default=0.1)
+    parser.add_argument("--r", type=at_least(1), default=10.0)
+    parser.add_argument("--lr", type=at_least(0, strict=True), default=0.5)
+    parser.add_argument("--target-loss", type=at_least(0, strict=True), default=0.9)
+    parser.add_argument("--seed", type=at_least(0, int), default=0)
     parser.add_argument("--short", action="store_true",
                         help="(b): only DDP and (7) m=2 (e.g. with a larger --time-scale)")
     parser.add_argument("--skip-a", action="store_true")

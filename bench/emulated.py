@@ -50,6 +50,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_cli import at_least  # noqa: E402  (re-exported: emulated.at_least)
+
 __all__ = ["HOST_QUEUE", "EmulationError", "Star", "at_least", "cleanup", "missing_requirements",
            "run_bench", "tcp_losses", "tcp_throughput"]
 
@@ -79,22 +82,6 @@ def _capabilities() -> int:
     except OSError:
         pass
     return 0
-
-
-def at_least(minimum: float, kind: type = float, strict: bool = False) -> Callable[[str], Any]:
-    """An argparse ``type``: ``kind(text)`` ≥ ``minimum`` (> with ``strict``), else a one-line
-    usage error naming the option (argparse adds its name) before anything is built."""
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a{'n integer' if kind is int else ' number'}"
-                                             f": {text!r}") from None
-        if value < minimum or (strict and value == minimum) or value != value:
-            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '≥'} {minimum:g} "
-                                             f"(got {text})")
-        return value
-    return parse
 
 
 def run_bench(name: str, out: Path | None, bench: Callable[[Path], int]) -> int:

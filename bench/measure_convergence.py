@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +34,9 @@ from hydra import compose, initialize_config_dir
 from agc_pipeline.conf_path import CONFIG_DIR
 from agc_pipeline.reporting.sinks import write_json
 from agc_pipeline.train import run_training
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_cli import at_least  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "agc_pipeline" / "data" / "convergence"
 BASE = ["assignment=bibd", "assignment.design=affine_plane", "assignment.q=4",
@@ -74,15 +79,15 @@ def smooth(loss: np.ndarray, window: int) -> np.ndarray:
     return (c[idx] - c[lo]) / (idx - lo)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--iterations", type=int, default=500)
-    parser.add_argument("--batch", type=int, default=10, help="images per data subset")
-    parser.add_argument("--lr", type=float, default=0.5)
-    parser.add_argument("--window", type=int, default=25, help="moving-average window")
+    parser.add_argument("--seeds", type=at_least(1, int), default=2)
+    parser.add_argument("--iterations", type=at_least(1, int), default=500)
+    parser.add_argument("--batch", type=at_least(1, int), default=10, help="images per data subset")
+    parser.add_argument("--lr", type=at_least(0, strict=True), default=0.5)
+    parser.add_argument("--window", type=at_least(1, int), default=25, help="moving-average window")
     parser.add_argument("--out", type=Path, default=OUT / "mnist_mlp.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     start = time.perf_counter()
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     curves = {}
