@@ -68,6 +68,7 @@ from agc_pipeline.training.distributed import WorkersLost, torchrun_env
 from agc_pipeline.training.loop import TrainingInterrupted, fit
 from agc_pipeline.training.runtime import Runtime
 from agc_pipeline.training.startup import StartupLost
+from agc_pipeline.training.workload import Workload
 
 log = logging.getLogger("agc_pipeline.train")
 
@@ -77,7 +78,8 @@ RESUMABLE_CHANGES = ("trainer.iterations", "trainer.resume", "trainer.progress",
                      "trainer.device", "logger", "trainer.timeout_s", "trainer.startup_timeout_s",
                      "trainer.start_method", "trainer.fault", "trainer.grad_error",
                      "trainer.overwrite", "trainer.threads", "trainer.skip_finished",
-                     "trainer.min_workers", "trainer.reshard", "app", "extras")
+                     "trainer.min_workers", "trainer.reshard", "trainer.train_loss_samples",
+                     "app", "extras")
 #: the x-axes of a train run's W&B charts (``iteration`` is every metric's default)
 X_AXES = ("iteration", "virtual_time", "wall_time", "mb_to_ps")
 
@@ -328,6 +330,7 @@ def _summary(runtime: Runtime, cfg: DictConfig, config: dict[str, Any], status: 
     return RunSummary(
         name=str(cfg.name), status=status, error=error,
         final_train_loss=final_loss,
+        final_train_loss_samples=_train_loss_samples(work, settings.train_loss_samples),
         test_accuracy=final.get("test_accuracy"), test_mse=final.get("test_mse"),
         test_loss=final["test_loss"],
         # seconds: this invocation, end to end; train_seconds: training, all sessions
@@ -356,11 +359,19 @@ def _summary(runtime: Runtime, cfg: DictConfig, config: dict[str, Any], status: 
                     **runtime.summary_extra()})  # the runtime's name and measured fields
 
 
+def _train_loss_samples(work: Workload, samples: int | None) -> int | None:
+    """How many samples the final training loss averages when trainer.train_loss_samples
+    takes fewer than all (None: all of them)."""
+    pick = work.train_loss_sample(samples)
+    return None if pick is None else int(pick.numel())
+
+
 def _final_metrics(runtime: Runtime, status: str) -> tuple[dict[str, Any], float | None]:
     """Test metrics and the training loss at the final parameters; None when a failed run's
     model cannot evaluate them (a model that raised mid-run raises again here)."""
     try:
-        return runtime.workload.evaluate(), runtime.workload.train_loss()
+        samples = runtime.settings.train_loss_samples
+        return runtime.workload.evaluate(), runtime.workload.train_loss(samples)
     except Exception:  # noqa: BLE001 - the summary of a failed run is still written
         if status == "completed":
             raise

@@ -80,7 +80,8 @@ class RunSummary:
     others default to None (absent from older files, or not measured by the runtime)."""
 
     # -- the set-up (required: the report groups and labels runs by them)
-    #: final training loss over the whole training set (None: not finite, e.g. diverged)
+    #: final training loss over the whole training set, or over ``final_train_loss_samples``
+    #: of its samples (trainer.train_loss_samples); None: not finite, e.g. diverged
     final_train_loss: float | None
     #: ``scheme.describe()``: ``name`` (required), ``m``, ``epsilon``, ``variant``, ...
     scheme: dict[str, Any]
@@ -123,6 +124,9 @@ class RunSummary:
     alpha_residual: float | None = None
     #: whether the decoded gradient was divided by α (decoder.rescale)
     rescaled: bool | None = None
+    #: the samples ``final_train_loss`` averages when fewer than all (trainer.train_loss_samples;
+    #: absent: all ``train_samples``)
+    final_train_loss_samples: int | None = None
     #: d, the model's parameter count
     parameters: int | None = None
     message_length: int | None = None
@@ -240,7 +244,8 @@ class RunSummary:
 
 
 #: the order of the keys in summary.json (the runtime's fields follow its name and clock)
-ORDER = ("schema", "name", "status", "error", "final_train_loss", "test_accuracy", "test_mse",
+ORDER = ("schema", "name", "status", "error", "final_train_loss", "final_train_loss_samples",
+         "test_accuracy", "test_mse",
          "test_loss", "iterations", "seconds", "train_seconds", "virtual_time",
          "total_bytes_to_ps", "mean_survivors", "skipped_iterations", "mean_grad_error",
          "alpha", "alpha_residual", "rescaled", "scheme", "assignment", "decoder", "straggler",
@@ -248,7 +253,7 @@ ORDER = ("schema", "name", "status", "error", "final_train_loss", "test_accuracy
          "train_samples", "seed", "runtime", "clock", "runtime_fields", "choices", "versions",
          "provenance", "config", "startup_seconds", "threads", "keys", "wandb")
 #: fields added after schema 1, written only when set
-OPTIONAL = ("threads",)
+OPTIONAL = ("threads", "final_train_loss_samples")
 #: the top-level keys that are fields of their own (every other key is a runtime field)
 _FIELDS = frozenset(ORDER) - {"runtime_fields"}
 #: the types each typed field may hold (None is allowed for every optional field)
@@ -264,7 +269,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "rescaled": (bool,), "parameters": (int,), "message_length": (int,), "seed": (int,),
     "runtime": (str,), "clock": (str,), "choices": (dict,), "versions": (dict,),
     "provenance": (dict,), "config": (dict,), "startup_seconds": _NUMBER, "keys": (dict,),
-    "wandb": (dict,), "threads": (int,),
+    "wandb": (dict,), "threads": (int,), "final_train_loss_samples": (int,),
 }
 #: required fields whose value may still be None (a non-finite loss is written as null)
 _NULLABLE_REQUIRED = ("final_train_loss",)

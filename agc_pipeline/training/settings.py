@@ -43,6 +43,9 @@ class TrainerSettings:
     batch_size: int | None = None  #: samples per data subset per iteration (None: all)
     clip_grad_norm: float | None = None  #: rescale the gradient to at most this 2-norm
     threads: int | None = None  #: torch intra-op threads; None: cores // n_jobs under joblib
+    #: the final training loss over this many training samples (a fixed sample drawn from the
+    #: seed); None, or at least the N samples used: all of them
+    train_loss_samples: int | None = None
     skip_finished: bool = True  #: multirun: skip jobs whose complete run is in their dir
 
     def __post_init__(self) -> None:
@@ -50,7 +53,7 @@ class TrainerSettings:
             require_int(getattr(self, name), f"trainer.{name}", minimum=1)
         for name in ("eval_every", "checkpoint_every"):
             require_int(getattr(self, name), f"trainer.{name}", minimum=0)
-        for name in ("threads", "batch_size"):
+        for name in ("threads", "batch_size", "train_loss_samples"):
             if getattr(self, name) is not None:
                 require_int(getattr(self, name), f"trainer.{name}", minimum=1)
         require_finite(self.lr, "trainer.lr", minimum=0.0, strict_minimum=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from agc_pipeline.data import Dataset, split_subsets
@@ -25,6 +26,8 @@ __all__ = ["EVAL_CHUNK", "Workload"]
 #: and one 8,000-image forward took 2.7–4.5 s against 0.7 s in chunks of 512 (2026-12-07,
 #: the 2-core machine, one thread). Sets of at most this many samples: one forward, as before.
 EVAL_CHUNK = 512
+#: second entry of the RNG seed of the final training loss's sample (trainer.train_loss_samples)
+TRAIN_LOSS_TAG = 0x7105
 
 
 class Workload:
@@ -79,11 +82,26 @@ class Workload:
                 "test_loss": float(self.model.loss_sum(out, self.y_test)) / len(self.y_test)}
 
     @torch.no_grad()
-    def train_loss(self) -> float:
-        """Mean training loss over the N = k·⌊N/k⌋ samples used, at the current parameters."""
+    def train_loss(self, samples: int | None = None) -> float:
+        """Mean training loss at the current parameters over the N = k·⌊N/k⌋ samples used,
+        or over :meth:`train_loss_sample`'s ``samples`` of them."""
         x = self.x.reshape(-1, *self.x.shape[2:])
         y = self.y.reshape(-1, *self.y.shape[2:])
-        return float(self.model.loss_sum(self._outputs(x), y)) / self.num_samples
+        pick = self.train_loss_sample(samples)
+        if pick is not None:
+            x, y = x[pick.to(x.device)], y[pick.to(y.device)]
+        return float(self.model.loss_sum(self._outputs(x), y)) / int(y.shape[0])
+
+    def train_loss_sample(self, samples: int | None) -> torch.Tensor | None:
+        """The rows (of the held samples, subset by subset) whose loss :meth:`train_loss`
+        averages: ``samples`` of them drawn without replacement from the seed, in order (the
+        same for every run with this seed, whatever the parameters); None (all rows) when
+        ``samples`` is None or not below their number."""
+        rows = len(self.held) * self.subset_size
+        if samples is None or samples >= rows:
+            return None
+        rng = np.random.default_rng([self.seed, TRAIN_LOSS_TAG])
+        return torch.as_tensor(np.sort(rng.choice(rows, size=samples, replace=False)))
 
     def _outputs(self, x: torch.Tensor) -> torch.Tensor:
         """The model's outputs on ``x``, in chunks of :data:`EVAL_CHUNK` samples."""
