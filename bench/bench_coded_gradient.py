@@ -1,6 +1,6 @@
 """A coded iteration of the simulated trainer against a plain minibatch step, side by side.
 
-    python bench/bench_coded_gradient.py            # every model below, k ∈ {7, 27, 91} (~7 min)
+    python bench/bench_coded_gradient.py            # every model below, k ∈ {7, 27, 91} (~5 min)
     python bench/bench_coded_gradient.py --quick    # one model of each kind (CNN, MLP, GPT), k = 7
     python bench/bench_coded_gradient.py --models gpt_1m mlp_1m
     python bench/bench_coded_gradient.py --device cuda --models gpt_10m   # on a GPU
