@@ -68,7 +68,6 @@ from agc_pipeline.training.distributed import WorkersLost, torchrun_env
 from agc_pipeline.training.loop import TrainingInterrupted, fit
 from agc_pipeline.training.runtime import Runtime
 from agc_pipeline.training.startup import StartupLost
-from agc_pipeline.training.workload import Workload
 
 log = logging.getLogger("agc_pipeline.train")
 
@@ -330,7 +329,7 @@ def _summary(runtime: Runtime, cfg: DictConfig, config: dict[str, Any], status: 
     return RunSummary(
         name=str(cfg.name), status=status, error=error,
         final_train_loss=final_loss,
-        final_train_loss_samples=_train_loss_samples(work, settings.train_loss_samples),
+        final_train_loss_samples=work.train_loss_count(settings.train_loss_samples),
         test_accuracy=final.get("test_accuracy"), test_mse=final.get("test_mse"),
         test_loss=final["test_loss"],
         # seconds: this invocation, end to end; train_seconds: training, all sessions
@@ -357,13 +356,6 @@ def _summary(runtime: Runtime, cfg: DictConfig, config: dict[str, Any], status: 
         config=config,
     ).with_runtime({"clock": "virtual" if runtime.virtual_clock else "wall",  # its capability
                     **runtime.summary_extra()})  # the runtime's name and measured fields
-
-
-def _train_loss_samples(work: Workload, samples: int | None) -> int | None:
-    """How many samples the final training loss averages when trainer.train_loss_samples
-    takes fewer than all (None: all of them)."""
-    pick = work.train_loss_sample(samples)
-    return None if pick is None else int(pick.numel())
 
 
 def _final_metrics(runtime: Runtime, status: str) -> tuple[dict[str, Any], float | None]:

@@ -37,10 +37,11 @@ def test_the_sample_is_fixed_by_the_seed_and_the_loss_is_its_mean() -> None:
     assert pick is not None and pick.numel() == 25 and len(set(pick.tolist())) == 25
     assert torch.equal(pick, torch.sort(pick).values) and int(pick.max()) < rows
     assert torch.equal(pick, work.train_loss_sample(25))  # the same on every call
+    assert work.train_loss_count(25) == 25 and work.train_loss_count(None) is None
     assert work.train_loss(25) == pytest.approx(float(losses[pick].mean()), rel=1e-5)
     assert work.train_loss() == pytest.approx(float(losses.mean()), rel=1e-5)
     for every in (None, rows, rows + 1000):  # all of them: the full pass
-        assert work.train_loss_sample(every) is None
+        assert work.train_loss_sample(every) is None and work.train_loss_count(every) is None
         assert work.train_loss(every) == work.train_loss()
     other = build_trainer(compose_config("train", [*FAST, "seed=1"])).workload
     assert not torch.equal(other.train_loss_sample(25), pick)

@@ -92,6 +92,12 @@ class Workload:
             x, y = x[pick.to(x.device)], y[pick.to(y.device)]
         return float(self.model.loss_sum(self._outputs(x), y)) / int(y.shape[0])
 
+    def train_loss_count(self, samples: int | None) -> int | None:
+        """How many samples :meth:`train_loss` averages when ``samples`` is fewer than all
+        (None: all of them)."""
+        pick = self.train_loss_sample(samples)
+        return None if pick is None else int(pick.numel())
+
     def train_loss_sample(self, samples: int | None) -> torch.Tensor | None:
         """The rows (of the held samples, subset by subset) whose loss :meth:`train_loss`
         averages: ``samples`` of them drawn without replacement from the seed, in order (the
