@@ -161,9 +161,9 @@ def plain_time_to(result: dict[str, Any], accuracy: float) -> float | None:
 def train_experiments() -> list[str]:
     """The train app's presets that take minibatches (conf/experiment/*.yaml with ``app:
     train`` and a ``batch_size``): the plain loop here draws the same minibatches."""
-    return sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml")
-                  if "\napp: train\n" in "\n" + p.read_text()
-                  and re.search(r"^\s+batch_size: \d+", p.read_text(), re.MULTILINE))
+    texts = {p.stem: p.read_text() for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml")}
+    return sorted(name for name, text in texts.items() if "\napp: train\n" in "\n" + text
+                  and re.search(r"^\s+batch_size: \d+", text, re.MULTILINE))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -98,8 +98,7 @@ class _Tap(torch.autograd.Function):
 def _interleaved(t: torch.Tensor, groups: Groups) -> torch.Tensor:
     """A batch of ``groups.count`` contiguous groups of ``groups.size`` samples, reordered to
     sample 0 of every group, sample 1 of every group, … (a copy)."""
-    shape = (groups.count, groups.size, *t.shape[1:])
-    return t.reshape(shape).transpose(0, 1).reshape(t.shape)
+    return groups.gather(t).transpose(0, 1).reshape(t.shape)
 
 
 class CodedGradient:

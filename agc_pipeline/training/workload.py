@@ -94,20 +94,21 @@ class Workload:
 
     def train_loss_count(self, samples: int | None) -> int | None:
         """How many samples :meth:`train_loss` averages when ``samples`` is fewer than all
-        (None: all of them)."""
-        pick = self.train_loss_sample(samples)
-        return None if pick is None else int(pick.numel())
+        the held rows (None: all of them)."""
+        rows = len(self.held) * self.subset_size
+        return None if samples is None or samples >= rows else int(samples)
 
     def train_loss_sample(self, samples: int | None) -> torch.Tensor | None:
         """The rows (of the held samples, subset by subset) whose loss :meth:`train_loss`
         averages: ``samples`` of them drawn without replacement from the seed, in order (the
         same for every run with this seed, whatever the parameters); None (all rows) when
         ``samples`` is None or not below their number."""
-        rows = len(self.held) * self.subset_size
-        if samples is None or samples >= rows:
+        count = self.train_loss_count(samples)
+        if count is None:
             return None
         rng = np.random.default_rng([self.seed, TRAIN_LOSS_TAG])
-        return torch.as_tensor(np.sort(rng.choice(rows, size=samples, replace=False)))
+        rows = len(self.held) * self.subset_size
+        return torch.as_tensor(np.sort(rng.choice(rows, size=count, replace=False)))
 
     def _outputs(self, x: torch.Tensor) -> torch.Tensor:
         """The model's outputs on ``x``, in chunks of :data:`EVAL_CHUNK` samples."""
